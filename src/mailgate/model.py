@@ -1,0 +1,103 @@
+"""Plain data shared by every layer: envelopes, stored-message summaries, ids.
+
+Nothing here performs I/O.  Values are frozen dataclasses so they can be
+passed between the event loop and the store's writer thread without copying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NewType
+
+__all__ = [
+    "Address",
+    "Envelope",
+    "MessageId",
+    "MessagePage",
+    "MessageSummary",
+    "StoredMessage",
+    "TLSInfo",
+]
+
+MessageId = NewType("MessageId", str)
+"""A store-wide unique, time-sortable message id (26 characters of Crockford base32)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A header address such as ``Barry Gibbs <bg@example.com>``."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class TLSInfo:
+    """What the TLS layer of a session negotiated."""
+
+    version: str
+    cipher: str
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The SMTP envelope of one message, as the client gave it.
+
+    ``mail_from`` is ``""`` for the null reverse-path ``<>``.  Parameter
+    names are upper-case; a parameter without a value maps to ``None``.
+    """
+
+    mail_from: str
+    rcpt_to: tuple[str, ...]
+    received_at: datetime
+    helo_name: str = ""
+    client_address: str = ""
+    client_port: int = 0
+    protocol: str = "ESMTP"
+    mail_params: Mapping[str, str | None] = field(default_factory=dict)
+    rcpt_params: tuple[Mapping[str, str | None], ...] = ()
+    auth_user: str | None = None
+    tls: TLSInfo | None = None
+    outbound: tuple[str, ...] = ()
+    """Recipients that are not local and are to be relayed onward."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """What a listing shows of a message, parsed once when it is stored."""
+
+    id: MessageId
+    received_at: datetime
+    size: int
+    sender: Address | None = None
+    to: tuple[Address, ...] = ()
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()
+    reply_to: tuple[Address, ...] = ()
+    subject: str = ""
+    date: datetime | None = None
+    message_id: str = ""
+    attachments: int = 0
+    snippet: str = ""
+    read: bool = False
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A stored message's summary together with its envelope."""
+
+    summary: MessageSummary
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    """One page of a listing, newest first, and how many there are in all."""
+
+    messages: tuple[MessageSummary, ...]
+    total: int
+    unread: int
+    offset: int = 0

@@ -1,0 +1,16 @@
+"""Protocol limits, each with its unit and the RFC section that sets it."""
+
+from __future__ import annotations
+
+MAX_COMMAND_LINE_OCTETS = 512  # RFC 5321 4.5.3.1.4, CRLF included
+MAX_TEXT_LINE_OCTETS = 1000  # RFC 5321 4.5.3.1.6, CRLF included
+MAX_LOCAL_PART_OCTETS = 64  # RFC 5321 4.5.3.1.1
+MAX_DOMAIN_OCTETS = 255  # RFC 5321 4.5.3.1.2
+MAX_PATH_OCTETS = 256  # RFC 5321 4.5.3.1.3, angle brackets included
+MIN_RECIPIENTS = 100  # RFC 5321 4.5.3.1.8: servers MUST accept at least 100
+MAX_MAIL_LINE_EXTRA_OCTETS = 26  # RFC 1870 3: SIZE lengthens the MAIL line
+MAX_ENVID_OCTETS = 100  # RFC 3461 4.4
+MAX_SIZE_DIGITS = 20  # RFC 1870 3: size-value ::= 1*20DIGIT
+DEFAULT_MAX_MESSAGE_OCTETS = 25 * 1024 * 1024
+DEFAULT_MAX_RECIPIENTS = 1000
+DEFAULT_ERROR_BUDGET = 20  # Postfix smtpd_hard_error_limit
