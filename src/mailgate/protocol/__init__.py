@@ -1,0 +1,62 @@
+"""The sans-I/O SMTP engine: bytes in, events and replies out.
+
+Nothing here touches sockets, clocks, files or the event loop; the shells
+in ``mailgate.server`` pump bytes through ``ServerConnection``.
+"""
+
+from __future__ import annotations
+
+from mailgate.protocol._errors import LocalProtocolError, MailgateError, RemoteProtocolError
+from mailgate.protocol._events import (
+    AuthResponse,
+    AuthStart,
+    BdatChunk,
+    Command,
+    ConnectionClosed,
+    DataAborted,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Ehlo,
+    Event,
+    Expn,
+    Helo,
+    MailFrom,
+    RcptTo,
+    Rset,
+    StartTLS,
+    Vrfy,
+)
+from mailgate.protocol._replies import Reply
+from mailgate.protocol._server import NEED_DATA, ServerConnection
+from mailgate.protocol._settings import ConnectionSettings
+from mailgate.protocol._state import State
+
+__all__ = [
+    "NEED_DATA",
+    "AuthResponse",
+    "AuthStart",
+    "BdatChunk",
+    "Command",
+    "ConnectionClosed",
+    "ConnectionSettings",
+    "DataAborted",
+    "DataChunk",
+    "DataEnd",
+    "DataStart",
+    "Ehlo",
+    "Event",
+    "Expn",
+    "Helo",
+    "LocalProtocolError",
+    "MailFrom",
+    "MailgateError",
+    "RcptTo",
+    "RemoteProtocolError",
+    "Reply",
+    "Rset",
+    "ServerConnection",
+    "StartTLS",
+    "State",
+    "Vrfy",
+]

@@ -1,0 +1,167 @@
+"""Events the server engine emits.
+
+Every subclass of ``Command`` needs exactly one reply from the application
+through ``ServerConnection.send`` before the engine reads further.  The other
+events are information: message content, an aborted transfer, the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "AuthResponse",
+    "AuthStart",
+    "BdatChunk",
+    "Command",
+    "ConnectionClosed",
+    "DataAborted",
+    "DataChunk",
+    "DataEnd",
+    "DataStart",
+    "Ehlo",
+    "Event",
+    "Expn",
+    "Helo",
+    "MailFrom",
+    "RcptTo",
+    "Rset",
+    "StartTLS",
+    "Vrfy",
+]
+
+
+class Event:
+    """Base class of everything ``next_event`` returns, bar ``NEED_DATA``."""
+
+    __slots__ = ()
+
+
+class Command(Event):
+    """An event that needs one reply from the application."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Helo(Command):
+    """``HELO name``: a plain SMTP session (no extensions, no parameters)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ehlo(Command):
+    """``EHLO name``: answer with ``ServerConnection.ehlo_reply``."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MailFrom(Command):
+    """``MAIL FROM:<address>``; ``address`` is ``""`` for the null sender.
+
+    ``params`` holds every ESMTP parameter, keys upper-cased, ``None`` for a
+    parameter without a value.  ``size``, ``body`` and ``smtputf8`` are the
+    validated SIZE, BODY and SMTPUTF8 parameters.
+    """
+
+    address: str
+    params: Mapping[str, str | None] = field(default_factory=dict)
+    size: int | None = None
+    body: str | None = None
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTo(Command):
+    """``RCPT TO:<address>``; a source route, if any, is already stripped."""
+
+    address: str
+    params: Mapping[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DataStart(Command):
+    """``DATA``: reply ``354`` to receive content, or refuse."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataChunk(Event):
+    """Message content, dot-unstuffed, in arrival order (no reply)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DataEnd(Command):
+    """The ``<CRLF>.<CRLF>`` after DATA: reply once the message is safe."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BdatChunk(Command):
+    """All octets of one ``BDAT size [LAST]`` chunk have arrived as ``DataChunk``s."""
+
+    size: int
+    last: bool
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataAborted(Event):
+    """The engine refused the message and answered the client itself.
+
+    Throw away what the ``DataChunk`` events delivered; the transaction is over.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rset(Command):
+    """``RSET``: abort any transaction; RFC 5321 4.1.1.5 says reply 250."""
+
+
+@dataclass(frozen=True, slots=True)
+class Vrfy(Command):
+    """``VRFY string``."""
+
+    argument: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expn(Command):
+    """``EXPN string``."""
+
+    argument: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS(Command):
+    """``STARTTLS``: reply 220, start the handshake, then ``tls_established``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthStart(Command):
+    """``AUTH mechanism [initial-response]``, the response base64-decoded.
+
+    ``initial_response`` is ``None`` when absent and ``b""`` for ``=``.
+    """
+
+    mechanism: str
+    initial_response: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse(Command):
+    """A base64-decoded client line answering a ``334`` challenge."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(Event):
+    """The session is over: flush ``data_to_send`` and close the transport."""

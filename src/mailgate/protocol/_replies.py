@@ -1,0 +1,63 @@
+"""SMTP replies as values: a code, an enhanced status code and text.
+
+A reply never reaches the wire as a hand-written string.  ``Reply.to_bytes``
+renders it per RFC 5321 4.2: every line carries the same code, continuation
+lines use ``-``, and with ENHANCEDSTATUSCODES (RFC 2034 4) each line's text
+starts with the ``class.subject.detail`` code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Reply"]
+
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
+_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply.
+
+    ``text`` may hold several lines separated by ``\\n``; each becomes one
+    line of a multi-line reply.  ``enhanced`` is ``None`` for the greeting
+    and HELO/EHLO replies, which RFC 2034 4 exempts.
+
+    Raises ``ValueError`` for a code outside 200-599, an enhanced code whose
+    class differs from the code's (RFC 3463 2), or control characters in text.
+    """
+
+    code: int
+    enhanced: str | None
+    text: str
+
+    def __post_init__(self) -> None:
+        if not 200 <= self.code <= 599:
+            raise ValueError(f"reply code {self.code} is outside 200-599")
+        if self.enhanced is not None and (
+            not _ENHANCED.match(self.enhanced) or self.enhanced[0] != str(self.code)[0]
+        ):
+            raise ValueError(f"bad enhanced status code {self.enhanced!r} for {self.code}")
+        for line in self.text.split("\n"):
+            if _FORBIDDEN_TEXT.search(line):
+                raise ValueError("reply text holds a control character")
+
+    @property
+    def is_positive(self) -> bool:
+        """A 2xx or 3xx reply."""
+        return self.code < 400
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """The text lines of the reply, each with its enhanced code."""
+        prefix = f"{self.enhanced} " if self.enhanced else ""
+        return tuple(f"{prefix}{line}".rstrip() for line in self.text.split("\n"))
+
+    def to_bytes(self) -> bytes:
+        """The reply as it goes on the wire, CRLF-terminated."""
+        lines = self.lines
+        last = len(lines) - 1
+        out = [f"{self.code}{' ' if i == last else '-'}{line}\r\n" for i, line in enumerate(lines)]
+        return "".join(out).encode("utf-8")
