@@ -1,0 +1,25 @@
+"""Settings: one typed, frozen tree, loaded from flags, environment and TOML.
+
+``load_settings`` merges the sources (flags win, then ``MAILGATE_*``
+variables, then the TOML file, then defaults) and checks every value.  The
+table ``OPTIONS`` names each setting in every source; the command line
+builds its flags from it.  This package does no I/O besides reading the TOML
+file it is given.
+"""
+
+from __future__ import annotations
+
+from mailgate.config._load import ConfigError, load_settings
+from mailgate.config._options import OPTIONS, Option
+from mailgate.config._settings import Domain, Limits, Listen, Settings
+
+__all__ = [
+    "OPTIONS",
+    "ConfigError",
+    "Domain",
+    "Limits",
+    "Listen",
+    "Option",
+    "Settings",
+    "load_settings",
+]

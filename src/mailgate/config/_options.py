@@ -1,0 +1,146 @@
+"""The one table of settings a user can set, and their names in each source.
+
+A row names the settings field it fills, the ``--flag``, the
+``MAILGATE_*`` variable and the TOML key that set it, and the parser that
+checks the value.  The command line builds its flags from this table, so a
+new setting is one new row (and one new dataclass field).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mailgate.config._values import (
+    parse_choice,
+    parse_domain_names,
+    parse_domain_table,
+    parse_duration,
+    parse_hostname,
+    parse_int,
+    parse_listen,
+    parse_optional_listen,
+    parse_path,
+    parse_size,
+    parse_store_url,
+)
+from mailgate.protocol._limits import MAX_TEXT_LINE_OCTETS, MIN_RECIPIENTS
+
+__all__ = ["OPTIONS", "Option"]
+
+MIN_MESSAGE_OCTETS = 64 * 1024  # RFC 5321 4.5.3.1.7
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting and the names it goes by.
+
+    ``field`` is the dotted path in ``Settings`` (``limits.idle_timeout``).
+    A ``repeatable`` option takes its flag several times and a
+    comma-separated list in the environment.  ``parse_toml``, when set,
+    replaces ``parse`` for values from the TOML file.
+    """
+
+    field: str
+    flag: str
+    env: str
+    toml: str
+    parse: Callable[[object], object]
+    metavar: str
+    help: str
+    parse_toml: Callable[[object], object] | None = None
+    repeatable: bool = False
+
+    @property
+    def dest(self) -> str:
+        """The key of this option in ``argv_values``: the flag in snake case."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "smtp", "--smtp", "MAILGATE_SMTP", "smtp", parse_listen, "HOST:PORT",
+        "where to accept SMTP (default 127.0.0.1:1025; :PORT for every interface)",
+    ),
+    Option(
+        "http", "--http", "MAILGATE_HTTP", "http", parse_optional_listen, "HOST:PORT",
+        "where to serve the web inbox and API, or off (default 127.0.0.1:8025)",
+    ),
+    Option(
+        "data_dir", "--data", "MAILGATE_DATA", "data", parse_path, "DIR",
+        "directory for the default store and spool files (default ./mailgate-data)",
+    ),
+    Option(
+        "store", "--store", "MAILGATE_STORE", "store", parse_store_url, "URL",
+        "sqlite:///PATH, maildir:///PATH or postgresql://... (default sqlite in --data)",
+    ),
+    Option(
+        "hostname", "--hostname", "MAILGATE_HOSTNAME", "hostname", parse_hostname, "NAME",
+        "the name this server greets with (default: this machine's name)",
+    ),
+    Option(
+        "domains", "--domain", "MAILGATE_DOMAIN", "domains", parse_domain_names, "DOMAIN",
+        "a local domain; repeat for several (none: accept every recipient)",
+        parse_toml=parse_domain_table, repeatable=True,
+    ),
+    Option(
+        "limits.max_message_size", "--max-message-size", "MAILGATE_MAX_MESSAGE_SIZE",
+        "limits.max_message_size",
+        parse_size(least=MIN_MESSAGE_OCTETS, reason="RFC 5321 4.5.3.1.7; 0 for no limit"),
+        "SIZE", "largest message accepted, e.g. 25M (default 25M; 0 for no limit)",
+    ),
+    Option(
+        "limits.max_recipients", "--max-recipients", "MAILGATE_MAX_RECIPIENTS",
+        "limits.max_recipients", parse_int(least=MIN_RECIPIENTS, reason="RFC 5321 4.5.3.1.8"),
+        "N", "most recipients of one message (default 1000)",
+    ),
+    Option(
+        "limits.max_connections", "--max-connections", "MAILGATE_MAX_CONNECTIONS",
+        "limits.max_connections", parse_int(least=1), "N",
+        "most SMTP connections at once (default 1000)",
+    ),
+    Option(
+        "limits.max_connections_per_ip", "--max-connections-per-ip",
+        "MAILGATE_MAX_CONNECTIONS_PER_IP", "limits.max_connections_per_ip", parse_int(least=1),
+        "N", "most SMTP connections from one address at once (default 100)",
+    ),
+    Option(
+        "limits.idle_timeout", "--idle-timeout", "MAILGATE_IDLE_TIMEOUT", "limits.idle_timeout",
+        parse_duration(least=0.001), "SECONDS",
+        "close a connection silent this long (default 300; RFC 5321 4.5.3.2.7)",
+    ),
+    Option(
+        "limits.error_budget", "--error-budget", "MAILGATE_ERROR_BUDGET", "limits.error_budget",
+        parse_int(least=1), "N", "bad commands before a client is disconnected (default 20)",
+    ),
+    Option(
+        "limits.max_line_length", "--max-line-length", "MAILGATE_MAX_LINE_LENGTH",
+        "limits.max_line_length",
+        parse_int(least=MAX_TEXT_LINE_OCTETS, reason="RFC 5321 4.5.3.1.6"),
+        "OCTETS", "longest text line in a message, CRLF included (default 1000)",
+    ),
+    Option(
+        "limits.shutdown_grace", "--shutdown-grace", "MAILGATE_SHUTDOWN_GRACE",
+        "limits.shutdown_grace", parse_duration(least=0), "SECONDS",
+        "how long shutdown waits for transactions in flight (default 30)",
+    ),
+    Option(
+        "vrfy", "--vrfy", "MAILGATE_VRFY", "vrfy", parse_choice(("off", "252", "on")),
+        "off|252|on", "answer VRFY: off (502), 252 (cannot verify; default) or on",
+    ),
+    Option(
+        "expn", "--expn", "MAILGATE_EXPN", "expn", parse_choice(("off", "on")), "off|on",
+        "answer EXPN with alias members (default off)",
+    ),
+    Option(
+        "bare_line_endings", "--bare-line-endings", "MAILGATE_BARE_LINE_ENDINGS",
+        "bare_line_endings",
+        parse_choice(("reject", "normalise"), aliases={"normalize": "normalise"}),
+        "reject|normalise", "what a bare CR or LF in a message gets (default reject)",
+    ),
+    Option(
+        "log_level", "--log-level", "MAILGATE_LOG_LEVEL", "log_level",
+        parse_choice(("debug", "info", "warning", "error", "critical")), "LEVEL",
+        "debug, info, warning, error or critical (default info)",
+    ),
+)  # fmt: skip

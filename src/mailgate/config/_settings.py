@@ -1,0 +1,129 @@
+"""The settings tree: what a running mailgate is told, as frozen dataclasses.
+
+The dataclasses hold the defaults and nothing else; checking what a user
+wrote (and naming the flag, variable or TOML key that was wrong) is the
+loader's job, so code and tests may build settings with any values they
+need, such as a recipient limit below the RFC minimum to exercise ``452``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
+
+from mailgate.protocol._limits import (
+    DEFAULT_ERROR_BUDGET,
+    DEFAULT_MAX_MESSAGE_OCTETS,
+    DEFAULT_MAX_RECIPIENTS,
+    MAX_TEXT_LINE_OCTETS,
+)
+
+__all__ = ["Domain", "Limits", "Listen", "Settings"]
+
+DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """An address to listen on.  ``host`` ``""`` means every interface."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A domain mailgate accepts mail for.
+
+    No ``mailboxes`` means any local part is accepted.  ``aliases`` maps a
+    local part to its targets, each a local part of this domain or a whole
+    address.  Local parts are kept as written and matched without regard to
+    case, as most mail systems do (RFC 5321 2.4 allows either).
+    """
+
+    name: str
+    mailboxes: tuple[str, ...] = ()
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    _mailbox_keys: frozenset[str] = field(init=False, repr=False, compare=False)
+    _alias_keys: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A caller's dict would keep the frozen Domain mutable through it.
+        object.__setattr__(self, "aliases", MappingProxyType(dict(self.aliases)))
+        object.__setattr__(self, "_mailbox_keys", frozenset(m.casefold() for m in self.mailboxes))
+        alias_keys = {local.casefold(): targets for local, targets in self.aliases.items()}
+        object.__setattr__(self, "_alias_keys", MappingProxyType(alias_keys))
+
+    @property
+    def catch_all(self) -> bool:
+        """Whether any local part is accepted (no mailboxes are listed)."""
+        return not self.mailboxes
+
+    def accepts(self, local_part: str) -> bool:
+        """Whether mail to ``local_part`` at this domain is accepted."""
+        key = local_part.casefold()
+        return self.catch_all or key in self._mailbox_keys or key in self._alias_keys
+
+    def alias_targets(self, local_part: str) -> tuple[str, ...] | None:
+        """The targets of the alias ``local_part``, or ``None`` if it is not one."""
+        return self._alias_keys.get(local_part.casefold())
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Resource limits.  ``max_message_size`` 0 means no limit (RFC 1870 4)."""
+
+    max_message_size: int = DEFAULT_MAX_MESSAGE_OCTETS
+    max_recipients: int = DEFAULT_MAX_RECIPIENTS
+    max_connections: int = 1000
+    max_connections_per_ip: int = 100
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    error_budget: int = DEFAULT_ERROR_BUDGET
+    max_line_length: int = MAX_TEXT_LINE_OCTETS
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``mailgate serve`` is configured with.
+
+    ``store`` ``""`` means the SQLite database in ``data_dir``
+    (see ``store_url``); ``hostname`` ``""`` means the machine's name, which
+    the command line resolves.  No ``domains`` means catch-all: every
+    recipient is accepted and stored.
+    """
+
+    smtp: Listen = Listen("127.0.0.1", 1025)
+    http: Listen | None = Listen("127.0.0.1", 8025)
+    data_dir: Path = Path("mailgate-data")
+    store: str = ""
+    hostname: str = ""
+    domains: tuple[Domain, ...] = ()
+    limits: Limits = Limits()
+    vrfy: Literal["off", "252", "on"] = "252"
+    expn: Literal["off", "on"] = "off"
+    bare_line_endings: Literal["reject", "normalise"] = "reject"
+    log_level: str = "info"
+
+    @property
+    def store_url(self) -> str:
+        """The store to open: ``store``, or ``sqlite:///DATA_DIR/mail.db``."""
+        return self.store or f"sqlite:///{self.data_dir}/mail.db"
+
+    @property
+    def catch_all(self) -> bool:
+        """Whether every recipient domain is accepted (no domains are configured)."""
+        return not self.domains
+
+    def domain(self, name: str) -> Domain | None:
+        """The configured domain called ``name`` (any case), or ``None``."""
+        key = name.lower().removesuffix(".")
+        return next((d for d in self.domains if d.name == key), None)

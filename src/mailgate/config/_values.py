@@ -1,0 +1,327 @@
+"""Parsers for setting values, shared by flags, environment and TOML.
+
+Each parser takes what a source produced (always a ``str`` from flags and
+the environment; a ``str``, ``int``, ``float``, ``bool``, list or table from
+TOML) and returns the typed value or raises ``InvalidValue`` with a short
+problem statement.  The loader adds the name of the key the user wrote.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from mailgate.config._settings import Domain, Listen
+from mailgate.protocol._limits import MAX_DOMAIN_OCTETS, MAX_LOCAL_PART_OCTETS
+
+__all__ = [
+    "InvalidValue",
+    "parse_choice",
+    "parse_domain_name",
+    "parse_domain_names",
+    "parse_domain_table",
+    "parse_duration",
+    "parse_hostname",
+    "parse_int",
+    "parse_listen",
+    "parse_optional_listen",
+    "parse_path",
+    "parse_size",
+    "parse_store_url",
+]
+
+MAX_PORT = 65535
+
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_SIZE = re.compile(r"(\d+)\s*([KMG]?)(?:I?B)?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+_OFF = frozenset({"off", "false", "no", "none"})
+_STORE_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_LOCAL_PART_FORBIDDEN = re.compile(r"[\s@<>()\[\],;:\\\"\x00-\x1f\x7f]")
+
+
+class InvalidValue(Exception):
+    """A value is wrong; ``at`` locates it inside a TOML table (``."x".mailboxes``)."""
+
+    def __init__(self, problem: str, *, at: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.at = at
+
+
+def _describe(value: object) -> str:
+    match value:
+        case bool():
+            return "a boolean"
+        case int():
+            return "an integer"
+        case float():
+            return "a float"
+        case str():
+            return "a string"
+        case list():
+            return "an array"
+        case dict():
+            return "a table"
+        case _:
+            return f"a {type(value).__name__}"  # date, time or datetime
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidValue(f"expected a string, got {_describe(value)}")
+    return value
+
+
+def _minimum(value: int, least: int, unit: str, reason: str) -> int:
+    if value < least:
+        because = f" ({reason})" if reason else ""
+        raise InvalidValue(f"must be at least {least}{unit}{because}, got {value}")
+    return value
+
+
+def _is_hostname(name: str) -> bool:
+    labels = name.removesuffix(".").split(".")
+    return len(name) <= MAX_DOMAIN_OCTETS and all(_LABEL.fullmatch(label) for label in labels)
+
+
+def parse_listen(value: object) -> Listen:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (every interface)."""
+    text = _text(value).strip()
+    example = "e.g. 127.0.0.1:1025, [::1]:25 or :1025"
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]:")
+        if not bracket:
+            raise InvalidValue(f"{text!r} is not [IPv6]:PORT ({example})")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise InvalidValue(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            raise InvalidValue(f"{text!r} is not HOST:PORT ({example})")
+        if ":" in host:
+            raise InvalidValue(f"write an IPv6 address in brackets, e.g. [{host}]:{port}")
+        if host and not _is_hostname(host):
+            raise InvalidValue(f"{host!r} is not a host name or IP address")
+    if not port.isascii() or not port.isdigit() or int(port) > MAX_PORT:
+        raise InvalidValue(f"{port!r} is not a port number (0 to {MAX_PORT})")
+    return Listen(host, int(port))
+
+
+def parse_optional_listen(value: object) -> Listen | None:
+    """A listen address, or ``off`` (``false`` in TOML) for none."""
+    if value is False or (isinstance(value, str) and value.strip().lower() in _OFF):
+        return None
+    if isinstance(value, bool):
+        raise InvalidValue("expected HOST:PORT or false, got true")
+    return parse_listen(value)
+
+
+def parse_int(*, least: int, reason: str = "") -> Callable[[object], int]:
+    """A parser of whole numbers of at least ``least``."""
+
+    def parse(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+            number = int(value)
+        else:
+            shown = repr(value) if isinstance(value, str) else _describe(value)
+            raise InvalidValue(f"{shown} is not a whole number")
+        return _minimum(number, least, "", reason)
+
+    return parse
+
+
+def parse_size(*, least: int, reason: str = "") -> Callable[[object], int]:
+    """A parser of octet counts: ``1048576``, ``25M``, ``25MB``, ``25MiB``; K, M, G are 1024-based.
+
+    ``0`` is always allowed and means no limit.
+    """
+
+    def parse(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        else:
+            text = _text(value).strip()
+            match = _SIZE.fullmatch(text)
+            if match is None or not match[1].isascii():
+                raise InvalidValue(
+                    f"{text!r} is not a size: give octets, or a number with K, M or G (e.g. 25M)"
+                )
+            size = int(match[1]) * _SIZE_UNITS[match[2].upper()]
+        return size if size == 0 else _minimum(size, least, " octets", reason)
+
+    return parse
+
+
+def parse_duration(*, least: float) -> Callable[[object], float]:
+    """A parser of seconds: ``300``, ``2.5``, ``90s``, ``5m``, ``1h``."""
+
+    def parse(value: object) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            text = _text(value).strip()
+            match = _DURATION.fullmatch(text)
+            if match is None or not match[1].isascii():
+                raise InvalidValue(f"{text!r} is not a duration: give seconds, or use s, m or h")
+            seconds = float(match[1]) * _DURATION_UNITS[match[2].lower()]
+        if not math.isfinite(seconds) or seconds < least:
+            raise InvalidValue(f"must be at least {least:g} seconds, got {seconds:g}")
+        return seconds
+
+    return parse
+
+
+def parse_choice(
+    choices: Iterable[str], *, aliases: dict[str, str] | None = None
+) -> Callable[[object], str]:
+    """A parser of one of ``choices`` (any case); TOML booleans mean ``on``/``off``."""
+    allowed = tuple(choices)
+    spellings = {c: c for c in allowed} | (aliases or {})
+
+    def parse(value: object) -> str:
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):
+            return "on" if value else "off"
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        text = _text(value).strip().lower()
+        if text not in spellings:
+            raise InvalidValue(f"{text!r} is not one of {', '.join(allowed)}")
+        return spellings[text]
+
+    return parse
+
+
+def parse_path(value: object) -> Path:
+    """A non-empty file system path, ``~`` expanded."""
+    text = _text(value)
+    if not text.strip():
+        raise InvalidValue("must not be empty")
+    return Path(text).expanduser()
+
+
+def parse_store_url(value: object) -> str:
+    """A store URL such as ``sqlite:///path/mail.db`` (the store checks the rest)."""
+    text = _text(value).strip()
+    if not _STORE_URL.fullmatch(text):
+        raise InvalidValue(
+            f"{text!r} is not a store URL (e.g. sqlite:///mail.db, maildir:///var/mail, "
+            "postgresql://user@host/db)"
+        )
+    return text
+
+
+def parse_hostname(value: object) -> str:
+    """The name this server calls itself in greetings and trace headers."""
+    text = _text(value).strip()
+    if text and not _is_hostname(text):
+        raise InvalidValue(f"{text!r} is not a host name")
+    return text.removesuffix(".")
+
+
+def parse_domain_name(value: object) -> str:
+    """A domain name, lower-cased, without a trailing dot."""
+    text = _text(value).strip()
+    if not text.isascii():
+        raise InvalidValue(f"{text!r}: write an internationalised domain in its xn-- form")
+    if not text or not _is_hostname(text):
+        raise InvalidValue(f"{text!r} is not a domain name")
+    return text.lower().removesuffix(".")
+
+
+def _local_part(value: object, *, at: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidValue(f"expected a string, got {_describe(value)}", at=at)
+    if not value or _LOCAL_PART_FORBIDDEN.search(value):
+        raise InvalidValue(f"{value!r} is not a local part (a mailbox name without @)", at=at)
+    if len(value.encode()) > MAX_LOCAL_PART_OCTETS:
+        raise InvalidValue(
+            f"{value!r} is longer than {MAX_LOCAL_PART_OCTETS} octets (RFC 5321 4.5.3.1.1)",
+            at=at,
+        )
+    return value
+
+
+def _alias_target(value: object, *, at: str) -> str:
+    if isinstance(value, str) and "@" in value:
+        local, _, domain = value.rpartition("@")
+        _local_part(local, at=at)
+        try:
+            return f"{local}@{parse_domain_name(domain)}"
+        except InvalidValue as error:
+            raise InvalidValue(error.problem, at=at) from None
+    return _local_part(value, at=at)
+
+
+def _strings(value: object, *, at: str) -> list[object]:
+    if not isinstance(value, list):
+        raise InvalidValue(f"expected an array of strings, got {_describe(value)}", at=at)
+    return value
+
+
+def _domain(name: str, table: object, *, at: str) -> Domain:
+    if not isinstance(table, dict):
+        raise InvalidValue(f"expected a table, got {_describe(table)}", at=at)
+    for key in sorted(table.keys() - {"mailboxes", "aliases"}):
+        raise InvalidValue(
+            "unknown key (a domain has mailboxes and aliases)", at=f"{at}.{_toml_key(key)}"
+        )
+    mailboxes: dict[str, str] = {}
+    for item in _strings(table.get("mailboxes", []), at=f"{at}.mailboxes"):
+        local = _local_part(item, at=f"{at}.mailboxes")
+        if mailboxes.setdefault(local.casefold(), local) != local:
+            raise InvalidValue(f"{local!r} is listed twice", at=f"{at}.mailboxes")
+    aliases_table = table.get("aliases", {})
+    if not isinstance(aliases_table, dict):
+        raise InvalidValue(f"expected a table, got {_describe(aliases_table)}", at=f"{at}.aliases")
+    aliases: dict[str, tuple[str, ...]] = {}
+    seen: set[str] = set()
+    for alias, targets in aliases_table.items():
+        where = f"{at}.aliases.{_toml_key(alias)}"
+        local = _local_part(alias, at=where)
+        if local.casefold() in mailboxes:
+            raise InvalidValue(f"{local!r} is both a mailbox and an alias", at=where)
+        if local.casefold() in seen:
+            raise InvalidValue(f"{local!r} is defined twice", at=where)
+        seen.add(local.casefold())
+        items = _strings(targets, at=where)
+        if not items:
+            raise InvalidValue("an alias needs at least one target", at=where)
+        aliases[local] = tuple(_alias_target(item, at=where) for item in items)
+    return Domain(name, tuple(mailboxes.values()), aliases)
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else f'"{key}"'
+
+
+def parse_domain_table(value: object) -> tuple[Domain, ...]:
+    """The ``[domains."example.org"]`` tables of a TOML file."""
+    if not isinstance(value, dict):
+        raise InvalidValue(f"expected a table, got {_describe(value)}")
+    domains: dict[str, Domain] = {}
+    for written, table in value.items():
+        at = f".{_toml_key(written)}"
+        try:
+            name = parse_domain_name(written)
+        except InvalidValue as error:
+            raise InvalidValue(error.problem, at=at) from None
+        if name in domains:
+            raise InvalidValue(f"{name!r} is defined twice", at=at)
+        domains[name] = _domain(name, table, at=at)
+    return tuple(domains.values())
+
+
+def parse_domain_names(values: object) -> tuple[Domain, ...]:
+    """Domain names from flags or the environment: catch-all mailboxes each."""
+    names = values if isinstance(values, list | tuple) else [values]
+    return tuple(Domain(name) for name in dict.fromkeys(parse_domain_name(n) for n in names))
