@@ -1,0 +1,106 @@
+"""Who may send what to whom: recipient acceptance, VRFY and EXPN.
+
+With no domains configured mailgate is a catch-all: every recipient is
+accepted and stored, nothing is delivered onward.  With domains, only those
+are local; anything else would be relaying, which is refused (RFC 5321 7.9)
+until a later layer allows it for authenticated users.
+"""
+
+from __future__ import annotations
+
+from mailgate.config import Domain, Settings
+from mailgate.protocol import Reply
+
+__all__ = ["RecipientPolicy"]
+
+ACCEPTED = Reply(250, "2.1.5", "Recipient OK")
+_RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
+_UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
+_VRFY_NONCOMMITTAL = Reply(
+    252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"
+)
+_DISABLED = Reply(502, "5.5.1", "Command disabled")
+
+
+def _split(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain.lower()
+
+
+class RecipientPolicy:
+    """Decides RCPT, VRFY and EXPN answers from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._domains: dict[str, Domain] = {d.name.lower(): d for d in settings.domains}
+        self._vrfy = settings.vrfy
+        self._expn = settings.expn
+
+    @property
+    def catch_all(self) -> bool:
+        """Whether every recipient is accepted (no local domains configured)."""
+        return not self._domains
+
+    def is_local(self, address: str) -> bool:
+        """Whether ``address`` belongs to a local domain (always, in catch-all mode)."""
+        if self.catch_all or "@" not in address:
+            return True
+        return _split(address)[1] in self._domains
+
+    def check_recipient(self, address: str) -> Reply:
+        """The reply to ``RCPT TO:<address>``."""
+        if self.catch_all or "@" not in address:  # bare "postmaster" (RFC 5321 4.5.1)
+            return ACCEPTED
+        local, domain_name = _split(address)
+        domain = self._domains.get(domain_name)
+        if domain is None:
+            return _RELAY_DENIED
+        if local.casefold() == "postmaster" or domain.accepts(local):
+            return ACCEPTED
+        return _UNKNOWN_USER
+
+    def vrfy(self, argument: str) -> Reply:
+        """The reply to ``VRFY``: non-committal unless turned on (RFC 5321 3.5.3)."""
+        if self._vrfy == "off":
+            return _DISABLED
+        if self._vrfy == "252":
+            return _VRFY_NONCOMMITTAL
+        address = argument.strip().strip("<>")
+        if "@" not in address:
+            matches = [
+                f"{address}@{d.name}"
+                for d in self._domains.values()
+                if not d.catch_all and d.accepts(address)
+            ]
+            if len(matches) == 1:
+                return Reply(250, "2.1.5", f"<{matches[0]}>")
+            if len(matches) > 1:
+                return Reply(
+                    553,
+                    "5.1.4",
+                    "Ambiguous; possibilities are\n" + "\n".join(f"<{m}>" for m in matches),
+                )
+            return _VRFY_NONCOMMITTAL if self.catch_all else _UNKNOWN_USER
+        reply = self.check_recipient(address)
+        if reply is ACCEPTED:
+            return Reply(250, "2.1.5", f"<{address}>")
+        return _UNKNOWN_USER
+
+    def expn(self, argument: str) -> Reply:
+        """The reply to ``EXPN``: off by default (RFC 5321 7.3)."""
+        if self._expn == "off":
+            return _DISABLED
+        name = argument.strip().strip("<>")
+        local, _, domain_name = name.partition("@")
+        domains = (
+            [self._domains[domain_name.lower()]]
+            if domain_name and domain_name.lower() in self._domains
+            else []
+            if domain_name
+            else list(self._domains.values())
+        )
+        for domain in domains:
+            targets = domain.alias_targets(local)
+            if targets is not None:
+                members = [t if "@" in t else f"{t}@{domain.name}" for t in targets]
+                return Reply(250, "2.1.5", "\n".join(f"<{m}>" for m in members))
+        return Reply(550, "5.1.1", "No such mailing list")

@@ -1,0 +1,151 @@
+"""The SMTP listener: accepts connections, enforces limits, shuts down gracefully.
+
+Connection limits are checked before the greeting: a client over the
+overall or per-address limit gets ``421`` and is closed.  ``aclose`` stops
+accepting, says ``421`` to idle sessions at once, lets sessions inside a
+transaction finish within the grace period, then closes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections import Counter
+
+from mailgate.config import Listen, Settings
+from mailgate.ports import MailSink
+from mailgate.protocol import ConnectionSettings, Reply
+from mailgate.server._policy import RecipientPolicy
+from mailgate.server._session import Session
+
+__all__ = ["SMTPServer"]
+
+log = logging.getLogger("mailgate.smtp")
+
+
+class SMTPServer:
+    """mailgate's SMTP service on one or more listeners.
+
+    ``sink`` receives every accepted message; ``tls_context``, when given,
+    makes STARTTLS available.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sink: MailSink,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        limits = settings.limits
+        self.settings = settings
+        self.sink = sink
+        self.policy = RecipientPolicy(settings)
+        self.hostname = settings.hostname or socket.getfqdn()
+        self.idle_timeout = limits.idle_timeout
+        self.tls_context = tls_context
+        self.connection_settings = ConnectionSettings(
+            hostname=self.hostname,
+            max_message_size=limits.max_message_size,
+            max_recipients=limits.max_recipients,
+            max_text_line=limits.max_line_length,
+            error_budget=limits.error_budget,
+            bare_line_endings=settings.bare_line_endings,
+            starttls=tls_context is not None,
+        )
+        self.closing = False
+        self._sessions: set[Session] = set()
+        self._per_address: Counter[str] = Counter()
+        self._listeners: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = asyncio.Event()
+
+    async def start(self, listens: tuple[Listen, ...] | None = None) -> None:
+        """Bind the listeners (``settings.smtp`` by default).
+
+        Raises ``OSError`` when an address cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        for listen in listens or (self.settings.smtp,):
+            listener = await loop.create_server(
+                lambda: Session(self),
+                host=listen.host or None,
+                port=listen.port,
+                reuse_address=True,
+                backlog=1024,
+            )
+            self._listeners.append(listener)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) pairs, with real ports where 0 was asked."""
+        found: list[tuple[str, int]] = []
+        for listener in self._listeners:
+            for sock in listener.sockets:
+                name = sock.getsockname()
+                found.append((str(name[0]), int(name[1])))
+        return found
+
+    @property
+    def session_count(self) -> int:
+        """Sessions currently connected."""
+        return len(self._sessions)
+
+    def register(self, session: Session) -> str | None:
+        """Admit a new session, or say why not (sent with a 421)."""
+        limits = self.settings.limits
+        address = session.peer[0]
+        if self.closing:
+            return "Shutting down"
+        if len(self._sessions) >= limits.max_connections:
+            log.warning("connection limit reached; refusing %s", address)
+            return "Too many connections, try again later"
+        if self._per_address[address] >= limits.max_connections_per_ip:
+            log.warning("per-address connection limit reached for %s", address)
+            return "Too many connections from your address, try again later"
+        self._sessions.add(session)
+        self._per_address[address] += 1
+        return None
+
+    def unregister(self, session: Session) -> None:
+        """Forget a session whose connection is gone."""
+        if session in self._sessions:
+            self._sessions.discard(session)
+            address = session.peer[0]
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Keep a session's background step alive until it finishes."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop accepting, let open transactions finish (bounded), close all."""
+        if self.closing:
+            await self._closed.wait()
+            return
+        self.closing = True
+        for listener in self._listeners:
+            listener.close()
+        bye = Reply(421, "4.3.2", f"{self.hostname} Shutting down")
+        for session in list(self._sessions):
+            if not session.in_transaction:
+                session.shutdown(bye)
+        pending = [s.closed for s in self._sessions]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.limits.shutdown_grace)
+        for session in list(self._sessions):
+            session.shutdown(bye)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.settings.limits.shutdown_grace)
+        for listener in self._listeners:
+            await listener.wait_closed()
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Wait until ``aclose`` has finished."""
+        await self._closed.wait()

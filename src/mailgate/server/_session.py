@@ -1,0 +1,404 @@
+"""One SMTP session: an ``asyncio.Protocol`` pumping bytes through the engine.
+
+The session is a thin shell.  The engine parses and answers protocol
+errors; the session decides policy (who may send to whom), streams content
+into a spool and commits it through the ``MailSink`` port.  Only the shell
+knows about time: the idle timeout lives here.
+
+Replies to pipelined commands are collected and written once the engine
+needs more input (RFC 2920 3.2).  While a commit is in flight the session
+stops reading if much input piles up, so a flooding client costs bounded
+memory; nothing already received is ever dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from mailgate.model import Envelope, TLSInfo
+from mailgate.ports import MailSink, Spool
+from mailgate.protocol import (
+    NEED_DATA,
+    AuthResponse,
+    AuthStart,
+    BdatChunk,
+    ConnectionClosed,
+    DataAborted,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Ehlo,
+    Event,
+    Expn,
+    Helo,
+    MailFrom,
+    RcptTo,
+    Reply,
+    Rset,
+    ServerConnection,
+    StartTLS,
+    State,
+    Vrfy,
+)
+
+if TYPE_CHECKING:
+    from mailgate.server._server import SMTPServer
+
+__all__ = ["Session"]
+
+log = logging.getLogger("mailgate.smtp")
+
+_PAUSE_INPUT_OCTETS = 256 * 1024
+_TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, please try again later")
+_MAIL_OK = Reply(250, "2.1.0", "Sender OK")
+_RSET_OK = Reply(250, "2.0.0", "Flushed")
+_START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+_NO_AUTH = Reply(502, "5.5.1", "Authentication not available")
+
+
+class _Transaction:
+    __slots__ = ("mail", "rcpt_params", "recipients", "spool")
+
+    def __init__(self, mail: MailFrom) -> None:
+        self.mail = mail
+        self.recipients: list[str] = []
+        self.rcpt_params: list[dict[str, str | None]] = []
+        self.spool: Spool | None = None
+
+
+class Session(asyncio.Protocol):
+    """The server side of one connection."""
+
+    def __init__(self, server: SMTPServer) -> None:
+        self._server = server
+        self._sink: MailSink = server.sink
+        self._policy = server.policy
+        self._conn = ServerConnection(server.connection_settings)
+        self._transport: asyncio.Transport | None = None
+        self._peer: tuple[str, int] = ("", 0)
+        self._txn: _Transaction | None = None
+        self._busy = False
+        self._backlog = 0
+        self._paused = False
+        self._write_paused = False
+        self._closed = False
+        self._last_activity = 0.0
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._tls: TLSInfo | None = None
+        self.auth_user: str | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self._peer = (str(peer[0]), int(peer[1]))
+        refusal = self._server.register(self)
+        hostname = self._server.hostname
+        if refusal is not None:
+            self._conn.send(Reply(421, "4.7.0", f"{hostname} {refusal}"))
+            self._flush()
+            transport.close()
+            return
+        self._conn.send(Reply(220, None, f"{hostname} ESMTP mailgate ready"))
+        self._flush()
+        self._touch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._abort_transaction()
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        self._server.unregister(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._touch()
+        self._conn.receive_data(data)
+        if self._busy:
+            # Keep everything (RFC 2920 3.2) but stop reading past a bound.
+            self._backlog += len(data)
+            self._set_reading()
+            return
+        self._pump()
+
+    def eof_received(self) -> bool:
+        self._conn.receive_eof()
+        if not self._busy:
+            self._pump()
+        return False
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._set_reading()
+
+    # ------------------------------------------------------------- plumbing
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        """The client's address and port."""
+        return self._peer
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a mail transaction is open (shutdown waits for it)."""
+        return self._busy or self._conn.state in (
+            State.MAIL,
+            State.RCPT,
+            State.DATA,
+            State.BDAT,
+        )
+
+    def _touch(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_activity = loop.time()
+        if self._idle_handle is None:
+            self._idle_handle = loop.call_later(self._server.idle_timeout, self._check_idle)
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        remaining = self._last_activity + self._server.idle_timeout - loop.time()
+        if remaining > 0:
+            self._idle_handle = loop.call_later(remaining, self._check_idle)
+            return
+        self._idle_handle = None
+        if self._busy:  # the store is slow, not the client
+            self._touch()
+            return
+        log.info("idle timeout for %s", self._peer[0])
+        self.shutdown(Reply(421, "4.4.2", f"{self._server.hostname} Idle timeout, closing"))
+
+    def shutdown(self, reply: Reply) -> None:
+        """Say ``reply`` (a 421) and close, abandoning any open transaction."""
+        if self._closed or self._transport is None:
+            return
+        if self._conn.state is not State.CLOSED:
+            self._conn.send(reply)
+        self._flush()
+        self._abort_transaction()
+        self._transport.close()
+        self._closed = True
+
+    def _set_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self._closed:
+            return
+        want_pause = self._write_paused or (self._busy and self._backlog > _PAUSE_INPUT_OCTETS)
+        if want_pause and not self._paused:
+            transport.pause_reading()
+            self._paused = True
+        elif not want_pause and self._paused:
+            transport.resume_reading()
+            self._paused = False
+
+    def _flush(self) -> None:
+        out = self._conn.data_to_send()
+        if out and self._transport is not None and not self._closed:
+            self._transport.write(out)
+
+    # ------------------------------------------------------------ the pump
+
+    def _pump(self) -> None:
+        conn = self._conn
+        try:
+            while not self._closed:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    break
+                if isinstance(event, ConnectionClosed):
+                    self._flush()
+                    self._abort_transaction()
+                    if self._transport is not None:
+                        self._transport.close()
+                    self._closed = True
+                    return
+                assert isinstance(event, Event)
+                if self._handle(event):
+                    # An asynchronous step took over; it resumes the pump.
+                    break
+        except Exception:
+            log.exception("session with %s failed", self._peer[0])
+            self.shutdown(Reply(421, "4.3.0", f"{self._server.hostname} Internal error, closing"))
+            return
+        self._flush()
+        if self._server.closing and not self.in_transaction and not self._closed:
+            self.shutdown(Reply(421, "4.3.2", f"{self._server.hostname} Shutting down"))
+
+    def _handle(self, event: Event) -> bool:
+        """React to one event; return True when an async step took over."""
+        conn = self._conn
+        if isinstance(event, DataChunk):
+            self._spool().write(event.data)
+        elif isinstance(event, (MailFrom, RcptTo)):
+            self._envelope_command(event)
+        elif isinstance(event, DataStart):
+            conn.send(_START_DATA)
+            self._spool()
+        elif isinstance(event, DataEnd):
+            self._start_commit()
+            return True
+        elif isinstance(event, BdatChunk):
+            self._spool()
+            if event.last:
+                self._start_commit()
+                return True
+            conn.send(Reply(250, "2.0.0", f"{event.size} octets received"))
+        elif isinstance(event, DataAborted):
+            self._abort_transaction()
+        elif isinstance(event, (Helo, Ehlo, Rset)):
+            self._abort_transaction()
+            self._greet_or_reset(event)
+        elif isinstance(event, Vrfy):
+            conn.send(self._policy.vrfy(event.argument))
+        elif isinstance(event, Expn):
+            conn.send(self._policy.expn(event.argument))
+        elif isinstance(event, StartTLS):
+            return self._start_tls()
+        elif isinstance(event, (AuthStart, AuthResponse)):
+            conn.send(_NO_AUTH)
+        else:  # pragma: no cover - every Command is handled above
+            raise AssertionError(f"unhandled event {event!r}")
+        return False
+
+    def _greet_or_reset(self, event: Helo | Ehlo | Rset) -> None:
+        conn = self._conn
+        hostname = self._server.hostname
+        if isinstance(event, Ehlo):
+            conn.send(conn.ehlo_reply(f"{hostname} Hello {self._greeting_name(event.name)}"))
+        elif isinstance(event, Helo):
+            conn.send(Reply(250, None, hostname))
+        else:
+            conn.send(_RSET_OK)
+
+    def _greeting_name(self, name: str) -> str:
+        return f"{name[:64]} [{self._peer[0]}]"
+
+    def _envelope_command(self, event: MailFrom | RcptTo) -> None:
+        conn = self._conn
+        if isinstance(event, MailFrom):
+            self._txn = _Transaction(event)
+            conn.send(_MAIL_OK)
+            return
+        txn = self._txn
+        assert txn is not None
+        reply = self._policy.check_recipient(event.address)
+        if reply.is_positive:
+            txn.recipients.append(event.address)
+            txn.rcpt_params.append(dict(event.params))
+        conn.send(reply)
+
+    def _spool(self) -> Spool:
+        txn = self._txn
+        assert txn is not None
+        if txn.spool is None:
+            txn.spool = self._sink.begin(self._envelope(txn))
+        return txn.spool
+
+    def _envelope(self, txn: _Transaction) -> Envelope:
+        conn = self._conn
+        mail = txn.mail
+        protocol = "ESMTP" if conn.extended else "SMTP"
+        if mail.smtputf8:
+            protocol = "UTF8SMTP"
+        if conn.tls_active:
+            protocol += "S"
+        if self.auth_user is not None:
+            protocol += "A"
+        return Envelope(
+            mail_from=mail.address,
+            rcpt_to=tuple(txn.recipients),
+            received_at=datetime.now(UTC),
+            helo_name=conn.helo_name,
+            client_address=self._peer[0],
+            client_port=self._peer[1],
+            protocol=protocol,
+            mail_params=dict(mail.params),
+            rcpt_params=tuple(txn.rcpt_params),
+            auth_user=self.auth_user,
+            tls=self._tls,
+            outbound=tuple(r for r in txn.recipients if not self._policy.is_local(r)),
+        )
+
+    def _abort_transaction(self) -> None:
+        txn, self._txn = self._txn, None
+        if txn is not None and txn.spool is not None:
+            txn.spool.discard()
+
+    # ------------------------------------------------------- async steps
+
+    def _start_commit(self) -> None:
+        txn, self._txn = self._txn, None
+        assert txn is not None
+        assert txn.spool is not None
+        self._busy = True
+        task = asyncio.get_running_loop().create_task(self._commit(txn.spool))
+        self._server.track(task)
+
+    async def _commit(self, spool: Spool) -> None:
+        try:
+            message_id = await self._sink.commit(spool)
+        except Exception:
+            log.exception("could not store a message from %s", self._peer[0])
+            reply = _TEMPORARY_FAILURE
+        else:
+            reply = Reply(250, "2.0.0", f"Ok: queued as {message_id}")
+        self._resume(reply)
+
+    def _resume(self, reply: Reply) -> None:
+        self._busy = False
+        self._backlog = 0
+        if self._closed:
+            return
+        self._conn.send(reply)
+        self._set_reading()
+        self._pump()
+
+    def _start_tls(self) -> bool:
+        # STARTTLS is only offered when the server has a TLS context.
+        context = self._server.tls_context
+        if context is None:  # pragma: no cover - the engine refuses it first
+            self._conn.send(Reply(454, "4.7.0", "TLS not available"))
+            return False
+        self._conn.send(Reply(220, "2.0.0", "Ready to start TLS"))
+        self._flush()
+        self._busy = True
+        task = asyncio.get_running_loop().create_task(self._handshake(context))
+        self._server.track(task)
+        return True
+
+    async def _handshake(self, context: ssl.SSLContext) -> None:
+        transport = self._transport
+        assert transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new_transport = await loop.start_tls(transport, self, context, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as error:
+            log.info("TLS handshake with %s failed: %s", self._peer[0], error)
+            self._closed = True
+            transport.close()
+            return
+        if new_transport is None:  # pragma: no cover - only for non-stream transports
+            return
+        self._transport = new_transport
+        ssl_object = new_transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            cipher = ssl_object.cipher()
+            self._tls = TLSInfo(
+                version=str(ssl_object.version()), cipher=str(cipher[0]) if cipher else ""
+            )
+        self._conn.tls_established()
+        self._busy = False
+        self._backlog = 0
+        self._pump()
