@@ -59,7 +59,7 @@ def test_defaults() -> None:
     assert settings.http == Listen("127.0.0.1", 8025)
     assert settings.data_dir == Path("mailgate-data")
     assert settings.store == ""
-    assert settings.store_url == "sqlite:///mailgate-data/mail.db"
+    assert settings.store_url == "sqlite:mailgate-data/mail.db"
     assert settings.hostname == ""
     assert settings.domains == ()
     assert settings.catch_all
@@ -113,7 +113,8 @@ def test_option_names_are_unique_and_conventional() -> None:
 
 
 def test_store_url() -> None:
-    assert Settings(data_dir=Path("/var/lib/mg")).store_url == "sqlite:////var/lib/mg/mail.db"
+    assert Settings(data_dir=Path("/var/lib/mg")).store_url == "sqlite:///var/lib/mg/mail.db"
+    assert Settings(data_dir=Path("./my data")).store_url == "sqlite:my%20data/mail.db"
     assert Settings(store="maildir:///srv/mail").store_url == "maildir:///srv/mail"
 
 
@@ -386,7 +387,7 @@ def test_choices_in_the_file(tmp_path: Path) -> None:
 def test_data_dir_and_store(tmp_path: Path) -> None:
     settings = load({"data": "/srv/mail"})
     assert settings.data_dir == Path("/srv/mail")
-    assert settings.store_url == "sqlite:////srv/mail/mail.db"
+    assert settings.store_url == "sqlite:///srv/mail/mail.db"
     assert load({"data": "~/mg"}).data_dir == Path("~/mg").expanduser()
     assert error_of({"data": ""}) == "--data: must not be empty"
     settings = load(env={"MAILGATE_STORE": "postgresql://mailgate@db/mail"})
@@ -394,6 +395,7 @@ def test_data_dir_and_store(tmp_path: Path) -> None:
     assert load(toml='store = "maildir:///srv/mail"', tmp_path=tmp_path).store == (
         "maildir:///srv/mail"
     )
+    assert load({"store": "sqlite:mail.db"}).store_url == "sqlite:mail.db"
     assert error_of({"store": "/srv/mail.db"}).startswith(
         "--store: '/srv/mail.db' is not a store URL (e.g. sqlite:///mail.db"
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
+from urllib.parse import quote
 
 from mailgate.protocol._limits import (
     DEFAULT_ERROR_BUDGET,
@@ -115,8 +116,16 @@ class Settings:
 
     @property
     def store_url(self) -> str:
-        """The store to open: ``store``, or ``sqlite:///DATA_DIR/mail.db``."""
-        return self.store or f"sqlite:///{self.data_dir}/mail.db"
+        """The store to open: ``store``, or the SQLite database ``DATA_DIR/mail.db``.
+
+        That is ``sqlite:///var/lib/mailgate/mail.db`` for an absolute
+        ``data_dir`` and ``sqlite:mailgate-data/mail.db`` for a relative one,
+        as ``mailgate.stores.open_store`` reads them.
+        """
+        if self.store:
+            return self.store
+        path = quote((self.data_dir / "mail.db").as_posix())
+        return f"sqlite://{path}" if self.data_dir.is_absolute() else f"sqlite:{path}"
 
     @property
     def catch_all(self) -> bool:

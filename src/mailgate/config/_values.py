@@ -41,7 +41,7 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)", re.IGNORECASE)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 _OFF = frozenset({"off", "false", "no", "none"})
-_STORE_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.IGNORECASE)
+_STORE_URL = re.compile(r"[a-z][a-z0-9+.-]*:\S+", re.IGNORECASE)
 _LOCAL_PART_FORBIDDEN = re.compile(r"[\s@<>()\[\],;:\\\"\x00-\x1f\x7f]")
 
 
@@ -210,7 +210,7 @@ def parse_path(value: object) -> Path:
 
 
 def parse_store_url(value: object) -> str:
-    """A store URL such as ``sqlite:///path/mail.db`` (the store checks the rest)."""
+    """A store URL such as ``sqlite:///path/mail.db`` (``open_store`` checks the rest)."""
     text = _text(value).strip()
     if not _STORE_URL.fullmatch(text):
         raise InvalidValue(

@@ -1,0 +1,63 @@
+# mailgate: the commands CI runs, and the ones a developer types.
+#
+#   make serve   run mailgate with its defaults (smtp 127.0.0.1:1025); ARGS="..." adds flags
+#   make test    format check, lint, type check, tests with branch coverage, protocol coverage gate
+#   make lint    format check, lint, type check
+#   make fmt     format and fix what the linter can
+#   make bench   the benchmark harness
+#   make clean   caches and build output (distclean: the virtualenv too)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+ARGS   ?=
+
+# Each stamp records that the virtualenv holds the project with those extras,
+# installed after the last change to pyproject.toml.
+RUN_STAMP := $(VENV)/.installed-fast
+DEV_STAMP := $(VENV)/.installed-dev-fast
+
+.PHONY: serve test lint fmt coverage-protocol bench clean distclean
+
+serve: $(RUN_STAMP)
+	$(BIN)/mailgate serve $(ARGS)
+
+test: lint
+	$(BIN)/pytest --cov=mailgate --cov-branch --cov-report=term-missing
+	$(MAKE) --no-print-directory coverage-protocol
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# The sans-I/O engine is tested to every branch.  Reads the data of the last test run.
+coverage-protocol: $(DEV_STAMP)
+	$(BIN)/coverage report --include='src/mailgate/protocol/*' --fail-under=100
+
+fmt: $(DEV_STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(DEV_STAMP)
+	sh bench/setup.sh
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis htmlcov build dist .coverage .coverage.*
+	find src tests -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -rf src/*.egg-info
+
+distclean: clean
+	rm -rf $(VENV)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[fast]'
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,fast]'
+	touch $@
