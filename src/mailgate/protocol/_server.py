@@ -406,25 +406,29 @@ class ServerConnection:
             raise LocalProtocolError(f"reply to {type(self._pending).__name__} first")
         while True:
             if self._queued:
-                return self._queued.popleft()
-            state = self.state
-            if state is State.CLOSED:
-                return ConnectionClosed()
-            if state in (State.GREETING, State.TLS_HANDSHAKE):
-                return self._need_data_or_close()
-            if state is State.DATA:
-                event = self._next_data()
-            elif self._bdat_remaining:
-                event = self._next_bdat()
-            elif state is State.AUTH:
-                event = self._next_line(MAX_SASL_LINE_OCTETS, self._handle_sasl_line)
+                event: Event | _NeedData | None = self._queued.popleft()
             else:
-                event = self._next_line(self._line_cap(), self._handle_command_line)
+                event = self._next_framed()
             if event is None:
                 continue
             if isinstance(event, Command):
                 self._pending = event
             return event
+
+    def _next_framed(self) -> Event | _NeedData | None:
+        """Parse under the current framing; ``None`` means "go round again"."""
+        state = self.state
+        if state is State.CLOSED:
+            return ConnectionClosed()
+        if state in (State.GREETING, State.TLS_HANDSHAKE):
+            return self._need_data_or_close()
+        if state is State.DATA:
+            return self._next_data()
+        if self._bdat_remaining:
+            return self._next_bdat()
+        if state is State.AUTH:
+            return self._next_line(MAX_SASL_LINE_OCTETS, self._handle_sasl_line)
+        return self._next_line(self._line_cap(), self._handle_command_line)
 
     def _line_cap(self) -> int:
         cap = self.settings.max_command_line + MAX_MAIL_LINE_EXTRA_OCTETS
