@@ -6,6 +6,7 @@ passed between the event loop and the store's writer thread without copying.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,8 @@ __all__ = [
     "MessageId",
     "MessagePage",
     "MessageSummary",
+    "StoreEvent",
+    "StoreEventKind",
     "StoredMessage",
     "TLSInfo",
 ]
@@ -54,6 +57,8 @@ class Envelope:
     received_at: datetime
     helo_name: str = ""
     client_address: str = ""
+    client_hostname: str = ""
+    """The client's name from reverse DNS, or ``""`` when it has none or was not looked up."""
     client_port: int = 0
     protocol: str = "ESMTP"
     mail_params: Mapping[str, str | None] = field(default_factory=dict)
@@ -101,3 +106,26 @@ class MessagePage:
     total: int
     unread: int
     offset: int = 0
+
+
+class StoreEventKind(enum.StrEnum):
+    """What happened to the messages named by a ``StoreEvent``."""
+
+    STORED = "stored"
+    READ = "read"
+    UNREAD = "unread"
+    DELETED = "deleted"
+    OVERFLOW = "overflow"
+    """The subscriber fell behind and events were dropped: list again."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """A change to a store, as ``MessageStore.subscribe`` reports it.
+
+    An empty ``message_ids`` on ``READ``, ``UNREAD`` or ``DELETED`` means the
+    change applied to every message; it is always empty for ``OVERFLOW``.
+    """
+
+    kind: StoreEventKind
+    message_ids: tuple[MessageId, ...] = ()

@@ -3,17 +3,46 @@
 The shells (``server``, ``web``) see stores and delivery only through these.
 Every implementation passes the matching conformance suite in
 ``mailgate.testing``.
+
+New mail takes one path: the server asks a ``MailSink`` (``delivery``) for a
+``Spool``, streams the message into it and commits it; the sink parses a
+summary and hands a ``NewMessage`` to a ``MessageStore``, which returns only
+once the message is durable.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
-from mailgate.model import Envelope, MessageId, MessagePage, StoredMessage
+from mailgate import MailgateError
+from mailgate.model import (
+    Envelope,
+    MessageId,
+    MessagePage,
+    MessageSummary,
+    StoredMessage,
+    StoreEvent,
+)
 
-__all__ = ["Clock", "MailSink", "MessageStore", "NewMessage", "Spool"]
+__all__ = [
+    "Clock",
+    "MailSink",
+    "MessageStore",
+    "NewMessage",
+    "Spool",
+    "StoreError",
+    "StoreEvent",
+]
+
+
+class StoreError(MailgateError):
+    """A store could not be opened, or could not do what was asked of it.
+
+    The message is one line, fit to show an operator; the cause, if any, is
+    chained.
+    """
 
 
 class Clock(Protocol):
@@ -46,13 +75,41 @@ class Spool(Protocol):
 
 
 class NewMessage(Protocol):
-    """A fully received message, handed to ``MessageStore.commit``."""
+    """A fully received message, handed to ``MessageStore.commit``.
+
+    Its content is either held in memory (``content``) or in a spool file
+    (``path``), written and closed but not yet synced to disk.  A store may
+    move that file into its own storage; whatever it leaves behind, the sink
+    removes after ``commit`` returns or fails.
+    """
 
     @property
     def id(self) -> MessageId: ...
 
     @property
     def envelope(self) -> Envelope: ...
+
+    @property
+    def summary(self) -> MessageSummary: ...
+
+    @property
+    def size(self) -> int:
+        """Octets of content, the trace header included."""
+        ...
+
+    @property
+    def content(self) -> bytes | None:
+        """The whole content when it is held in memory, else ``None``."""
+        ...
+
+    @property
+    def path(self) -> str | None:
+        """The spool file holding the content when it is not in memory, else ``None``."""
+        ...
+
+    def open(self) -> BinaryIO:
+        """A fresh binary reader over the content, from its first octet."""
+        ...
 
 
 class MailSink(Protocol):
@@ -73,6 +130,14 @@ class MailSink(Protocol):
 class MessageStore(Protocol):
     """Durable storage of received messages."""
 
+    async def commit(self, message: NewMessage) -> MessageId:
+        """Store the message; return its id only once it is durable.
+
+        Raises ``StoreError`` when it cannot be stored (then nothing of it
+        is visible, now or after a crash).
+        """
+        ...
+
     async def list(self, *, offset: int = 0, limit: int = 50) -> MessagePage:
         """Newest first."""
         ...
@@ -90,23 +155,13 @@ class MessageStore(Protocol):
         ...
 
     async def mark_read(self, message_ids: Sequence[MessageId] | None, read: bool) -> int:
-        """Set the read flag on these messages, or all for ``None``."""
+        """Set the read flag on these messages, or all for ``None``; return how many changed."""
         ...
 
     def subscribe(self) -> AsyncIterator[StoreEvent]:
-        """Live events: stored, read, deleted."""
+        """Live events: stored, read, unread, deleted; ends when the store closes."""
         ...
 
     async def aclose(self) -> None:
         """Finish pending commits and release the store."""
         ...
-
-
-class StoreEvent(Protocol):
-    """A change to the store: ``kind`` is ``"stored"``, ``"read"``, ``"deleted"``..."""
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def message_ids(self) -> tuple[MessageId, ...]: ...

@@ -1,0 +1,151 @@
+"""The accept path: the one writer of new mail.
+
+``Acceptor.begin`` gives each message its id and a spool that starts with
+the ``Received:`` trace header; ``Acceptor.commit`` summarizes the message
+and hands it to the store, returning the id only once the store says it is
+durable.  Whatever happens, the spool's file is gone once ``commit`` returns
+or raises: either the store took it, or it is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from mailgate.delivery._ids import new_message_id
+from mailgate.delivery._spool import MemoryThresholdSpool
+from mailgate.delivery._summary import summarize
+from mailgate.delivery._trace import received_header
+from mailgate.model import Envelope, MessageId, MessageSummary
+from mailgate.ports import Clock, MessageStore, Spool
+
+__all__ = ["Acceptor", "DeliverySettings", "ReceivedMessage", "SystemClock"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_THRESHOLD_OCTETS = 256 * 1024
+
+
+class SystemClock:
+    """The real time, as a ``ports.Clock``."""
+
+    def now(self) -> datetime:
+        """The current UTC time, timezone-aware."""
+        return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverySettings:
+    """How the accept path treats new mail.
+
+    ``hostname`` names this server in trace headers; ``spool_dir`` holds the
+    content of messages larger than ``memory_threshold`` octets while they
+    stream in (it should be on the store's file system, so the store can
+    move a body into place rather than copy it).
+    """
+
+    hostname: str
+    spool_dir: Path
+    memory_threshold: int = DEFAULT_MEMORY_THRESHOLD_OCTETS
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """A complete message on its way to the store: a ``ports.NewMessage``."""
+
+    id: MessageId
+    envelope: Envelope
+    summary: MessageSummary
+    size: int
+    content: bytes | None
+    path: str | None
+
+    def open(self) -> BinaryIO:
+        """A fresh binary reader over the content, from its first octet."""
+        if self.content is not None:
+            return io.BytesIO(self.content)
+        assert self.path is not None
+        return open(self.path, "rb")
+
+
+class Acceptor:
+    """The ``ports.MailSink`` that every new message goes through.
+
+    ``begin`` never blocks; ``commit`` parses the summary (in a worker thread
+    when the content is in a file) and awaits the store's durable commit.
+    """
+
+    def __init__(
+        self, store: MessageStore, settings: DeliverySettings, *, clock: Clock | None = None
+    ) -> None:
+        """Raises ``OSError`` when the spool directory cannot be created."""
+        self._store = store
+        self._settings = settings
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        settings.spool_dir.mkdir(parents=True, exist_ok=True)
+
+    def begin(self, envelope: Envelope) -> Spool:
+        """A spool for a new message, its id assigned and its trace header written."""
+        now = self._clock.now()
+        message_id = new_message_id(now)
+        return MemoryThresholdSpool(
+            message_id,
+            envelope,
+            received_at=now,
+            directory=self._settings.spool_dir,
+            threshold=self._settings.memory_threshold,
+            trace_header=received_header(
+                envelope, message_id, hostname=self._settings.hostname, when=now
+            ),
+        )
+
+    async def commit(self, spool: Spool) -> MessageId:
+        """Store the message durably and return its id.
+
+        Raises ``SpoolClosedError`` for a spool already committed or
+        discarded, ``TypeError`` for a spool this sink did not make, and
+        whatever the store raises (``ports.StoreError``) when it cannot take
+        the message.
+        """
+        if not isinstance(spool, MemoryThresholdSpool):
+            raise TypeError(f"not a spool from this sink: {spool!r}")
+        spool.close()
+        try:
+            content = spool.content
+            if content is not None:
+                summary = _summarize(spool, io.BytesIO(content))
+            else:
+                summary = await asyncio.to_thread(_summarize_file, spool)
+            message = ReceivedMessage(
+                id=spool.id,
+                envelope=spool.envelope,
+                summary=summary,
+                size=spool.size,
+                content=content,
+                path=spool.path,
+            )
+            return await self._store.commit(message)
+        finally:
+            spool.release()
+
+
+def _summarize(spool: MemoryThresholdSpool, reader: BinaryIO) -> MessageSummary:
+    try:
+        return summarize(
+            reader, message_id=spool.id, received_at=spool.received_at, size=spool.size
+        )
+    except Exception:
+        # Unforeseen input must not cost the message: store it with what is certain.
+        log.exception("could not summarize message %s", spool.id)
+        return MessageSummary(id=spool.id, received_at=spool.received_at, size=spool.size)
+
+
+def _summarize_file(spool: MemoryThresholdSpool) -> MessageSummary:
+    assert spool.path is not None
+    with open(spool.path, "rb") as reader:
+        return _summarize(spool, reader)

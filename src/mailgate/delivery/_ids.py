@@ -1,0 +1,55 @@
+"""Message ids: 26 characters of Crockford base32, sortable by time.
+
+The layout is that of a ULID: a 48-bit count of milliseconds since the Unix
+epoch, then 80 random bits.  Ids from one millisecond sort in random order;
+ids from different milliseconds sort by time, as strings and as numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+from datetime import UTC, datetime
+
+from mailgate.model import MessageId
+
+__all__ = ["id_timestamp", "new_message_id"]
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, no I L O U
+_DECODE = {c: i for i, c in enumerate(_ALPHABET)}
+# base64.b32encode speaks RFC 4648 base32; the same 5-bit groups, other digits.
+_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+ID_CHARS = 26
+TIMESTAMP_BITS = 48
+RANDOM_BITS = 80
+# 26 characters carry 130 bits: the 128 of the id behind two zero bits.  Shifted left by
+# 30 more, they fill 20 octets, which base32 encodes without padding, the last 6 digits zero.
+_ENCODE_SHIFT = 30
+_ENCODE_OCTETS = 20
+
+# Ids need to be unique, not secret: a generator seeded from the system's randomness (and
+# seeded again in a forked child) is much faster than reading it for every message.
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
+
+
+def new_message_id(now: datetime) -> MessageId:
+    """A fresh id whose timestamp is ``now`` (a timezone-aware datetime)."""
+    millis = int(now.timestamp() * 1000) & ((1 << TIMESTAMP_BITS) - 1)
+    value = (millis << RANDOM_BITS) | _random.getrandbits(RANDOM_BITS)
+    digits = base64.b32encode((value << _ENCODE_SHIFT).to_bytes(_ENCODE_OCTETS))
+    return MessageId(digits[:ID_CHARS].translate(_FROM_RFC4648).decode("ascii"))
+
+
+def id_timestamp(message_id: str) -> datetime:
+    """The time encoded in an id, to the millisecond.
+
+    Raises ``ValueError`` when ``message_id`` is not a well-formed id.
+    """
+    if len(message_id) != ID_CHARS:
+        raise ValueError(f"a message id has {ID_CHARS} characters: {message_id!r}")
+    value = 0
+    for char in message_id[:10]:  # 50 bits: two zero bits, then the 48 of the time
+        value = (value << 5) | _DECODE[char.upper()]
+    return datetime.fromtimestamp(value / 1000, UTC)

@@ -1,0 +1,144 @@
+"""Spools: where a message's bytes go while they stream in.
+
+A spool holds its content in memory up to a threshold, then moves it to a
+file of its own under the spool directory and appends there, so a 50 MB
+message never sits whole in the process.  The file is written but not
+synced: making it durable is the store's job, done once at commit.
+
+A spool is used from one task at a time.  Its life is ``write``* then
+``discard``, or ``close`` (the sink closes it to commit it) and later
+``release`` once the store has taken the content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from mailgate import MailgateError
+from mailgate.model import Envelope, MessageId
+
+__all__ = ["MemoryThresholdSpool", "SpoolClosedError"]
+
+SPOOL_SUFFIX = ".spool"
+
+
+class SpoolClosedError(MailgateError):
+    """Content was written to a spool that was already committed or discarded."""
+
+
+class MemoryThresholdSpool:
+    """A ``ports.Spool`` that rolls over from memory to a file past a threshold."""
+
+    __slots__ = (
+        "_buffer",
+        "_directory",
+        "_file",
+        "_path",
+        "_size",
+        "_state",
+        "_threshold",
+        "envelope",
+        "id",
+        "received_at",
+    )
+
+    def __init__(
+        self,
+        message_id: MessageId,
+        envelope: Envelope,
+        *,
+        received_at: datetime,
+        directory: Path,
+        threshold: int,
+        trace_header: bytes,
+    ) -> None:
+        self.id = message_id
+        self.envelope = envelope
+        self.received_at = received_at
+        self._directory = directory
+        self._threshold = threshold
+        self._buffer = bytearray(trace_header)
+        self._size = len(trace_header)
+        self._file: BinaryIO | None = None
+        self._path: str | None = None
+        self._state = "open"
+
+    @property
+    def size(self) -> int:
+        """Octets written so far, the trace header included."""
+        return self._size
+
+    @property
+    def is_open(self) -> bool:
+        """Whether content may still be written."""
+        return self._state == "open"
+
+    def write(self, data: bytes) -> None:
+        """Append content; raises ``SpoolClosedError`` once committed or discarded.
+
+        Raises ``OSError`` when the content must go to a file and cannot.
+        """
+        if self._state != "open":
+            raise SpoolClosedError(f"spool for {self.id} is {self._state}")
+        self._size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > self._threshold:
+            self._roll_over()
+
+    def _roll_over(self) -> None:
+        path = self._directory / f"{self.id}{SPOOL_SUFFIX}"
+        # "x": an id names one message, so an existing file is someone else's.
+        file = open(path, "xb")  # noqa: SIM115 - the spool owns it until close()
+        try:
+            file.write(self._buffer)
+        except BaseException:
+            file.close()
+            path.unlink(missing_ok=True)
+            raise
+        self._file = file
+        self._path = str(path)
+        self._buffer = bytearray()
+
+    def discard(self) -> None:
+        """Throw the content away; harmless to call again, or after a commit."""
+        if self._state == "discarded":
+            return
+        self._state = "discarded"
+        self._buffer = bytearray()
+        self.release()
+
+    def close(self) -> None:
+        """Stop writing: the content is complete.  The file, if any, is flushed."""
+        if self._state != "open":
+            raise SpoolClosedError(f"spool for {self.id} is {self._state}")
+        self._state = "closed"
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def release(self) -> None:
+        """Remove the spool file, if the store left one behind."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+            self._path = None
+
+    @property
+    def content(self) -> bytes | None:
+        """The content so far while it is held in memory, else ``None``."""
+        return None if self._path is not None else bytes(self._buffer)
+
+    @property
+    def path(self) -> str | None:
+        """The spool file holding the content, once it rolled over."""
+        return self._path

@@ -1,0 +1,57 @@
+"""Message stores, chosen by URL.
+
+``open_store("sqlite:///var/lib/mailgate/mail.db")`` opens the embedded
+default (``mailgate.stores.sqlite.SQLiteStore``).  ``maildir://`` and
+``postgresql://`` are planned and rejected for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from mailgate.ports import MessageStore, StoreError
+from mailgate.stores.sqlite import SQLiteStore
+
+__all__ = ["SQLiteStore", "StoreError", "StoreURLError", "open_store"]
+
+SQLITE_URL_EXAMPLE = "sqlite:///path/to/mail.db"
+
+
+class StoreURLError(StoreError):
+    """A store URL names no store this mailgate can open."""
+
+
+async def open_store(url: str) -> MessageStore:
+    """Open the store a URL names, creating it (and its directory) if need be.
+
+    The opening itself (files, schema, a sweep of leftovers) runs in a worker
+    thread, off the event loop.
+    ``sqlite:///path/to/mail.db`` is an absolute path; ``sqlite:mail.db``
+    is relative to the working directory.  Raises ``StoreURLError`` for a
+    URL naming no known store, ``StoreError`` when the store cannot be
+    opened; both with a one-line message.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme != "sqlite":
+        raise StoreURLError(
+            f"unknown message store URL {url!r}: expected {SQLITE_URL_EXAMPLE}"
+            if scheme not in ("maildir", "postgresql", "postgres")
+            else f"{scheme} message stores are not supported yet: use {SQLITE_URL_EXAMPLE}"
+        )
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise StoreURLError(f"bad message store URL {url!r}: expected {SQLITE_URL_EXAMPLE}")
+    path = Path(unquote(parts.path))
+    if not parts.path or path.name in ("", ".", "..") or parts.path.endswith("/"):
+        raise StoreURLError(f"message store URL {url!r} names no database file")
+    return await asyncio.to_thread(_open_sqlite, path)
+
+
+def _open_sqlite(path: Path) -> SQLiteStore:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create directory for message store {path}: {error}") from error
+    return SQLiteStore(path)

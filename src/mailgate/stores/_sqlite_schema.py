@@ -1,0 +1,250 @@
+"""The SQLite store's schema and the mapping between its rows and the model.
+
+Layout: ``messages`` holds one row per message with its summary and
+envelope; ``bodies`` holds the content of messages small enough to stay in
+memory while received, keyed by the message's ``seq``, so listing never
+pages through message content; larger bodies are files named by
+``messages.body_file``.  ``counts`` keeps the totals a listing shows, up to
+date through triggers, so a listing never counts rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from mailgate.model import (
+    Address,
+    Envelope,
+    MessageId,
+    MessageSummary,
+    StoredMessage,
+    TLSInfo,
+)
+
+__all__ = [
+    "MAX_ROWS_PER_INSERT",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "SELECT_SUMMARY",
+    "envelope_from_json",
+    "insert_bodies",
+    "insert_messages",
+    "message_row",
+    "stored_message",
+    "summary_from_row",
+]
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    received_at INTEGER NOT NULL,  -- milliseconds since the Unix epoch, UTC
+    size INTEGER NOT NULL,
+    read INTEGER NOT NULL DEFAULT 0,
+    sender TEXT,                   -- JSON [name, address]
+    recipients TEXT NOT NULL,      -- JSON {"to": [[name, address], ...], "cc": ..., ...}
+    subject TEXT NOT NULL,
+    date TEXT,                     -- ISO 8601, from the Date header
+    message_id TEXT NOT NULL,
+    attachments INTEGER NOT NULL,
+    snippet TEXT NOT NULL,
+    envelope TEXT NOT NULL,        -- JSON
+    body_file TEXT                 -- a file in the bodies directory, or NULL: see bodies
+);
+CREATE TABLE IF NOT EXISTS bodies (
+    seq INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tags (
+    seq INTEGER NOT NULL,
+    tag TEXT NOT NULL,
+    PRIMARY KEY (seq, tag)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_by_tag ON tags (tag, seq);
+CREATE TABLE IF NOT EXISTS counts (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    total INTEGER NOT NULL,
+    unread INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counts VALUES (1, 0, 0);
+CREATE TRIGGER IF NOT EXISTS message_inserted AFTER INSERT ON messages BEGIN
+    UPDATE counts SET total = total + 1, unread = unread + (NEW.read = 0);
+END;
+CREATE TRIGGER IF NOT EXISTS message_deleted AFTER DELETE ON messages BEGIN
+    UPDATE counts SET total = total - 1, unread = unread - (OLD.read = 0);
+    DELETE FROM bodies WHERE seq = OLD.seq;
+    DELETE FROM tags WHERE seq = OLD.seq;
+END;
+CREATE TRIGGER IF NOT EXISTS message_read AFTER UPDATE OF read ON messages
+WHEN OLD.read != NEW.read BEGIN
+    UPDATE counts SET unread = unread + (NEW.read = 0) - (OLD.read = 0);
+END;
+"""
+
+MAX_ROWS_PER_INSERT = 256
+"""Rows one INSERT statement carries at most (14 variables each; SQLite allows 32766)."""
+
+
+@functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
+def insert_messages(rows: int) -> str:
+    """An INSERT of ``rows`` messages: ``seq`` and the ``MessageRow`` of each.
+
+    One statement for many rows is one step of the SQLite engine, so the
+    writer thread gives up the GIL once for all of them, not once a row.
+    """
+    values = ", ".join(["(?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    columns = (
+        "seq, id, received_at, size, read, sender, recipients, subject,"
+        " date, message_id, attachments, snippet, envelope, body_file"
+    )
+    return f"INSERT INTO messages ({columns}) VALUES {values}"  # noqa: S608 - placeholders only
+
+
+@functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
+def insert_bodies(rows: int) -> str:
+    """An INSERT of ``rows`` inline bodies: ``seq`` and content of each."""
+    values = ", ".join(["(?, ?)"] * rows)
+    return f"INSERT INTO bodies (seq, data) VALUES {values}"  # noqa: S608 - placeholders only
+
+
+SELECT_SUMMARY = """
+SELECT id, received_at, size, read, sender, recipients, subject, date, message_id,
+       attachments, snippet,
+       (SELECT group_concat(tag, char(31)) FROM tags WHERE tags.seq = messages.seq)
+FROM messages
+"""
+
+MessageRow = tuple[Any, ...]
+"""A row of ``messages`` for ``insert_messages`` without its leading ``seq``."""
+
+
+def _millis(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def _pairs(addresses: Sequence[Address]) -> list[list[str]]:
+    return [[a.name, a.address] for a in addresses]
+
+
+def _addresses(pairs: Sequence[Sequence[str]]) -> tuple[Address, ...]:
+    return tuple(Address(name, address) for name, address in pairs)
+
+
+def _envelope_json(envelope: Envelope) -> str:
+    return json.dumps(
+        {
+            "mail_from": envelope.mail_from,
+            "rcpt_to": envelope.rcpt_to,
+            "received_at": envelope.received_at.isoformat(),
+            "helo_name": envelope.helo_name,
+            "client_address": envelope.client_address,
+            "client_hostname": envelope.client_hostname,
+            "client_port": envelope.client_port,
+            "protocol": envelope.protocol,
+            "mail_params": dict(envelope.mail_params),
+            "rcpt_params": [dict(p) for p in envelope.rcpt_params],
+            "auth_user": envelope.auth_user,
+            "tls": [envelope.tls.version, envelope.tls.cipher] if envelope.tls else None,
+            "outbound": envelope.outbound,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def envelope_from_json(text: str) -> Envelope:
+    """The envelope stored as ``text``."""
+    data = json.loads(text)
+    tls = data["tls"]
+    return Envelope(
+        mail_from=data["mail_from"],
+        rcpt_to=tuple(data["rcpt_to"]),
+        received_at=datetime.fromisoformat(data["received_at"]),
+        helo_name=data["helo_name"],
+        client_address=data["client_address"],
+        client_hostname=data["client_hostname"],
+        client_port=data["client_port"],
+        protocol=data["protocol"],
+        mail_params=data["mail_params"],
+        rcpt_params=tuple(data["rcpt_params"]),
+        auth_user=data["auth_user"],
+        tls=TLSInfo(tls[0], tls[1]) if tls else None,
+        outbound=tuple(data["outbound"]),
+    )
+
+
+def message_row(summary: MessageSummary, envelope: Envelope, body_file: str | None) -> MessageRow:
+    """The ``messages`` row for a new message, but for its ``seq``."""
+    recipients = json.dumps(
+        {
+            "to": _pairs(summary.to),
+            "cc": _pairs(summary.cc),
+            "bcc": _pairs(summary.bcc),
+            "reply_to": _pairs(summary.reply_to),
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    sender = summary.sender
+    return (
+        summary.id,
+        _millis(summary.received_at),
+        summary.size,
+        json.dumps([sender.name, sender.address], ensure_ascii=False) if sender else None,
+        recipients,
+        summary.subject,
+        summary.date.isoformat() if summary.date else None,
+        summary.message_id,
+        summary.attachments,
+        summary.snippet,
+        _envelope_json(envelope),
+        body_file,
+    )
+
+
+def summary_from_row(row: Sequence[Any]) -> MessageSummary:
+    """A summary from a row of ``SELECT_SUMMARY``."""
+    (
+        message_id,
+        received_at,
+        size,
+        read,
+        sender,
+        recipients,
+        subject,
+        date,
+        header_message_id,
+        attachments,
+        snippet,
+        tags,
+    ) = row
+    people = json.loads(recipients)
+    sender_pair = json.loads(sender) if sender else None
+    return MessageSummary(
+        id=MessageId(message_id),
+        received_at=datetime.fromtimestamp(received_at / 1000, UTC),
+        size=size,
+        sender=Address(*sender_pair) if sender_pair else None,
+        to=_addresses(people["to"]),
+        cc=_addresses(people["cc"]),
+        bcc=_addresses(people["bcc"]),
+        reply_to=_addresses(people["reply_to"]),
+        subject=subject,
+        date=datetime.fromisoformat(date) if date else None,
+        message_id=header_message_id,
+        attachments=attachments,
+        snippet=snippet,
+        read=bool(read),
+        tags=tuple(sorted(tags.split("\x1f"))) if tags else (),
+    )
+
+
+def stored_message(row: Sequence[Any], envelope_json: str) -> StoredMessage:
+    """A stored message from a row of ``SELECT_SUMMARY`` and its envelope column."""
+    return StoredMessage(summary=summary_from_row(row), envelope=envelope_from_json(envelope_json))

@@ -1,0 +1,326 @@
+"""The SQLite store's one writer thread, and group commit.
+
+Every change goes through one thread that owns the only write connection.
+Callers enqueue an operation with a future and await it.  The thread takes
+everything queued, applies it all in ONE transaction and commits it (one
+fsync of the WAL, ``synchronous=FULL``), then resolves every future of the
+batch on its event loop.  While one batch is being synced, the next one
+gathers in the queue, so the busier the store, the more messages share an
+fsync.
+
+Invariants, so that a crash (SIGKILL, power loss) at any moment loses no
+acknowledged message and shows no partial one:
+- a future resolves only after the COMMIT holding its change returned;
+- a body file is synced, moved into the bodies directory, and the directory
+  synced, before the transaction whose row names it commits (the store
+  syncs the file; this thread syncs the directory, once per batch);
+- a body file is unlinked only after the transaction deleting its row
+  committed.  A body file without a row is garbage the store sweeps at open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailgate.model import MessageId, StoreEvent, StoreEventKind
+from mailgate.ports import StoreError
+from mailgate.stores._sqlite_schema import (
+    MAX_ROWS_PER_INSERT,
+    MessageRow,
+    insert_bodies,
+    insert_messages,
+)
+
+__all__ = ["Delete", "Insert", "MarkRead", "Writer", "WriterStats", "sync_directory"]
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_OPERATIONS = 2000
+"""Operations in one transaction at most, so one batch's latency stays bounded."""
+
+
+def sync_directory(path: Path) -> None:
+    """fsync a directory, making the entries renamed into it durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class Insert:
+    """Store a new message: its row, and its content inline or as a file already in place."""
+
+    row: MessageRow
+    content: bytes | None
+    body_file: str | None
+
+
+@dataclass(slots=True)
+class Delete:
+    """Delete these messages, or all for ``None``."""
+
+    ids: Sequence[MessageId] | None
+
+
+@dataclass(slots=True)
+class MarkRead:
+    """Set the read flag of these messages, or all for ``None``."""
+
+    ids: Sequence[MessageId] | None
+    read: bool
+
+
+Operation = Insert | Delete | MarkRead
+
+
+@dataclass(slots=True)
+class _Job:
+    operation: Operation
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """What the writer has done since the store opened: for tests and metrics.
+
+    With ``synchronous=FULL`` each transaction is one fsync of the WAL.
+    """
+
+    transactions: int = 0
+    messages: int = 0
+    directory_syncs: int = 0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one transaction did, for after it commits."""
+
+    results: list[object] = field(default_factory=list)
+    events: list[StoreEvent] = field(default_factory=list)
+    stored: list[MessageId] = field(default_factory=list)
+    unlink: list[str] = field(default_factory=list)
+
+
+class Writer:
+    """Owns the write connection; applies queued operations in group commits."""
+
+    def __init__(
+        self,
+        connection: sqlite3.Connection,
+        bodies: Path,
+        publish: Callable[[list[StoreEvent]], None],
+    ) -> None:
+        self._connection = connection
+        self._bodies = bodies
+        self._publish = publish
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.stats = WriterStats()
+        # A daemon, so a store never closed cannot hang the interpreter at exit; what it
+        # had not committed yet was never acknowledged either.
+        self._thread = threading.Thread(
+            target=self._run, name="mailgate-sqlite-writer", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, operation: Operation) -> asyncio.Future[Any]:
+        """Queue an operation; the future resolves once it is committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Job(operation, future, loop))
+        return future
+
+    def stop(self) -> None:
+        """Finish every queued operation, then close the connection and end the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        stopping = False
+        while not stopping:
+            jobs: list[_Job] = []
+            job = get()
+            while job is not None:
+                jobs.append(job)
+                if len(jobs) >= MAX_BATCH_OPERATIONS:
+                    break
+                try:
+                    job = get_nowait()
+                except queue.Empty:
+                    break
+            stopping = job is None
+            if jobs:
+                self._apply(jobs)
+        self._connection.close()
+
+    def _apply(self, jobs: list[_Job]) -> None:
+        try:
+            batch = self._transaction([job.operation for job in jobs])
+        except (sqlite3.Error, OSError) as error:
+            if len(jobs) == 1:
+                self._fail(jobs[0], error)
+                return
+            # One bad operation must not fail its neighbours: retry each alone.
+            for job in jobs:
+                self._apply([job])
+            return
+        self._finish(jobs, batch)
+
+    def _fail(self, job: _Job, error: Exception) -> None:
+        log.error("store write failed: %s", error)
+        operation = job.operation
+        if isinstance(operation, Insert) and operation.body_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._bodies / operation.body_file)
+        failure = StoreError(f"could not write to the message store: {error}")
+        failure.__cause__ = error
+        _call_soon(job.loop, _resolve, [(job.future, failure)])
+
+    def _finish(self, jobs: list[_Job], batch: _Batch) -> None:
+        for name in batch.unlink:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._bodies / name)
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+        for job, result in zip(jobs, batch.results, strict=True):
+            by_loop.setdefault(job.loop, []).append((job.future, result))
+        for loop, outcomes in by_loop.items():
+            _call_soon(loop, _resolve, outcomes)
+        if batch.stored:
+            batch.events.insert(0, StoreEvent(StoreEventKind.STORED, tuple(batch.stored)))
+        if batch.events:
+            self._publish(batch.events)
+
+    def _transaction(self, operations: list[Operation]) -> _Batch:
+        """Apply the operations in one transaction and commit it; raise if any fails."""
+        connection = self._connection
+        if any(isinstance(op, Insert) and op.body_file is not None for op in operations):
+            sync_directory(self._bodies)
+            self.stats.directory_syncs += 1
+        batch = _Batch()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # One writer per transaction (BEGIN IMMEDIATE), so max(seq) cannot race.
+            last_seq: int = connection.execute(
+                "SELECT coalesce(max(seq), 0) FROM messages"
+            ).fetchone()[0]
+            inserts: list[Insert] = []
+            for operation in operations:
+                if isinstance(operation, Insert):
+                    inserts.append(operation)
+                    batch.results.append(operation.row[0])
+                    continue
+                last_seq = self._insert(inserts, last_seq, batch)
+                inserts = []
+                if isinstance(operation, Delete):
+                    batch.results.append(self._delete(operation, batch))
+                else:
+                    batch.results.append(self._mark_read(operation, batch))
+            self._insert(inserts, last_seq, batch)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        self.stats.transactions += 1
+        self.stats.messages += len(batch.stored)
+        return batch
+
+    def _insert(self, inserts: list[Insert], last_seq: int, batch: _Batch) -> int:
+        if not inserts:
+            return last_seq
+        first = last_seq + 1
+        for start in range(0, len(inserts), MAX_ROWS_PER_INSERT):
+            chunk = inserts[start : start + MAX_ROWS_PER_INSERT]
+            seq = first + start
+            messages: list[object] = []
+            bodies: list[object] = []
+            for offset, op in enumerate(chunk):
+                messages.append(seq + offset)
+                messages.extend(op.row)
+                if op.content is not None:
+                    bodies.append(seq + offset)
+                    bodies.append(op.content)
+            self._connection.execute(insert_messages(len(chunk)), messages)
+            if bodies:
+                self._connection.execute(insert_bodies(len(bodies) // 2), bodies)
+        batch.stored.extend(op.row[0] for op in inserts)
+        return last_seq + len(inserts)
+
+    def _delete(self, operation: Delete, batch: _Batch) -> int:
+        connection = self._connection
+        if operation.ids is None:
+            batch.unlink.extend(
+                name
+                for (name,) in connection.execute(
+                    "SELECT body_file FROM messages WHERE body_file IS NOT NULL"
+                )
+            )
+            count = connection.execute("DELETE FROM messages").rowcount
+            if count:
+                batch.events.append(StoreEvent(StoreEventKind.DELETED))
+            return count
+        rows = connection.execute(
+            "DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))"
+            " RETURNING id, body_file",
+            (json.dumps(list(operation.ids)),),
+        ).fetchall()
+        batch.unlink.extend(name for _, name in rows if name is not None)
+        if rows:
+            deleted = tuple(MessageId(message_id) for message_id, _ in rows)
+            batch.events.append(StoreEvent(StoreEventKind.DELETED, deleted))
+        return len(rows)
+
+    def _mark_read(self, operation: MarkRead, batch: _Batch) -> int:
+        connection = self._connection
+        read = int(operation.read)
+        kind = StoreEventKind.READ if read else StoreEventKind.UNREAD
+        if operation.ids is None:
+            count = connection.execute(
+                "UPDATE messages SET read = ? WHERE read != ?", (read, read)
+            ).rowcount
+            if count:
+                batch.events.append(StoreEvent(kind))
+            return count
+        rows = connection.execute(
+            "UPDATE messages SET read = ?"
+            " WHERE read != ? AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+            (read, read, json.dumps(list(operation.ids))),
+        ).fetchall()
+        if rows:
+            batch.events.append(StoreEvent(kind, tuple(MessageId(r[0]) for r in rows)))
+        return len(rows)
+
+
+def _resolve(outcomes: list[tuple[asyncio.Future[Any], object]]) -> None:
+    for future, outcome in outcomes:
+        if future.done():  # the awaiting task was cancelled; the change stands
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _call_soon(
+    loop: asyncio.AbstractEventLoop,
+    callback: Callable[[list[tuple[asyncio.Future[Any], object]]], None],
+    outcomes: list[tuple[asyncio.Future[Any], object]],
+) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, outcomes)
+    except RuntimeError:  # that event loop is closed: nobody is waiting any more
+        pass
