@@ -22,7 +22,7 @@ from mailgate.protocol._limits import (
     MAX_TEXT_LINE_OCTETS,
 )
 
-__all__ = ["Domain", "Limits", "Listen", "Settings"]
+__all__ = ["TLS", "Domain", "Limits", "Listen", "Settings"]
 
 DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 30.0
@@ -90,6 +90,26 @@ class Limits:
     error_budget: int = DEFAULT_ERROR_BUDGET
     max_line_length: int = MAX_TEXT_LINE_OCTETS
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+    max_auth_failures: int = 3
+    auth_failure_delay: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class TLS:
+    """Where the server's certificate comes from.
+
+    ``cert`` and ``key`` name PEM files; ``self_signed`` makes (once) and
+    keeps a certificate under the data directory, for development.
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    self_signed: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether TLS is configured at all."""
+        return self.self_signed or self.cert is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +133,12 @@ class Settings:
     expn: Literal["off", "on"] = "off"
     bare_line_endings: Literal["reject", "normalise"] = "reject"
     log_level: str = "info"
+    submission: Listen | None = None
+    smtps: Listen | None = None
+    tls: TLS = TLS()
+    users: Path | None = None
+    relay_networks: tuple[str, ...] = ()
+    auth_accept_any: bool = False
 
     @property
     def store_url(self) -> str:
