@@ -27,6 +27,7 @@ from mailgate.model import (
 )
 
 __all__ = [
+    "Authenticator",
     "Clock",
     "MailSink",
     "MessageStore",
@@ -164,4 +165,15 @@ class MessageStore(Protocol):
 
     async def aclose(self) -> None:
         """Finish pending commits and release the store."""
+        ...
+
+
+class Authenticator(Protocol):
+    """Checks SMTP AUTH credentials (users and their password hashes)."""
+
+    async def authenticate(self, username: str, password: str) -> bool:
+        """Whether ``password`` is right for ``username``.
+
+        Takes as long for unknown users as for known ones.
+        """
         ...
