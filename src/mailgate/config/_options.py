@@ -72,7 +72,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "store", "--store", "MAILGATE_STORE", "store", parse_store_url, "URL",
-        "sqlite:///PATH, maildir:///PATH or postgresql://... (default sqlite in --data)",
+        "a message store, e.g. sqlite:///var/lib/mailgate/mail.db (default: mail.db in --data)",
     ),
     Option(
         "hostname", "--hostname", "MAILGATE_HOSTNAME", "hostname", parse_hostname, "NAME",

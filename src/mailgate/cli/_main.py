@@ -1,0 +1,131 @@
+"""Parsing the command line and dispatching to a command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from mailgate import __version__
+from mailgate.cli._exit import EXIT_USAGE, fail
+from mailgate.config import OPTIONS, ConfigError, Settings, load_settings
+
+__all__ = ["main"]
+
+_STORE_DESTS = frozenset({"data", "store"})
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``mailgate: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"mailgate: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _add_config_flag(parser: argparse.ArgumentParser, default: object = None) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        default=default,
+        help="read settings from this TOML file (or MAILGATE_CONFIG); flags and MAILGATE_* win",
+    )
+
+
+def _add_store_flags(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a flag given before ``show`` must survive the defaults of ``show``'s parser.
+    for option in OPTIONS:
+        if option.dest in _STORE_DESTS:
+            parser.add_argument(
+                option.flag,
+                dest=option.dest,
+                metavar=option.metavar,
+                help=option.help,
+                default=argparse.SUPPRESS,
+            )
+    _add_config_flag(parser, default=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mailgate``'s command line; ``serve`` flags come from ``OPTIONS``."""
+    parser = _Parser(
+        prog="mailgate",
+        description="An ESMTP mail server and developer inbox.",
+        epilog="Every serve flag can also be set as MAILGATE_<FLAG> or in a TOML file (--config).",
+    )
+    parser.add_argument("--version", action="version", version=f"mailgate {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="receive mail", description="Receive mail over SMTP.")
+    for option in OPTIONS:
+        serve.add_argument(
+            option.flag,
+            dest=option.dest,
+            metavar=option.metavar,
+            help=option.help,
+            action="append" if option.repeatable else "store",
+        )
+    serve.add_argument(
+        "--no-http", dest="http", action="store_const", const="off", help="same as --http off"
+    )
+    _add_config_flag(serve)
+
+    messages = commands.add_parser(
+        "messages", help="list stored messages", description="List stored messages, newest first."
+    )
+    messages.add_argument(
+        "--limit", type=_positive, default=50, metavar="N", help="show at most N (default 50)"
+    )
+    messages.add_argument(
+        "--count", action="store_true", help="print only how many messages are stored"
+    )
+    _add_store_flags(messages)
+    shows = messages.add_subparsers(dest="messages_command", metavar="show")
+    show = shows.add_parser("show", help="print one message", description="Print one message.")
+    show.add_argument("id", metavar="ID", help="the message id, as listed")
+    show.add_argument("--raw", action="store_true", help="write the exact stored bytes")
+    _add_store_flags(show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mailgate`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a usage error already reported
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    if args.command is None:
+        return fail("choose a command: serve or messages (see mailgate --help)", EXIT_USAGE)
+
+    try:
+        settings = _settings(args, os.environ)
+    except ConfigError as error:
+        return fail(str(error), EXIT_USAGE)
+
+    if args.command == "serve":
+        from mailgate.cli._serve import serve  # noqa: PLC0415 - the server loads only to serve
+
+        return serve(settings)
+    from mailgate.cli._messages import list_messages, show_message  # noqa: PLC0415
+
+    if args.messages_command == "show":
+        return show_message(settings, args.id, raw=args.raw)
+    return list_messages(settings, limit=args.limit, count=args.count)
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    given = vars(args)
+    argv_values = {option.dest: given[option.dest] for option in OPTIONS if option.dest in given}
+    config = given.get("config") or environ.get("MAILGATE_CONFIG")
+    return load_settings(
+        argv_values=argv_values, environ=environ, config_file=Path(config) if config else None
+    )

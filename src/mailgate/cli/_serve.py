@@ -1,0 +1,119 @@
+"""``mailgate serve``: open the store, start the SMTP server, run until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from mailgate import __version__
+from mailgate.cli._exit import EXIT_OK, EXIT_USAGE, fail
+from mailgate.config import Settings
+from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.ports import MessageStore, StoreError
+from mailgate.server import SMTPServer
+from mailgate.stores import StoreURLError, open_store
+
+__all__ = ["serve"]
+
+log = logging.getLogger("mailgate")
+
+EXIT_INTERRUPTED = 130  # the shell's convention for a second Ctrl-C
+
+
+def serve(settings: Settings) -> int:
+    """Serve until SIGTERM or SIGINT; return the exit status."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not settings.hostname:
+        settings = dataclasses.replace(settings, hostname=socket.getfqdn())
+    try:
+        with _runner() as runner:
+            return runner.run(_serve(settings))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop  # noqa: PLC0415 - optional: the fast extra
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+async def _serve(settings: Settings) -> int:
+    try:
+        store = await open_store(settings.store_url)
+    except StoreURLError as error:
+        return fail(str(error), EXIT_USAGE)
+    except StoreError as error:
+        return fail(str(error))
+    try:
+        return await _run(settings, store)
+    finally:
+        await store.aclose()
+
+
+async def _run(settings: Settings, store: MessageStore) -> int:
+    try:
+        sink = Acceptor(
+            store,
+            DeliverySettings(hostname=settings.hostname, spool_dir=settings.data_dir / "spool"),
+        )
+    except OSError as error:
+        return fail(f"cannot create the spool directory in {settings.data_dir}: {error.strerror}")
+    server = SMTPServer(settings, sink=sink)
+    try:
+        await server.start()
+    except OSError as error:
+        await server.aclose()
+        # asyncio's bind error repeats the address; the errno alone says what went wrong.
+        problem = os.strerror(error.errno) if error.errno else str(error)
+        return fail(f"cannot listen for smtp on {settings.smtp}: {problem}")
+    try:
+        stop = asyncio.Event()
+        _on_signals(stop.set)
+        print(_listening_line(settings, server.addresses), flush=True)
+        if settings.http is not None:
+            log.info("the web inbox is not available in this build; not serving %s", settings.http)
+        await stop.wait()
+        log.info("shutting down: finishing transactions in flight")
+    finally:
+        await server.aclose()
+        await server.wait_closed()
+    return EXIT_OK
+
+
+def _on_signals(stop: Callable[[], None]) -> None:
+    """Stop on the first SIGTERM or SIGINT; a second SIGINT interrupts at once."""
+    loop = asyncio.get_running_loop()
+
+    def first(signum: signal.Signals) -> None:
+        log.info("received %s", signum.name)
+        for each in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(each)
+        stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, first, signum)
+
+
+def _listening_line(settings: Settings, addresses: list[tuple[str, int]]) -> str:
+    smtp = " ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses)
+    where = f"store {settings.store}" if settings.store else f"data {_shown(settings.data_dir)}"
+    return f"mailgate {__version__} listening: smtp {smtp}, {where}"
+
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if path.is_absolute() or text.startswith(".") else f"./{text}"
