@@ -446,3 +446,10 @@ def test_show_odd_messages(
     status, out, _ = run(capsys, "messages", "show", summary.id, "--data", str(tmp_path / "box"))
     assert status == 0
     assert out.partition("\n\n")[2] == shown
+
+
+def test_switches_take_no_value(served: list[Settings]) -> None:
+    assert main(["serve", "--tls-self-signed", "--auth-accept-any"]) == 0
+    [settings] = served
+    assert settings.tls.self_signed
+    assert settings.auth_accept_any

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from mailgate.config import (
     OPTIONS,
+    TLS,
     ConfigError,
     Domain,
     Limits,
@@ -89,7 +90,7 @@ def _leaf_fields(cls: type, prefix: str = "") -> set[str]:
     defaults = cls()
     for field in dataclasses.fields(cls):
         value = getattr(defaults, field.name)
-        if dataclasses.is_dataclass(value) and field.name != "smtp" and field.name != "http":
+        if dataclasses.is_dataclass(value) and not isinstance(value, Listen):
             names |= _leaf_fields(type(value), f"{prefix}{field.name}.")
         else:
             names.add(prefix + field.name)
@@ -681,3 +682,82 @@ def test_any_text_gives_a_value_or_a_one_line_config_error(text: str) -> None:
         if error is not None:
             assert "\n" not in str(error)
             assert error.key == f"--{dest.replace('_', '-')}"
+
+
+# -- listeners, TLS, AUTH and relaying ----------------------------------------------------------
+
+
+def test_submission_smtps_and_tls(tmp_path: Path) -> None:
+    toml = """
+submission = "0.0.0.0:587"
+smtps = "0.0.0.0:465"
+users = "/etc/mailgate/users"
+relay_networks = ["10.1.2.3/8", "2001:db8::/32"]
+[tls]
+cert = "/etc/mailgate/cert.pem"
+key = "/etc/mailgate/key.pem"
+[limits]
+max_auth_failures = 5
+auth_failure_delay = "1.5s"
+"""
+    settings = load(toml=toml, tmp_path=tmp_path)
+    assert settings.submission == Listen("0.0.0.0", 587)
+    assert settings.smtps == Listen("0.0.0.0", 465)
+    assert settings.tls == TLS(Path("/etc/mailgate/cert.pem"), Path("/etc/mailgate/key.pem"))
+    assert settings.tls.enabled
+    assert settings.users == Path("/etc/mailgate/users")
+    assert settings.relay_networks == ("10.0.0.0/8", "2001:db8::/32")
+    assert (settings.limits.max_auth_failures, settings.limits.auth_failure_delay) == (5, 1.5)
+    assert not settings.auth_accept_any
+
+
+def test_switches_and_networks_from_text() -> None:
+    settings = load(
+        {"tls_self_signed": "on", "relay_network": ["192.0.2.0/24", "192.0.2.7/24"]},
+        {"MAILGATE_AUTH_ACCEPT_ANY": "yes", "MAILGATE_SUBMISSION": ":587"},
+    )
+    assert settings.tls == TLS(self_signed=True)
+    assert settings.auth_accept_any
+    assert settings.relay_networks == ("192.0.2.0/24",)
+    assert settings.submission == Listen("", 587)
+    assert not load(env={"MAILGATE_AUTH_ACCEPT_ANY": "off"}).auth_accept_any
+    assert load(env={"MAILGATE_RELAY_NETWORK": "10.0.0.0/8, ::1"}).relay_networks == (
+        "10.0.0.0/8",
+        "::1/128",
+    )
+
+
+def test_bad_switches_and_networks(tmp_path: Path) -> None:
+    assert error_of(env={"MAILGATE_TLS_SELF_SIGNED": "sure"}) == (
+        "MAILGATE_TLS_SELF_SIGNED: 'sure' is not on or off (or true, false, yes, no)"
+    )
+    assert error_of({"relay_network": ["10.0.0.0/33"]}) == (
+        "--relay-network: '10.0.0.0/33' is not an IP network (e.g. 192.0.2.0/24)"
+    )
+    assert error_of(toml="relay_networks = 5", tmp_path=tmp_path).endswith(
+        ": expected an array of strings, got an integer"
+    )
+    assert load(toml='relay_networks = "10.0.0.0/8"', tmp_path=tmp_path).relay_networks == (
+        "10.0.0.0/8",
+    )
+    assert load(toml='users = ""', tmp_path=tmp_path).users is None
+    assert load(toml="auth_accept_any = true", tmp_path=tmp_path).auth_accept_any
+
+
+def test_listeners_must_differ() -> None:
+    assert error_of({"submission": "127.0.0.1:1025"}) == (
+        "--submission: 127.0.0.1:1025 is both the smtp and the submission address"
+    )
+    assert (
+        error_of({"smtps": "127.0.0.1:8025", "tls_self_signed": "on"})
+        == "--smtps: 127.0.0.1:8025 is both the http and the smtps address"
+    )
+
+
+def test_tls_needs_both_files_and_smtps_needs_tls() -> None:
+    assert error_of({"tls_cert": "c.pem"}) == "--tls-cert: needs --tls-key too"
+    assert error_of(env={"MAILGATE_TLS_KEY": "k.pem"}) == "MAILGATE_TLS_KEY: needs --tls-cert too"
+    assert error_of({"smtps": ":465"}) == (
+        "--smtps: implicit TLS needs --tls-cert and --tls-key, or --tls-self-signed"
+    )
+    assert load({"smtps": ":465", "tls_cert": "c.pem", "tls_key": "k.pem"}).smtps == Listen("", 465)

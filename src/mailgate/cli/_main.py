@@ -66,13 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="receive mail", description="Receive mail over SMTP.")
     for option in OPTIONS:
-        serve.add_argument(
-            option.flag,
-            dest=option.dest,
-            metavar=option.metavar,
-            help=option.help,
-            action="append" if option.repeatable else "store",
-        )
+        if option.switch:
+            serve.add_argument(
+                option.flag, dest=option.dest, action="store_const", const="on", help=option.help
+            )
+        else:
+            serve.add_argument(
+                option.flag,
+                dest=option.dest,
+                metavar=option.metavar,
+                help=option.help,
+                action="append" if option.repeatable else "store",
+            )
     serve.add_argument(
         "--no-http", dest="http", action="store_const", const="off", help="same as --http off"
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 from mailgate import MailgateError
 from mailgate.config._options import OPTIONS, Option
-from mailgate.config._settings import Settings
+from mailgate.config._settings import Listen, Settings
 from mailgate.config._values import InvalidValue
 
 __all__ = ["ConfigError", "load_settings"]
@@ -91,11 +91,29 @@ def _parse(
     return value, (f"{key} in {config_file}" if config_file else key)
 
 
+_LISTENERS = ("smtp", "http", "submission", "smtps")
+
+
 def _check_together(settings: Settings, keys: Mapping[str, str]) -> Settings:
-    if settings.http is not None and settings.http == settings.smtp and settings.smtp.port:
-        # The defaults differ, so at least one of the two was set by the user.
-        key = keys.get("http") or keys["smtp"]
-        raise ConfigError(key, f"{settings.smtp} is both the smtp and the http address")
+    """Checks that span settings; each names a key the user set."""
+    seen: dict[Listen, str] = {}
+    for field in _LISTENERS:
+        listen = getattr(settings, field)
+        if listen is None or listen.port == 0:  # port 0: the system picks a free port
+            continue
+        if listen in seen:
+            # Defaults never collide, so at least one of the two was set by the user.
+            key = keys.get(field) or keys[seen[listen]]
+            raise ConfigError(key, f"{listen} is both the {seen[listen]} and the {field} address")
+        seen[listen] = field
+    tls = settings.tls
+    if (tls.cert is None) != (tls.key is None):
+        given, missing = ("tls.cert", "--tls-key") if tls.key is None else ("tls.key", "--tls-cert")
+        raise ConfigError(keys[given], f"needs {missing} too")
+    if settings.smtps is not None and not tls.enabled:
+        raise ConfigError(
+            keys["smtps"], "implicit TLS needs --tls-cert and --tls-key, or --tls-self-signed"
+        )
     return settings
 
 

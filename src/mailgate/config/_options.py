@@ -16,10 +16,13 @@ from mailgate.config._values import (
     parse_domain_names,
     parse_domain_table,
     parse_duration,
+    parse_flag,
     parse_hostname,
     parse_int,
     parse_listen,
+    parse_networks,
     parse_optional_listen,
+    parse_optional_path,
     parse_path,
     parse_size,
     parse_store_url,
@@ -37,7 +40,8 @@ class Option:
 
     ``field`` is the dotted path in ``Settings`` (``limits.idle_timeout``).
     A ``repeatable`` option takes its flag several times and a
-    comma-separated list in the environment.  ``parse_toml``, when set,
+    comma-separated list in the environment.  A ``switch`` is a flag without
+    a value that means ``on``; its variable and TOML key take on or off.  ``parse_toml``, when set,
     replaces ``parse`` for values from the TOML file.
     """
 
@@ -50,6 +54,7 @@ class Option:
     help: str
     parse_toml: Callable[[object], object] | None = None
     repeatable: bool = False
+    switch: bool = False
 
     @property
     def dest(self) -> str:
@@ -142,5 +147,51 @@ OPTIONS: tuple[Option, ...] = (
         "log_level", "--log-level", "MAILGATE_LOG_LEVEL", "log_level",
         parse_choice(("debug", "info", "warning", "error", "critical")), "LEVEL",
         "debug, info, warning, error or critical (default info)",
+    ),
+    Option(
+        "submission", "--submission", "MAILGATE_SUBMISSION", "submission",
+        parse_optional_listen, "HOST:PORT",
+        "also accept mail submission here, AUTH required (RFC 6409; off by default)",
+    ),
+    Option(
+        "smtps", "--smtps", "MAILGATE_SMTPS", "smtps", parse_optional_listen, "HOST:PORT",
+        "also accept submission over implicit TLS here (RFC 8314; off by default)",
+    ),
+    Option(
+        "tls.cert", "--tls-cert", "MAILGATE_TLS_CERT", "tls.cert", parse_optional_path, "FILE",
+        "the server's certificate chain (PEM), to offer STARTTLS",
+    ),
+    Option(
+        "tls.key", "--tls-key", "MAILGATE_TLS_KEY", "tls.key", parse_optional_path, "FILE",
+        "the private key of --tls-cert (PEM)",
+    ),
+    Option(
+        "tls.self_signed", "--tls-self-signed", "MAILGATE_TLS_SELF_SIGNED", "tls.self_signed",
+        parse_flag, "on|off", "make and keep a self-signed certificate in --data (for development)",
+        switch=True,
+    ),
+    Option(
+        "users", "--users", "MAILGATE_USERS", "users", parse_optional_path, "FILE",
+        "the users who may AUTH, with their password hashes",
+    ),
+    Option(
+        "relay_networks", "--relay-network", "MAILGATE_RELAY_NETWORK", "relay_networks",
+        parse_networks, "CIDR", "clients in this network may relay; repeat for several",
+        repeatable=True,
+    ),
+    Option(
+        "auth_accept_any", "--auth-accept-any", "MAILGATE_AUTH_ACCEPT_ANY", "auth_accept_any",
+        parse_flag, "on|off", "accept any user name and password (for development only)",
+        switch=True,
+    ),
+    Option(
+        "limits.max_auth_failures", "--max-auth-failures", "MAILGATE_MAX_AUTH_FAILURES",
+        "limits.max_auth_failures", parse_int(least=1), "N",
+        "failed AUTH attempts before a client is disconnected (default 3; RFC 4954 9)",
+    ),
+    Option(
+        "limits.auth_failure_delay", "--auth-failure-delay", "MAILGATE_AUTH_FAILURE_DELAY",
+        "limits.auth_failure_delay", parse_duration(least=0), "SECONDS",
+        "pause before answering a failed AUTH (default 1)",
     ),
 )  # fmt: skip

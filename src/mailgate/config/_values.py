@@ -24,10 +24,14 @@ __all__ = [
     "parse_domain_names",
     "parse_domain_table",
     "parse_duration",
+    "parse_flag",
     "parse_hostname",
     "parse_int",
     "parse_listen",
+    "parse_network",
+    "parse_networks",
     "parse_optional_listen",
+    "parse_optional_path",
     "parse_path",
     "parse_size",
     "parse_store_url",
@@ -41,6 +45,7 @@ _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)", re.IGNORECASE)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 _OFF = frozenset({"off", "false", "no", "none"})
+_ON = frozenset({"on", "true", "yes"})
 _STORE_URL = re.compile(r"[a-z][a-z0-9+.-]*:\S+", re.IGNORECASE)
 _LOCAL_PART_FORBIDDEN = re.compile(r"[\s@<>()\[\],;:\\\"\x00-\x1f\x7f]")
 
@@ -207,6 +212,39 @@ def parse_path(value: object) -> Path:
     if not text.strip():
         raise InvalidValue("must not be empty")
     return Path(text).expanduser()
+
+
+def parse_optional_path(value: object) -> Path | None:
+    """A file system path, or none for ``""`` in TOML."""
+    return None if value == "" else parse_path(value)
+
+
+def parse_flag(value: object) -> bool:
+    """A yes-or-no setting: ``on``/``off``, ``true``/``false``, ``yes``/``no``."""
+    if isinstance(value, bool):
+        return value
+    text = _text(value).strip().lower()
+    if text not in _ON | _OFF:
+        raise InvalidValue(f"{text!r} is not on or off (or true, false, yes, no)")
+    return text in _ON
+
+
+def parse_network(value: object) -> str:
+    """A network in CIDR notation (``10.0.0.0/8``, ``2001:db8::/32``) or one address."""
+    text = _text(value).strip()
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise InvalidValue(f"{text!r} is not an IP network (e.g. 192.0.2.0/24)") from None
+
+
+def parse_networks(value: object) -> tuple[str, ...]:
+    """Networks from flags, the environment or a TOML array, duplicates dropped."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise InvalidValue(f"expected an array of strings, got {_describe(value)}")
+    return tuple(dict.fromkeys(parse_network(item) for item in value))
 
 
 def parse_store_url(value: object) -> str:
