@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import signal
@@ -37,7 +38,7 @@ def one_error_line(err: str) -> str:
 
 @pytest.fixture(autouse=True)
 def _no_mailgate_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in [n for n in __import__("os").environ if n.startswith("MAILGATE_")]:
+    for name in [n for n in os.environ if n.startswith("MAILGATE_")]:
         monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 

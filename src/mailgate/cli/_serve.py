@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mailgate import __version__
 from mailgate.cli._exit import EXIT_OK, EXIT_USAGE, fail
-from mailgate.config import Settings
+from mailgate.config import Listen, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.ports import MessageStore, StoreError
 from mailgate.server import SMTPServer
@@ -109,7 +109,7 @@ def _on_signals(stop: Callable[[], None]) -> None:
 
 
 def _listening_line(settings: Settings, addresses: list[tuple[str, int]]) -> str:
-    smtp = " ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in addresses)
+    smtp = " ".join(str(Listen(host, port)) for host, port in addresses)
     where = f"store {settings.store}" if settings.store else f"data {_shown(settings.data_dir)}"
     return f"mailgate {__version__} listening: smtp {smtp}, {where}"
 
