@@ -172,7 +172,8 @@ class _BodyScan:
                     found = _match_boundary(line.rstrip(), boundaries)
                     if found is not None:
                         depth, closing = found
-                        del boundaries[depth + closing :]
+                        # A delimiter ends the parts nested in this one; a close ends it too.
+                        del boundaries[depth if closing else depth + 1 :]
                         keep = None
                         if not closing:
                             next_part = True

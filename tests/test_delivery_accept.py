@@ -1,0 +1,123 @@
+"""The accept path: spools, commit through a real SQLite store, bounded memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from mailgate.delivery import Acceptor, DeliverySettings, SpoolClosedError
+from mailgate.stores import SQLiteStore
+from mailgate.testing.stores import StepClock, make_envelope, make_message
+
+MIB = 1024 * 1024
+
+
+def acceptor(store: SQLiteStore, tmp_path: Path) -> Acceptor:
+    return Acceptor(
+        store, DeliverySettings(hostname="mx.test", spool_dir=tmp_path / "spool"), clock=StepClock()
+    )
+
+
+@pytest.mark.asyncio
+async def test_trace_header_comes_first_and_size_counts_it(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        sink = acceptor(store, tmp_path)
+        spool = sink.begin(make_envelope())
+        header_size = spool.size
+        assert header_size > 0
+        content = make_message()
+        spool.write(content)
+        assert spool.size == header_size + len(content)
+        message_id = await sink.commit(spool)
+        raw = await store.raw(message_id)
+        assert raw is not None
+        assert raw.startswith(b"Received: from client.test ([192.0.2.7])\r\n\tby mx.test")
+        assert raw[header_size:] == content
+        with pytest.raises(SpoolClosedError):
+            spool.write(b"more")
+        with pytest.raises(SpoolClosedError):
+            await sink.commit(spool)
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_discarded_spool_leaves_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        sink = acceptor(store, tmp_path)
+        spool = sink.begin(make_envelope())
+        spool.write(b"x" * (300 * 1024))  # past the threshold: on disk now
+        assert list((tmp_path / "spool").iterdir())
+        spool.discard()
+        spool.discard()
+        assert list((tmp_path / "spool").iterdir()) == []
+        with pytest.raises(SpoolClosedError):
+            await sink.commit(spool)
+        assert (await store.list()).total == 0
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_unparseable_message_is_still_stored(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        sink = acceptor(store, tmp_path)
+        spool = sink.begin(make_envelope())
+        garbage = b"\x00\xff: \r\n\r\r\n\n--\x80=?x?y?z?=\r\n" * 50
+        spool.write(garbage)
+        message_id = await sink.commit(spool)
+        raw = await store.raw(message_id)
+        assert raw is not None
+        assert raw.endswith(garbage)
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_50_mb_message_never_sits_in_memory(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        sink = acceptor(store, tmp_path)
+        head = (
+            b"From: a@client.test\r\nSubject: big\r\nContent-Type: multipart/mixed; boundary=b\r\n"
+            b"\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n"
+            b"--b\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=big.bin\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+        )
+        chunk = (
+            b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx\r\n" * 800
+        )
+        chunks = 50 * MIB // len(chunk) + 1
+        tail = b"--b--\r\n"
+        tracemalloc.start()
+        try:
+            spool = sink.begin(make_envelope())
+            spool.write(head)
+            for _ in range(chunks):
+                spool.write(chunk)
+            spool.write(tail)
+            size = spool.size
+            message_id = await sink.commit(spool)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert size > 50 * MIB
+        assert peak < 4 * MIB, f"peak {peak / MIB:.1f} MiB"
+        stored = await store.get(message_id)
+        assert stored is not None
+        assert (stored.summary.size, stored.summary.attachments) == (size, 1)
+        assert stored.summary.snippet == "see attached"
+        assert list((tmp_path / "spool").iterdir()) == []
+        body_file = store.bodies / f"{message_id}.eml"
+        assert body_file.stat().st_size == size
+        with body_file.open("rb") as reader:
+            reader.seek(size - len(tail))
+            assert reader.read() == tail
+    finally:
+        await store.aclose()

@@ -1,0 +1,169 @@
+"""The SQLite store: the conformance suite, group commit, opening by URL, sweeping."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from mailgate import MailgateError
+from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.ports import StoreError
+from mailgate.stores import SQLiteStore, StoreURLError, open_store
+from mailgate.testing.stores import (
+    STORE_CHECKS,
+    StoreUnderTest,
+    make_envelope,
+    make_message,
+)
+
+
+def under_test(tmp_path: Path) -> StoreUnderTest:
+    return StoreUnderTest(
+        open=lambda: SQLiteStore(tmp_path / "mail.db"), spool_dir=tmp_path / "spool"
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("check", STORE_CHECKS, ids=lambda check: check.__name__)
+async def test_conformance(
+    check: Callable[[StoreUnderTest], Awaitable[None]], tmp_path: Path
+) -> None:
+    await check(under_test(tmp_path))
+
+
+async def commit_many(store: SQLiteStore, tmp_path: Path, count: int) -> list[str]:
+    acceptor = Acceptor(store, DeliverySettings(hostname="mx.test", spool_dir=tmp_path / "spool"))
+
+    async def one(i: int) -> str:
+        spool = acceptor.begin(make_envelope())
+        spool.write(make_message(f"m{i}"))
+        return await acceptor.commit(spool)
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+@pytest.mark.asyncio
+async def test_concurrent_commits_share_transactions(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        ids = await commit_many(store, tmp_path, 200)
+        stats = store.stats
+        assert stats.messages == 200
+        assert len(set(ids)) == 200
+        # 200 commits queued at once cannot all have waited for their own fsync.
+        assert stats.transactions < 200
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_database_is_wal_with_full_sync(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    await store.aclose()
+    connection = sqlite3.connect(tmp_path / "mail.db")
+    try:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        connection.close()
+
+
+@pytest.mark.asyncio
+async def test_open_store_by_url(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite://{tmp_path}/sub/dir/mail.db")
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert (tmp_path / "sub" / "dir" / "mail.db").exists()
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://localhost/mail",
+        "maildir:///var/mail",
+        "sqlite://remote.host/mail.db",
+        "sqlite:///some/dir/",
+        "sqlite://",
+        "no scheme at all",
+    ],
+)
+async def test_open_store_rejects_bad_urls(url: str) -> None:
+    with pytest.raises(StoreURLError) as raised:
+        await open_store(url)
+    assert isinstance(raised.value, MailgateError)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.asyncio
+async def test_open_store_reports_bad_paths_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(StoreError) as raised:
+        await open_store(f"sqlite://{tmp_path}/file/mail.db")
+    assert "\n" not in str(raised.value)
+    (tmp_path / "junk.db").write_bytes(b"this is not a database, not even close" * 100)
+    with pytest.raises(StoreError) as raised:
+        await open_store(f"sqlite://{tmp_path}/junk.db")
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.asyncio
+async def test_open_sweeps_body_files_without_rows(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    await store.aclose()
+    orphan = store.bodies / "01ORPHAN00000000000000000.eml"
+    orphan.write_bytes(b"left by a crash between moving the file in and committing its row")
+    partial = store.bodies / "01PARTIAL0000000000000000.eml.partial"
+    partial.write_bytes(b"half a copy")
+    store = SQLiteStore(tmp_path / "mail.db")
+    await store.aclose()
+    assert list(store.bodies.iterdir()) == []
+
+
+@pytest.mark.asyncio
+async def test_a_second_open_store_does_not_sweep(tmp_path: Path) -> None:
+    first = SQLiteStore(tmp_path / "mail.db")
+    try:
+        in_flight = first.bodies / "01INFLIGHT000000000000000.eml"
+        in_flight.write_bytes(b"moved in, row not yet committed by the first store")
+        second = SQLiteStore(tmp_path / "mail.db")
+        await second.aclose()
+        assert in_flight.exists()
+    finally:
+        await first.aclose()
+
+
+@pytest.mark.asyncio
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    await store.aclose()
+    await store.aclose()  # harmless twice
+    with pytest.raises(StoreError):
+        await store.list()
+    with pytest.raises(StoreError):
+        await store.delete(None)
+
+
+@pytest.mark.asyncio
+async def test_list_uses_the_id_index_and_keeps_counts(tmp_path: Path) -> None:
+    """Listing never scans or counts the whole table (so 100k messages list in milliseconds)."""
+    store = SQLiteStore(tmp_path / "mail.db")
+    await store.aclose()
+    connection = sqlite3.connect(tmp_path / "mail.db")
+    try:
+        plan = " ".join(
+            row[-1]
+            for row in connection.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM messages ORDER BY id DESC LIMIT 50"
+            )
+        )
+        assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+    finally:
+        connection.close()
