@@ -1,0 +1,117 @@
+"""The ASGI application: the inbox page, the JSON API, and optional basic auth."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mailgate.ports import MessageStore
+from mailgate.web._api import api_routes
+from mailgate.web._context import Inbox, WebSettings
+from mailgate.web._events import EventHub
+from mailgate.web._live import live_routes
+from mailgate.web._openapi import openapi_document
+
+__all__ = ["BasicAuth", "create_app", "inbox_of"]
+
+STATIC = Path(__file__).with_name("static")
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data:; frame-src 'self'; object-src 'none';"
+    " base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+UNAUTHENTICATED_PATHS = frozenset({"/livez", "/readyz"})
+
+
+class BasicAuth:
+    """ASGI middleware asking for HTTP basic auth (RFC 7617), compared in constant time."""
+
+    def __init__(self, app: ASGIApp, user: str, password: str, realm: str = "mailgate") -> None:
+        self._app = app
+        self._user = user.encode()
+        self._password = password.encode()
+        self._realm = realm
+
+    def _allowed(self, header: bytes) -> bool:
+        scheme, _, encoded = header.partition(b" ")
+        if scheme.lower() != b"basic":
+            return False
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        user, colon, password = decoded.partition(b":")
+        # Both compared, always: the time taken says nothing about which one was wrong.
+        user_ok = hmac.compare_digest(user, self._user)
+        password_ok = hmac.compare_digest(password, self._password)
+        return bool(colon) and user_ok and password_ok
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNAUTHENTICATED_PATHS:
+            await self._app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        if self._allowed(header):
+            await self._app(scope, receive, send)
+            return
+        response = Response(
+            "authentication required\n",
+            status_code=401,
+            media_type="text/plain",
+            headers={"WWW-Authenticate": f'Basic realm="{self._realm}", charset="UTF-8"'},
+        )
+        await response(scope, receive, send)
+
+
+def _page_headers() -> dict[str, str]:
+    return {
+        "Content-Security-Policy": PAGE_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-cache",
+    }
+
+
+def create_app(store: MessageStore, *, settings: WebSettings | None = None) -> Starlette:
+    """The web inbox and JSON API over ``store``, as an ASGI application.
+
+    The app subscribes to the store's events when the first live client
+    arrives.  Call ``await inbox_of(app).close()`` (``HTTPService.aclose``
+    does) before shutting the server down, so live streams end.
+    """
+    settings = settings or WebSettings()
+    inbox = Inbox(store=store, settings=settings, hub=EventHub(store))
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers=_page_headers())
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+        *api_routes(inbox),
+        *live_routes(inbox),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes)
+    app.state.inbox = inbox
+    if settings.http_auth is not None:
+        user, password = settings.http_auth
+        app.add_middleware(BasicAuth, user=user, password=password)
+    return app
+
+
+def inbox_of(app: Starlette) -> Inbox:
+    """The shared state of an app made by ``create_app``."""
+    inbox: Inbox = app.state.inbox
+    return inbox

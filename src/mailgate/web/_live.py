@@ -1,0 +1,214 @@
+"""mailgate's own endpoints: live events, waiting for a message, health, message views.
+
+``GET /api/v1/events`` is a server-sent event stream.  Each event's name is
+its type and its data a JSON object ``{"v": 1, "type": ..., "ids": [...]}``:
+
+- ``ready``: the stream is live; every change after it is reported.
+- ``stored``: new messages; ``messages`` holds their summaries, as in a listing.
+- ``read``, ``unread``, ``deleted``: ``ids`` changed; ``[]`` means every message.
+- ``overflow``: this client fell behind and events were lost: list again.
+
+A comment line is sent every ``KEEPALIVE_SECONDS`` so proxies keep the
+stream open.
+
+``GET /api/v1/wait?query=...&timeout=30&since=...`` answers with the newest
+message that matches ``query`` (Mailpit's search language; empty matches
+any message) as soon as one exists, as the full ``Message`` JSON, without
+marking it read.  ``since`` (RFC 3339) ignores messages received before
+it.  When none arrives within ``timeout`` seconds (at most
+``MAX_WAIT_SECONDS``) it answers ``408`` with ``{"Error": ...}``; ``503``
+when the server is shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import BaseRoute, Route
+
+from mailgate.model import MessageSummary, StoreEventKind
+from mailgate.ports import StoreError
+from mailgate.query import Bound, BoundTerm, Query, matches
+from mailgate.web._api import sandbox_headers
+from mailgate.web._context import BadRequest, Inbox, json_error, query_param, text_error
+from mailgate.web._events import EVENTS_VERSION, InboxEvent
+from mailgate.web._json import message_json, summary_json
+from mailgate.web._search import search_page
+
+__all__ = ["VIEW_CSP", "VIEW_CSP_REMOTE", "live_routes"]
+
+KEEPALIVE_SECONDS = 15.0
+DEFAULT_WAIT_SECONDS = 30.0
+MAX_WAIT_SECONDS = 300.0
+
+VIEW_CSP = (
+    "default-src 'none'; img-src data: cid:; style-src 'unsafe-inline'; font-src data:;"
+    " base-uri 'none'; form-action 'none'; frame-ancestors 'self'; sandbox"
+)
+"""The HTML of a message: no script, no request anywhere, inline styles and images only."""
+VIEW_CSP_REMOTE = VIEW_CSP.replace("img-src data: cid:", "img-src data: cid: http: https:")
+"""The same, once the reader asked for remote images."""
+
+
+def _sse(event: InboxEvent | None, kind: str | None = None) -> str:
+    if event is None:
+        data: dict[str, object] = {"v": EVENTS_VERSION, "type": kind, "ids": []}
+    else:
+        kind = str(event.kind)
+        data = {"v": EVENTS_VERSION, "type": kind, "ids": list(event.message_ids)}
+        if event.kind is StoreEventKind.STORED:
+            data["messages"] = [summary_json(s) for s in event.messages]
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def events(inbox: Inbox, request: Request) -> Response:
+    async def stream() -> AsyncIterator[str]:
+        with inbox.hub.listen() as listener:
+            yield "retry: 2000\n" + _sse(None, "ready")
+            iterator = aiter(listener)
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(iterator), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                except StopAsyncIteration:
+                    return
+                yield _sse(event)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _timeout(request: Request) -> float:
+    value = request.query_params.get("timeout", "")
+    if not value:
+        return DEFAULT_WAIT_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise BadRequest("timeout must be a number of seconds") from None
+    if not 0 <= seconds < float("inf"):
+        raise BadRequest("timeout must be a number of seconds")
+    return min(seconds, MAX_WAIT_SECONDS)
+
+
+def _since(request: Request) -> datetime | None:
+    value = request.query_params.get("since", "")
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest("since must be an RFC 3339 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def _first_match(inbox: Inbox, query: Query) -> MessageSummary | None:
+    page = await search_page(inbox.store, query, limit=1)
+    return page.messages[0] if page.messages else None
+
+
+async def wait(inbox: Inbox, request: Request) -> Response:
+    try:
+        query = query_param(request, required=False)
+        timeout = _timeout(request)
+        since = _since(request)
+    except BadRequest as error:
+        return json_error(400, str(error))
+    if since is not None:
+        query = Query((*query.terms, BoundTerm(Bound.AFTER, when=since)))
+    found: MessageSummary | None = None
+    with inbox.hub.listen() as listener:
+        found = await _first_match(inbox, query)
+        if found is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    async for event in listener:
+                        if event.kind is StoreEventKind.OVERFLOW:
+                            found = await _first_match(inbox, query)
+                        elif event.kind is StoreEventKind.STORED:
+                            found = next((s for s in event.messages if matches(query, s)), None)
+                        if found is not None:
+                            break
+                    else:
+                        return json_error(503, "the server is shutting down")
+    if found is None:
+        return json_error(408, f"no matching message arrived within {timeout:g} seconds")
+    loaded = await inbox.load(found.id)
+    if loaded is None:
+        return json_error(404, "the matching message was deleted")
+    stored, raw = loaded
+    return JSONResponse(message_json(stored, await inbox.parse(raw)))
+
+
+async def livez(inbox: Inbox, request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(inbox: Inbox, request: Request) -> Response:
+    if inbox.closing.is_set():
+        return JSONResponse({"status": "shutting down"}, status_code=503)
+    try:
+        await inbox.store.list(limit=0)
+    except StoreError as error:
+        return JSONResponse({"status": "store unavailable", "error": str(error)}, 503)
+    return JSONResponse({"status": "ready"})
+
+
+async def view_html(inbox: Inbox, request: Request) -> Response:
+    loaded = await inbox.load(request.path_params["id"])
+    if loaded is None:
+        return text_error(404, "message not found")
+    parsed = await inbox.parse(loaded[1])
+    if not parsed.html:
+        return text_error(404, "this message has no HTML part")
+    headers = sandbox_headers()
+    remote = request.query_params.get("remote") == "1"
+    headers["Content-Security-Policy"] = VIEW_CSP_REMOTE if remote else VIEW_CSP
+    return HTMLResponse(parsed.html_with_inline_images(), headers=headers)
+
+
+async def view_text(inbox: Inbox, request: Request) -> Response:
+    loaded = await inbox.load(request.path_params["id"])
+    if loaded is None:
+        return text_error(404, "message not found")
+    parsed = await inbox.parse(loaded[1])
+    return PlainTextResponse(parsed.text, headers=sandbox_headers())
+
+
+Work = Callable[[Inbox, Request], Awaitable[Response]]
+
+
+def live_routes(inbox: Inbox) -> list[BaseRoute]:
+    """mailgate's own routes beside the Mailpit API."""
+
+    def bind(work: Work) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await work(inbox, request)
+
+        return endpoint
+
+    return [
+        Route("/api/v1/events", bind(events), methods=["GET"]),
+        Route("/api/v1/wait", bind(wait), methods=["GET"]),
+        Route("/livez", bind(livez), methods=["GET"]),
+        Route("/readyz", bind(readyz), methods=["GET"]),
+        Route("/view/{id}.html", bind(view_html), methods=["GET"]),
+        Route("/view/{id}.txt", bind(view_text), methods=["GET"]),
+    ]
