@@ -3,8 +3,8 @@
 Strategy: one regular expression per grammar production, composed the way
 the ABNF composes them, so the code reads against the RFC.  With SMTPUTF8
 (RFC 6531 3.3) ``atext`` and domain labels also admit non-ASCII UTF-8.
-The functions return plain strings; they raise ``PathError`` carrying the
-reply the engine should give.
+The functions return plain strings; they raise ``ArgumentError`` carrying
+the reply the engine should give.
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailgate.protocol._limits import (
-    MAX_DOMAIN_OCTETS,
-    MAX_LOCAL_PART_OCTETS,
-    MAX_PATH_OCTETS,
-)
+from mailgate.protocol._limits import MAX_LOCAL_PART_OCTETS, MAX_PATH_OCTETS
 from mailgate.protocol._replies import Reply
 
-__all__ = ["ParsedPath", "PathError", "parse_params", "parse_path"]
+__all__ = ["ArgumentError", "ParsedPath", "is_valid_domain", "parse_params", "parse_path"]
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
 _ATEXT_UTF8 = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]"
@@ -44,7 +40,8 @@ def _compile(utf8: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
     let_dig, ldh = (_LET_DIG_UTF8, _LDH_UTF8) if utf8 else (_LET_DIG, _LDH)
     sub = _subdomain(let_dig, ldh)
     domain = rf"{sub}(?:\.{sub})*"
-    literal = rf"\[(?:{_IPV4}|IPv6:[0-9A-Fa-f:.]+|{_GENERAL_LITERAL})\]"
+    # An IPv6 literal is matched as a general one and checked afterwards.
+    literal = rf"\[(?:{_IPV4}|{_GENERAL_LITERAL})\]"
     local = rf"(?:{atext}+(?:\.{atext}+)*|\"{qcontent}*\")"
     mailbox = rf"(?P<local>{local})@(?P<domain>{domain}|{literal})"
     adl = rf"@{domain}(?:,@{domain})*"
@@ -54,22 +51,20 @@ def _compile(utf8: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
 
 _PATH_ASCII, _DOMAIN_ASCII = _compile(utf8=False)
 _PATH_UTF8, _DOMAIN_UTF8 = _compile(utf8=True)
-_IPV6_LITERAL = re.compile(r"\[IPv6:(?P<addr>[0-9A-Fa-f:.]+)\]\Z")
+_IPV4_RE = re.compile(_IPV4 + r"\Z")
+_HEX_GROUP = re.compile(r"[0-9A-Fa-f]{1,4}\Z")
+_IPV6_LITERAL = re.compile(r"\[IPv6:(?P<addr>.*)\]\Z", re.IGNORECASE)
 _PARAM_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _PARAM_VALUE_ASCII = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
 _PARAM_VALUE_UTF8 = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
 
 
-class PathError(Exception):
-    """An unacceptable path or parameter list; ``reply`` says why."""
+class ArgumentError(Exception):
+    """An unacceptable command argument (path, parameter...); ``reply`` says why."""
 
     def __init__(self, reply: Reply) -> None:
         super().__init__(reply.text)
         self.reply = reply
-
-
-def _syntax(text: str) -> PathError:
-    return PathError(Reply(501, "5.1.3", text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,19 +76,27 @@ class ParsedPath:
 
 
 def _valid_ipv6(text: str) -> bool:
-    # RFC 5321 4.1.3 IPv6-addr: at most 8 groups, one "::", optional IPv4 tail.
-    if text.count("::") > 1:
+    """RFC 5321 4.1.3 IPv6-addr: full, compressed, and either with an IPv4 tail.
+
+    ``::`` stands for at least two zero groups, so at most 6 groups (an IPv4
+    tail counting as 2) may stand beside it; without it there are exactly 8.
+    """
+    head, compressed, tail = text.partition("::")
+    if "::" in tail:
         return False
-    groups = text.split(":")
-    tail_v4 = "." in groups[-1]
-    if tail_v4 and not re.fullmatch(_IPV4, groups[-1]):
+    front = head.split(":") if head else []
+    back = tail.split(":") if tail else []
+    last = back if compressed else front
+    width = 0
+    if last and "." in last[-1]:
+        if not _IPV4_RE.match(last.pop()):
+            return False
+        width = 2
+    groups = front + back
+    if not all(_HEX_GROUP.match(group) for group in groups):
         return False
-    hexes = groups[:-1] if tail_v4 else groups
-    width = len(hexes) + (2 if tail_v4 else 0)
-    if "::" in text:
-        non_empty = [g for g in hexes if g]
-        return width - (len(hexes) - len(non_empty)) <= 7 and all(len(g) <= 4 for g in non_empty)
-    return width == 8 and all(1 <= len(g) <= 4 for g in hexes)
+    width += len(groups)
+    return width <= 6 if compressed else width == 8
 
 
 def parse_path(
@@ -103,56 +106,60 @@ def parse_path(
     allow_postmaster: bool,
     utf8: bool,
     non_ascii_reply: Reply,
+    enhanced: str,
 ) -> ParsedPath:
     """Parse the argument after ``FROM:`` or ``TO:``.
 
     Accepts an unbracketed mailbox (``MAIL FROM:a@b``), which many clients
     still send.  Returns the mailbox as written, without brackets or route.
+    ``enhanced`` is the code for bad syntax: 5.1.7 for a sender, 5.1.3 for
+    a recipient (RFC 3463 3.2).
 
-    Raises ``PathError`` with 501 for bad syntax, 553 (or ``non_ascii_reply``)
-    for non-ASCII without SMTPUTF8 (RFC 6531 3.5).
+    Raises ``ArgumentError`` with 501 for bad syntax, ``non_ascii_reply`` for
+    non-ASCII without SMTPUTF8 (RFC 6531 3.5).
     """
+    if not text:
+        raise ArgumentError(Reply(501, enhanced, "Missing address"))
     if not text.startswith("<"):
         text = f"<{text}>"
+    # A domain over 255 octets (4.5.3.1.2) also makes the path too long.
     if len(text.encode("utf-8")) > MAX_PATH_OCTETS:
-        raise PathError(Reply(501, "5.1.3", "Path too long"))
+        raise ArgumentError(Reply(501, enhanced, "Path too long"))
     if text == "<>":
         if allow_null:
             return ParsedPath("")
-        raise _syntax("Null path not allowed here")
-    inner = text[1:-1] if text.endswith(">") else text
-    if allow_postmaster and inner.lower() == "postmaster":
-        return ParsedPath(inner)
+        raise ArgumentError(Reply(501, enhanced, "Null path not allowed here"))
+    # RFC 5321 4.1.1.3: "Postmaster" without a domain, in any case.
+    if allow_postmaster and text[1:-1].lower() == "postmaster":
+        return ParsedPath(text[1:-1])
     if not text.isascii() and not utf8:
-        raise PathError(non_ascii_reply)
+        raise ArgumentError(non_ascii_reply)
     match = (_PATH_UTF8 if utf8 else _PATH_ASCII).match(text)
     if match is None:
-        raise _syntax("Bad address syntax")
+        raise ArgumentError(Reply(501, enhanced, "Bad address syntax"))
     local, domain = match.group("local"), match.group("domain")
     if len(local.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
-        raise PathError(Reply(501, "5.1.3", "Local part too long"))
-    if len(domain.encode("utf-8")) > MAX_DOMAIN_OCTETS:
-        raise PathError(Reply(501, "5.1.3", "Domain too long"))
+        raise ArgumentError(Reply(501, enhanced, "Local part too long"))
     v6 = _IPV6_LITERAL.match(domain)
     if v6 is not None and not _valid_ipv6(v6.group("addr")):
-        raise _syntax("Bad IPv6 address literal")
+        raise ArgumentError(Reply(501, enhanced, "Bad IPv6 address literal"))
     return ParsedPath(f"{local}@{domain}", match.group("route") or "")
 
 
 def parse_params(words: list[str], *, utf8: bool) -> dict[str, str | None]:
     """Parse ``esmtp-param`` words (RFC 5321 4.1.2) into an upper-cased dict.
 
-    Raises ``PathError`` (501) for malformed or repeated parameters.
+    Raises ``ArgumentError`` (501) for malformed or repeated parameters.
     """
     params: dict[str, str | None] = {}
     value_re = _PARAM_VALUE_UTF8 if utf8 else _PARAM_VALUE_ASCII
     for word in words:
         key, eq, value = word.partition("=")
         if not _PARAM_KEYWORD.match(key) or (eq and not value_re.match(value)):
-            raise PathError(Reply(501, "5.5.4", f"Bad parameter syntax: {word[:40]}"))
+            raise ArgumentError(Reply(501, "5.5.4", f"Bad parameter syntax: {word[:40]}"))
         upper = key.upper()
         if upper in params:
-            raise PathError(Reply(501, "5.5.4", f"Parameter {upper} given twice"))
+            raise ArgumentError(Reply(501, "5.5.4", f"Parameter {upper} given twice"))
         params[upper] = value if eq else None
     return params
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 __all__ = [
+    "NEED_DATA",
     "AuthResponse",
     "AuthStart",
     "BdatChunk",
@@ -30,6 +32,17 @@ __all__ = [
     "StartTLS",
     "Vrfy",
 ]
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+"""``next_event`` has nothing to return until more data arrives."""
 
 
 class Event:

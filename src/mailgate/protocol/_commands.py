@@ -1,0 +1,256 @@
+"""Command arguments: everything after the verb, checked against its grammar.
+
+Strategy.  One function per command that takes an argument.  Each gets the
+argument text (verb removed, surrounding blanks stripped) and the session
+facts its grammar depends on, and returns the event to hand the application
+or raises ``ArgumentError`` carrying the reply: 501 for bad syntax, 555 for
+an unknown MAIL/RCPT parameter (RFC 5321 4.1.1.11), 552 for a declared size
+over the limit (RFC 1870 6.1), 504 for an unknown SASL mechanism.
+
+Whether the command may come now at all (503) is not decided here:
+``ServerConnection`` checks the sequence first (RFC 5321 4.1.4).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from mailgate.protocol._address import ArgumentError, parse_params, parse_path
+from mailgate.protocol._events import AuthStart, Ehlo, Expn, Helo, MailFrom, RcptTo, Vrfy
+from mailgate.protocol._limits import MAX_SIZE_DIGITS
+from mailgate.protocol._replies import Reply
+
+__all__ = [
+    "BdatArguments",
+    "decode_sasl",
+    "has_prefix",
+    "parse_auth",
+    "parse_bdat",
+    "parse_hello",
+    "parse_lookup",
+    "parse_mail",
+    "parse_rcpt",
+    "require_no_argument",
+    "split_path",
+]
+
+SYNTAX = "5.5.4"  # RFC 3463 3.6: invalid command arguments
+# ASCII digits only: str.isdigit() also takes "³" and "٣", and int() reads some.
+_SIZE_VALUE = re.compile(rf"[0-9]{{1,{MAX_SIZE_DIGITS}}}\Z")
+
+
+def has_prefix(text: str, keyword: str) -> bool:
+    """Whether ``text`` starts with ASCII ``keyword``, in any case (RFC 5321 2.4).
+
+    Only ASCII counts: some non-ASCII letters (the dotless i, the long s)
+    upper-case to ASCII ones and must not stand in for a keyword's.
+    """
+    head = text[: len(keyword)]
+    return head.isascii() and head.upper() == keyword
+
+
+def require_no_argument(argument: str, verb: str) -> None:
+    """RFC 5321 4.1.1: RSET, DATA, QUIT (and STARTTLS, RFC 3207 4) take none.
+
+    Raises ``ArgumentError`` (501) if there is one.
+    """
+    if argument:
+        raise ArgumentError(Reply(501, SYNTAX, f"Syntax: {verb} takes no parameters"))
+
+
+def parse_hello(argument: str, *, extended: bool) -> Helo | Ehlo:
+    """``HELO``/``EHLO`` name.  Any non-empty name is taken, as most servers do.
+
+    Raises ``ArgumentError`` (501) when the name is missing.
+    """
+    if not argument:
+        verb = "EHLO" if extended else "HELO"
+        raise ArgumentError(Reply(501, SYNTAX, f"Syntax: {verb} hostname"))
+    return Ehlo(argument) if extended else Helo(argument)
+
+
+def parse_lookup(argument: str, *, verb: str) -> Vrfy | Expn:
+    """``VRFY string`` or ``EXPN string`` (RFC 5321 4.1.1.6, 4.1.1.7).
+
+    Raises ``ArgumentError`` (501) when the string is missing.
+    """
+    if not argument:
+        raise ArgumentError(Reply(501, SYNTAX, f"Syntax: {verb} string"))
+    return Vrfy(argument) if verb == "VRFY" else Expn(argument)
+
+
+def split_path(argument: str, *, enhanced: str) -> tuple[str, list[str]]:
+    """Split ``<path> params`` into the path and the parameter words.
+
+    Honours quoted local parts, which may hold ``>`` and spaces.
+
+    Raises ``ArgumentError`` (501 with ``enhanced``) for an unterminated
+    path or one glued to what follows.
+    """
+    argument = argument.lstrip(" ")
+    if not argument.startswith("<"):
+        word, _, rest = argument.partition(" ")
+        return word, rest.split()
+    quoted = False
+    i = 1
+    while i < len(argument):
+        char = argument[i]
+        if quoted and char == "\\":
+            i += 2
+            continue
+        if char == '"':
+            quoted = not quoted
+        elif char == ">" and not quoted:
+            rest = argument[i + 1 :]
+            if rest and not rest.startswith(" "):
+                break
+            return argument[: i + 1], rest.split()
+        i += 1
+    raise ArgumentError(Reply(501, enhanced, "Bad address syntax"))
+
+
+def parse_mail(
+    argument: str,
+    *,
+    extended: bool,
+    smtputf8: bool,
+    max_message_size: int,
+    auth: bool,
+) -> MailFrom:
+    """``MAIL FROM:<reverse-path> [params]`` (RFC 5321 4.1.1.2).
+
+    ``extended``: the session began with EHLO, so parameters are allowed.
+    ``smtputf8``: SMTPUTF8 is offered.  ``auth``: AUTH is offered, so the
+    AUTH parameter must be accepted (RFC 4954 5).
+
+    Raises ``ArgumentError``: 501 syntax, 555 unknown or premature
+    parameter, 552 SIZE over ``max_message_size``, 550 5.6.7 for a non-ASCII
+    address without SMTPUTF8 (RFC 6531 3.5).
+    """
+    if not has_prefix(argument, "FROM:"):
+        raise ArgumentError(Reply(501, SYNTAX, "Syntax: MAIL FROM:<address>"))
+    path, words = split_path(argument[5:], enhanced="5.1.7")
+    params = parse_params(words, utf8=smtputf8)
+    if params and not extended:
+        raise ArgumentError(Reply(555, SYNTAX, "Parameters need EHLO"))
+    size: int | None = None
+    body: str | None = None
+    utf8 = False
+    for key, value in params.items():
+        if key == "SIZE":
+            # RFC 1870 3: size-value ::= 1*20DIGIT
+            if value is None or not _SIZE_VALUE.match(value):
+                raise ArgumentError(Reply(501, SYNTAX, "Syntax: SIZE=<octets>"))
+            size = int(value)
+            if max_message_size and size > max_message_size:
+                raise ArgumentError(Reply(552, "5.3.4", "Message size exceeds the fixed maximum"))
+        elif key == "BODY":
+            body = (value or "").upper()
+            if body not in ("7BIT", "8BITMIME"):
+                raise ArgumentError(Reply(501, SYNTAX, "BODY must be 7BIT or 8BITMIME"))
+        elif key == "SMTPUTF8" and smtputf8:
+            if value is not None:
+                raise ArgumentError(Reply(501, SYNTAX, "SMTPUTF8 takes no value"))
+            utf8 = True
+        elif key == "AUTH" and auth:
+            if value is None:
+                raise ArgumentError(Reply(501, SYNTAX, "Syntax: AUTH=<mailbox>"))
+        else:
+            raise ArgumentError(Reply(555, SYNTAX, f"Unsupported parameter {key}"))
+    parsed = parse_path(
+        path,
+        allow_null=True,
+        allow_postmaster=False,
+        utf8=utf8,
+        non_ascii_reply=Reply(550, "5.6.7", "Non-ASCII address needs SMTPUTF8"),
+        enhanced="5.1.7",
+    )
+    return MailFrom(parsed.address, params, size, body, utf8)
+
+
+def parse_rcpt(argument: str, *, smtputf8: bool) -> RcptTo:
+    """``RCPT TO:<forward-path> [params]`` (RFC 5321 4.1.1.3).
+
+    ``smtputf8``: the transaction declared SMTPUTF8.  No RCPT parameter is
+    offered, so any is refused.
+
+    Raises ``ArgumentError``: 501 syntax, 555 for a parameter, 553 5.6.7 for
+    a non-ASCII address without SMTPUTF8 (RFC 6531 3.5).
+    """
+    if not has_prefix(argument, "TO:"):
+        raise ArgumentError(Reply(501, SYNTAX, "Syntax: RCPT TO:<address>"))
+    path, words = split_path(argument[3:], enhanced="5.1.3")
+    params = parse_params(words, utf8=smtputf8)
+    if params:
+        raise ArgumentError(Reply(555, SYNTAX, f"Unsupported parameter {next(iter(params))}"))
+    parsed = parse_path(
+        path,
+        allow_null=False,
+        allow_postmaster=True,
+        utf8=smtputf8,
+        non_ascii_reply=Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8"),
+        enhanced="5.1.3",
+    )
+    return RcptTo(parsed.address, params)
+
+
+def decode_sasl(text: str) -> bytes:
+    """Strict base64 (RFC 4954 4), as in a response line; ``""`` is empty.
+
+    Raises ``ArgumentError`` (501 5.5.2) for anything else.
+    """
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ArgumentError(Reply(501, "5.5.2", "Cannot decode response")) from None
+
+
+def parse_auth(argument: str, *, mechanisms: tuple[str, ...]) -> AuthStart:
+    """``AUTH mechanism [initial-response]`` (RFC 4954 4).
+
+    ``=`` stands for an empty initial response.
+
+    Raises ``ArgumentError``: 501 syntax or undecodable response, 504 for a
+    mechanism not in ``mechanisms``.
+    """
+    words = argument.split(" ")
+    if not words[0] or len(words) > 2:
+        raise ArgumentError(Reply(501, SYNTAX, "Syntax: AUTH mechanism [initial-response]"))
+    mechanism = words[0].upper()
+    if mechanism not in mechanisms:
+        raise ArgumentError(Reply(504, "5.5.4", "Unrecognized authentication type"))
+    if len(words) == 1:
+        return AuthStart(mechanism, None)
+    initial = words[1]
+    if initial == "=":
+        return AuthStart(mechanism, b"")
+    return AuthStart(mechanism, decode_sasl(initial))
+
+
+@dataclass(frozen=True, slots=True)
+class BdatArguments:
+    """``BDAT size [LAST]``: ``refusal`` is set for bad syntax after the size."""
+
+    size: int
+    last: bool
+    refusal: Reply | None = None
+
+
+def parse_bdat(argument: str) -> BdatArguments | None:
+    """``BDAT chunk-size [LAST]`` (RFC 3030 2).
+
+    Returns ``None`` when the size cannot be read: nobody can then tell where
+    the next command starts.  With a readable size, other bad syntax is a
+    ``refusal`` to send once the chunk has been read and thrown away.
+    """
+    words = argument.split()
+    if not words or not _SIZE_VALUE.match(words[0]):
+        return None
+    size = int(words[0])
+    last = len(words) == 2 and words[1].upper() == "LAST"
+    if len(words) > 2 or (len(words) == 2 and not last):
+        return BdatArguments(size, False, Reply(501, SYNTAX, "Syntax: BDAT size [LAST]"))
+    return BdatArguments(size, last)
