@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from mailgate.server._policy import RecipientPolicy
-from mailgate.server._server import SMTPServer
+from mailgate.server._server import Listener, ServerConfigError, SMTPServer
 from mailgate.server._session import Session
+from mailgate.server._tls import TLSConfigError, ensure_self_signed, server_context
 
-__all__ = ["RecipientPolicy", "SMTPServer", "Session"]
+__all__ = [
+    "Listener",
+    "RecipientPolicy",
+    "SMTPServer",
+    "ServerConfigError",
+    "Session",
+    "TLSConfigError",
+    "ensure_self_signed",
+    "server_context",
+]

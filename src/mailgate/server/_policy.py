@@ -2,11 +2,16 @@
 
 With no domains configured mailgate is a catch-all: every recipient is
 accepted and stored, nothing is delivered onward.  With domains, only those
-are local; anything else would be relaying, which is refused (RFC 5321 7.9)
-until a later layer allows it for authenticated users.
+are local; anything else is relaying, allowed only for authenticated users
+and trusted networks (RFC 5321 7.1 and 7.9: never an open relay).  Local
+parts that other mail systems read as routes (``user%remote``, bang paths,
+a quoted ``"user@remote"``) are refused from everyone else, so no server
+behind this one can be made into a relay through it.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from mailgate.config import Domain, Settings
 from mailgate.protocol import Reply
@@ -34,6 +39,21 @@ class RecipientPolicy:
         self._domains: dict[str, Domain] = {d.name.lower(): d for d in settings.domains}
         self._vrfy = settings.vrfy
         self._expn = settings.expn
+        self._networks = tuple(
+            ipaddress.ip_network(cidr, strict=False) for cidr in settings.relay_networks
+        )
+
+    def trusts(self, client_address: str) -> bool:
+        """Whether the client is in a ``--relay-network``."""
+        if not self._networks:
+            return False
+        try:
+            address = ipaddress.ip_address(client_address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
 
     @property
     def catch_all(self) -> bool:
@@ -46,13 +66,18 @@ class RecipientPolicy:
             return True
         return _split(address)[1] in self._domains
 
-    def check_recipient(self, address: str) -> Reply:
-        """The reply to ``RCPT TO:<address>``."""
+    def check_recipient(self, address: str, *, may_relay: bool = False) -> Reply:
+        """The reply to ``RCPT TO:<address>``.
+
+        ``may_relay`` is true for authenticated clients and trusted networks.
+        """
         if self.catch_all or "@" not in address:  # bare "postmaster" (RFC 5321 4.5.1)
             return ACCEPTED
         local, domain_name = _split(address)
         domain = self._domains.get(domain_name)
         if domain is None:
+            return ACCEPTED if may_relay else _RELAY_DENIED
+        if not may_relay and any(mark in local for mark in "%!@"):
             return _RELAY_DENIED
         if local.casefold() == "postmaster" or domain.accepts(local):
             return ACCEPTED

@@ -9,27 +9,56 @@ transaction finish within the grace period, then closes what is left.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl
 from collections import Counter
+from dataclasses import dataclass
 
+from mailgate import MailgateError
 from mailgate.config import Listen, Settings
-from mailgate.ports import MailSink
+from mailgate.ports import Authenticator, MailSink
 from mailgate.protocol import ConnectionSettings, Reply
+from mailgate.protocol._sasl import MECHANISMS
 from mailgate.server._policy import RecipientPolicy
 from mailgate.server._session import Session
 
-__all__ = ["SMTPServer"]
+__all__ = ["Listener", "SMTPServer", "ServerConfigError"]
 
 log = logging.getLogger("mailgate.smtp")
+
+
+class ServerConfigError(MailgateError):
+    """The settings ask for something the server cannot do; one line, naming the flag."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One listening address and the rules of its port.
+
+    ``smtp`` (port 25 style: STARTTLS offered, AUTH optional, relaying only
+    for authenticated users and trusted networks), ``submission`` (RFC 6409:
+    AUTH required before MAIL, and TLS before AUTH) and ``smtps`` (RFC 8314:
+    TLS from the first byte, AUTH required).
+    """
+
+    name: str
+    listen: Listen
+    connection: ConnectionSettings
+    require_auth: bool = False
+    implicit_tls: bool = False
 
 
 class SMTPServer:
     """mailgate's SMTP service on one or more listeners.
 
     ``sink`` receives every accepted message; ``tls_context``, when given,
-    makes STARTTLS available.
+    makes STARTTLS (and the ``smtps`` listener) available; ``authenticator``
+    makes AUTH available, after TLS.
+
+    Raises ``ServerConfigError`` when a listener cannot work as configured
+    (submission without TLS or users, say).
     """
 
     def __init__(
@@ -38,15 +67,17 @@ class SMTPServer:
         *,
         sink: MailSink,
         tls_context: ssl.SSLContext | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         limits = settings.limits
         self.settings = settings
         self.sink = sink
+        self.authenticator = authenticator
         self.policy = RecipientPolicy(settings)
         self.hostname = settings.hostname or socket.getfqdn()
         self.idle_timeout = limits.idle_timeout
         self.tls_context = tls_context
-        self.connection_settings = ConnectionSettings(
+        base = ConnectionSettings(
             hostname=self.hostname,
             max_message_size=limits.max_message_size,
             max_recipients=limits.max_recipients,
@@ -54,38 +85,66 @@ class SMTPServer:
             error_budget=limits.error_budget,
             bare_line_endings=settings.bare_line_endings,
             starttls=tls_context is not None,
+            auth_mechanisms=MECHANISMS if authenticator is not None else (),
         )
+        self.listeners = [Listener("smtp", settings.smtp, base)]
+        for name, listen in (("submission", settings.submission), ("smtps", settings.smtps)):
+            if listen is None:
+                continue
+            if tls_context is None:
+                raise ServerConfigError(
+                    f"--{name} needs TLS: give --tls-cert and --tls-key, or --tls-self-signed"
+                )
+            if authenticator is None:
+                raise ServerConfigError(f"--{name} needs --users (or --auth-accept-any)")
+            implicit = name == "smtps"
+            connection = (
+                dataclasses.replace(base, starttls=False, tls_active=True) if implicit else base
+            )
+            self.listeners.append(
+                Listener(name, listen, connection, require_auth=True, implicit_tls=implicit)
+            )
         self.closing = False
         self._sessions: set[Session] = set()
         self._per_address: Counter[str] = Counter()
         self._listeners: list[asyncio.Server] = []
+        self._bound: dict[str, asyncio.Server] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
 
-    async def start(self, listens: tuple[Listen, ...] | None = None) -> None:
-        """Bind the listeners (``settings.smtp`` by default).
+    async def start(self) -> None:
+        """Bind every listener.
 
         Raises ``OSError`` when an address cannot be bound.
         """
         loop = asyncio.get_running_loop()
-        for listen in listens or (self.settings.smtp,):
-            listener = await loop.create_server(
-                lambda: Session(self),
-                host=listen.host or None,
-                port=listen.port,
+        for listener in self.listeners:
+            server = await loop.create_server(
+                lambda listener=listener: Session(self, listener),
+                host=listener.listen.host or None,
+                port=listener.listen.port,
                 reuse_address=True,
                 backlog=1024,
+                ssl=self.tls_context if listener.implicit_tls else None,
+                ssl_handshake_timeout=30.0 if listener.implicit_tls else None,
             )
-            self._listeners.append(listener)
+            self._listeners.append(server)
+            self._bound[listener.name] = server
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        """The bound (host, port) pairs, with real ports where 0 was asked."""
+        """The bound (host, port) pairs of every listener, real ports for 0."""
+        return [address for name in self._bound for address in self.addresses_of(name)]
+
+    def addresses_of(self, name: str) -> list[tuple[str, int]]:
+        """The bound (host, port) pairs of one listener (``smtp``, ``submission``...)."""
+        server = self._bound.get(name)
+        if server is None:
+            return []
         found: list[tuple[str, int]] = []
-        for listener in self._listeners:
-            for sock in listener.sockets:
-                name = sock.getsockname()
-                found.append((str(name[0]), int(name[1])))
+        for sock in server.sockets:
+            address = sock.getsockname()
+            found.append((str(address[0]), int(address[1])))
         return found
 
     @property

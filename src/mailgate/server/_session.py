@@ -14,10 +14,11 @@ memory; nothing already received is ever dropped.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import ssl
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mailgate.model import Envelope, TLSInfo
 from mailgate.ports import MailSink, Spool
@@ -44,9 +45,10 @@ from mailgate.protocol import (
     State,
     Vrfy,
 )
+from mailgate.protocol._sasl import Challenge, Credentials, SaslFailure, SaslServer
 
 if TYPE_CHECKING:
-    from mailgate.server._server import SMTPServer
+    from mailgate.server._server import Listener, SMTPServer
 
 __all__ = ["Session"]
 
@@ -57,7 +59,18 @@ _TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, please try again la
 _MAIL_OK = Reply(250, "2.1.0", "Sender OK")
 _RSET_OK = Reply(250, "2.0.0", "Flushed")
 _START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
-_NO_AUTH = Reply(502, "5.5.1", "Authentication not available")
+_AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+_AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+_AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+_MAX_AUTH_DELAY_SECONDS = 10.0
+
+
+def _tls_info(transport: asyncio.BaseTransport) -> TLSInfo | None:
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    cipher = ssl_object.cipher()
+    return TLSInfo(version=str(ssl_object.version()), cipher=str(cipher[0]) if cipher else "")
 
 
 class _Transaction:
@@ -73,11 +86,12 @@ class _Transaction:
 class Session(asyncio.Protocol):
     """The server side of one connection."""
 
-    def __init__(self, server: SMTPServer) -> None:
+    def __init__(self, server: SMTPServer, listener: Listener) -> None:
         self._server = server
+        self._listener = listener
         self._sink: MailSink = server.sink
         self._policy = server.policy
-        self._conn = ServerConnection(server.connection_settings)
+        self._conn = ServerConnection(listener.connection)
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] = ("", 0)
         self._txn: _Transaction | None = None
@@ -89,17 +103,22 @@ class Session(asyncio.Protocol):
         self._last_activity = 0.0
         self._idle_handle: asyncio.TimerHandle | None = None
         self._tls: TLSInfo | None = None
+        self._sasl: SaslServer | None = None
+        self._tls_early: list[bytes] | None = None
+        self._auth_failures = 0
         self.auth_user: str | None = None
         self.closed = asyncio.get_running_loop().create_future()
 
     # ------------------------------------------------------------ lifecycle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement the interface without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self._peer = (str(peer[0]), int(peer[1]))
+        if self._listener.implicit_tls:
+            self._tls = _tls_info(transport)
         refusal = self._server.register(self)
         hostname = self._server.hostname
         if refusal is not None:
@@ -122,6 +141,10 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._touch()
+        if self._tls_early is not None:
+            # Decrypted bytes that beat our handshake coroutine: keep them.
+            self._tls_early.append(data)
+            return
         self._conn.receive_data(data)
         if self._busy:
             # Keep everything (RFC 2920 3.2) but stop reading past a bound.
@@ -267,7 +290,7 @@ class Session(asyncio.Protocol):
         elif isinstance(event, StartTLS):
             return self._start_tls()
         elif isinstance(event, (AuthStart, AuthResponse)):
-            conn.send(_NO_AUTH)
+            return self._authenticate(event)
         else:  # pragma: no cover - every Command is handled above
             raise AssertionError(f"unhandled event {event!r}")
         return False
@@ -288,12 +311,16 @@ class Session(asyncio.Protocol):
     def _envelope_command(self, event: MailFrom | RcptTo) -> None:
         conn = self._conn
         if isinstance(event, MailFrom):
+            if self._listener.require_auth and self.auth_user is None:
+                conn.send(_AUTH_REQUIRED)  # RFC 6409 4.3
+                return
             self._txn = _Transaction(event)
             conn.send(_MAIL_OK)
             return
         txn = self._txn
         assert txn is not None
-        reply = self._policy.check_recipient(event.address)
+        may_relay = self.auth_user is not None or self._policy.trusts(self._peer[0])
+        reply = self._policy.check_recipient(event.address, may_relay=may_relay)
         if reply.is_positive:
             txn.recipients.append(event.address)
             txn.rcpt_params.append(dict(event.params))
@@ -336,6 +363,64 @@ class Session(asyncio.Protocol):
         if txn is not None and txn.spool is not None:
             txn.spool.discard()
 
+    # ---------------------------------------------------------- AUTH
+
+    def _authenticate(self, event: AuthStart | AuthResponse) -> bool:
+        conn = self._conn
+        if isinstance(event, AuthStart):
+            self._sasl = SaslServer(event.mechanism)
+            step = self._sasl.start(event.initial_response)
+        else:
+            assert self._sasl is not None
+            step = self._sasl.step(event.data)
+        if isinstance(step, Challenge):
+            conn.send(Reply(334, None, base64.b64encode(step.data).decode("ascii")))
+            return False
+        self._sasl = None
+        if isinstance(step, SaslFailure):
+            conn.send(step.reply)
+            return False
+        self._busy = True
+        task = asyncio.get_running_loop().create_task(self._check_credentials(step))
+        self._server.track(task)
+        return True
+
+    async def _check_credentials(self, credentials: Credentials) -> None:
+        authenticator = self._server.authenticator
+        assert authenticator is not None
+        try:
+            ok = await authenticator.authenticate(credentials.username, credentials.password)
+        except Exception:
+            log.exception("authenticating %s failed", self._peer[0])
+            self._resume(Reply(454, "4.7.0", "Temporary authentication failure"))
+            return
+        if ok:
+            self.auth_user = credentials.username
+            log.info("%s authenticated as %s", self._peer[0], credentials.username)
+            self._resume(_AUTH_OK)
+            return
+        self._auth_failures += 1
+        limits = self._server.settings.limits
+        # The address and user name are logged, never the password.
+        log.warning(
+            "authentication failure %d from %s for user %r",
+            self._auth_failures,
+            self._peer[0],
+            credentials.username[:64],
+        )
+        delay = min(limits.auth_failure_delay * self._auth_failures, _MAX_AUTH_DELAY_SECONDS)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self._auth_failures >= max(limits.max_auth_failures, 3):  # RFC 4954 9
+            self._busy = False
+            if not self._closed:
+                self._conn.send(_AUTH_FAILED)
+            self.shutdown(
+                Reply(421, "4.7.0", f"{self._server.hostname} Too many authentication failures")
+            )
+            return
+        self._resume(_AUTH_FAILED)
+
     # ------------------------------------------------------- async steps
 
     def _start_commit(self) -> None:
@@ -373,6 +458,11 @@ class Session(asyncio.Protocol):
             return False
         self._conn.send(Reply(220, "2.0.0", "Ready to start TLS"))
         self._flush()
+        # Nothing more is read in plaintext: the next bytes are the
+        # ClientHello, and start_tls resumes reading under TLS.
+        assert self._transport is not None
+        self._transport.pause_reading()
+        self._tls_early = []
         self._busy = True
         task = asyncio.get_running_loop().create_task(self._handshake(context))
         self._server.track(task)
@@ -383,8 +473,10 @@ class Session(asyncio.Protocol):
         assert transport is not None
         loop = asyncio.get_running_loop()
         try:
-            new_transport = await loop.start_tls(transport, self, context, server_side=True)
-        except (OSError, ssl.SSLError, ConnectionError) as error:
+            new_transport = await loop.start_tls(
+                transport, self, context, server_side=True, ssl_handshake_timeout=30.0
+            )
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as error:
             log.info("TLS handshake with %s failed: %s", self._peer[0], error)
             self._closed = True
             transport.close()
@@ -392,13 +484,11 @@ class Session(asyncio.Protocol):
         if new_transport is None:  # pragma: no cover - only for non-stream transports
             return
         self._transport = new_transport
-        ssl_object = new_transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            cipher = ssl_object.cipher()
-            self._tls = TLSInfo(
-                version=str(ssl_object.version()), cipher=str(cipher[0]) if cipher else ""
-            )
+        self._tls = _tls_info(new_transport)
         self._conn.tls_established()
+        early, self._tls_early = self._tls_early or [], None
+        for data in early:
+            self._conn.receive_data(data)
         self._busy = False
         self._backlog = 0
         self._pump()

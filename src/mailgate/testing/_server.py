@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import ssl
 import tempfile
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any, Self, TypeVar
 from mailgate.config import Domain, Limits, Listen, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import MessageId, MessageSummary, StoredMessage
-from mailgate.ports import MessageStore
+from mailgate.ports import Authenticator, MessageStore
 from mailgate.server import SMTPServer
 from mailgate.stores import open_store
 
@@ -50,7 +51,11 @@ class MailgateServer:
         limits: Limits | None = None,
         settings: Settings | None = None,
         port: int = 0,
+        tls_context: ssl.SSLContext | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
+        self._tls_context = tls_context
+        self._authenticator = authenticator
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="mailgate-test-")
@@ -133,7 +138,12 @@ class MailgateServer:
                 store,
                 DeliverySettings(hostname=settings.hostname, spool_dir=settings.data_dir / "spool"),
             )
-            server = SMTPServer(settings, sink=sink)
+            server = SMTPServer(
+                settings,
+                sink=sink,
+                tls_context=self._tls_context,
+                authenticator=self._authenticator,
+            )
             await server.start()
             self.server = server
             self.host, self.port = server.addresses[0]
@@ -149,6 +159,11 @@ class MailgateServer:
         assert self._loop is not None, "the server is not running"
         future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)
+
+    def port_of(self, listener: str) -> int:
+        """The port a listener (``smtp``, ``submission``, ``smtps``) is bound to."""
+        assert self.server is not None, "the server is not running"
+        return self.server.addresses_of(listener)[0][1]
 
     @property
     def store(self) -> MessageStore:
