@@ -8,6 +8,20 @@ answer at once.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from mailgate.cli._main import main
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from mailgate.cli._app import Mailgate
+
+__all__ = ["Mailgate", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    # ``Mailgate`` pulls in the server and stores: load it only when asked for.
+    if name == "Mailgate":
+        from mailgate.cli._app import Mailgate  # noqa: PLC0415
+
+        return Mailgate
+    raise AttributeError(name)

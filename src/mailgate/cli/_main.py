@@ -98,7 +98,37 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", metavar="ID", help="the message id, as listed")
     show.add_argument("--raw", action="store_true", help="write the exact stored bytes")
     _add_store_flags(show)
+
+    users = commands.add_parser(
+        "users",
+        help="manage who may authenticate",
+        description="Manage the users file (salted scrypt hashes) that AUTH checks.",
+    )
+    actions = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    for action, text in (
+        ("list", "list the users"),
+        ("add", "add a user; the password is asked for, or read from standard input"),
+        ("passwd", "change a user's password"),
+        ("delete", "delete a user"),
+    ):
+        sub = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        if action != "list":
+            sub.add_argument("name", metavar="NAME", help="the user name (as given to AUTH)")
+        _add_users_flags(sub)
     return parser
+
+
+def _add_users_flags(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        if option.dest in {"users", "data"}:
+            parser.add_argument(
+                option.flag,
+                dest=option.dest,
+                metavar=option.metavar,
+                help=option.help,
+                default=argparse.SUPPRESS,
+            )
+    _add_config_flag(parser, default=argparse.SUPPRESS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a usage error already reported
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     if args.command is None:
-        return fail("choose a command: serve or messages (see mailgate --help)", EXIT_USAGE)
+        return fail("choose a command: serve, messages or users (see mailgate --help)", EXIT_USAGE)
 
     try:
         settings = _settings(args, os.environ)
@@ -120,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mailgate.cli._serve import serve  # noqa: PLC0415 - the server loads only to serve
 
         return serve(settings)
+    if args.command == "users":
+        from mailgate.cli._users import users_command  # noqa: PLC0415
+
+        return users_command(settings, args.users_command, getattr(args, "name", None))
     from mailgate.cli._messages import list_messages, show_message  # noqa: PLC0415
 
     if args.messages_command == "show":

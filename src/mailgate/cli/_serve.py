@@ -1,11 +1,10 @@
-"""``mailgate serve``: open the store, start the SMTP server, run until a signal."""
+"""``mailgate serve``: start everything ``Mailgate`` wires, run until a signal."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
-import os
 import signal
 import socket
 import sys
@@ -13,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailgate import __version__
+from mailgate.cli._app import Mailgate
 from mailgate.cli._exit import EXIT_OK, EXIT_USAGE, fail
 from mailgate.config import Listen, Settings
-from mailgate.delivery import Acceptor, DeliverySettings
-from mailgate.ports import MessageStore, StoreError
-from mailgate.server import SMTPServer
-from mailgate.stores import StoreURLError, open_store
+from mailgate.ports import StoreError
+from mailgate.server import ListenError, ServerConfigError, SMTPServer, TLSConfigError
+from mailgate.stores import StoreURLError
 
 __all__ = ["serve"]
 
@@ -52,45 +51,27 @@ def _runner() -> asyncio.Runner:
 
 
 async def _serve(settings: Settings) -> int:
+    app = Mailgate(settings)
     try:
-        store = await open_store(settings.store_url)
+        await app.start()
     except StoreURLError as error:
         return fail(str(error), EXIT_USAGE)
-    except StoreError as error:
+    except (StoreError, TLSConfigError) as error:
         return fail(str(error))
-    try:
-        return await _run(settings, store)
-    finally:
-        await store.aclose()
-
-
-async def _run(settings: Settings, store: MessageStore) -> int:
-    try:
-        sink = Acceptor(
-            store,
-            DeliverySettings(hostname=settings.hostname, spool_dir=settings.data_dir / "spool"),
-        )
-    except OSError as error:
-        return fail(f"cannot create the spool directory in {settings.data_dir}: {error.strerror}")
-    server = SMTPServer(settings, sink=sink)
-    try:
-        await server.start()
-    except OSError as error:
-        await server.aclose()
-        # asyncio's bind error repeats the address; the errno alone says what went wrong.
-        problem = os.strerror(error.errno) if error.errno else str(error)
-        return fail(f"cannot listen for smtp on {settings.smtp}: {problem}")
+    except ServerConfigError as error:
+        return fail(str(error), EXIT_USAGE)
+    except ListenError as error:
+        return fail(str(error))
     try:
         stop = asyncio.Event()
         _on_signals(stop.set)
-        print(_listening_line(settings, server.addresses), flush=True)
+        print(_listening_line(settings, app.server), flush=True)
         if settings.http is not None:
             log.info("the web inbox is not available in this build; not serving %s", settings.http)
         await stop.wait()
         log.info("shutting down: finishing transactions in flight")
     finally:
-        await server.aclose()
-        await server.wait_closed()
+        await app.aclose()
     return EXIT_OK
 
 
@@ -108,10 +89,15 @@ def _on_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(signum, first, signum)
 
 
-def _listening_line(settings: Settings, addresses: list[tuple[str, int]]) -> str:
-    smtp = " ".join(str(Listen(host, port)) for host, port in addresses)
+def _listening_line(settings: Settings, server: SMTPServer) -> str:
+    parts = []
+    for listener in server.listeners:
+        bound = " ".join(
+            str(Listen(host, port)) for host, port in server.addresses_of(listener.name)
+        )
+        parts.append(f"{listener.name} {bound}")
     where = f"store {settings.store}" if settings.store else f"data {_shown(settings.data_dir)}"
-    return f"mailgate {__version__} listening: smtp {smtp}, {where}"
+    return f"mailgate {__version__} listening: {', '.join(parts)}, {where}"
 
 
 def _shown(path: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import socket
 import ssl
 from collections import Counter
@@ -24,13 +25,17 @@ from mailgate.protocol._sasl import MECHANISMS
 from mailgate.server._policy import RecipientPolicy
 from mailgate.server._session import Session
 
-__all__ = ["Listener", "SMTPServer", "ServerConfigError"]
+__all__ = ["ListenError", "Listener", "SMTPServer", "ServerConfigError"]
 
 log = logging.getLogger("mailgate.smtp")
 
 
 class ServerConfigError(MailgateError):
     """The settings ask for something the server cannot do; one line, naming the flag."""
+
+
+class ListenError(MailgateError):
+    """A listening address could not be bound; one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +120,31 @@ class SMTPServer:
     async def start(self) -> None:
         """Bind every listener.
 
-        Raises ``OSError`` when an address cannot be bound.
+        Raises ``ListenError`` (one line) when an address cannot be bound.
         """
         loop = asyncio.get_running_loop()
         for listener in self.listeners:
-            server = await loop.create_server(
-                lambda listener=listener: Session(self, listener),
-                host=listener.listen.host or None,
-                port=listener.listen.port,
-                reuse_address=True,
-                backlog=1024,
-                ssl=self.tls_context if listener.implicit_tls else None,
-                ssl_handshake_timeout=30.0 if listener.implicit_tls else None,
-            )
+            try:
+                server = await self._bind(loop, listener)
+            except OSError as error:
+                # asyncio's message repeats the address; the errno says what went wrong.
+                problem = os.strerror(error.errno) if error.errno else str(error)
+                raise ListenError(
+                    f"cannot listen for {listener.name} on {listener.listen}: {problem}"
+                ) from error
             self._listeners.append(server)
             self._bound[listener.name] = server
+
+    async def _bind(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
+        return await loop.create_server(
+            lambda listener=listener: Session(self, listener),
+            host=listener.listen.host or None,
+            port=listener.listen.port,
+            reuse_address=True,
+            backlog=1024,
+            ssl=self.tls_context if listener.implicit_tls else None,
+            ssl_handshake_timeout=30.0 if listener.implicit_tls else None,
+        )
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

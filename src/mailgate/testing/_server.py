@@ -1,8 +1,8 @@
 """A real mailgate in a background thread, for tests of code that sends mail.
 
-``MailgateServer`` runs the same parts ``mailgate serve`` runs (the SMTP
-server, the accept path, the SQLite store) on its own event loop in a
-thread, bound to a free port, so synchronous test code can send with
+``MailgateServer`` runs exactly what ``mailgate serve`` runs (``cli.Mailgate``:
+the SMTP server, the accept path, the SQLite store) on its own event loop
+in a thread, bound to a free port, so synchronous test code can send with
 ``smtplib`` and read back what arrived.
 """
 
@@ -20,12 +20,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from mailgate.cli import Mailgate
 from mailgate.config import Domain, Limits, Listen, Settings
-from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import MessageId, MessageSummary, StoredMessage
 from mailgate.ports import Authenticator, MessageStore
 from mailgate.server import SMTPServer
-from mailgate.stores import open_store
 
 __all__ = ["MailgateServer"]
 
@@ -129,29 +128,19 @@ class MailgateServer:
             loop.close()
 
     async def _main(self) -> None:
-        settings = self.settings
         self._stop = asyncio.Event()
-        store = await open_store(settings.store_url)
-        self._store = store
+        app = Mailgate(
+            self.settings, tls_context=self._tls_context, authenticator=self._authenticator
+        )
+        await app.start()
         try:
-            sink = Acceptor(
-                store,
-                DeliverySettings(hostname=settings.hostname, spool_dir=settings.data_dir / "spool"),
-            )
-            server = SMTPServer(
-                settings,
-                sink=sink,
-                tls_context=self._tls_context,
-                authenticator=self._authenticator,
-            )
-            await server.start()
-            self.server = server
-            self.host, self.port = server.addresses[0]
+            self._store = app.store
+            self.server = app.server
+            self.host, self.port = app.server.addresses_of("smtp")[0]
             self._ready.set()
             await self._stop.wait()
-            await server.aclose()
         finally:
-            await store.aclose()
+            await app.aclose()
 
     # ------------------------------------------------------------- reading
 

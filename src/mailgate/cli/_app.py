@@ -1,0 +1,131 @@
+"""The composition root: every concrete part of a running mailgate, wired once.
+
+``Mailgate`` opens the store, builds the accept path, the TLS context and
+the authenticator the settings ask for, and starts the SMTP listeners.
+``mailgate serve`` and the test helper ``mailgate.testing.MailgateServer``
+both run exactly this.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from types import TracebackType
+from typing import Self
+
+from mailgate.config import Settings
+from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.ports import Authenticator, MessageStore
+from mailgate.server import SMTPServer, ensure_self_signed, server_context
+from mailgate.stores import open_store
+from mailgate.stores.users import AcceptAnyAuthenticator, UsersFile
+
+__all__ = ["Mailgate"]
+
+log = logging.getLogger("mailgate")
+
+
+def tls_context_for(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context the settings describe, or ``None``.
+
+    Raises ``TLSConfigError`` for missing or unusable certificate files.
+    """
+    tls = settings.tls
+    if tls.cert is not None and tls.key is not None:
+        return server_context(tls.cert, tls.key)
+    if tls.self_signed:
+        cert, key = ensure_self_signed(settings.data_dir, settings.hostname or "localhost")
+        log.warning("using a self-signed certificate (%s): for development only", cert)
+        return server_context(cert, key)
+    return None
+
+
+def authenticator_for(settings: Settings) -> Authenticator | None:
+    """The authenticator the settings describe, or ``None`` (no AUTH)."""
+    if settings.auth_accept_any:
+        log.warning("--auth-accept-any: every user name and password is accepted")
+        return AcceptAnyAuthenticator()
+    if settings.users is not None:
+        users = UsersFile(settings.users)
+        users.names()  # read it now, so a broken file fails at start-up
+        return users
+    return None
+
+
+class Mailgate:
+    """A running mailgate: ``async with Mailgate(settings) as app: ...``.
+
+    ``tls_context`` and ``authenticator`` replace what the settings would
+    build (tests use throwaway certificates and cheap password hashes).
+    ``start`` raises ``StoreError``, ``TLSConfigError``, ``ServerConfigError``
+    or ``OSError`` (an address in use) with a one-line message.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self.settings = settings
+        self._tls_context = tls_context
+        self._authenticator = authenticator
+        self._store: MessageStore | None = None
+        self._server: SMTPServer | None = None
+
+    @property
+    def store(self) -> MessageStore:
+        """The open store."""
+        assert self._store is not None, "not started"
+        return self._store
+
+    @property
+    def server(self) -> SMTPServer:
+        """The SMTP server."""
+        assert self._server is not None, "not started"
+        return self._server
+
+    async def start(self) -> None:
+        """Open, wire and start everything; on failure close what was opened."""
+        settings = self.settings
+        tls_context = self._tls_context or tls_context_for(settings)
+        authenticator = self._authenticator or authenticator_for(settings)
+        self._store = await open_store(settings.store_url)
+        try:
+            sink = Acceptor(
+                self._store,
+                DeliverySettings(
+                    hostname=settings.hostname or "localhost",
+                    spool_dir=settings.data_dir / "spool",
+                ),
+            )
+            self._server = SMTPServer(
+                settings, sink=sink, tls_context=tls_context, authenticator=authenticator
+            )
+            await self._server.start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop the listeners gracefully, then close the store."""
+        try:
+            if self._server is not None:
+                await self._server.aclose()
+        finally:
+            if self._store is not None:
+                await self._store.aclose()
+                self._store = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
