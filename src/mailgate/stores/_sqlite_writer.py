@@ -42,7 +42,7 @@ from mailgate.stores._sqlite_schema import (
     insert_messages,
 )
 
-__all__ = ["Delete", "Insert", "MarkRead", "Writer", "WriterStats", "sync_directory"]
+__all__ = ["Apply", "Delete", "Insert", "MarkRead", "Writer", "WriterStats", "sync_directory"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,17 @@ class MarkRead:
     read: bool
 
 
-Operation = Insert | Delete | MarkRead
+@dataclass(slots=True)
+class Apply:
+    """Run ``work`` on the write connection inside the batch's transaction; return its result.
+
+    For changes that publish no event (tags).  ``work`` must not commit.
+    """
+
+    work: Callable[[sqlite3.Connection], object]
+
+
+Operation = Insert | Delete | MarkRead | Apply
 
 
 @dataclass(slots=True)
@@ -227,6 +237,8 @@ class Writer:
                 inserts = []
                 if isinstance(operation, Delete):
                     batch.results.append(self._delete(operation, batch))
+                elif isinstance(operation, Apply):
+                    batch.results.append(operation.work(connection))
                 else:
                     batch.results.append(self._mark_read(operation, batch))
             self._insert(inserts, last_seq, batch)

@@ -27,6 +27,15 @@ from typing import IO, TypeVar
 
 from mailgate.model import MessageId, MessagePage, StoredMessage, StoreEvent, StoreEventKind
 from mailgate.ports import NewMessage, StoreError
+from mailgate.query import Query
+from mailgate.stores._sqlite_query import (
+    delete_tag,
+    ensure_search_schema,
+    rename_tag,
+    search_page,
+    set_tags,
+    tag_counts,
+)
 from mailgate.stores._sqlite_schema import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -36,6 +45,7 @@ from mailgate.stores._sqlite_schema import (
     summary_from_row,
 )
 from mailgate.stores._sqlite_writer import (
+    Apply,
     Delete,
     Insert,
     MarkRead,
@@ -159,6 +169,7 @@ class SQLiteStore:
             raise StoreError(f"cannot open message store {self.path}: {error}") from error
         try:
             self._prepare(connection)
+            ensure_search_schema(connection)
             self._sweep_if_alone(connection)
         except (OSError, sqlite3.Error) as error:
             connection.close()
@@ -354,6 +365,37 @@ class SQLiteStore:
                 return None  # deleted since the row was read
 
         return await self._read(work)
+
+    # Search and tags (see _sqlite_query)
+
+    async def search(self, query: Query, *, offset: int = 0, limit: int = 50) -> MessagePage:
+        """Messages matching ``query``, newest first; ``total`` and ``unread`` count matches."""
+        return await self._read(
+            lambda connection: search_page(connection, query, offset=offset, limit=limit)
+        )
+
+    async def tags(self) -> dict[str, int]:
+        """Every tag in use, with how many messages carry it."""
+        return await self._read(tag_counts)
+
+    async def set_tags(self, message_ids: Sequence[MessageId], tags: Sequence[str]) -> int:
+        """Replace the tags of these messages; return how many of them exist."""
+        self._check_open()
+        ids, wanted = list(message_ids), list(tags)
+        count: int = await self._writer.submit(Apply(lambda c: set_tags(c, ids, wanted)))
+        return count
+
+    async def rename_tag(self, old: str, new: str) -> int:
+        """Rename a tag on every message; return on how many it was."""
+        self._check_open()
+        count: int = await self._writer.submit(Apply(lambda c: rename_tag(c, old, new)))
+        return count
+
+    async def delete_tag(self, tag: str) -> int:
+        """Remove a tag from every message; return from how many."""
+        self._check_open()
+        count: int = await self._writer.submit(Apply(lambda c: delete_tag(c, tag)))
+        return count
 
     # Events
 

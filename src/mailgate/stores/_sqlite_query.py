@@ -1,0 +1,237 @@
+"""Search and tags for the SQLite store: ``query.Query`` values as SQL.
+
+Free words are looked up in ``message_search``, an FTS5 table with the
+trigram tokenizer over each message's subject, addresses, Message-ID and
+snippet, kept in step with ``messages`` by triggers.  ``LIKE '%word%'`` on
+it is a case-insensitive substring match, the same meaning
+``query.matches`` gives a word, but answered from the trigram index, so a
+search stays quick at 100,000 messages.  (``detail = 'none'``: LIKE needs
+no positions, and the index is a fifth of the size.)  Words shorter than three characters (too
+short for a trigram) and field terms (``from:``, ``subject:``...) are
+filtered with ``instr`` on the row.  Every value is a bound parameter.
+
+Tag changes are functions of the write connection, run by the store's
+writer thread inside its transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from mailgate.model import MessageId, MessagePage
+from mailgate.query import Bound, BoundTerm, Field, Flag, FlagTerm, Query, Term, TextTerm
+from mailgate.stores._sqlite_schema import SELECT_SUMMARY, summary_from_row
+
+__all__ = [
+    "SEARCH_SCHEMA",
+    "delete_tag",
+    "ensure_search_schema",
+    "rename_tag",
+    "search_page",
+    "set_tags",
+    "tag_counts",
+    "where_clause",
+]
+
+MIN_TRIGRAM_CHARS = 3
+
+_ROW_TEXT = (
+    "subject || char(10) || coalesce(sender, '') || char(10) || recipients"
+    " || char(10) || message_id || char(10) || snippet"
+)
+"""What free words are searched in, from a row of ``messages``."""
+
+SEARCH_SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS message_search
+USING fts5(text, tokenize = 'trigram', detail = 'none');
+CREATE TRIGGER IF NOT EXISTS message_search_inserted AFTER INSERT ON messages BEGIN
+    INSERT INTO message_search (rowid, text) VALUES (
+        NEW.seq,
+        NEW.subject || char(10) || coalesce(NEW.sender, '') || char(10) || NEW.recipients
+        || char(10) || NEW.message_id || char(10) || NEW.snippet
+    );
+END;
+CREATE TRIGGER IF NOT EXISTS message_search_deleted AFTER DELETE ON messages BEGIN
+    DELETE FROM message_search WHERE rowid = OLD.seq;
+END;
+"""
+_INDEX_EXISTING = """
+INSERT INTO message_search (rowid, text)
+SELECT seq, subject || char(10) || coalesce(sender, '') || char(10) || recipients
+       || char(10) || message_id || char(10) || snippet
+FROM messages
+"""
+
+
+def ensure_search_schema(connection: sqlite3.Connection) -> None:
+    """Create the search index if the database lacks it, and index what is there.
+
+    Takes the write lock for the time it takes; run it when opening, on the
+    connection that writes.
+    """
+    exists = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE name = 'message_search'"
+    ).fetchone()
+    if exists:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        # Statement by statement: executescript would commit on its own.
+        for statement in _statements(SEARCH_SCHEMA):
+            connection.execute(statement)
+        connection.execute(_INDEX_EXISTING)
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of ``SEARCH_SCHEMA`` (triggers hold ``;`` inside ``BEGIN ... END``)."""
+    statements: list[str] = []
+    current = ""
+    for line in script.strip().splitlines():
+        current += line + "\n"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
+
+
+def _millis(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+_FIELD_COLUMNS = {
+    Field.FROM: "lower(coalesce(sender, ''))",
+    Field.TO: "lower(json_extract(recipients, '$.to'))",
+    Field.CC: "lower(json_extract(recipients, '$.cc'))",
+    Field.BCC: "lower(json_extract(recipients, '$.bcc'))",
+    Field.REPLY_TO: "lower(json_extract(recipients, '$.reply_to'))",
+    Field.ADDRESSED: "lower(recipients)",
+    Field.SUBJECT: "lower(subject)",
+    Field.TEXT: f"lower({_ROW_TEXT})",
+}
+_HAS_TAG = "EXISTS (SELECT 1 FROM tags WHERE tags.seq = messages.seq{})"
+
+
+def _condition(term: Term) -> tuple[str, list[Any]]:
+    """One term as an SQL condition over ``messages`` (not yet negated)."""
+    match term:
+        case TextTerm(field=Field.TEXT, value=value) if len(value) >= MIN_TRIGRAM_CHARS:
+            indexed = "seq IN (SELECT rowid FROM message_search WHERE text LIKE ?)"
+            if "%" in value or "_" in value:
+                # LIKE has no ESCAPE the index can use: its wildcards find a superset,
+                # which instr narrows to the literal text.
+                return f"{indexed} AND instr({_FIELD_COLUMNS[Field.TEXT]}, ?) > 0", [
+                    f"%{value}%",
+                    value,
+                ]
+            return indexed, [f"%{value}%"]
+        case TextTerm(field=Field.TAG, value=value):
+            return _HAS_TAG.format(" AND lower(tags.tag) = ?"), [value]
+        case TextTerm(field=Field.MESSAGE_ID, value=value):
+            return "lower(message_id) = ?", [value]
+        case TextTerm(field=field, value=value):
+            return f"instr({_FIELD_COLUMNS[field]}, ?) > 0", [value]
+        case FlagTerm(flag=Flag.READ):
+            return "read = 1", []
+        case FlagTerm(flag=Flag.UNREAD):
+            return "read = 0", []
+        case FlagTerm(flag=Flag.TAGGED):
+            return _HAS_TAG.format(""), []
+        case FlagTerm(flag=Flag.ATTACHMENT):
+            return "attachments > 0", []
+        case BoundTerm(bound=Bound.BEFORE, when=when) if when is not None:
+            return "received_at < ?", [_millis(when)]
+        case BoundTerm(bound=Bound.AFTER, when=when) if when is not None:
+            return "received_at >= ?", [_millis(when)]
+        case BoundTerm(bound=Bound.LARGER, octets=octets):
+            return "size >= ?", [octets]
+        case BoundTerm(bound=Bound.SMALLER, octets=octets):
+            return "size < ?", [octets]
+    return "0", []  # a date bound without a date matches nothing, as query.matches says
+
+
+def where_clause(query: Query) -> tuple[str, list[Any]]:
+    """``WHERE ...`` (or ``""`` for no terms) and its parameters."""
+    conditions: list[str] = []
+    parameters: list[Any] = []
+    for term in query.terms:
+        condition, values = _condition(term)
+        conditions.append(f"NOT ({condition})" if term.negated else f"({condition})")
+        parameters.extend(values)
+    if not conditions:
+        return "", []
+    return " WHERE " + " AND ".join(conditions), parameters
+
+
+def search_page(
+    connection: sqlite3.Connection, query: Query, *, offset: int, limit: int
+) -> MessagePage:
+    """The matching messages, newest first, counted: run on a read connection."""
+    where, parameters = where_clause(query)
+    connection.execute("BEGIN")  # one snapshot for the page and its counts
+    try:
+        # The clause is built from constants; values are parameters.
+        count_sql = f"SELECT count(*), coalesce(sum(read = 0), 0) FROM messages{where}"  # noqa: S608
+        total, unread = connection.execute(count_sql, parameters).fetchone()
+        rows = connection.execute(
+            f"{SELECT_SUMMARY}{where} ORDER BY id DESC LIMIT ? OFFSET ?",
+            [*parameters, max(limit, 0), max(offset, 0)],
+        ).fetchall()
+    finally:
+        connection.execute("COMMIT")
+    return MessagePage(
+        messages=tuple(summary_from_row(row) for row in rows),
+        total=total,
+        unread=unread,
+        offset=offset,
+    )
+
+
+# -- tags ------------------------------------------------------------------------------------
+
+
+def tag_counts(connection: sqlite3.Connection) -> dict[str, int]:
+    """Every tag in use and how many messages carry it."""
+    return dict(connection.execute("SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag"))
+
+
+def set_tags(
+    connection: sqlite3.Connection, message_ids: Sequence[MessageId], tags: Sequence[str]
+) -> int:
+    """Replace the tags of these messages; return how many of them exist."""
+    seqs = [
+        seq
+        for (seq,) in connection.execute(
+            "SELECT seq FROM messages WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(message_ids)),),
+        )
+    ]
+    unique = sorted(set(tags))
+    for seq in seqs:
+        connection.execute("DELETE FROM tags WHERE seq = ?", (seq,))
+        connection.executemany(
+            "INSERT INTO tags (seq, tag) VALUES (?, ?)", [(seq, tag) for tag in unique]
+        )
+    return len(seqs)
+
+
+def rename_tag(connection: sqlite3.Connection, old: str, new: str) -> int:
+    """Rename a tag everywhere (merging into ``new`` where both are set)."""
+    count: int = connection.execute("SELECT count(*) FROM tags WHERE tag = ?", (old,)).fetchone()[0]
+    if old != new:
+        connection.execute("UPDATE OR IGNORE tags SET tag = ? WHERE tag = ?", (new, old))
+        connection.execute("DELETE FROM tags WHERE tag = ?", (old,))
+    return count
+
+
+def delete_tag(connection: sqlite3.Connection, tag: str) -> int:
+    """Remove a tag from every message; return from how many."""
+    return connection.execute("DELETE FROM tags WHERE tag = ?", (tag,)).rowcount
