@@ -1,0 +1,528 @@
+"""The servers under test: how each is started, stopped and asked what it kept.
+
+Every server is started fresh for every run, on a free loopback port, with its
+own directory, so each run's count of stored messages is exact.
+
+``count`` is what the server kept: messages stored durably for mailgate,
+Postfix and aiosmtpd + Maildir; messages received (and dropped) for the two
+discarding references. The harness compares it with what the client saw
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from bench import _proc
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(os.environ.get("BENCH_VENV_BIN", REPO / ".venv" / "bin"))
+MAILGATE = Path(os.environ.get("MAILGATE_BIN", VENV_BIN / "mailgate"))
+AIOSMTPD = VENV_BIN / "aiosmtpd"
+POSTFIX = Path("/usr/sbin/postfix")
+POSTCONF = Path("/usr/sbin/postconf")
+SMTP_SINK = Path(shutil.which("smtp-sink") or "/usr/sbin/smtp-sink")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # room for the 50 MiB message of scenario 5
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 60.0
+
+
+def count_mailgate_messages(data_dir: Path) -> int:
+    """How many messages mailgate has stored under ``data_dir``.
+
+    The one place that knows how to ask mailgate; change it here if the
+    command changes.
+    """
+    done = subprocess.run(
+        [str(MAILGATE), "messages", "--data", str(data_dir), "--count"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+_NOT_STARTED: subprocess.Popen[bytes] = None  # type: ignore[assignment]
+
+
+@dataclass
+class Running:
+    """One started server."""
+
+    server: Server
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    http_port: int | None = None
+    big: bool = False
+    connections: int | None = None
+    clean_stop: bool | None = None
+    stop_status: int | None = None
+    known_pids: set[int] = field(default_factory=set)
+
+    def pids(self) -> list[int]:
+        """The server's live processes (the whole tree for Postfix)."""
+        pids = _proc.tree(self.proc.pid)
+        self.known_pids.update(pids)
+        return pids
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+class Server:
+    """Base class: a server the harness can start and stop."""
+
+    key = ""
+    label = ""
+    durable = False  # stores messages (True) or only counts them (False)
+
+    def unavailable(self) -> str | None:
+        """Why this server cannot run here, or None."""
+        return None
+
+    def version(self) -> str:
+        return ""
+
+    def command(self) -> str:
+        """The start command as the report shows it."""
+        raise NotImplementedError
+
+    def argv(self, run: Running) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self, workdir: Path, port: int) -> None:
+        """Create the server's files under ``workdir`` before it starts."""
+        del workdir, port
+
+    def start(
+        self,
+        workdir: Path,
+        *,
+        big: bool = False,
+        http_port: int | None = None,
+        connections: int | None = None,
+    ) -> Running:
+        """Start the server on a free port with ``workdir`` as its own directory.
+
+        ``big``: allow the 50 MiB message. ``connections``: let this many
+        sessions in at once where the server has a configurable limit.
+        Raises RuntimeError when it does not come up.
+        """
+        workdir.mkdir(parents=True, exist_ok=True)
+        port = _proc.free_port()
+        self.prepare(workdir, port)
+        log = workdir / "server.log"
+        run = Running(self, port, workdir, _NOT_STARTED, log, http_port, big, connections)
+        with log.open("wb") as out:
+            run.proc = _proc.spawn(
+                self.argv(run), env=self.env(), stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            _proc.wait_listening(port, run.proc, START_TIMEOUT_S)
+        except (RuntimeError, TimeoutError) as exc:
+            self.stop(run)
+            raise RuntimeError(f"{self.label} did not start: {exc}\n{run.log_tail()}") from exc
+        except BaseException:
+            self.stop(run)
+            raise
+        run.pids()
+        return run
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def settle(self, run: Running, expected: int, timeout_s: float) -> float:
+        """Wait until accepted mail has reached its final place; return seconds waited."""
+        del run, expected, timeout_s
+        return 0.0
+
+    def stop(self, run: Running) -> None:
+        run.clean_stop, run.stop_status = _proc.stop(
+            run.proc, sig=signal.SIGTERM, timeout_s=STOP_TIMEOUT_S, extra_pids=run.known_pids
+        )
+
+    def count(self, run: Running) -> int | None:
+        """Messages kept (stored, or counted by a discarding server); call after stop."""
+        raise NotImplementedError
+
+
+class Mailgate(Server):
+    key = "mailgate"
+    label = "mailgate"
+    durable = True
+
+    @cache  # noqa: B019 - one instance per run
+    def help_text(self) -> tuple[int, str]:
+        if not MAILGATE.exists():
+            return 127, f"{MAILGATE} does not exist"
+        try:
+            done = subprocess.run(
+                [str(MAILGATE), "serve", "--help"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return 124, "`mailgate serve --help` did not finish within 30 s"
+        return done.returncode, done.stdout + done.stderr
+
+    def unavailable(self) -> str | None:
+        status, text = self.help_text()
+        if status == 0:
+            return None
+        last = text.strip().splitlines()[-1] if text.strip() else f"exit status {status}"
+        return f"`mailgate serve --help` fails: {last}"
+
+    def supports(self, flag: str) -> bool:
+        status, text = self.help_text()
+        return status == 0 and flag in text
+
+    def version(self) -> str:
+        code = "import importlib.metadata as m; print(m.version('mailgate'))"
+        try:
+            done = subprocess.run(
+                [str(VENV_BIN / "python"), "-c", code],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            version = done.stdout.strip()
+        except (subprocess.SubprocessError, OSError):
+            version = "?"
+        try:
+            rev = subprocess.run(
+                ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout.strip()
+        except (subprocess.SubprocessError, OSError):
+            rev = "?"
+        return f"{version} (git {rev})"
+
+    def command(self) -> str:
+        return ".venv/bin/mailgate serve --smtp 127.0.0.1:PORT --data DIR --no-http"
+
+    def argv(self, run: Running) -> list[str]:
+        argv = [str(MAILGATE), "serve", "--smtp", f"127.0.0.1:{run.port}"]
+        argv += ["--data", str(run.workdir / "data")]
+        if run.http_port is not None:
+            argv += ["--http", f"127.0.0.1:{run.http_port}"]
+        else:
+            argv += ["--no-http"]
+        argv += self.scenario_flags(run)
+        return argv
+
+    def scenario_flags(self, run: Running) -> list[str]:
+        """Limits raised for one scenario (when this mailgate has the flag)."""
+        flags = []
+        if run.big and self.supports("--max-message-size"):
+            flags += ["--max-message-size", str(MAX_MESSAGE_BYTES)]
+        if run.connections is not None:
+            for flag in ("--max-connections", "--max-connections-per-ip"):
+                if self.supports(flag):
+                    flags += [flag, str(run.connections)]
+        return flags
+
+    def count(self, run: Running) -> int | None:
+        return count_mailgate_messages(run.workdir / "data")
+
+
+class Aiosmtpd(Server):
+    """aiosmtpd with a handler from :mod:`bench.aiosmtpd_handlers`."""
+
+    def __init__(self, *, maildir: bool) -> None:
+        self.maildir = maildir
+        self.durable = maildir
+        if maildir:
+            self.key, self.label = "aiosmtpd-maildir", "aiosmtpd + Maildir + fsync"
+        else:
+            self.key, self.label = "aiosmtpd-discard", "aiosmtpd discarding"
+
+    def unavailable(self) -> str | None:
+        if not AIOSMTPD.exists():
+            return f"{AIOSMTPD} not found (run bench/setup.sh)"
+        return None
+
+    def version(self) -> str:
+        return _venv_module_version("aiosmtpd")
+
+    def _handler(self) -> str:
+        name = "MaildirHandler" if self.maildir else "DiscardHandler"
+        return f"bench.aiosmtpd_handlers.{name}"
+
+    def command(self) -> str:
+        arg = "DIR/Maildir" if self.maildir else "DIR/count"
+        return (
+            f"PYTHONPATH=. .venv/bin/aiosmtpd -n -l 127.0.0.1:PORT -s {MAX_MESSAGE_BYTES}"
+            f" -c {self._handler()} {arg}"
+        )
+
+    def argv(self, run: Running) -> list[str]:
+        arg = run.workdir / ("Maildir" if self.maildir else "count")
+        return [
+            str(AIOSMTPD),
+            "-n",
+            "-l",
+            f"127.0.0.1:{run.port}",
+            "-s",
+            str(MAX_MESSAGE_BYTES),
+            "-c",
+            self._handler(),
+            str(arg),
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        return env
+
+    def stop(self, run: Running) -> None:
+        # aiosmtpd's command stops its loop on SIGINT and exits normally.
+        run.clean_stop, run.stop_status = _proc.stop(
+            run.proc, sig=signal.SIGINT, timeout_s=STOP_TIMEOUT_S, extra_pids=run.known_pids
+        )
+
+    def count(self, run: Running) -> int | None:
+        if self.maildir:
+            return len(os.listdir(run.workdir / "Maildir" / "new"))
+        try:
+            return int((run.workdir / "count").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+class SmtpSink(Server):
+    key = "smtp-sink"
+    label = "smtp-sink (C, discards)"
+
+    def unavailable(self) -> str | None:
+        if not SMTP_SINK.exists():
+            return "smtp-sink not found (run bench/setup.sh: Debian package postfix)"
+        return None
+
+    def version(self) -> str:
+        return f"Postfix {postfix_version()}"
+
+    def command(self) -> str:
+        return "smtp-sink -c -u nobody -m 20000 127.0.0.1:PORT 100"
+
+    def argv(self, run: Running) -> list[str]:
+        argv = [str(SMTP_SINK), "-c"]
+        if os.geteuid() == 0:
+            argv += ["-u", "nobody"]  # smtp-sink refuses to keep root privileges
+        # -m: the default of 256 simultaneous sessions would cap the idle test.
+        return [*argv, "-m", "20000", f"127.0.0.1:{run.port}", "100"]
+
+    def count(self, run: Running) -> int | None:
+        # -c prints "sess=N quit=N mesg=N" after each session and each ".".
+        found = re.findall(r"mesg=(\d+)", run.log.read_text(errors="replace"))
+        return int(found[-1]) if found else 0
+
+
+class Postfix(Server):
+    """A private Postfix instance delivering to one Maildir with virtual(8)."""
+
+    key = "postfix"
+    label = "Postfix → Maildir"
+    durable = True
+    MAIL_UID = 65534  # nobody: owns the Maildir that virtual(8) writes
+
+    def __init__(self, *, process_limit: int | None = None) -> None:
+        self.process_limit = process_limit
+
+    def unavailable(self) -> str | None:
+        if not POSTFIX.exists() or not Path("/usr/lib/postfix/sbin/master").exists():
+            return "Postfix is not installed (run bench/setup.sh)"
+        if os.geteuid() != 0:
+            return "a private Postfix instance needs root (its daemons run as user postfix)"
+        return None
+
+    def version(self) -> str:
+        return postfix_version()
+
+    def command(self) -> str:
+        return "postfix -c DIR/etc start-fg   (main.cf/master.cf written by bench/servers.py)"
+
+    def prepare(self, workdir: Path, port: int) -> None:
+        etc, queue, data, mail, log = (workdir / d for d in ("etc", "queue", "data", "mail", "log"))
+        for path in (workdir, etc, queue, data, mail, log):
+            path.mkdir(parents=True, exist_ok=True)
+        # Postfix daemons run as "postfix", deliveries as nobody: both must
+        # reach their directories. The harness makes its own tree 0755.
+        workdir.chmod(0o755)
+        for path in workdir.parents:
+            if path.stat().st_mode & 0o001 == 0:
+                raise RuntimeError(f"{path} is not searchable by others; Postfix needs it")
+        shutil.chown(data, "postfix", "postfix")
+        os.chown(mail, self.MAIL_UID, self.MAIL_UID)
+        limit = f"default_process_limit = {self.process_limit}\n" if self.process_limit else ""
+        (etc / "main.cf").write_text(
+            f"""\
+# Private benchmark instance; nothing leaves it (default_transport = error).
+compatibility_level = 3.6
+queue_directory = {queue}
+data_directory = {data}
+mail_owner = postfix
+myhostname = postfix.bench.test
+mydomain = bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+maillog_file = {log}/postfix.log
+maillog_file_prefixes = {log}
+virtual_mailbox_domains = bench.test
+virtual_mailbox_base = {mail}
+virtual_mailbox_maps = static:Maildir/
+virtual_uid_maps = static:{self.MAIL_UID}
+virtual_gid_maps = static:{self.MAIL_UID}
+message_size_limit = {MAX_MESSAGE_BYTES}
+virtual_mailbox_limit = 0
+mailbox_size_limit = 0
+alias_maps =
+alias_database =
+relayhost =
+default_transport = error:outbound mail is disabled in the benchmark
+biff = no
+{limit}"""
+        )
+        # Like Debian's master.cf, without chroot and the services not used here.
+        services = [
+            f"127.0.0.1:{port} inet n - n - - smtpd",
+            "pickup unix n - n 60 1 pickup",
+            "cleanup unix n - n - 0 cleanup",
+            "qmgr unix n - n 300 1 qmgr",
+            "rewrite unix - - n - - trivial-rewrite",
+            "bounce unix - - n - 0 bounce",
+            "defer unix - - n - 0 bounce",
+            "trace unix - - n - 0 bounce",
+            "verify unix - - n - 1 verify",
+            "flush unix n - n 1000? 0 flush",
+            "proxymap unix - - n - - proxymap",
+            "showq unix n - n - - showq",
+            "error unix - - n - - error",
+            "retry unix - - n - - error",
+            "discard unix - - n - - discard",
+            "local unix - n n - - local",
+            "virtual unix - n n - - virtual",
+            "anvil unix - - n - 1 anvil",
+            "scache unix - - n - 1 scache",
+            "postlog unix-dgram n - n - 1 postlogd",
+        ]
+        (etc / "master.cf").write_text("\n".join(services) + "\n")
+
+    def argv(self, run: Running) -> list[str]:
+        return [str(POSTFIX), "-c", str(run.workdir / "etc"), "start-fg"]
+
+    def maildir_new(self, run: Running) -> Path:
+        return run.workdir / "mail" / "Maildir" / "new"
+
+    def _delivered(self, run: Running) -> int:
+        try:
+            return len(os.listdir(self.maildir_new(run)))
+        except FileNotFoundError:
+            return 0
+
+    def _queued(self, run: Running) -> int:
+        queue = run.workdir / "queue"
+        total = 0
+        for sub in ("maildrop", "incoming", "active", "deferred", "hold"):
+            for _dirpath, _dirs, files in os.walk(queue / sub):
+                total += len(files)
+        return total
+
+    def settle(self, run: Running, expected: int, timeout_s: float) -> float:
+        """Wait for the queue to deliver what smtpd accepted."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout_s:
+            if self._delivered(run) >= expected or self._queued(run) == 0:
+                # An empty queue with fewer delivered means mail went elsewhere
+                # (bounced or deferred): count() will show it.
+                break
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+    def stop(self, run: Running) -> None:
+        run.pids()
+        try:
+            subprocess.run(
+                [str(POSTFIX), "-c", str(run.workdir / "etc"), "stop"],
+                capture_output=True,
+                timeout=STOP_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            pass
+        super().stop(run)
+
+    def count(self, run: Running) -> int | None:
+        return self._delivered(run)
+
+
+@cache
+def postfix_version() -> str:
+    try:
+        done = subprocess.run(
+            [str(POSTCONF), "-d", "-h", "mail_version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (subprocess.SubprocessError, OSError):
+        return "not installed"
+    return done.stdout.strip()
+
+
+@cache
+def _venv_module_version(name: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version({name!r}))"
+    try:
+        done = subprocess.run(
+            [str(VENV_BIN / "python"), "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (subprocess.SubprocessError, OSError):
+        return "not installed"
+    return done.stdout.strip()
+
+
+def all_servers(*, postfix_process_limit: int | None = None) -> dict[str, Server]:
+    """Every server the harness knows, in report order."""
+    servers: list[Server] = [
+        Mailgate(),
+        Aiosmtpd(maildir=True),
+        Postfix(process_limit=postfix_process_limit),
+        Aiosmtpd(maildir=False),
+        SmtpSink(),
+    ]
+    return {server.key: server for server in servers}
+
+
+if __name__ == "__main__":  # pragma: no cover - manual check
+    for key, server in all_servers().items():
+        print(key, server.unavailable() or "ok", server.version(), file=sys.stdout)
