@@ -371,6 +371,22 @@ def test_messages_table(capsys: pytest.CaptureFixture[str], mailbox: Path) -> No
     assert len({row.index("alice@") for row in rows} | {header.index("FROM")}) == 1
 
 
+def test_messages_table_falls_back_to_the_envelope(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    testing = pytest.importorskip("mailgate.testing", reason="mailgate.testing not built yet")
+    data = tmp_path / "bare"
+    with (
+        testing.MailgateServer(data_dir=data) as server,
+        smtplib.SMTP(server.host, server.port) as client,
+    ):
+        client.sendmail("env@from.example", ["one@to.example"], b"Subject: bare\r\n\r\nhi\r\n")
+    status, out, _ = run(capsys, "messages", "--data", str(data))
+    assert status == 0
+    row = out.splitlines()[1]
+    assert re.split(r"\s{2,}", row)[2:5] == ["env@from.example", "one@to.example", "bare"]
+
+
 def test_messages_limit_and_count(capsys: pytest.CaptureFixture[str], mailbox: Path) -> None:
     status, out, _ = run(capsys, "messages", "--limit", "1", "--data", str(mailbox))
     assert status == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -30,7 +31,7 @@ def list_messages(settings: Settings, *, limit: int, count: bool) -> int:
         if count:
             print(page.total)
         elif page.messages:
-            print(_table(page.messages))
+            print(_table([await _with_envelope(store, s) for s in page.messages]))
         return EXIT_OK
 
     return _with_store(settings, run)
@@ -70,7 +71,22 @@ def _with_store(settings: Settings, command: Callable[[MessageStore], Awaitable[
     return asyncio.run(run())
 
 
-def _table(messages: tuple[MessageSummary, ...]) -> str:
+async def _with_envelope(store: MessageStore, summary: MessageSummary) -> MessageSummary:
+    """Fill a missing From or To from the envelope, which every message has."""
+    if summary.sender is not None and summary.to:
+        return summary
+    stored = await store.get(summary.id)
+    if stored is None:  # deleted meanwhile
+        return summary
+    envelope = stored.envelope
+    return dataclasses.replace(
+        summary,
+        sender=summary.sender or Address("", envelope.mail_from or "<>"),
+        to=summary.to or tuple(Address("", rcpt) for rcpt in envelope.rcpt_to),
+    )
+
+
+def _table(messages: list[MessageSummary]) -> str:
     rows = [_COLUMNS, *(_row(summary) for summary in messages)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = []
