@@ -25,6 +25,7 @@ from mailgate.model import (
     StoredMessage,
     StoreEvent,
 )
+from mailgate.query import Query
 
 __all__ = [
     "Authenticator",
@@ -157,6 +158,29 @@ class MessageStore(Protocol):
 
     async def mark_read(self, message_ids: Sequence[MessageId] | None, read: bool) -> int:
         """Set the read flag on these messages, or all for ``None``; return how many changed."""
+        ...
+
+    async def search(self, query: Query, *, offset: int = 0, limit: int = 50) -> MessagePage:
+        """Messages matching ``query`` (``query.matches``), newest first.
+
+        ``total`` and ``unread`` count the matches.
+        """
+        ...
+
+    async def tags(self) -> dict[str, int]:
+        """Every tag in use, with how many messages carry it."""
+        ...
+
+    async def set_tags(self, message_ids: Sequence[MessageId], tags: Sequence[str]) -> int:
+        """Replace the tags of these messages; return how many of them exist."""
+        ...
+
+    async def rename_tag(self, old: str, new: str) -> int:
+        """Rename a tag on every message; return on how many it was."""
+        ...
+
+    async def delete_tag(self, tag: str) -> int:
+        """Remove a tag from every message; return from how many."""
         ...
 
     def subscribe(self) -> AsyncIterator[StoreEvent]:

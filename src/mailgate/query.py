@@ -193,6 +193,7 @@ def _term(token: str, quoted: bool, tz: tzinfo) -> Term | None:
     if not quoted and lowered in _FLAGS:
         return FlagTerm(_FLAGS[lowered], negated)
     name, colon, value = lowered.partition(":")
+    original = token.partition(":")[2]
     if colon and value:
         if name in _TEXT_FIELDS:
             field = _TEXT_FIELDS[name]
@@ -200,7 +201,7 @@ def _term(token: str, quoted: bool, tz: tzinfo) -> Term | None:
                 value = value.strip().removeprefix("<").removesuffix(">")
             return TextTerm(field, value, negated) if value else None
         if name in ("before", "after"):
-            return BoundTerm(Bound(name), when=_parse_when(value, tz), negated=negated)
+            return BoundTerm(Bound(name), when=_parse_when(original, tz), negated=negated)
         if name in ("larger", "smaller"):
             return BoundTerm(Bound(name), octets=_parse_size(value), negated=negated)
         if name in ("is", "has") and not quoted:
@@ -224,7 +225,8 @@ def parse_query(text: str, *, tz: tzinfo = UTC) -> Query:
 
 
 def _people(addresses: tuple[Address, ...]) -> str:
-    return "\n".join(f"{a.name} <{a.address}>" for a in addresses).lower()
+    # Names and addresses in a row, space-separated: what a store can index.
+    return " ".join(f"{a.name} {a.address}" for a in addresses).lower()
 
 
 def field_text(summary: MessageSummary, field: Field) -> str:
@@ -250,9 +252,15 @@ def field_text(summary: MessageSummary, field: Field) -> str:
             return "\n".join(summary.tags).lower()
         case Field.TEXT:
             sender = (summary.sender,) if summary.sender else ()
-            everyone = sender + summary.to + summary.cc + summary.bcc + summary.reply_to
+            recipients = summary.to + summary.cc + summary.bcc + summary.reply_to
             return "\n".join(
-                (summary.subject, _people(everyone), summary.message_id, summary.snippet)
+                (
+                    summary.subject,
+                    _people(sender),
+                    _people(recipients),
+                    summary.message_id,
+                    summary.snippet,
+                )
             ).lower()
 
 

@@ -39,32 +39,41 @@ __all__ = [
 
 MIN_TRIGRAM_CHARS = 3
 
-_ROW_TEXT = (
-    "subject || char(10) || coalesce(sender, '') || char(10) || recipients"
-    " || char(10) || message_id || char(10) || snippet"
-)
-"""What free words are searched in, from a row of ``messages``."""
 
-SEARCH_SCHEMA = """
-CREATE VIRTUAL TABLE IF NOT EXISTS message_search
-USING fts5(text, tokenize = 'trigram', detail = 'none');
-CREATE TRIGGER IF NOT EXISTS message_search_inserted AFTER INSERT ON messages BEGIN
-    INSERT INTO message_search (rowid, text) VALUES (
-        NEW.seq,
-        NEW.subject || char(10) || coalesce(NEW.sender, '') || char(10) || NEW.recipients
-        || char(10) || NEW.message_id || char(10) || NEW.snippet
-    );
-END;
-CREATE TRIGGER IF NOT EXISTS message_search_deleted AFTER DELETE ON messages BEGIN
-    DELETE FROM message_search WHERE rowid = OLD.seq;
-END;
-"""
-_INDEX_EXISTING = """
-INSERT INTO message_search (rowid, text)
-SELECT seq, subject || char(10) || coalesce(sender, '') || char(10) || recipients
-       || char(10) || message_id || char(10) || snippet
-FROM messages
-"""
+def _people(column: str, path: str = "$") -> str:
+    """SQL for the names and addresses in a JSON column, as ``query.field_text`` joins them."""
+    return (
+        "coalesce((SELECT group_concat(value, ' ') FROM"  # noqa: S608 - constants only
+        f" json_tree({column}, '{path}') WHERE type = 'text'), '')"
+    )
+
+
+def _text(row: str) -> str:
+    """SQL for what free words are searched in, of the row named ``row``."""
+    return " || char(10) || ".join(
+        (
+            f"{row}.subject",
+            _people(f"{row}.sender"),
+            _people(f"{row}.recipients"),
+            f"{row}.message_id",
+            f"{row}.snippet",
+        )
+    )
+
+
+SEARCH_SCHEMA = (  # constants only
+    "CREATE VIRTUAL TABLE IF NOT EXISTS message_search"  # noqa: S608
+    " USING fts5(text, tokenize = 'trigram', detail = 'none');\n"
+    "CREATE TRIGGER IF NOT EXISTS message_search_inserted AFTER INSERT ON messages BEGIN\n"
+    f"    INSERT INTO message_search (rowid, text) VALUES (NEW.seq, {_text('NEW')});\n"
+    "END;\n"
+    "CREATE TRIGGER IF NOT EXISTS message_search_deleted AFTER DELETE ON messages BEGIN\n"
+    "    DELETE FROM message_search WHERE rowid = OLD.seq;\n"
+    "END;\n"
+)
+_INDEX_EXISTING = (
+    f"INSERT INTO message_search (rowid, text) SELECT seq, {_text('messages')} FROM messages"  # noqa: S608
+)
 
 
 def ensure_search_schema(connection: sqlite3.Connection) -> None:
@@ -108,14 +117,13 @@ def _millis(when: datetime) -> int:
 
 
 _FIELD_COLUMNS = {
-    Field.FROM: "lower(coalesce(sender, ''))",
-    Field.TO: "lower(json_extract(recipients, '$.to'))",
-    Field.CC: "lower(json_extract(recipients, '$.cc'))",
-    Field.BCC: "lower(json_extract(recipients, '$.bcc'))",
-    Field.REPLY_TO: "lower(json_extract(recipients, '$.reply_to'))",
-    Field.ADDRESSED: "lower(recipients)",
+    Field.FROM: f"lower({_people('sender')})",
+    Field.TO: f"lower({_people('recipients', '$.to')})",
+    Field.CC: f"lower({_people('recipients', '$.cc')})",
+    Field.BCC: f"lower({_people('recipients', '$.bcc')})",
+    Field.REPLY_TO: f"lower({_people('recipients', '$.reply_to')})",
+    Field.ADDRESSED: f"lower({_people('recipients')})",
     Field.SUBJECT: "lower(subject)",
-    Field.TEXT: f"lower({_ROW_TEXT})",
 }
 _HAS_TAG = "EXISTS (SELECT 1 FROM tags WHERE tags.seq = messages.seq{})"
 
@@ -124,15 +132,21 @@ def _condition(term: Term) -> tuple[str, list[Any]]:
     """One term as an SQL condition over ``messages`` (not yet negated)."""
     match term:
         case TextTerm(field=Field.TEXT, value=value) if len(value) >= MIN_TRIGRAM_CHARS:
-            indexed = "seq IN (SELECT rowid FROM message_search WHERE text LIKE ?)"
             if "%" in value or "_" in value:
                 # LIKE has no ESCAPE the index can use: its wildcards find a superset,
                 # which instr narrows to the literal text.
-                return f"{indexed} AND instr({_FIELD_COLUMNS[Field.TEXT]}, ?) > 0", [
-                    f"%{value}%",
-                    value,
-                ]
-            return indexed, [f"%{value}%"]
+                return (
+                    "seq IN (SELECT rowid FROM message_search"
+                    " WHERE text LIKE ? AND instr(lower(text), ?) > 0)",
+                    [f"%{value}%", value],
+                )
+            return "seq IN (SELECT rowid FROM message_search WHERE text LIKE ?)", [f"%{value}%"]
+        case TextTerm(field=Field.TEXT, value=value):
+            # Too short for a trigram: read the indexed text, not the rows it came from.
+            return (
+                "seq IN (SELECT rowid FROM message_search WHERE instr(lower(text), ?) > 0)",
+                [value],
+            )
         case TextTerm(field=Field.TAG, value=value):
             return _HAS_TAG.format(" AND lower(tags.tag) = ?"), [value]
         case TextTerm(field=Field.MESSAGE_ID, value=value):
