@@ -412,9 +412,7 @@ def play_transcript(
     """
     flights = transcript_flights(load_transcript(path))
     dialogue = run_dialogue([sent for sent, _ in flights[1:]], settings=settings, split=split)
-    for index, ((sent, expected), output) in enumerate(
-        zip(flights, dialogue.replies, strict=True)
-    ):
+    for index, ((sent, expected), output) in enumerate(zip(flights, dialogue.replies, strict=True)):
         lines = output.split(b"\r\n")[:-1]
         where = f"{Path(path).name}, flight {index} ({sent[:40]!r})"
         assert len(lines) == len(expected), f"{where}: expected {expected}, got {lines}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mailgate.protocol import (
+    NEED_DATA,
     ConnectionClosed,
     ConnectionSettings,
     DataStart,
@@ -16,6 +17,7 @@ from mailgate.protocol import (
     RcptTo,
     Reply,
     Rset,
+    ServerConnection,
     State,
     Vrfy,
 )
@@ -129,8 +131,8 @@ def test_unknown_and_unimplemented_commands() -> None:
 
 
 def test_non_ascii_verbs_are_unknown() -> None:
-    # "quıt" upper-cases to "QUIT" in Python; it must not end the session.
-    dialogue = check(["quıt\r\nſtarttls\r\nNOOP\r\n".encode()])
+    # Dotless i and long s upper-case to "I" and "S" in Python.
+    dialogue = check(["qu\u0131t\r\n\u017ftarttls\r\nNOOP\r\n".encode()])
     assert dialogue.codes[1:] == [500, 500, 250]
     assert dialogue.conn.state is State.CONNECTED
 
@@ -147,7 +149,9 @@ def test_vrfy_and_expn_need_an_argument() -> None:
 
 
 def test_rset_anywhere_in_a_transaction() -> None:
-    dialogue = check([EHLO + MAIL + b"RSET\r\n" + MAIL + RCPT + b"RSET\r\nRCPT TO:<c@d.example>\r\n"])
+    dialogue = check(
+        [EHLO + MAIL + b"RSET\r\n" + MAIL + RCPT + b"RSET\r\nRCPT TO:<c@d.example>\r\n"]
+    )
     assert dialogue.codes[1:] == [250, 250, 250, 250, 250, 250, 503]
     assert dialogue.conn.state is State.READY
 
@@ -180,8 +184,6 @@ def test_eof_closes() -> None:
 
 
 def test_eof_before_the_greeting_is_answered() -> None:
-    from mailgate.protocol import ServerConnection
-
     conn = ServerConnection()
     conn.receive_data(b"EHLO early\r\n")
     conn.receive_eof()
@@ -510,8 +512,6 @@ def test_a_pipelined_group_gives_every_event_in_order_and_replies_together() -> 
 
 
 def test_has_buffered_input_while_a_group_is_read() -> None:
-    from mailgate.protocol import NEED_DATA, ServerConnection
-
     conn = ServerConnection()
     conn.send(Reply(220, None, "hi"))
     conn.receive_data(EHLO + b"NOOP\r\n")
@@ -548,8 +548,6 @@ def test_application_refusals_count_against_the_budget() -> None:
 
 
 def test_554_greeting_allows_only_quit() -> None:
-    from mailgate.protocol import NEED_DATA, ServerConnection
-
     conn = ServerConnection()
     conn.send(Reply(554, "5.7.1", "No service"))
     conn.receive_data(EHLO + b"NOOP\r\nBDAT 3\r\nabcRSET\r\nQUIT\r\n")
@@ -561,8 +559,6 @@ def test_554_greeting_allows_only_quit() -> None:
 
 
 def test_421_greeting_closes() -> None:
-    from mailgate.protocol import ServerConnection
-
     conn = ServerConnection()
     conn.send(Reply(421, "4.3.2", "Too busy"))
     conn.receive_data(EHLO)
@@ -571,8 +567,6 @@ def test_421_greeting_closes() -> None:
 
 
 def test_unsolicited_421_shutdown() -> None:
-    from mailgate.protocol import ServerConnection
-
     conn = ServerConnection()
     conn.send(Reply(220, None, "hi"))
     conn.receive_data(EHLO)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mailgate.protocol import (
+    NEED_DATA,
     BdatChunk,
     ConnectionClosed,
     ConnectionSettings,
@@ -14,6 +15,7 @@ from mailgate.protocol import (
     DataEnd,
     DataStart,
     Reply,
+    ServerConnection,
     State,
 )
 from protocol_helpers import HOSTNAME, Dialogue, assert_feeding_invariant, joined_events
@@ -285,8 +287,6 @@ def test_eof_in_data_aborts() -> None:
 
 
 def test_shutdown_in_data_aborts() -> None:
-    from mailgate.protocol import NEED_DATA, ServerConnection
-
     conn = ServerConnection()
     conn.send(Reply(220, None, "hi"))
     conn.receive_data(DATA + b"part\r\n")
@@ -414,7 +414,7 @@ def test_bad_bdat_syntax_after_the_size_is_read_then_refused() -> None:
         b"BDAT x\r\n",
         b"BDAT -1\r\n",
         b"BDAT 1" + b"0" * 20 + b"\r\n",
-        "BDAT ３\r\n".encode(),
+        "BDAT \uff13\r\n".encode(),
     ],
 )
 def test_unreadable_bdat_size_closes(line: bytes) -> None:

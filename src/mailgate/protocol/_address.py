@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from mailgate.protocol._limits import MAX_LOCAL_PART_OCTETS, MAX_PATH_OCTETS
 from mailgate.protocol._replies import Reply
 
-__all__ = ["ArgumentError", "ParsedPath", "is_valid_domain", "parse_params", "parse_path"]
+__all__ = ["ArgumentError", "ParsedPath", "parse_params", "parse_path"]
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
 _ATEXT_UTF8 = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]"
@@ -35,7 +35,7 @@ _IPV4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9
 _GENERAL_LITERAL = r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+"
 
 
-def _compile(utf8: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
+def _compile(utf8: bool) -> re.Pattern[str]:
     atext, qcontent = (_ATEXT_UTF8, _QCONTENT_UTF8) if utf8 else (_ATEXT, _QCONTENT)
     let_dig, ldh = (_LET_DIG_UTF8, _LDH_UTF8) if utf8 else (_LET_DIG, _LDH)
     sub = _subdomain(let_dig, ldh)
@@ -46,11 +46,11 @@ def _compile(utf8: bool) -> tuple[re.Pattern[str], re.Pattern[str]]:
     mailbox = rf"(?P<local>{local})@(?P<domain>{domain}|{literal})"
     adl = rf"@{domain}(?:,@{domain})*"
     path = rf"<(?:(?P<route>{adl}):)?{mailbox}>"
-    return re.compile(path + r"\Z"), re.compile(domain + r"\Z")
+    return re.compile(path + r"\Z")
 
 
-_PATH_ASCII, _DOMAIN_ASCII = _compile(utf8=False)
-_PATH_UTF8, _DOMAIN_UTF8 = _compile(utf8=True)
+_PATH_ASCII = _compile(utf8=False)
+_PATH_UTF8 = _compile(utf8=True)
 _IPV4_RE = re.compile(_IPV4 + r"\Z")
 _HEX_GROUP = re.compile(r"[0-9A-Fa-f]{1,4}\Z")
 _IPV6_LITERAL = re.compile(r"\[IPv6:(?P<addr>.*)\]\Z", re.IGNORECASE)
@@ -163,7 +163,3 @@ def parse_params(words: list[str], *, utf8: bool) -> dict[str, str | None]:
         params[upper] = value if eq else None
     return params
 
-
-def is_valid_domain(text: str, *, utf8: bool) -> bool:
-    """Whether ``text`` is a Domain per RFC 5321 4.1.2."""
-    return (_DOMAIN_UTF8 if utf8 else _DOMAIN_ASCII).match(text) is not None

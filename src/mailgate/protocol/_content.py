@@ -54,7 +54,7 @@ class Frame(enum.Enum):
     MORE = enum.auto()
     """Input was consumed but there is nothing to deliver; read again."""
     END = enum.auto()
-    """The content is complete: DATA's terminator, or a BDAT chunk's last octet."""
+    """DATA's terminator has been read."""
 
 
 def _unstuff(line: bytes) -> bytes:
@@ -184,9 +184,11 @@ class ContentReader:
         self.bdat_refusal = refusal
 
     def read_chunk(self, buf: bytearray, pos: int) -> tuple[int, bytes | Frame]:
-        """Read BDAT octets from ``buf[pos:]``; ``END`` once the chunk is complete."""
-        if not self.bdat_remaining:
-            return pos, Frame.END
+        """Read BDAT octets from ``buf[pos:]`` while ``bdat_remaining``.
+
+        Returns octets to deliver, ``Frame.MORE`` for octets thrown away, or
+        ``Frame.NEED``.
+        """
         take = min(len(buf) - pos, self.bdat_remaining)
         if not take:
             return pos, Frame.NEED

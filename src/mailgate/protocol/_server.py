@@ -569,8 +569,10 @@ class ServerConnection:
         finished = self._finish_chunk()
         if event is None:
             return finished
-        if finished is not None:
-            self._queued.append(finished)
+        # Content is delivered only inside a transaction, and a chunk that
+        # ends one always yields an event: BdatChunk or DataAborted.
+        assert finished is not None
+        self._queued.append(finished)
         return event
 
     def _finish_chunk(self) -> Event | None:
