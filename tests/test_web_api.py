@@ -1,0 +1,490 @@
+"""The Mailpit-compatible JSON API over a real SQLite store, mail put in by the accept path."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from mailgate.config import Listen
+from mailgate.model import MessageId
+from mailgate.ports import MessageStore
+from mailgate.stores import open_store
+from mailgate.web import EVENTS_VERSION, HTTPService, WebSettings, create_app
+from web_helpers import deliver, email
+
+PDF = b"%PDF-1.4 not really a pdf\x00\xff"
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYPgPAAEDAQAIicLsAAAAAElFTkSuQmCC"
+)
+
+
+@dataclass
+class Inbox:
+    store: MessageStore
+    client: httpx.AsyncClient
+    spool: Path
+
+    async def send(self, content: bytes, **envelope: object) -> MessageId:
+        return await deliver(self.store, content, spool_dir=self.spool, **envelope)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture
+async def inbox(tmp_path: Path) -> AsyncIterator[Inbox]:
+    store = await open_store(f"sqlite://{tmp_path}/mail.db")
+    app = create_app(store, settings=WebSettings(label="test", database="mail.db"))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://inbox.test") as client:
+            yield Inbox(store, client, tmp_path / "spool")
+    finally:
+        await store.aclose()
+
+
+def rich_message() -> bytes:
+    return email(
+        "Quarterly report",
+        sender="Alice Example <alice@example.com>",
+        to="Bob <bob@example.org>, carol@example.net",
+        text="Numbers are up.",
+        html='<p>Numbers are <b>up</b>. <img src="cid:logo@x"></p>',
+        attachments=(("report.pdf", "application/pdf", PDF),),
+        headers={"Cc": "Dave <dave@example.com>", "Reply-To": "team@example.com"},
+    )
+
+
+def with_inline_image(content: bytes) -> bytes:
+    """The message with a related inline PNG whose Content-ID is logo@x."""
+    message = message_from_bytes(content, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    html_part = message.get_body(("html",))
+    assert isinstance(html_part, EmailMessage)
+    html_part.add_related(PNG, maintype="image", subtype="png", cid="<logo@x>")
+    return message.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+# -- listing -------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_list_messages_newest_first_with_paging(inbox: Inbox) -> None:
+    ids = [await inbox.send(email(f"message {n}")) for n in range(5)]
+    response = await inbox.client.get("/api/v1/messages", params={"start": 1, "limit": 2})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["total"] == 5
+    assert body["unread"] == 5
+    assert body["messages_count"] == 5
+    assert body["count"] == 2
+    assert body["start"] == 1
+    assert [m["ID"] for m in body["messages"]] == [ids[3], ids[2]]
+    first = body["messages"][0]
+    assert first["Subject"] == "message 3"
+    assert first["From"] == {"Name": "Alice Example", "Address": "alice@example.com"}
+    assert first["To"] == [{"Name": "Bob", "Address": "bob@example.org"}]
+    assert first["Read"] is False
+    assert first["Created"].endswith("Z")
+    assert set(first) >= {
+        "ID", "MessageID", "Read", "From", "To", "Cc", "Bcc", "ReplyTo", "Subject",
+        "Created", "Username", "Tags", "Size", "Attachments", "Snippet",
+    }  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_bad_paging_is_a_400(inbox: Inbox) -> None:
+    response = await inbox.client.get("/api/v1/messages", params={"limit": "many"})
+    assert response.status_code == 400
+    assert "limit" in response.text
+
+
+# -- one message ---------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_get_message_has_everything_and_marks_it_read(inbox: Inbox) -> None:
+    message_id = await inbox.send(with_inline_image(rich_message()), auth_user="app")
+    response = await inbox.client.get(f"/api/v1/message/{message_id}")
+    assert response.status_code == 200
+    message = response.json()
+    assert message["ID"] == message_id
+    assert message["Subject"] == "Quarterly report"
+    assert message["MessageID"] == "Quarterly.report@test.example"
+    assert message["From"] == {"Name": "Alice Example", "Address": "alice@example.com"}
+    assert message["To"] == [
+        {"Name": "Bob", "Address": "bob@example.org"},
+        {"Name": "", "Address": "carol@example.net"},
+    ]
+    assert message["Cc"] == [{"Name": "Dave", "Address": "dave@example.com"}]
+    assert message["ReplyTo"] == [{"Name": "", "Address": "team@example.com"}]
+    assert message["ReturnPath"] == "alice@example.com"
+    assert message["Username"] == "app"
+    assert message["Date"] == "2024-01-01T10:00:00.000Z"
+    assert message["Text"].strip() == "Numbers are up."
+    assert "<b>up</b>" in message["HTML"]
+    (attachment,) = message["Attachments"]
+    assert attachment["FileName"] == "report.pdf"
+    assert attachment["ContentType"] == "application/pdf"
+    assert attachment["Size"] == len(PDF)
+    assert attachment["Checksums"]["SHA256"] == hashlib.sha256(PDF).hexdigest()
+    (inline,) = message["Inline"]
+    assert inline["ContentID"] == "logo@x"
+    assert inline["ContentType"] == "image/png"
+
+    listed = (await inbox.client.get("/api/v1/messages")).json()
+    assert listed["messages"][0]["Read"] is True
+    assert listed["unread"] == 0
+
+
+@pytest.mark.asyncio
+async def test_latest_and_missing(inbox: Inbox) -> None:
+    assert (await inbox.client.get("/api/v1/message/latest")).status_code == 404
+    await inbox.send(email("old"))
+    await inbox.send(email("new"))
+    assert (await inbox.client.get("/api/v1/message/latest")).json()["Subject"] == "new"
+    missing = await inbox.client.get("/api/v1/message/01HXXXXXXXXXXXXXXXXXXXXXXX")
+    assert missing.status_code == 404
+    assert (await inbox.client.get("/api/v1/message/nope/raw")).status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_headers_raw_and_parts(inbox: Inbox) -> None:
+    content = rich_message()
+    message_id = await inbox.send(content)
+    headers = (await inbox.client.get(f"/api/v1/message/{message_id}/headers")).json()
+    assert list(headers) == sorted(headers)
+    assert headers["Subject"] == ["Quarterly report"]
+    assert headers["Message-Id"] == ["<Quarterly.report@test.example>"]
+    assert headers["Received"][0].startswith("from ")
+
+    raw = await inbox.client.get(f"/api/v1/message/{message_id}/raw")
+    assert raw.status_code == 200
+    assert raw.headers["content-type"].startswith("text/plain")
+    assert raw.content.endswith(content)
+    assert raw.content.startswith(b"Received: ")
+    download = await inbox.client.get(f"/api/v1/message/{message_id}/raw", params={"dl": "1"})
+    assert download.headers["content-disposition"].startswith("attachment;")
+
+    message = (await inbox.client.get(f"/api/v1/message/{message_id}")).json()
+    part_id = message["Attachments"][0]["PartID"]
+    part = await inbox.client.get(f"/api/v1/message/{message_id}/part/{part_id}")
+    assert part.status_code == 200
+    assert part.content == PDF
+    assert part.headers["content-type"] == "application/pdf"
+    assert part.headers["content-disposition"].startswith('attachment; filename="report.pdf"')
+    assert "sandbox" in part.headers["content-security-policy"]
+    assert part.headers["x-content-type-options"] == "nosniff"
+    missing = await inbox.client.get(f"/api/v1/message/{message_id}/part/9.9")
+    assert missing.status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_views(inbox: Inbox) -> None:
+    message_id = await inbox.send(with_inline_image(rich_message()))
+    html = await inbox.client.get(f"/view/{message_id}.html")
+    assert html.status_code == 200
+    assert "<b>up</b>" in html.text
+    assert "cid:logo@x" not in html.text
+    assert "data:image/png;base64," in html.text
+    csp = html.headers["content-security-policy"]
+    assert "default-src 'none'" in csp
+    assert "script-src" not in csp
+    assert "http:" not in csp
+    remote = await inbox.client.get(f"/view/{message_id}.html", params={"remote": "1"})
+    assert "img-src data: cid: http: https:" in remote.headers["content-security-policy"]
+    text = await inbox.client.get(f"/view/{message_id}.txt")
+    assert text.text.strip() == "Numbers are up."
+    plain_id = await inbox.send(email("plain only"))
+    assert (await inbox.client.get(f"/view/{plain_id}.html")).status_code == 404
+
+
+# -- changing ------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_set_read_by_ids_search_and_all(inbox: Inbox) -> None:
+    a = await inbox.send(email("alpha"))
+    await inbox.send(email("beta"))
+    await inbox.send(email("gamma"))
+    response = await inbox.client.put("/api/v1/messages", json={"IDs": [a], "Read": True})
+    assert response.status_code == 200
+    assert response.text == "ok"
+    assert (await inbox.client.get("/api/v1/messages")).json()["unread"] == 2
+    await inbox.client.put("/api/v1/messages", json={"Search": "subject:beta", "Read": True})
+    assert (await inbox.client.get("/api/v1/messages")).json()["unread"] == 1
+    await inbox.client.put("/api/v1/messages", json={"Read": True})
+    assert (await inbox.client.get("/api/v1/messages")).json()["unread"] == 0
+    await inbox.client.put("/api/v1/messages", json={"ids": [a], "read": False})  # any case
+    assert (await inbox.client.get("/api/v1/messages")).json()["unread"] == 1
+    bad = await inbox.client.put("/api/v1/messages", content=b"{nope", headers={})
+    assert bad.status_code == 400
+
+
+@pytest.mark.asyncio
+async def test_delete_by_ids_and_all(inbox: Inbox) -> None:
+    a = await inbox.send(email("alpha"))
+    b = await inbox.send(email("beta"))
+    await inbox.send(email("gamma"))
+    response = await inbox.client.request("DELETE", "/api/v1/messages", json={"IDs": [a]})
+    assert response.text == "ok"
+    remaining = (await inbox.client.get("/api/v1/messages")).json()
+    assert remaining["total"] == 2
+    # A form body, as some clients send it.
+    await inbox.client.request("DELETE", "/api/v1/messages", data={"ids": [b]})
+    assert (await inbox.client.get("/api/v1/messages")).json()["total"] == 1
+    await inbox.client.request("DELETE", "/api/v1/messages")
+    assert (await inbox.client.get("/api/v1/messages")).json()["total"] == 0
+
+
+@pytest.mark.asyncio
+async def test_search_and_delete_by_search(inbox: Inbox) -> None:
+    await inbox.send(rich_message())
+    await inbox.send(email("Lunch plans", sender="bob@example.org", text="Pizza?"))
+    await inbox.send(email("Re: Quarterly report", sender="carol@example.net"))
+    found = (await inbox.client.get("/api/v1/search", params={"query": "quarterly"})).json()
+    assert found["messages_count"] == 2
+    assert found["total"] == 3
+    assert found["count"] == 2
+    found = (
+        await inbox.client.get("/api/v1/search", params={"query": "quarterly -from:carol"})
+    ).json()
+    assert [m["Subject"] for m in found["messages"]] == ["Quarterly report"]
+    found = (await inbox.client.get("/api/v1/search", params={"query": "has:attachment"})).json()
+    assert [m["Subject"] for m in found["messages"]] == ["Quarterly report"]
+    found = (await inbox.client.get("/api/v1/search", params={"query": "pizza"})).json()
+    assert [m["Subject"] for m in found["messages"]] == ["Lunch plans"]
+    dated = await inbox.client.get(
+        "/api/v1/search", params={"query": "before:2000-01-01", "tz": "Pacific/Auckland"}
+    )
+    assert dated.json()["messages_count"] == 0
+
+    assert (await inbox.client.get("/api/v1/search")).status_code == 400
+    assert (
+        await inbox.client.get("/api/v1/search", params={"query": "is:starry"})
+    ).status_code == 400
+    bad_zone = await inbox.client.get("/api/v1/search", params={"query": "x", "tz": "Mars/Base"})
+    assert bad_zone.status_code == 400
+
+    response = await inbox.client.request(
+        "DELETE", "/api/v1/search", params={"query": "subject:quarterly"}
+    )
+    assert response.text == "ok"
+    left = (await inbox.client.get("/api/v1/messages")).json()
+    assert [m["Subject"] for m in left["messages"]] == ["Lunch plans"]
+
+
+@pytest.mark.asyncio
+async def test_tags(inbox: Inbox) -> None:
+    a = await inbox.send(email("alpha"))
+    b = await inbox.send(email("beta"))
+    response = await inbox.client.put("/api/v1/tags", json={"IDs": [a, b], "Tags": ["Urgent", "x"]})
+    assert response.text == "ok"
+    assert (await inbox.client.get("/api/v1/tags")).json() == ["Urgent", "x"]
+    listed = (await inbox.client.get("/api/v1/messages")).json()
+    assert listed["tags"] == ["Urgent", "x"]
+    assert listed["messages"][0]["Tags"] == ["Urgent", "x"]
+    found = (await inbox.client.get("/api/v1/search", params={"query": "tag:urgent"})).json()
+    assert found["messages_count"] == 2
+    await inbox.client.put("/api/v1/tags/Urgent", json={"Name": "Later"})
+    assert (await inbox.client.get("/api/v1/tags")).json() == ["Later", "x"]
+    await inbox.client.request("DELETE", "/api/v1/tags/x")
+    assert (await inbox.client.get("/api/v1/tags")).json() == ["Later"]
+    info = (await inbox.client.get("/api/v1/info")).json()
+    assert info["Tags"] == {"Later": 2}
+    assert (await inbox.client.put("/api/v1/tags", json={"Tags": ["a"]})).status_code == 400
+
+
+# -- application ---------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_info_webui_health_and_openapi(inbox: Inbox) -> None:
+    await inbox.send(email("one"))
+    info = (await inbox.client.get("/api/v1/info")).json()
+    assert info["Messages"] == 1
+    assert info["Unread"] == 1
+    assert info["Database"] == "mail.db"
+    assert "Uptime" in info["RuntimeStats"]
+    webui = (await inbox.client.get("/api/v1/webui")).json()
+    assert webui["Label"] == "test"
+    assert webui["MessageRelay"]["Enabled"] is False
+    assert (await inbox.client.get("/livez")).json() == {"status": "ok"}
+    assert (await inbox.client.get("/readyz")).json() == {"status": "ready"}
+    document = (await inbox.client.get("/api/v1/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    for path in ("/api/v1/messages", "/api/v1/events", "/api/v1/wait", "/livez", "/view/{ID}.html"):
+        assert path in document["paths"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v1/message/latest/release"),
+        ("POST", "/api/v1/send"),
+        ("GET", "/api/v1/chaos"),
+        ("PUT", "/api/v1/chaos"),
+        ("GET", "/api/v1/message/latest/html-check"),
+        ("GET", "/api/v1/message/latest/link-check"),
+        ("GET", "/api/v1/message/latest/sa-check"),
+        ("GET", "/api/v1/message/latest/part/1/thumb"),
+    ],
+)
+async def test_what_mailgate_lacks_is_a_clear_501(inbox: Inbox, method: str, path: str) -> None:
+    response = await inbox.client.request(method, path)
+    assert response.status_code == 501
+    assert "does not support" in response.json()["Error"]
+
+
+@pytest.mark.asyncio
+async def test_the_inbox_page_and_its_files(inbox: Inbox) -> None:
+    page = await inbox.client.get("/")
+    assert page.status_code == 200
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert '<script src="/static/app.js"' in page.text
+    for name in ("app.js", "app.css"):
+        assert (await inbox.client.get(f"/static/{name}")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_basic_auth(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite://{tmp_path}/mail.db")
+    app = create_app(store, settings=WebSettings(http_auth=("admin", "s3cret")))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://inbox.test") as client:
+            denied = await client.get("/api/v1/messages")
+            assert denied.status_code == 401
+            assert denied.headers["www-authenticate"].startswith("Basic ")
+            wrong = await client.get("/api/v1/messages", auth=("admin", "guess"))
+            assert wrong.status_code == 401
+            garbage = await client.get("/", headers={"Authorization": "Basic !!!"})
+            assert garbage.status_code == 401
+            allowed = await client.get("/api/v1/messages", auth=("admin", "s3cret"))
+            assert allowed.status_code == 200
+            assert (await client.get("/livez")).status_code == 200
+    finally:
+        await store.aclose()
+
+
+# -- live: events and wait, over a real HTTP server ------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def live(tmp_path: Path) -> AsyncIterator[tuple[MessageStore, str, Path]]:
+    store = await open_store(f"sqlite://{tmp_path}/mail.db")
+    service = HTTPService(create_app(store), Listen("127.0.0.1", 0))
+    await service.start()
+    host, port = service.addresses[0]
+    try:
+        yield store, f"http://{host}:{port}", tmp_path / "spool"
+    finally:
+        await service.aclose()
+        await store.aclose()
+
+
+async def next_event(lines: AsyncIterator[str]) -> tuple[str, dict[str, object]]:
+    name = ""
+    async for line in lines:
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            return name, json.loads(line.removeprefix("data: "))
+    raise AssertionError("the stream ended")
+
+
+@pytest.mark.asyncio
+async def test_events_report_stored_read_and_deleted(
+    live: tuple[MessageStore, str, Path],
+) -> None:
+    store, url, spool = live
+    async with (
+        httpx.AsyncClient(base_url=url) as client,
+        client.stream("GET", "/api/v1/events") as stream,
+    ):
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.aiter_lines()
+        assert await next_event(lines) == (
+            "ready",
+            {"v": EVENTS_VERSION, "type": "ready", "ids": []},
+        )
+        message_id = await deliver(store, email("live one"), spool_dir=spool)
+        name, data = await asyncio.wait_for(next_event(lines), 10)
+        assert name == "stored"
+        assert data["v"] == EVENTS_VERSION
+        assert data["ids"] == [message_id]
+        messages = data["messages"]
+        assert isinstance(messages, list)
+        assert messages[0]["Subject"] == "live one"
+        await client.put("/api/v1/messages", json={"IDs": [message_id], "Read": True})
+        assert await asyncio.wait_for(next_event(lines), 10) == (
+            "read",
+            {"v": EVENTS_VERSION, "type": "read", "ids": [message_id]},
+        )
+        await client.request("DELETE", "/api/v1/messages")
+        name, data = await asyncio.wait_for(next_event(lines), 10)
+        assert (name, data["ids"]) == ("deleted", [])
+
+
+@pytest.mark.asyncio
+async def test_wait_returns_a_message_as_it_arrives(live: tuple[MessageStore, str, Path]) -> None:
+    store, url, spool = live
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await deliver(store, email("unrelated"), spool_dir=spool)
+        waiting = asyncio.create_task(
+            client.get("/api/v1/wait", params={"query": "subject:token", "timeout": "20"})
+        )
+        await asyncio.sleep(0.2)  # let the wait begin; the result does not depend on it
+        assert not waiting.done()
+        await deliver(store, email("Your token is 123456"), spool_dir=spool)
+        response = await asyncio.wait_for(waiting, 20)
+        assert response.status_code == 200
+        assert response.json()["Subject"] == "Your token is 123456"
+        assert "123456" in response.json()["Subject"]
+
+        # Already there: answered at once.  Not marked read.
+        again = await client.get("/api/v1/wait", params={"query": "token"})
+        assert again.json()["Subject"] == "Your token is 123456"
+        listed = (await client.get("/api/v1/messages")).json()
+        assert listed["unread"] == 2
+
+        # since= skips what arrived before.
+        late = await client.get(
+            "/api/v1/wait",
+            params={"query": "token", "timeout": "0.2", "since": "2999-01-01T00:00:00Z"},
+        )
+        assert late.status_code == 408
+        assert "no matching message" in late.json()["Error"]
+        bad = await client.get("/api/v1/wait", params={"timeout": "soon"})
+        assert bad.status_code == 400
+
+
+@pytest.mark.asyncio
+async def test_closing_the_service_ends_live_streams(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite://{tmp_path}/mail.db")
+    service = HTTPService(create_app(store), Listen("127.0.0.1", 0))
+    await service.start()
+    host, port = service.addresses[0]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=30) as client:
+            waiting = asyncio.create_task(client.get("/api/v1/wait", params={"timeout": "60"}))
+            async with client.stream("GET", "/api/v1/events") as stream:
+                lines = stream.aiter_lines()
+                await next_event(lines)
+                await asyncio.sleep(0.1)
+                await asyncio.wait_for(service.aclose(), 10)
+                rest = [line async for line in lines]
+                assert not any(line.startswith("event: ") for line in rest)
+            response = await asyncio.wait_for(waiting, 10)
+            assert response.status_code == 503
+    finally:
+        await store.aclose()
