@@ -162,4 +162,3 @@ def parse_params(words: list[str], *, utf8: bool) -> dict[str, str | None]:
             raise ArgumentError(Reply(501, "5.5.4", f"Parameter {upper} given twice"))
         params[upper] = value if eq else None
     return params
-
