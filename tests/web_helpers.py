@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import importlib
 import os
 import re
 import shutil
@@ -40,7 +41,7 @@ def require_tool(path: str) -> str:
 def require_module(name: str) -> Any:
     """Import ``name``; skip without it, fail without it under CI."""
     if os.environ.get("CI") == "true":
-        return __import__(name)
+        return importlib.import_module(name)
     return pytest.importorskip(name, reason=f"the Python package {name} is not installed")
 
 

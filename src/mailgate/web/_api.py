@@ -184,11 +184,9 @@ async def get_part(inbox: Inbox, request: Request) -> Response:
     if part is None:
         return text_error(404, "part not found")
     kind = "inline" if part.inline else "attachment"
-    return Response(
-        part.data,
-        media_type=part.content_type,
-        headers=sandbox_headers(content_disposition(kind, part.filename)),
-    )
+    headers = sandbox_headers(content_disposition(kind, part.filename))
+    headers["Content-Type"] = part.media_type  # as the message says: no charset added
+    return Response(part.data, headers=headers)
 
 
 # -- tags ------------------------------------------------------------------------------------

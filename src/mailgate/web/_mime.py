@@ -29,6 +29,7 @@ MAX_INLINE_DATA_URI_OCTETS = 2 * 1024 * 1024
 """Inline images larger than this are not embedded into the HTML view."""
 
 _CID_REFERENCE = re.compile(r"""cid:([^"'\s)>]+)""", re.IGNORECASE)
+_CHARSET_TOKEN = re.compile(r"[^A-Za-z0-9._:-]+")
 _HEADER_WORD = re.compile(r"[A-Za-z0-9]+")
 
 
@@ -50,6 +51,12 @@ class Part:
     content_id: str
     data: bytes
     inline: bool
+    charset: str = ""
+
+    @property
+    def media_type(self) -> str:
+        """The ``Content-Type`` to serve it with: its type, and its charset if it named one."""
+        return f"{self.content_type}; charset={self.charset}" if self.charset else self.content_type
 
     def checksums(self) -> dict[str, str]:
         """The checksums Mailpit reports for an attachment."""
@@ -159,7 +166,10 @@ def _walk(message: ParsedMessage, part: Message, part_id: str) -> None:
         return
     content_id = _header_text(part.get("Content-ID", "")).strip().strip("<>")
     inline = not is_attachment and (disposition == "inline" or bool(content_id))
-    message.parts.append(Part(leaf_id, content_type, filename, content_id, _data_of(part), inline))
+    charset = _CHARSET_TOKEN.sub("", part.get_content_charset() or "")
+    message.parts.append(
+        Part(leaf_id, content_type, filename, content_id, _data_of(part), inline, charset)
+    )
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
