@@ -1,0 +1,301 @@
+"""The inbox page in headless Chromium: live updates, the message view, and hostile mail.
+
+Driven with Selenium and Debian's ``chromium`` and ``chromium-driver``.
+Mail goes in over SMTP, as an application under test would send it.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+from collections.abc import Iterator
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from web_helpers import LiveInbox, require_module, require_tool
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+)
+WAIT_SECONDS = 15
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    require_tool(CHROMIUM)
+    require_tool(CHROMEDRIVER)
+    webdriver = require_module("selenium.webdriver")
+    service_module = require_module("selenium.webdriver.chrome.service")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument("--window-size=1280,900")
+    driver = webdriver.Chrome(
+        service=service_module.Service(executable_path=CHROMEDRIVER), options=options
+    )
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_until(driver: Any, condition: Any, message: str) -> Any:
+    ui = require_module("selenium.webdriver.support.ui")
+    return ui.WebDriverWait(driver, WAIT_SECONDS).until(condition, message)
+
+
+def by_css(selector: str) -> tuple[str, str]:
+    return ("css selector", selector)
+
+
+def rows(driver: Any) -> list[str]:
+    """Subjects listed, read in one step (the list re-renders as events arrive)."""
+    subjects: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#messages .message .subject')]"
+        ".map((node) => node.textContent)"
+    )
+    return subjects
+
+
+def row(driver: Any, subject: str) -> dict[str, Any]:
+    """The listed row of ``subject``: its classes, size classes and snippet."""
+    found: dict[str, Any] = driver.execute_script(
+        """
+        const row = [...document.querySelectorAll('#messages .message')]
+            .find((node) => node.querySelector('.subject').textContent === arguments[0]);
+        return row && {
+            classes: row.className,
+            size: row.querySelector('.size').className,
+            snippet: row.querySelector('.snippet').textContent,
+        };
+        """,
+        subject,
+    )
+    return found
+
+
+def open_row(driver: Any, subject: str) -> None:
+    driver.execute_script(
+        """
+        [...document.querySelectorAll('#messages .message')]
+            .find((node) => node.querySelector('.subject').textContent === arguments[0])
+            .click();
+        """,
+        subject,
+    )
+
+
+def send(port: int, message: EmailMessage) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.send_message(message)
+
+
+def newsletter() -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "Shop <news@shop.example>"
+    message["To"] = "you@example.org"
+    message["Subject"] = "Spring sale"
+    message.set_content("Everything is 20% off.")
+    message.add_alternative(
+        "<h1 id='headline'>Spring <i>sale</i></h1><p>Everything is 20% off.</p>", subtype="html"
+    )
+    message.add_attachment(
+        b"%PDF-1.4", maintype="application", subtype="pdf", filename="prices.pdf"
+    )
+    return message
+
+
+def test_mail_appears_live_opens_is_found_and_is_deleted(tmp_path: Path, browser: Any) -> None:
+    with LiveInbox(tmp_path) as inbox:
+        browser.get(inbox.url + "/")
+        wait_until(
+            browser,
+            lambda d: "on" in d.find_element(*by_css("#live")).get_attribute("class"),
+            "live",
+        )
+        browser.execute_script("window.notReloaded = true")
+
+        send(inbox.smtp_port, newsletter())
+        other = EmailMessage()
+        other["From"] = "bob@example.org"
+        other["To"] = "you@example.org"
+        other["Subject"] = "Lunch tomorrow?"
+        other.set_content("Pizza?")
+        send(inbox.smtp_port, other)
+
+        wait_until(browser, lambda d: rows(d) == ["Lunch tomorrow?", "Spring sale"], "both listed")
+        assert browser.execute_script("return window.notReloaded") is True
+        assert "unread" in row(browser, "Lunch tomorrow?")["classes"]
+        sale = row(browser, "Spring sale")
+        assert "clip" in sale["size"]
+        assert "20% off" in sale["snippet"]
+
+        # Open it: the HTML renders in the sandboxed frame.
+        open_row(browser, "Spring sale")
+        wait_until(
+            browser,
+            lambda d: d.find_element(*by_css("#view-subject")).text == "Spring sale",
+            "opened",
+        )
+        frame = browser.find_element(*by_css("#html-frame"))
+        assert frame.get_attribute("sandbox") == ""
+        browser.switch_to.frame(frame)
+        wait_until(browser, lambda d: d.find_elements(*by_css("#headline")), "HTML rendered")
+        assert browser.find_element(*by_css("#headline")).text == "Spring sale"
+        browser.switch_to.default_content()
+        wait_until(browser, lambda d: "unread" not in row(d, "Spring sale")["classes"], "read")
+
+        for tab, panel, expected in (
+            ("text", "#text-body", "Everything is 20% off."),
+            ("headers", "#headers-body", "Spring sale"),
+            ("raw", "#raw-body", "Subject: Spring sale"),
+            ("attachments", "#attachments", "prices.pdf"),
+        ):
+            browser.find_element(*by_css(f".tabs button[data-tab='{tab}']")).click()
+            wait_until(
+                browser, lambda d, p=panel, e=expected: e in d.find_element(*by_css(p)).text, tab
+            )
+        link = browser.find_element(*by_css("#attachments a"))
+        assert "/part/" in link.get_attribute("href")
+
+        # Search filters the list.
+        box = browser.find_element(*by_css("#search"))
+        box.send_keys("from:bob")
+        wait_until(browser, lambda d: rows(d) == ["Lunch tomorrow?"], "search")
+        box.clear()
+        box.send_keys("has:attachment")
+        wait_until(browser, lambda d: rows(d) == ["Spring sale"], "search again")
+        box.clear()
+        box.send_keys(" ")
+        wait_until(browser, lambda d: len(rows(d)) == 2, "search cleared")
+
+        # Delete the open one.
+        browser.find_element(*by_css("#delete-one")).click()
+        wait_until(browser, lambda d: rows(d) == ["Lunch tomorrow?"], "deleted")
+        assert not browser.find_element(*by_css("#view")).is_displayed()
+        assert inbox.call(inbox.store.list()).total == 1
+        assert browser.execute_script("return window.notReloaded") is True
+
+
+def test_phone_width_shows_list_then_message(tmp_path: Path, browser: Any) -> None:
+    browser.set_window_size(390, 844)
+    with LiveInbox(tmp_path) as inbox:
+        send(inbox.smtp_port, newsletter())
+        browser.get(inbox.url + "/")
+        wait_until(browser, lambda d: rows(d) == ["Spring sale"], "listed")
+        assert browser.execute_script("return document.documentElement.scrollWidth <= 390")
+        open_row(browser, "Spring sale")
+        wait_until(browser, lambda d: d.find_element(*by_css("#back")).is_displayed(), "opened")
+        assert not browser.find_element(*by_css(".list-pane")).is_displayed()
+        assert browser.execute_script("return document.documentElement.scrollWidth <= 390")
+        browser.find_element(*by_css("#back")).click()
+        wait_until(browser, lambda d: d.find_element(*by_css(".list-pane")).is_displayed(), "back")
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    hits: list[str]
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/gif")
+        self.end_headers()
+        self.wfile.write(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[str, list[str]]]:
+    hits: list[str] = []
+    handler = type("Recorder", (_Recorder,), {"hits": hits})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def hostile(base: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "Mallory <mallory@evil.example>"
+    message["To"] = "you@example.org"
+    message["Subject"] = "Totally harmless"
+    message.set_content("Nothing to see.")
+    message.add_alternative(
+        f"""<html><head>
+<script>fetch("{base}/script"); parent.document.title = "pwned";</script>
+<link rel="stylesheet" href="{base}/stylesheet">
+<meta http-equiv="refresh" content="0; url={base}/refresh">
+<style>body {{ background: url("{base}/background"); }}</style>
+</head><body onload="fetch('{base}/onload')">
+<p id="bait">Click <a id="js" href="javascript:fetch('{base}/javascript-link')">here</a></p>
+<img id="remote" src="{base}/remote-image">
+<img src="x" onerror="fetch('{base}/onerror')">
+<svg><script>fetch("{base}/svg")</script></svg>
+<iframe src="{base}/frame"></iframe>
+<object data="{base}/object"></object>
+<form action="{base}/form" method="post"><button id="submit">Go</button></form>
+</body></html>""",
+        subtype="html",
+    )
+    return message
+
+
+def test_hostile_html_runs_nothing_and_loads_nothing(
+    tmp_path: Path, browser: Any, recorder: tuple[str, list[str]]
+) -> None:
+    base, hits = recorder
+    with LiveInbox(tmp_path) as inbox:
+        send(inbox.smtp_port, hostile(base))
+        browser.get(inbox.url + "/")
+        wait_until(browser, lambda d: rows(d) == ["Totally harmless"], "listed")
+        open_row(browser, "Totally harmless")
+        frame = wait_until(
+            browser, lambda d: d.find_element(*by_css("#html-frame[src*='/view/']")), "framed"
+        )
+        browser.switch_to.frame(frame)
+        wait_until(browser, lambda d: hits or d.find_elements(*by_css("#bait")), "rendered")
+        assert hits == []
+        browser.find_element(*by_css("#js")).click()
+        browser.find_element(*by_css("#submit")).click()
+        browser.switch_to.default_content()
+
+        # Give anything that would run or load the time to do it, then look.
+        marker = browser.execute_script("return performance.now()")
+        wait_until(
+            browser,
+            lambda d: d.execute_script("return performance.now()") > marker + 1500,
+            "settle",
+        )
+        assert hits == []
+        assert browser.title != "pwned"
+        assert browser.current_url.startswith(inbox.url)
+
+        # Remote images load only when asked for; scripts still never run.
+        browser.find_element(*by_css("#load-remote")).click()
+        wait_until(browser, lambda d: "/remote-image" in hits, "remote image loaded on request")
+        assert not [hit for hit in hits if hit not in ("/remote-image", "/background")]
