@@ -4,6 +4,10 @@
 "use strict";
 
 const PAGE = 50;
+// before: and after: in a search mean midnight where the reader is.
+const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+// Something in the HTML that a remote image or style would load.
+const REMOTE = /(?:src|background)\s*=\s*["']?\s*(?:https?:)?\/\/|url\(\s*["']?\s*(?:https?:)?\/\//i;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -107,7 +111,8 @@ async function load(append = false) {
   const start = append ? state.messages.length : 0;
   const limit = append ? PAGE : Math.max(PAGE, state.messages.length);
   const path = state.query
-    ? `/api/v1/search?query=${encodeURIComponent(state.query)}&start=${start}&limit=${limit}`
+    ? `/api/v1/search?query=${encodeURIComponent(state.query)}&start=${start}&limit=${limit}` +
+      `&tz=${encodeURIComponent(ZONE)}`
     : `/api/v1/messages?start=${start}&limit=${limit}`;
   try {
     const page = await api("GET", path);
@@ -223,7 +228,7 @@ async function openMessage(id) {
 
   const hasHtml = Boolean(message.HTML);
   $("html-frame").hidden = !hasHtml;
-  $("remote-bar").hidden = !hasHtml;
+  $("remote-bar").hidden = !hasHtml || !REMOTE.test(message.HTML);
   $("no-html").hidden = hasHtml;
   $("html-frame").src = hasHtml ? `/view/${encodeURIComponent(id)}.html` : "about:blank";
   $("text-body").textContent = message.Text || "(no text part)";
