@@ -761,3 +761,10 @@ def test_tls_needs_both_files_and_smtps_needs_tls() -> None:
         "--smtps: implicit TLS needs --tls-cert and --tls-key, or --tls-self-signed"
     )
     assert load({"smtps": ":465", "tls_cert": "c.pem", "tls_key": "k.pem"}).smtps == Listen("", 465)
+
+
+def test_auth_accept_any_is_refused_with_local_domains() -> None:
+    assert error_of({"auth_accept_any": "on", "domain": ["example.org"]}) == (
+        "--auth-accept-any: is for development only and cannot go with --domain"
+    )
+    assert load({"auth_accept_any": "on"}).auth_accept_any

@@ -114,6 +114,11 @@ def _check_together(settings: Settings, keys: Mapping[str, str]) -> Settings:
         raise ConfigError(
             keys["smtps"], "implicit TLS needs --tls-cert and --tls-key, or --tls-self-signed"
         )
+    if settings.auth_accept_any and settings.domains:
+        # Accepting any password on a real mail server would make it an open relay.
+        raise ConfigError(
+            keys["auth_accept_any"], "is for development only and cannot go with --domain"
+        )
     return settings
 
 
