@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 
 import aiosmtplib
+import httpx
 import pytest
 
 from mailgate.config import Limits
@@ -172,3 +173,11 @@ class TestSwaks:
         full = server.get(stored.id)
         assert full is not None
         assert len(full.envelope.rcpt_to) == 3
+
+
+def test_the_test_server_can_serve_the_api_too() -> None:
+    with MailgateServer(http=True) as server:
+        with smtplib.SMTP(server.host, server.port) as client:
+            client.sendmail("a@example.org", ["b@example.net"], b"Subject: via api\r\n\r\nx\r\n")
+        listing = httpx.get(f"{server.http_url}/api/v1/messages").json()
+        assert [m["Subject"] for m in listing["messages"]] == ["via api"]

@@ -1,7 +1,9 @@
 """The composition root: every concrete part of a running mailgate, wired once.
 
 ``Mailgate`` opens the store, builds the accept path, the TLS context and
-the authenticator the settings ask for, and starts the SMTP listeners.
+the authenticator the settings ask for, and starts the SMTP listeners and
+the web inbox.  Shutdown runs the other way: SMTP first (transactions in
+flight finish), then the web service, then the store.
 ``mailgate serve`` and the test helper ``mailgate.testing.MailgateServer``
 both run exactly this.
 """
@@ -9,6 +11,7 @@ both run exactly this.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from types import TracebackType
 from typing import Self
@@ -16,9 +19,10 @@ from typing import Self
 from mailgate.config import Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.ports import Authenticator, MessageStore
-from mailgate.server import SMTPServer, ensure_self_signed, server_context
+from mailgate.server import ListenError, SMTPServer, ensure_self_signed, server_context
 from mailgate.stores import open_store
 from mailgate.stores.users import AcceptAnyAuthenticator, UsersFile
+from mailgate.web import HTTPService, WebSettings, create_app
 
 __all__ = ["Mailgate"]
 
@@ -73,12 +77,18 @@ class Mailgate:
         self._authenticator = authenticator
         self._store: MessageStore | None = None
         self._server: SMTPServer | None = None
+        self._http: HTTPService | None = None
 
     @property
     def store(self) -> MessageStore:
         """The open store."""
         assert self._store is not None, "not started"
         return self._store
+
+    @property
+    def http(self) -> HTTPService | None:
+        """The web inbox and API service, unless HTTP is off."""
+        return self._http
 
     @property
     def server(self) -> SMTPServer:
@@ -104,6 +114,23 @@ class Mailgate:
                 settings, sink=sink, tls_context=tls_context, authenticator=authenticator
             )
             await self._server.start()
+            if settings.http is not None:
+                self._http = HTTPService(
+                    create_app(
+                        self._store,
+                        settings=WebSettings(
+                            http_auth=settings.http_auth, database=settings.store_url
+                        ),
+                    ),
+                    settings.http,
+                )
+                try:
+                    await self._http.start()
+                except OSError as error:
+                    problem = os.strerror(error.errno) if error.errno else str(error)
+                    raise ListenError(
+                        f"cannot listen for http on {settings.http}: {problem}"
+                    ) from error
         except BaseException:
             await self.aclose()
             raise
@@ -114,6 +141,9 @@ class Mailgate:
             if self._server is not None:
                 await self._server.aclose()
         finally:
+            if self._http is not None:
+                await self._http.aclose()
+                self._http = None
             if self._store is not None:
                 await self._store.aclose()
                 self._store = None

@@ -16,7 +16,7 @@ from mailgate.cli._app import Mailgate
 from mailgate.cli._exit import EXIT_OK, EXIT_USAGE, fail
 from mailgate.config import Listen, Settings
 from mailgate.ports import StoreError
-from mailgate.server import ListenError, ServerConfigError, SMTPServer, TLSConfigError
+from mailgate.server import ListenError, ServerConfigError, TLSConfigError
 from mailgate.stores import StoreURLError
 
 __all__ = ["serve"]
@@ -65,9 +65,7 @@ async def _serve(settings: Settings) -> int:
     try:
         stop = asyncio.Event()
         _on_signals(stop.set)
-        print(_listening_line(settings, app.server), flush=True)
-        if settings.http is not None:
-            log.info("the web inbox is not available in this build; not serving %s", settings.http)
+        print(_listening_line(settings, app), flush=True)
         await stop.wait()
         log.info("shutting down: finishing transactions in flight")
     finally:
@@ -89,13 +87,17 @@ def _on_signals(stop: Callable[[], None]) -> None:
         loop.add_signal_handler(signum, first, signum)
 
 
-def _listening_line(settings: Settings, server: SMTPServer) -> str:
+def _listening_line(settings: Settings, app: Mailgate) -> str:
+    server = app.server
     parts = []
     for listener in server.listeners:
         bound = " ".join(
             str(Listen(host, port)) for host, port in server.addresses_of(listener.name)
         )
         parts.append(f"{listener.name} {bound}")
+    if app.http is not None:
+        bound = " ".join(str(Listen(host, port)) for host, port in app.http.addresses)
+        parts.append(f"http http://{bound}/")
     where = f"store {settings.store}" if settings.store else f"data {_shown(settings.data_dir)}"
     return f"mailgate {__version__} listening: {', '.join(parts)}, {where}"
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mailgate.config._values import (
     parse_choice,
+    parse_credentials,
     parse_domain_names,
     parse_domain_table,
     parse_duration,
@@ -169,6 +170,10 @@ OPTIONS: tuple[Option, ...] = (
         "tls.self_signed", "--tls-self-signed", "MAILGATE_TLS_SELF_SIGNED", "tls.self_signed",
         parse_flag, "on|off", "make and keep a self-signed certificate in --data (for development)",
         switch=True,
+    ),
+    Option(
+        "http_auth", "--http-auth", "MAILGATE_HTTP_AUTH", "http_auth", parse_credentials,
+        "USER:PASSWORD", "require HTTP basic auth for the web inbox and API (off by default)",
     ),
     Option(
         "users", "--users", "MAILGATE_USERS", "users", parse_optional_path, "FILE",

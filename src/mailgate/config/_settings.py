@@ -139,6 +139,7 @@ class Settings:
     users: Path | None = None
     relay_networks: tuple[str, ...] = ()
     auth_accept_any: bool = False
+    http_auth: tuple[str, str] | None = None
 
     @property
     def store_url(self) -> str:

@@ -229,6 +229,17 @@ def parse_flag(value: object) -> bool:
     return text in _ON
 
 
+def parse_credentials(value: object) -> tuple[str, str] | None:
+    """``USER:PASSWORD`` for HTTP basic auth, or none for ``""``."""
+    text = _text(value)
+    if text == "":
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise InvalidValue("expected USER:PASSWORD, both non-empty")
+    return user, password
+
+
 def parse_network(value: object) -> str:
     """A network in CIDR notation (``10.0.0.0/8``, ``2001:db8::/32``) or one address."""
     text = _text(value).strip()

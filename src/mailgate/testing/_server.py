@@ -52,6 +52,7 @@ class MailgateServer:
         port: int = 0,
         tls_context: ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
+        http: bool = False,
     ) -> None:
         self._tls_context = tls_context
         self._authenticator = authenticator
@@ -63,7 +64,7 @@ class MailgateServer:
         self.settings = dataclasses.replace(
             base,
             smtp=Listen("127.0.0.1", port),
-            http=None,
+            http=Listen("127.0.0.1", 0) if http else None,
             data_dir=data_dir,
             hostname=base.hostname or hostname,
             domains=base.domains or tuple(Domain(d) for d in domains),
@@ -71,6 +72,7 @@ class MailgateServer:
         )
         self.host = "127.0.0.1"
         self.port = 0
+        self.http_url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
@@ -137,6 +139,9 @@ class MailgateServer:
             self._store = app.store
             self.server = app.server
             self.host, self.port = app.server.addresses_of("smtp")[0]
+            if app.http is not None:
+                host, port = app.http.addresses[0]
+                self.http_url = f"http://{host}:{port}"
             self._ready.set()
             await self._stop.wait()
         finally:
