@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import select
@@ -21,6 +22,7 @@ import pytest
 from mailgate import __version__
 from mailgate.cli import main
 from mailgate.config import OPTIONS, Domain, Listen, Settings
+from mailgate.stores.users import UsersFile
 
 STARTUP_TIMEOUT_SECONDS = 30.0
 
@@ -478,3 +480,64 @@ def test_switches_take_no_value(served: list[Settings]) -> None:
     [settings] = served
     assert settings.tls.self_signed
     assert settings.auth_accept_any
+
+
+def test_serve_with_bad_tls_files_fails_at_start_up(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    common = ("serve", "--smtp", "127.0.0.1:0", "--no-http", "--data", str(tmp_path))
+    status, _, err = run(
+        capsys,
+        *common,
+        "--tls-cert",
+        str(tmp_path / "no.pem"),
+        "--tls-key",
+        str(tmp_path / "no.key"),
+    )
+    assert status == 1
+    assert one_error_line(err) == f"--tls-cert: {tmp_path / 'no.pem'}: no such file"
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not PEM at all\n")
+    status, _, err = run(capsys, *common, "--tls-cert", str(garbage), "--tls-key", str(garbage))
+    assert status == 1
+    assert "not a matching PEM certificate and key" in one_error_line(err)
+
+
+def test_submission_without_tls_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    status, _, err = run(
+        capsys,
+        "serve",
+        "--smtp",
+        "127.0.0.1:0",
+        "--submission",
+        "127.0.0.1:0",
+        "--no-http",
+        "--data",
+        str(tmp_path),
+    )
+    assert status == 2
+    assert one_error_line(err).startswith("--submission needs TLS")
+
+
+def test_users_commands(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = str(tmp_path / "users")
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert run(capsys, "users", "add", "alice", "--users", users)[:2] == (0, "added alice\n")
+    assert run(capsys, "users", "list", "--users", users)[:2] == (0, "alice\n")
+    monkeypatch.setattr("sys.stdin", io.StringIO("other\n"))
+    status, _, err = run(capsys, "users", "add", "alice", "--users", users)
+    assert status == 1
+    assert "exists" in one_error_line(err)
+    monkeypatch.setattr("sys.stdin", io.StringIO("n3w\n"))
+    assert run(capsys, "users", "passwd", "alice", "--users", users)[0] == 0
+    assert UsersFile(tmp_path / "users").check("alice", "n3w")
+    assert run(capsys, "users", "delete", "alice", "--users", users)[:2] == (0, "deleted alice\n")
+    status, _, err = run(capsys, "users", "delete", "alice", "--users", users)
+    assert status == 1
+    status, _, err = run(capsys, "users", "list")
+    assert status == 2
+    assert "--users FILE" in one_error_line(err)
