@@ -4,7 +4,8 @@
 
 At most ``--concurrency`` sessions are being opened at once; a session counts
 as served when it got the 220 greeting and the 250 reply to EHLO within
-``--timeout`` seconds. Opening stops at ``--deadline`` seconds.
+``--timeout`` seconds. Opening stops at ``--deadline`` seconds, or once no
+session has been served for ``--stall`` seconds (a server at its limit).
 
 It prints one JSON line ``{"event": "held", ...}`` once opening is over, then
 waits for a line on stdin (the harness measures the server meanwhile), sends
@@ -32,12 +33,17 @@ async def hold(args: argparse.Namespace) -> None:
     gate = asyncio.Semaphore(args.concurrency)
     held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     outcome: Counter[str] = Counter()
+    last_served = loop.time()
 
     async def open_one() -> None:
+        nonlocal last_served
         async with gate:
             left = deadline - loop.time()
             if left <= 0:
                 outcome["not attempted before the deadline"] += 1
+                return
+            if loop.time() - last_served > args.stall:
+                outcome["not attempted: no session served for a while"] += 1
                 return
             writer = None
             try:
@@ -54,6 +60,7 @@ async def hold(args: argparse.Namespace) -> None:
                 outcome[f"error {type(exc).__name__}"] += 1
             else:
                 held.append((reader, writer))
+                last_served = loop.time()
                 return
             if writer is not None:
                 writer.transport.abort()
@@ -97,6 +104,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument(
+        "--stall", type=float, default=15.0, help="stop opening when none was served this long"
+    )
     args = parser.parse_args()
     _proc.raise_nofile(args.count + 1_000)
     use_uvloop()

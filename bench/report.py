@@ -203,7 +203,7 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         if any(o["scenario"] == "s6" for o in res.outcomes):
             ratio_rows.append(
                 [
-                    "p99 latency at half peak (lower is better)",
+                    "p99 latency, each at half its own peak rate (lower is better)",
                     *[_ratio(res, "s6", ref, "p99_ms") for ref, _ in REFERENCES],
                 ]
             )
@@ -490,7 +490,8 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         ["mailgate", facts.get("mailgate", "not part of this run")],
         ["tree (git describe)", facts["git"]],
         ["open files limit (servers and clients)", facts["nofile"]],
-        ["load average at start", facts["loadavg"]],
+        ["load average (1, 5, 15 min) at start", facts["loadavg"]],
+        ["load average at the end", facts.get("loadavg_end", "?")],
     ]
     out.extend(_table(["", ""], fact_rows))
     w("")
@@ -500,7 +501,7 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         if key not in res.servers:
             continue
         info = res.servers[key]
-        w(f"- **{info['label']}** ({info['version'] or 'version unknown'}): `{info['command']}`")
+        w(f"- **{info['label']}** — {info['version'] or 'version unknown'}: `{info['command']}`")
     w("")
     w(
         "- Each run starts the server fresh, on a free 127.0.0.1 port, with an empty directory; "
@@ -522,6 +523,20 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         f"{data.get('postfix_process_limit') or 'the default (100)'}."
     )
     w("- smtp-sink and aiosmtpd discarding keep nothing; their count is of messages received.")
+    w(
+        "- Listen backlogs: aiosmtpd uses asyncio's default of 100, smtp-sink is given 100, "
+        "Postfix uses its default of 100, mailgate its own."
+    )
+    w(
+        "- Server CPU per message: user + system time of the server's processes (children that "
+        "exited included) from before the load until its mail is in place, divided by the "
+        "acknowledged messages. The load generator's CPU is not counted, but it shares the "
+        "same two CPUs."
+    )
+    w(
+        "- The load average before each run is in the raw results (`load1`); other work on the "
+        "machine during the run widens the min–max ranges."
+    )
     w(
         "- Kept counts: `mailgate messages --data DIR --count` after mailgate exits; files in "
         "`Maildir/new` for the Maildir servers; smtp-sink's `-c` counter; the discarding "

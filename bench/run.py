@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the bench package importa
 
 from bench import _proc, facts, report
 from bench.scenarios import Context, Settings, outcome_dicts, run_all, scenarios
-from bench.servers import REPO, all_servers
+from bench.servers import REPO, Mailgate, all_servers
 
 RESULTS = REPO / "bench" / "results"
 
@@ -93,6 +95,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="Postfix default_process_limit (default: Postfix's own, 100)",
     )
+    parser.add_argument(
+        "--mailgate-source",
+        choices=("head", "worktree"),
+        default="head",
+        help="run mailgate from src/ as committed at HEAD, copied when the run starts "
+        "(default), or from the working tree as it is at each moment",
+    )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG")
     args = parser.parse_args(argv)
 
@@ -138,7 +147,19 @@ def main(argv: list[str] | None = None) -> int:
         log(f"open files limit is {nofile}: s4 is limited to {nofile - 500} sessions")
         settings.idle_sessions = max(100, nofile - 500)
 
+    own_workdir = args.workdir is None
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o755)  # Postfix's daemons and virtual(8) run unprivileged
+
     servers = all_servers(postfix_process_limit=args.postfix_process_limit)
+    mailgate = servers["mailgate"]
+    if args.mailgate_source == "head" and "mailgate" in args.server_keys:
+        assert isinstance(mailgate, Mailgate)
+        try:
+            mailgate.snapshot(workdir / "mailgate-src")
+        except (OSError, subprocess.SubprocessError) as exc:
+            log(f"could not snapshot src/ at HEAD ({exc}); running the working tree")
     chosen: list[str] = []
     for key in args.server_keys:
         reason = servers[key].unavailable()
@@ -151,10 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
 
-    own_workdir = args.workdir is None
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    workdir.chmod(0o755)  # Postfix's daemons and virtual(8) run unprivileged
     ctx = Context(settings, workdir, servers, log=log)
     started = time.monotonic()
     started_at = dt.datetime.now(dt.UTC)
@@ -176,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
             shutil.rmtree(workdir, ignore_errors=True)
 
+    machine["loadavg_end"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
     shown_argv = " ".join([".venv/bin/python bench/run.py", *map(shlex.quote, sys.argv[1:])])
     data = {
         "argv": shown_argv.strip(),

@@ -403,7 +403,7 @@ def http_api(ctx: Context, out: Outcome, server: Server) -> None:
     try:
         base = f"http://127.0.0.1:{http_port}/api/v1"
         status = 0
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not _proc.listening(http_port):
             time.sleep(0.1)
         try:
@@ -512,6 +512,7 @@ def run_all(ctx: Context, chosen: list[str], server_keys: list[str]) -> None:
             for server_key in order:
                 server = ctx.servers[server_key]
                 out = Outcome(key, server_key, index + 1)
+                out.metrics["load1"] = round(os.getloadavg()[0], 2)
                 ctx.log(f"[{key} run {index + 1}/{runs}] {server.label} ...")
                 started = time.monotonic()
                 try:
@@ -523,7 +524,7 @@ def run_all(ctx: Context, chosen: list[str], server_keys: list[str]) -> None:
                 finally:
                     shutil.rmtree(ctx.rundir(key, server_key, index + 1), ignore_errors=True)
                 out.metrics["wall_s"] = round(time.monotonic() - started, 1)
-                if out.ok and not out.flags and not out.error:
+                if out.ok and not out.flags and not out.error and "not_measured" not in out.metrics:
                     out.server_log = ""
                 ctx.outcomes.append(out)
                 ctx.log(f"    {summary(out)}")

@@ -37,7 +37,7 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 
 
-def count_mailgate_messages(data_dir: Path) -> int:
+def count_mailgate_messages(data_dir: Path, env: dict[str, str] | None = None) -> int:
     """How many messages mailgate has stored under ``data_dir``.
 
     The one place that knows how to ask mailgate; change it here if the
@@ -49,6 +49,7 @@ def count_mailgate_messages(data_dir: Path) -> int:
         text=True,
         timeout=300,
         check=True,
+        env=env,
     )
     return int(done.stdout.strip().splitlines()[-1])
 
@@ -164,9 +165,49 @@ class Server:
 
 
 class Mailgate(Server):
+    """mailgate, from a snapshot of ``src/`` when :meth:`snapshot` was called.
+
+    Other people change the tree while the benchmark runs; a snapshot keeps
+    every run on the same code. The snapshot goes first on PYTHONPATH, ahead
+    of the editable install's path to the working tree.
+    """
+
     key = "mailgate"
     label = "mailgate"
     durable = True
+
+    def __init__(self) -> None:
+        self.source: Path | None = None
+        self.source_note = "the working tree, live (it may change during the run)"
+
+    def snapshot(self, into: Path) -> None:
+        """Run mailgate from ``src/`` as committed at HEAD, copied into ``into``."""
+        into.mkdir(parents=True, exist_ok=True)
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", commit, "src"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(into)], input=archive, timeout=60, check=True)
+        self.source = into / "src"
+        self.source_note = f"commit {commit} (src/ at HEAD when the run started)"
+        self.help_text.cache_clear()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.source is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(self.source), env.get("PYTHONPATH")])
+            )
+        return env
 
     @cache  # noqa: B019 - one instance per run
     def help_text(self) -> tuple[int, str]:
@@ -179,6 +220,7 @@ class Mailgate(Server):
                 text=True,
                 timeout=30,
                 check=False,
+                env=self.env(),
             )
         except subprocess.TimeoutExpired:
             return 124, "`mailgate serve --help` did not finish within 30 s"
@@ -196,7 +238,7 @@ class Mailgate(Server):
         return status == 0 and flag in text
 
     def version(self) -> str:
-        code = "import importlib.metadata as m; print(m.version('mailgate'))"
+        code = "import mailgate, importlib.metadata as m; print(m.version('mailgate'))"
         try:
             done = subprocess.run(
                 [str(VENV_BIN / "python"), "-c", code],
@@ -204,21 +246,12 @@ class Mailgate(Server):
                 text=True,
                 timeout=30,
                 check=True,
+                env=self.env(),
             )
             version = done.stdout.strip()
         except (subprocess.SubprocessError, OSError):
             version = "?"
-        try:
-            rev = subprocess.run(
-                ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout.strip()
-        except (subprocess.SubprocessError, OSError):
-            rev = "?"
-        return f"{version} (git {rev})"
+        return f"{version}, {self.source_note}"
 
     def command(self) -> str:
         return ".venv/bin/mailgate serve --smtp 127.0.0.1:PORT --data DIR --no-http"
@@ -245,7 +278,7 @@ class Mailgate(Server):
         return flags
 
     def count(self, run: Running) -> int | None:
-        return count_mailgate_messages(run.workdir / "data")
+        return count_mailgate_messages(run.workdir / "data", self.env())
 
 
 class Aiosmtpd(Server):
