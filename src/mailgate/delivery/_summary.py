@@ -166,6 +166,8 @@ class _BodyScan:
             limit = SNIPPET_RAW_OCTETS.get(part.content_type, 0)
             at_line_start = True
             next_part = False
+            if keep is None and not boundaries:
+                return  # a single part with nothing to keep: the rest is not needed
             while line := readline(MAX_LINE_OCTETS):
                 starts_line, at_line_start = at_line_start, line.endswith(b"\n")
                 if starts_line and boundaries and line.startswith(b"--"):
@@ -183,6 +185,8 @@ class _BodyScan:
                     keep += line
                     if len(keep) >= limit:
                         keep = None
+                        if not boundaries:
+                            return
             if not next_part:
                 return
             part = _Part.from_headers(_read_headers(readline, _PART_FIELDS))

@@ -9,12 +9,12 @@ starts with the ``class.subject.detail`` code.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Reply"]
 
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
-_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # LF separates lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,7 @@ class Reply:
     code: int
     enhanced: str | None
     text: str
+    _wire: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 200 <= self.code <= 599:
@@ -40,9 +41,13 @@ class Reply:
             not _ENHANCED.match(self.enhanced) or self.enhanced[0] != str(self.code)[0]
         ):
             raise ValueError(f"bad enhanced status code {self.enhanced!r} for {self.code}")
-        for line in self.text.split("\n"):
-            if _FORBIDDEN_TEXT.search(line):
-                raise ValueError("reply text holds a control character")
+        if _FORBIDDEN_TEXT.search(self.text):
+            raise ValueError("reply text holds a control character")
+        # Rendered once: most replies are module constants sent again and again.
+        lines = self.lines
+        last = len(lines) - 1
+        out = [f"{self.code}{' ' if i == last else '-'}{line}\r\n" for i, line in enumerate(lines)]
+        object.__setattr__(self, "_wire", "".join(out).encode("utf-8"))
 
     @property
     def is_positive(self) -> bool:
@@ -57,7 +62,4 @@ class Reply:
 
     def to_bytes(self) -> bytes:
         """The reply as it goes on the wire, CRLF-terminated."""
-        lines = self.lines
-        last = len(lines) - 1
-        out = [f"{self.code}{' ' if i == last else '-'}{line}\r\n" for i, line in enumerate(lines)]
-        return "".join(out).encode("utf-8")
+        return self._wire
