@@ -117,6 +117,8 @@ async def pace(args: argparse.Namespace) -> dict[str, object]:
         "max_ms": round(latencies[-1] * ms, 3) if latencies else None,
         "mean_ms": round(statistics.fmean(latencies) * ms, 3) if latencies else None,
         "lag_p99_ms": round(percentile(lags, 0.99) * ms, 3),
+        # The client shares the machine's CPUs with the server: show its share.
+        "client_cpu_pct": round(100.0 * time.process_time() / (finished - start), 1),
     }
 
 

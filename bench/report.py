@@ -161,6 +161,14 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         f"Measured {facts['date']} with `{data['argv']}`; the whole run took "
         f"{data['duration_s'] / 60:.1f} minutes."
     )
+    loads = [o["metrics"]["load1"] for o in res.outcomes if "load1" in o["metrics"]]
+    if loads:
+        w("")
+        w(
+            f"The 1-minute load average before each run ranged from {min(loads):.1f} to "
+            f"{max(loads):.1f} on {facts['nproc']} CPUs (the harness's own server and client "
+            "count towards it; other work on the machine widens the min–max ranges)."
+        )
     if data.get("quick"):
         w("")
         w("**Quick mode**: one run and small counts, for trying the harness, not for quoting.")
@@ -378,7 +386,10 @@ def render(data: dict[str, Any], chart: str | None) -> str:
             "rate of the 1 KiB, 100-per-session scenario, capped at "
             f"{settings['latency_max_rate']:,.0f} msg/s (what the Python client can pace on this "
             "machine). The clock runs from just before `<CRLF>.<CRLF>` is written to the `250`. "
-            "Schedule lag is how late a message started because every session was busy."
+            "Schedule lag is how late a message started because every session was busy. "
+            "CPU is the share of one CPU used by the server (all its processes) and by the "
+            "client during the paced run: on two CPUs, a busy client slows the server it "
+            "measures, so read the fast servers' latencies with the client's share in mind."
         )
         w("")
         rows = []
@@ -393,6 +404,8 @@ def render(data: dict[str, Any], chart: str | None) -> str:
                     spread(res.values("s6", key, "p99_ms")),
                     spread(res.values("s6", key, "max_ms")),
                     spread(res.values("s6", key, "lag_p99_ms")),
+                    spread(res.values("s6", key, "server_cpu_pct"), " %"),
+                    spread(res.values("s6", key, "client_cpu_pct"), " %"),
                     res.kept_text("s6", key),
                 ]
             )
@@ -407,6 +420,8 @@ def render(data: dict[str, Any], chart: str | None) -> str:
                     "p99 ms",
                     "max ms",
                     "lag p99 ms",
+                    "server CPU",
+                    "client CPU",
                     "kept / acknowledged",
                 ],
                 rows,
@@ -532,10 +547,6 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         "exited included) from before the load until its mail is in place, divided by the "
         "acknowledged messages. The load generator's CPU is not counted, but it shares the "
         "same two CPUs."
-    )
-    w(
-        "- The load average before each run is in the raw results (`load1`); other work on the "
-        "machine during the run widens the min–max ranges."
     )
     w(
         "- Kept counts: `mailgate messages --data DIR --count` after mailgate exits; files in "

@@ -369,12 +369,15 @@ def latency(ctx: Context, out: Outcome, server: Server) -> None:
     run = server.start(ctx.rundir(out.scenario, server.key, out.run))
     acked: int | None = None
     try:
+        cpu0, began = _proc.cpu_s(run.pids()), time.monotonic()
         shown, report = load.paced_latency(
             run.port,
             rate=rate,
             duration_s=s.latency_duration_s,
             warmup_s=s.latency_warmup_s,
         )
+        cpu1, ended = _proc.cpu_s(run.pids()), time.monotonic()
+        out.metrics["server_cpu_pct"] = round(100.0 * (cpu1 - cpu0) / (ended - began), 1)
         ctx.command(out.scenario, shown)
         out.metrics.update(report)
         out.metrics["peak_rate"] = round(peak, 1)
