@@ -132,6 +132,46 @@ def _ratio(res: Results, scenario: str, ref: str, metric: str = "rate") -> str:
     return f"{mine / theirs:.2f}×"
 
 
+MAIN_METRIC = {
+    "s1": ("rate", " msg/s"),
+    "s2": ("rate", " msg/s"),
+    "s3": ("rate", " msg/s"),
+    "s4": ("served", " served"),
+    "s5": ("hwm_growth_mib", " MiB growth"),
+    "s6": ("p99_ms", " ms p99"),
+}
+
+
+def _run_rows(res: Results) -> list[list[str]]:
+    rows = []
+    for o in res.outcomes:
+        m = o["metrics"]
+        metric, unit = MAIN_METRIC.get(o["scenario"], ("", ""))
+        value = m.get(metric)
+        result = num(float(value), unit) if isinstance(value, int | float) else "—"
+        if o["scenario"] == "s7":
+            result = m.get("not_measured") or (
+                f"list {num(m['list']['median_ms'])} ms, search {num(m['search']['median_ms'])} ms"
+                if "list" in m
+                else "—"
+            )
+        kept = m.get("kept")
+        acked = m.get("acked")
+        rows.append(
+            [
+                o["scenario"],
+                res.label(o["server"]),
+                str(o["run"]),
+                f"{m['load1']:.1f}" if "load1" in m else "—",
+                result,
+                f"{kept:,} / {acked:,}" if kept is not None and acked is not None else "—",
+                "; ".join([*o["flags"], *([o["error"]] if o["error"] else [])]).replace("|", "/")
+                or "—",
+            ]
+        )
+    return rows
+
+
 def render(data: dict[str, Any], chart: str | None) -> str:
     res = Results(data)
     facts: dict[str, str] = data["facts"]
@@ -580,7 +620,20 @@ def render(data: dict[str, Any], chart: str | None) -> str:
     w(".venv/bin/python bench/run.py --help    # choose scenarios, servers, runs")
     w("```")
     w("")
-    w("Raw numbers of every run, flags included: `bench/results/latest.json`.")
+    w(
+        "Each run writes every measurement to `bench/results/latest.json` (not committed); "
+        "`bench/run.py --report-only FILE` renders this page from it again."
+    )
+    w("")
+    w("<details><summary>Every run</summary>")
+    w("")
+    out.extend(
+        _table(
+            ["scenario", "server", "run", "load", "result", "kept / acked", "flags"], _run_rows(res)
+        )
+    )
+    w("")
+    w("</details>")
     w("")
     return "\n".join(out)
 
