@@ -414,66 +414,48 @@ class TestRelayControl:
             assert full.envelope.outbound == ("out@remote.example",)
 
 
+def run_swaks(port: int, *args: str) -> str:
+    """Send one message with swaks as alice; return its transcript, failing on an error."""
+    swaks = require_tool("swaks")
+    result = subprocess.run(
+        [
+            swaks,
+            "--server",
+            f"127.0.0.1:{port}",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            PASSWORD,
+            "--from",
+            "alice@example.org",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 class TestSwaks:
     def test_starttls_and_auth(self, server: MailgateServer, ca_file: Path) -> None:
-        swaks = require_tool("swaks")
         for mechanism in ("PLAIN", "LOGIN"):
-            result = subprocess.run(
-                [
-                    swaks,
-                    "--server",
-                    f"127.0.0.1:{server.port_of('submission')}",
-                    "--tls",
-                    "--tls-ca-path",
-                    str(ca_file),
-                    "--tls-verify",
-                    "--auth",
-                    mechanism,
-                    "--auth-user",
-                    "alice",
-                    "--auth-password",
-                    PASSWORD,
-                    "--from",
-                    "alice@example.org",
-                    "--to",
-                    "someone@remote.example",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
+            transcript = run_swaks(
+                server.port_of("submission"),
+                *("--tls", "--tls-ca-path", str(ca_file), "--tls-verify"),
+                *("--auth", mechanism, "--to", "someone@remote.example"),
             )
-            assert result.returncode == 0, result.stdout + result.stderr
-            assert "235 2.7.0" in result.stdout
+            assert "235 2.7.0" in transcript
         assert len(server.messages()) == 2
 
     def test_tls_on_connect(self, server: MailgateServer, ca_file: Path) -> None:
-        swaks = require_tool("swaks")
-        result = subprocess.run(
-            [
-                swaks,
-                "--server",
-                f"127.0.0.1:{server.port_of('smtps')}",
-                "--tls-on-connect",
-                "--tls-ca-path",
-                str(ca_file),
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                "alice",
-                "--auth-password",
-                PASSWORD,
-                "--from",
-                "alice@example.org",
-                "--to",
-                "bob@example.org",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        run_swaks(
+            server.port_of("smtps"),
+            *("--tls-on-connect", "--tls-ca-path", str(ca_file)),
+            *("--auth", "PLAIN", "--to", "bob@example.org"),
         )
-        assert result.returncode == 0, result.stdout + result.stderr
         assert len(server.messages()) == 1
 
     def test_openssl_s_client_starttls(self, server: MailgateServer, ca_file: Path) -> None:
