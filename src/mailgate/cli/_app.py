@@ -11,7 +11,6 @@ both run exactly this.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 from types import TracebackType
 from typing import Self
@@ -127,10 +126,7 @@ class Mailgate:
                 try:
                     await self._http.start()
                 except OSError as error:
-                    problem = os.strerror(error.errno) if error.errno else str(error)
-                    raise ListenError(
-                        f"cannot listen for http on {settings.http}: {problem}"
-                    ) from error
+                    raise ListenError.from_os_error("http", settings.http, error) from error
         except BaseException:
             await self.aclose()
             raise

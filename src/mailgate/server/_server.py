@@ -37,6 +37,13 @@ class ServerConfigError(MailgateError):
 class ListenError(MailgateError):
     """A listening address could not be bound; one line."""
 
+    @classmethod
+    def from_os_error(cls, name: str, listen: Listen, error: OSError) -> ListenError:
+        """``cannot listen for NAME on HOST:PORT: PROBLEM`` for a failed bind."""
+        # asyncio's message repeats the address; the errno says what went wrong.
+        problem = os.strerror(error.errno) if error.errno else str(error)
+        return cls(f"cannot listen for {name} on {listen}: {problem}")
+
 
 @dataclass(frozen=True, slots=True)
 class Listener:
@@ -110,9 +117,10 @@ class SMTPServer:
                 Listener(name, listen, connection, require_auth=True, implicit_tls=implicit)
             )
         self.closing = False
+        self.shutdown_reply = Reply(421, "4.3.2", f"{self.hostname} Shutting down")
+        """What every session is told when the server stops."""
         self._sessions: set[Session] = set()
         self._per_address: Counter[str] = Counter()
-        self._listeners: list[asyncio.Server] = []
         self._bound: dict[str, asyncio.Server] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
@@ -127,12 +135,7 @@ class SMTPServer:
             try:
                 server = await self._bind(loop, listener)
             except OSError as error:
-                # asyncio's message repeats the address; the errno says what went wrong.
-                problem = os.strerror(error.errno) if error.errno else str(error)
-                raise ListenError(
-                    f"cannot listen for {listener.name} on {listener.listen}: {problem}"
-                ) from error
-            self._listeners.append(server)
+                raise ListenError.from_os_error(listener.name, listener.listen, error) from error
             self._bound[listener.name] = server
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
@@ -203,9 +206,9 @@ class SMTPServer:
             await self._closed.wait()
             return
         self.closing = True
-        for listener in self._listeners:
+        for listener in self._bound.values():
             listener.close()
-        bye = Reply(421, "4.3.2", f"{self.hostname} Shutting down")
+        bye = self.shutdown_reply
         for session in list(self._sessions):
             if not session.in_transaction:
                 session.shutdown(bye)
@@ -216,7 +219,7 @@ class SMTPServer:
             session.shutdown(bye)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.settings.limits.shutdown_grace)
-        for listener in self._listeners:
+        for listener in self._bound.values():
             await listener.wait_closed()
         self._closed.set()
 

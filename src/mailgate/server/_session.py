@@ -257,7 +257,7 @@ class Session(asyncio.Protocol):
             return
         self._flush()
         if self._server.closing and not self.in_transaction and not self._closed:
-            self.shutdown(Reply(421, "4.3.2", f"{self._server.hostname} Shutting down"))
+            self.shutdown(self._server.shutdown_reply)
 
     def _handle(self, event: Event) -> bool:
         """React to one event; return True when an async step took over."""
