@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-ORDER = ["mailgate", "aiosmtpd-maildir", "postfix", "aiosmtpd-discard", "smtp-sink"]
+ORDER = ["mailgate", "mailgate-1", "aiosmtpd-maildir", "postfix", "aiosmtpd-discard", "smtp-sink"]
 REFERENCES = [
     ("aiosmtpd-maildir", "mailgate / aiosmtpd+Maildir"),
     ("postfix", "mailgate / Postfix"),
@@ -659,6 +659,7 @@ def chart(data: dict[str, Any], path: Path) -> str | None:
     axes_iter = iter(axes[0])
     colors = {
         "mailgate": "#d62728",
+        "mailgate-1": "#ff9896",
         "aiosmtpd-maildir": "#1f77b4",
         "postfix": "#2ca02c",
         "aiosmtpd-discard": "#9ecae1",

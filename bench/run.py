@@ -153,13 +153,19 @@ def main(argv: list[str] | None = None) -> int:
     workdir.chmod(0o755)  # Postfix's daemons and virtual(8) run unprivileged
 
     servers = all_servers(postfix_process_limit=args.postfix_process_limit)
-    mailgate = servers["mailgate"]
-    if args.mailgate_source == "head" and "mailgate" in args.server_keys:
-        assert isinstance(mailgate, Mailgate)
-        try:
-            mailgate.snapshot(workdir / "mailgate-src")
-        except (OSError, subprocess.SubprocessError) as exc:
-            log(f"could not snapshot src/ at HEAD ({exc}); running the working tree")
+    if args.mailgate_source == "head":
+        snapshot = workdir / "mailgate-src"
+        for key in args.server_keys:
+            server = servers[key]
+            if not isinstance(server, Mailgate):
+                continue
+            try:
+                if server.source is None and not snapshot.exists():
+                    server.snapshot(snapshot)
+                else:
+                    server.use_snapshot(snapshot)
+            except (OSError, subprocess.SubprocessError) as exc:
+                log(f"could not snapshot src/ at HEAD ({exc}); running the working tree")
     chosen: list[str] = []
     for key in args.server_keys:
         reason = servers[key].unavailable()

@@ -172,11 +172,14 @@ class Mailgate(Server):
     of the editable install's path to the working tree.
     """
 
-    key = "mailgate"
-    label = "mailgate"
     durable = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, workers: str = "auto") -> None:
+        self.workers = workers
+        if workers == "auto":
+            self.key, self.label = "mailgate", "mailgate (one SMTP process per CPU)"
+        else:
+            self.key, self.label = f"mailgate-{workers}", f"mailgate ({workers} SMTP process)"
         self.source: Path | None = None
         self.source_note = "the working tree, live (it may change during the run)"
 
@@ -197,7 +200,13 @@ class Mailgate(Server):
             check=True,
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive, timeout=60, check=True)
+        (into / "COMMIT").write_text(commit)
+        self.use_snapshot(into)
+
+    def use_snapshot(self, into: Path) -> None:
+        """Run from a snapshot that :meth:`snapshot` made for another instance."""
         self.source = into / "src"
+        commit = (into / "COMMIT").read_text()
         self.source_note = f"commit {commit} (src/ at HEAD when the run started)"
         self.help_text.cache_clear()
 
@@ -254,7 +263,8 @@ class Mailgate(Server):
         return f"{version}, {self.source_note}"
 
     def command(self) -> str:
-        return ".venv/bin/mailgate serve --smtp 127.0.0.1:PORT --data DIR --no-http"
+        workers = f" --workers {self.workers}" if self.workers != "1" else ""
+        return f".venv/bin/mailgate serve --smtp 127.0.0.1:PORT --data DIR --no-http{workers}"
 
     def argv(self, run: Running) -> list[str]:
         argv = [str(MAILGATE), "serve", "--smtp", f"127.0.0.1:{run.port}"]
@@ -264,6 +274,8 @@ class Mailgate(Server):
         else:
             argv += ["--no-http"]
         argv += self.scenario_flags(run)
+        if self.workers != "1" and self.supports("--workers"):
+            argv += ["--workers", self.workers]
         return argv
 
     def scenario_flags(self, run: Running) -> list[str]:
@@ -548,6 +560,7 @@ def all_servers(*, postfix_process_limit: int | None = None) -> dict[str, Server
     """Every server the harness knows, in report order."""
     servers: list[Server] = [
         Mailgate(),
+        Mailgate(workers="1"),
         Aiosmtpd(maildir=True),
         Postfix(process_limit=postfix_process_limit),
         Aiosmtpd(maildir=False),

@@ -291,6 +291,18 @@ def test_max_recipients_minimum(tmp_path: Path) -> None:
     )
 
 
+def test_workers(tmp_path: Path) -> None:
+    assert load().workers == 1
+    assert load({"workers": "4"}).workers == 4
+    assert load(env={"MAILGATE_WORKERS": "auto"}).workers == 0  # one per CPU
+    assert load(toml="workers = 2", tmp_path=tmp_path).workers == 2
+    assert error_of({"workers": "0"}) == "--workers: must be at least 1, got 0"
+    assert error_of({"workers": "65"}) == "--workers: 65 is more than 64 workers"
+    assert error_of(env={"MAILGATE_WORKERS": "many"}) == (
+        "MAILGATE_WORKERS: 'many' is not a whole number"
+    )
+
+
 def test_max_line_length_minimum() -> None:
     assert load({"max_line_length": "4096"}).limits.max_line_length == 4096
     assert error_of({"max_line_length": "998"}) == (

@@ -10,15 +10,25 @@ both run exactly this.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+import os
 import ssl
 from types import TracebackType
 from typing import Self
 
-from mailgate.config import Settings
+from mailgate.cli._workers import WorkerPool, worker_settings
+from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.ports import Authenticator, MessageStore
-from mailgate.server import ListenError, SMTPServer, ensure_self_signed, server_context
+from mailgate.server import (
+    ListenError,
+    ServerConfigError,
+    SMTPServer,
+    ensure_self_signed,
+    server_context,
+)
 from mailgate.stores import open_store
 from mailgate.stores.users import AcceptAnyAuthenticator, UsersFile
 from mailgate.web import HTTPService, WebSettings, create_app
@@ -60,6 +70,9 @@ class Mailgate:
 
     ``tls_context`` and ``authenticator`` replace what the settings would
     build (tests use throwaway certificates and cheap password hashes).
+    With ``settings.workers`` above 1 it also starts that many SMTP worker
+    processes less one (see ``_workers``); ``worker`` is the number of the
+    worker this is, which serves SMTP only.
     ``start`` raises ``StoreError``, ``TLSConfigError``, ``ServerConfigError``
     or ``OSError`` (an address in use) with a one-line message.
     """
@@ -70,8 +83,18 @@ class Mailgate:
         *,
         tls_context: ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
+        worker: int = 0,
     ) -> None:
+        if settings.workers == 0:
+            settings = dataclasses.replace(settings, workers=min(os.cpu_count() or 1, MAX_WORKERS))
+        if settings.workers > 1 and (tls_context or authenticator):
+            raise ServerConfigError(
+                "SMTP workers build TLS and AUTH from the settings: give no tls_context"
+                " or authenticator with workers above 1"
+            )
         self.settings = settings
+        self.worker = worker
+        self._workers: WorkerPool | None = None
         self._tls_context = tls_context
         self._authenticator = authenticator
         self._store: MessageStore | None = None
@@ -88,6 +111,11 @@ class Mailgate:
     def http(self) -> HTTPService | None:
         """The web inbox and API service, unless HTTP is off."""
         return self._http
+
+    @property
+    def workers(self) -> WorkerPool | None:
+        """The SMTP worker processes this process started, if any."""
+        return self._workers
 
     @property
     def server(self) -> SMTPServer:
@@ -113,6 +141,13 @@ class Mailgate:
                 settings, sink=sink, tls_context=tls_context, authenticator=authenticator
             )
             await self._server.start()
+            if self.worker:
+                return
+            if settings.workers > 1:
+                self._workers = WorkerPool(
+                    worker_settings(settings, self._server), settings.workers - 1
+                )
+                await self._workers.start()
             if settings.http is not None:
                 self._http = HTTPService(
                     create_app(
@@ -132,11 +167,12 @@ class Mailgate:
             raise
 
     async def aclose(self) -> None:
-        """Stop the listeners gracefully, then close the store."""
+        """Stop the listeners and the workers gracefully, then close the store."""
         try:
-            if self._server is not None:
-                await self._server.aclose()
+            stopping = [part.aclose() for part in (self._server, self._workers) if part]
+            await asyncio.gather(*stopping)
         finally:
+            self._workers = None
             if self._http is not None:
                 await self._http.aclose()
                 self._http = None

@@ -7,13 +7,13 @@ import dataclasses
 import logging
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from mailgate import __version__
 from mailgate.cli._app import Mailgate
 from mailgate.cli._exit import EXIT_OK, EXIT_USAGE, fail
+from mailgate.cli._process import configure_process, new_runner
 from mailgate.config import Listen, Settings
 from mailgate.ports import StoreError
 from mailgate.server import ListenError, ServerConfigError, TLSConfigError
@@ -23,35 +23,19 @@ __all__ = ["serve"]
 
 log = logging.getLogger("mailgate")
 
-GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 EXIT_INTERRUPTED = 130  # the shell's convention for a second Ctrl-C
 
 
 def serve(settings: Settings) -> int:
     """Serve until SIGTERM or SIGINT; return the exit status."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # The store's writer thread waits for the GIL to hand back each commit; by default
-    # a busy event loop keeps it for up to 5 ms, which would add straight to latency.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
+    configure_process(settings)
     if not settings.hostname:
         settings = dataclasses.replace(settings, hostname=socket.getfqdn())
     try:
-        with _runner() as runner:
+        with new_runner() as runner:
             return runner.run(_serve(settings))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-
-
-def _runner() -> asyncio.Runner:
-    try:
-        import uvloop  # noqa: PLC0415 - optional: the fast extra
-    except ImportError:
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
 
 
 async def _serve(settings: Settings) -> int:
@@ -99,6 +83,8 @@ def _listening_line(settings: Settings, app: Mailgate) -> str:
             str(Listen(host, port)) for host, port in server.addresses_of(listener.name)
         )
         parts.append(f"{listener.name} {bound}")
+    if app.settings.workers > 1:
+        parts.append(f"{app.settings.workers} SMTP processes")
     if app.http is not None:
         bound = " ".join(str(Listen(host, port)) for host, port in app.http.addresses)
         parts.append(f"http http://{bound}/")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from mailgate.config._load import ConfigError, load_settings
 from mailgate.config._options import OPTIONS, Option
-from mailgate.config._settings import TLS, Domain, Limits, Listen, Settings
+from mailgate.config._settings import MAX_WORKERS, TLS, Domain, Limits, Listen, Settings
 
 __all__ = [
+    "MAX_WORKERS",
     "OPTIONS",
     "TLS",
     "ConfigError",

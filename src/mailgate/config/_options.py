@@ -27,6 +27,7 @@ from mailgate.config._values import (
     parse_path,
     parse_size,
     parse_store_url,
+    parse_workers,
 )
 from mailgate.protocol._limits import MAX_TEXT_LINE_OCTETS, MIN_RECIPIENTS
 
@@ -81,6 +82,10 @@ OPTIONS: tuple[Option, ...] = (
         "a message store, e.g. sqlite:///var/lib/mailgate/mail.db (default: mail.db in --data)",
     ),
     Option(
+        "workers", "--workers", "MAILGATE_WORKERS", "workers", parse_workers, "N|auto",
+        "SMTP worker processes sharing the listening ports (default 1; auto: one per CPU)",
+    ),
+    Option(
         "hostname", "--hostname", "MAILGATE_HOSTNAME", "hostname", parse_hostname, "NAME",
         "the name this server greets with (default: this machine's name)",
     ),
@@ -103,12 +108,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "limits.max_connections", "--max-connections", "MAILGATE_MAX_CONNECTIONS",
         "limits.max_connections", parse_int(least=1), "N",
-        "most SMTP connections at once (default 1000)",
+        "most SMTP connections at once, per worker (default 1000)",
     ),
     Option(
         "limits.max_connections_per_ip", "--max-connections-per-ip",
         "MAILGATE_MAX_CONNECTIONS_PER_IP", "limits.max_connections_per_ip", parse_int(least=1),
-        "N", "most SMTP connections from one address at once (default 100)",
+        "N", "most SMTP connections from one address at once, per worker (default 100)",
     ),
     Option(
         "limits.idle_timeout", "--idle-timeout", "MAILGATE_IDLE_TIMEOUT", "limits.idle_timeout",

@@ -22,7 +22,10 @@ from mailgate.protocol._limits import (
     MAX_TEXT_LINE_OCTETS,
 )
 
-__all__ = ["TLS", "Domain", "Limits", "Listen", "Settings"]
+__all__ = ["MAX_WORKERS", "TLS", "Domain", "Limits", "Listen", "Settings"]
+
+MAX_WORKERS = 64
+"""The most SMTP processes ``Settings.workers`` may ask for."""
 
 DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 30.0
@@ -140,6 +143,8 @@ class Settings:
     relay_networks: tuple[str, ...] = ()
     auth_accept_any: bool = False
     http_auth: tuple[str, str] | None = None
+    workers: int = 1
+    """SMTP processes; above 1 they share the ports through ``SO_REUSEPORT``; 0: one per CPU."""
 
     @property
     def store_url(self) -> str:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from mailgate.config._settings import Domain, Listen
+from mailgate.config._settings import MAX_WORKERS, Domain, Listen
 from mailgate.protocol._limits import MAX_DOMAIN_OCTETS, MAX_LOCAL_PART_OCTETS
 
 __all__ = [
@@ -143,6 +143,16 @@ def parse_int(*, least: int, reason: str = "") -> Callable[[object], int]:
         return _minimum(number, least, "", reason)
 
     return parse
+
+
+def parse_workers(value: object) -> int:
+    """A count of SMTP worker processes, from 1; ``auto`` (one per CPU) is 0."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    count = parse_int(least=1)(value)
+    if count > MAX_WORKERS:
+        raise InvalidValue(f"{count} is more than {MAX_WORKERS} workers")
+    return count
 
 
 def parse_size(*, least: int, reason: str = "") -> Callable[[object], int]:

@@ -99,6 +99,10 @@ class SMTPServer:
             starttls=tls_context is not None,
             auth_mechanisms=MECHANISMS if authenticator is not None else (),
         )
+        # Worker processes each bind every listener; the kernel spreads connections among them.
+        self.reuse_port = settings.workers > 1
+        if self.reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise ServerConfigError("--workers above 1 needs SO_REUSEPORT, which this system lacks")
         self.listeners = [Listener("smtp", settings.smtp, base)]
         for name, listen in (("submission", settings.submission), ("smtps", settings.smtps)):
             if listen is None:
@@ -144,6 +148,7 @@ class SMTPServer:
             host=listener.listen.host or None,
             port=listener.listen.port,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=1024,
             ssl=self.tls_context if listener.implicit_tls else None,
             ssl_handshake_timeout=30.0 if listener.implicit_tls else None,

@@ -1,0 +1,34 @@
+"""What every mailgate serving process sets up first: logging, the GIL, its event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from mailgate.config import Settings
+
+__all__ = ["configure_process", "new_runner"]
+
+GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+
+
+def configure_process(settings: Settings, label: str = "") -> None:
+    """Log to stderr at the configured level, ``label`` after each logger's name."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s{label}: %(message)s",
+    )
+    # The store's writer thread waits for the GIL to hand back each commit; by default
+    # a busy event loop keeps it for up to 5 ms, which would add straight to latency.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
+
+
+def new_runner() -> asyncio.Runner:
+    """An asyncio runner on uvloop when it is installed (the ``fast`` extra)."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional: the fast extra
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)

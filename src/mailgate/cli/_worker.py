@@ -1,0 +1,64 @@
+"""The SMTP worker process's side of ``_workers``: serve SMTP until told to stop.
+
+Run as ``python -c "from mailgate.cli._worker import main; main()"`` by the
+serving process, which writes the worker's settings and number to its stdin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import sys
+
+from mailgate import MailgateError
+from mailgate.cli._app import Mailgate
+from mailgate.cli._exit import EXIT_FAILURE, EXIT_OK
+from mailgate.cli._process import configure_process, new_runner
+from mailgate.cli._workers import READY
+from mailgate.config import Settings
+
+__all__ = ["main"]
+
+STDIN = 0
+
+
+def main() -> None:
+    """Read the settings from stdin, serve SMTP, exit with the status."""
+    settings, number = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent
+    configure_process(settings, f"[worker {number}]")
+    with new_runner() as runner:
+        status = runner.run(_work(settings, number))
+    sys.exit(status)
+
+
+async def _work(settings: Settings, number: int) -> int:
+    app = Mailgate(settings, worker=number)
+    try:
+        await app.start()
+    except (MailgateError, OSError) as error:
+        _answer(f"error: {error}".replace("\n", " ").encode() + b"\n")
+        return EXIT_FAILURE
+    try:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+
+        def parent_gone() -> None:
+            if not os.read(STDIN, 4096):
+                loop.remove_reader(STDIN)
+                stop.set()
+
+        loop.add_reader(STDIN, parent_gone)
+        _answer(READY)
+        await stop.wait()
+    finally:
+        await app.aclose()
+    return EXIT_OK
+
+
+def _answer(line: bytes) -> None:
+    sys.stdout.buffer.write(line)
+    sys.stdout.buffer.flush()

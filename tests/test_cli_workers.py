@@ -1,0 +1,186 @@
+"""``mailgate serve --workers N``: SMTP worker processes sharing the ports and the store.
+
+Real processes, real sockets: the kernel's SO_REUSEPORT spreads connections
+among the processes, which this module checks by finding, in ``/proc``, the
+process that holds the server end of each connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import select
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mailgate.cli._workers import WorkerError, WorkerPool
+from mailgate.config import Listen, Settings
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc to see which process serves"
+)
+
+TIMEOUT = 30.0
+LISTENING = re.compile(
+    r"mailgate \S+ listening: smtp 127\.0\.0\.1:(\d+), (\d+) SMTP processes, "
+    r"http (http://127\.0\.0\.1:\d+/), .*\n"
+)
+
+
+class Served:
+    """``mailgate serve --workers N`` in a child process."""
+
+    def __init__(self, tmp_path: Path, workers: int) -> None:
+        argv = ["serve", "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+        argv += ["--data", str(tmp_path / "data"), "--workers", str(workers)]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailgate", *argv, "--hostname", "mx.test"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        ready, _, _ = select.select([self.process.stdout], [], [], TIMEOUT)
+        line = self.process.stdout.readline() if ready else ""
+        match = LISTENING.fullmatch(line)
+        if match is None:
+            self.process.kill()
+            _, err = self.process.communicate()
+            pytest.fail(f"mailgate serve did not start: {line!r}\n{err}")
+        self.port = int(match[1])
+        assert int(match[2]) == workers
+        self.http_url = match[3]
+
+    def workers(self) -> list[int]:
+        """The pids of the worker processes (the server's children)."""
+        return children(self.process.pid)
+
+    def total(self) -> int:
+        total: int = httpx.get(f"{self.http_url}api/v1/messages?limit=1").json()["total"]
+        return total
+
+    def stop(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=TIMEOUT)
+        return self.process.returncode, err
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def wait_until(condition: object, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not callable(condition) or not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie (not yet reaped by its parent) has exited too.
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+
+def server_pid_of(client: smtplib.SMTP, pids: list[int]) -> int:
+    """The process that holds the server end of ``client``'s connection."""
+    assert client.sock is not None
+    port = client.sock.getsockname()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[2].split(":")[1], 16) == port:  # the remote end is our client
+            inodes.add(fields[9])
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except FileNotFoundError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                return pid
+    raise AssertionError(f"no process holds the server end of client port {port}")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    server = Served(tmp_path, workers=3)
+    yield server
+    if server.process.poll() is None:
+        server.process.kill()
+        server.process.communicate()
+
+
+def test_workers_share_the_port_and_the_store(served: Served) -> None:
+    workers = served.workers()
+    assert len(workers) == 2
+    processes = [served.process.pid, *workers]
+    clients = [smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) for _ in range(30)]
+    try:
+        serving = {server_pid_of(client, processes) for client in clients}
+        # Chance that the kernel gives 30 connections to one of 3 processes: 3 / 3**30.
+        assert len(serving) >= 2, serving
+        for number, client in enumerate(clients):
+            assert client.ehlo()[1].startswith(b"mx.test")
+            client.sendmail("a@example.com", ["b@example.org"], f"Subject: {number}\r\n\r\nhi\r\n")
+    finally:
+        for client in clients:
+            client.quit()
+    assert served.total() == len(clients)
+    status, err = served.stop()
+    assert status == 0, err
+    assert "Traceback" not in err
+    assert all(gone(pid) for pid in workers)
+
+
+def test_a_dead_worker_is_started_again(served: Served) -> None:
+    first, second = served.workers()
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: len(set(served.workers()) - {first, second}) == 1, "a new worker")
+    for number in range(10):
+        with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
+            client.sendmail("a@example.com", ["b@example.org"], f"Subject: {number}\r\n\r\n.\r\n")
+    assert served.total() == 10
+    status, err = served.stop()
+    assert status == 0, err
+    assert re.search(r"SMTP worker \d exited with status -9; starting it again", err), err
+
+
+def test_workers_stop_when_the_server_dies(served: Served) -> None:
+    workers = served.workers()
+    served.process.kill()
+    served.process.communicate()
+    # Their stdin, a pipe from the server, reaches its end: they stop by themselves.
+    wait_until(lambda: all(gone(pid) for pid in workers), "the workers to stop")
+
+
+@pytest.mark.asyncio
+async def test_a_worker_that_cannot_start_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "mail.db").write_bytes(b"not a database, " * 100)
+    settings = Settings(
+        smtp=Listen("127.0.0.1", 0),
+        http=None,
+        store=f"sqlite://{tmp_path}/mail.db",
+        data_dir=tmp_path,
+        workers=2,
+    )
+    pool = WorkerPool(settings, 1)
+    with pytest.raises(WorkerError, match=r"^SMTP worker 1 did not start: cannot open") as caught:
+        await pool.start()
+    assert "\n" not in str(caught.value)
+    assert pool.pids == []
+    await asyncio.sleep(0)
