@@ -8,6 +8,7 @@ process that holds the server end of each connection.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import select
@@ -145,6 +146,36 @@ def test_workers_share_the_port_and_the_store(served: Served) -> None:
     assert status == 0, err
     assert "Traceback" not in err
     assert all(gone(pid) for pid in workers)
+
+
+def test_the_inbox_sees_live_what_every_worker_stores(served: Served) -> None:
+    processes = [served.process.pid, *served.workers()]
+    with (
+        httpx.Client(base_url=served.http_url, timeout=TIMEOUT) as http,
+        http.stream("GET", "/api/v1/events") as stream,
+    ):
+        lines = stream.iter_lines()
+        for line in lines:  # the stream is live from its ready event
+            if line == "event: ready":
+                break
+        serving, sent = set(), set()
+        while len(serving) < 2 and len(sent) < 60:  # new connections until two processes served
+            with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
+                serving.add(server_pid_of(client, processes))
+                subject = f"live {len(sent)}"
+                client.sendmail(
+                    "a@example.com", ["b@example.org"], f"Subject: {subject}\r\n\r\n.\r\n"
+                )
+                sent.add(subject)
+        assert len(serving) >= 2, serving
+        seen: set[str] = set()
+        for line in lines:
+            if line.startswith("data: "):
+                event = json.loads(line.removeprefix("data: "))
+                seen.update(m["Subject"] for m in event.get("messages", []))
+            if seen >= sent:
+                break
+    assert seen == sent
 
 
 def test_a_dead_worker_is_started_again(served: Served) -> None:

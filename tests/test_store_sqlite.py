@@ -1,4 +1,4 @@
-"""The SQLite store: the conformance suite, group commit, opening by URL, sweeping."""
+"""The SQLite store: the conformance suite, group commit, opening by URL, sweeping, upgrades."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from mailgate import MailgateError
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.ports import StoreError
 from mailgate.stores import SQLiteStore, StoreURLError, open_store
+from mailgate.stores._sqlite_schema import SCHEMA_VERSION
 from mailgate.testing.stores import (
     STORE_CHECKS,
     StoreUnderTest,
@@ -165,5 +166,37 @@ async def test_list_uses_the_id_index_and_keeps_counts(tmp_path: Path) -> None:
         )
         assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, plan
         assert "TEMP B-TREE" not in plan, plan
+    finally:
+        connection.close()
+
+
+@pytest.mark.asyncio
+async def test_a_version_1_database_is_upgraded_and_keeps_its_messages(tmp_path: Path) -> None:
+    path = tmp_path / "mail.db"
+    store = SQLiteStore(path)
+    try:
+        ids = await commit_many(store, tmp_path, 3)
+        await store.mark_read(ids[:1], True)
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:  # as mailgate with schema 1 left it
+        connection.executescript("DROP TABLE changes; PRAGMA user_version = 1;")
+    finally:
+        connection.close()
+    store = SQLiteStore(path)
+    try:
+        page = await store.list()
+        assert sorted(m.id for m in page.messages) == sorted(ids)
+        assert (page.total, page.unread) == (3, 2)
+        await store.delete(ids[:1])
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert connection.execute("SELECT kind, ids FROM changes").fetchall() == [
+            ("deleted", f'["{ids[0]}"]')
+        ]
     finally:
         connection.close()

@@ -184,7 +184,11 @@ class MessageStore(Protocol):
         ...
 
     def subscribe(self) -> AsyncIterator[StoreEvent]:
-        """Live events: stored, read, unread, deleted; ends when the store closes."""
+        """Live events: stored, read, unread, deleted; ends when the store closes.
+
+        Changes committed from now on by any process sharing the store are
+        reported, each once; those made through one store, in commit order.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -5,7 +5,12 @@ envelope; ``bodies`` holds the content of messages small enough to stay in
 memory while received, keyed by the message's ``seq``, so listing never
 pages through message content; larger bodies are files named by
 ``messages.body_file``.  ``counts`` keeps the totals a listing shows, up to
-date through triggers, so a listing never counts rows.
+date through triggers, so a listing never counts rows.  ``changes`` logs
+every committed change as the events ``subscribe`` reports, so that a store
+sees the changes other processes make too (see ``_sqlite_follow``).
+
+Versions: 1, the first; 2 added ``changes``.  Opening a database of an older
+version runs ``SCHEMA`` (every statement ``IF NOT EXISTS``) on it.
 """
 
 from __future__ import annotations
@@ -22,15 +27,20 @@ from mailgate.model import (
     MessageId,
     MessageSummary,
     StoredMessage,
+    StoreEvent,
+    StoreEventKind,
     TLSInfo,
 )
 
 __all__ = [
+    "INSERT_CHANGE",
     "MAX_ROWS_PER_INSERT",
     "SCHEMA",
     "SCHEMA_VERSION",
     "SELECT_SUMMARY",
+    "change_row",
     "envelope_from_json",
+    "event_from_change",
     "insert_bodies",
     "insert_messages",
     "message_row",
@@ -38,7 +48,7 @@ __all__ = [
     "summary_from_row",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -85,6 +95,12 @@ CREATE TRIGGER IF NOT EXISTS message_read AFTER UPDATE OF read ON messages
 WHEN OLD.read != NEW.read BEGIN
     UPDATE counts SET unread = unread + (NEW.read = 0) - (OLD.read = 0);
 END;
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY,       -- consecutive: pruning removes only the oldest rows
+    origin TEXT NOT NULL,          -- the writing store's random token
+    kind TEXT NOT NULL,            -- a StoreEventKind value
+    ids TEXT NOT NULL              -- JSON array of message ids; [] for all messages
+);
 """
 
 MAX_ROWS_PER_INSERT = 256
@@ -112,6 +128,8 @@ def insert_bodies(rows: int) -> str:
     values = ", ".join(["(?, ?)"] * rows)
     return f"INSERT INTO bodies (seq, data) VALUES {values}"  # noqa: S608 - placeholders only
 
+
+INSERT_CHANGE = "INSERT INTO changes (origin, kind, ids) VALUES (?, ?, ?)"
 
 SELECT_SUMMARY = """
 SELECT id, received_at, size, read, sender, recipients, subject, date, message_id,
@@ -248,3 +266,17 @@ def summary_from_row(row: Sequence[Any]) -> MessageSummary:
 def stored_message(row: Sequence[Any], envelope_json: str) -> StoredMessage:
     """A stored message from a row of ``SELECT_SUMMARY`` and its envelope column."""
     return StoredMessage(summary=summary_from_row(row), envelope=envelope_from_json(envelope_json))
+
+
+def change_row(origin: str, event: StoreEvent) -> tuple[str, str, str]:
+    """The ``changes`` row of ``event``, for ``INSERT_CHANGE``."""
+    return (origin, event.kind.value, json.dumps(event.message_ids, separators=(",", ":")))
+
+
+def event_from_change(kind: str, ids: str) -> StoreEvent | None:
+    """The event a ``changes`` row records, or ``None`` for a kind this mailgate does not know."""
+    try:
+        event_kind = StoreEventKind(kind)
+    except ValueError:
+        return None
+    return StoreEvent(event_kind, tuple(MessageId(i) for i in json.loads(ids)))

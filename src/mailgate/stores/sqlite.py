@@ -10,6 +10,12 @@ larger ones are files in ``<database>-bodies/``, named after the message.
 At open, the store that holds the lock file ``<database>-lock`` removes body
 files no row names (left by a crash between moving a file in and committing
 its row).
+
+Several stores, in one process or many, may share the database.  Each
+store's subscribers see every change any of them commits: its own writer's
+changes straight from the writer, the others' from the ``changes`` log,
+read by a follower thread while the store has subscribers (see
+``_sqlite_follow``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import IO, TypeVar
 from mailgate.model import MessageId, MessagePage, StoredMessage, StoreEvent, StoreEventKind
 from mailgate.ports import NewMessage, StoreError
 from mailgate.query import Query
+from mailgate.stores._sqlite_follow import Follower
 from mailgate.stores._sqlite_query import (
     delete_tag,
     ensure_search_schema,
@@ -158,8 +165,11 @@ class SQLiteStore:
         """
         self.path = Path(path)
         self.bodies = self.path.with_name(self.path.name + "-bodies")
+        self._origin = os.urandom(8).hex()
         self._subscriptions: set[_Subscription] = set()
-        self._subscriptions_lock = threading.Lock()
+        self._subscriptions_lock = threading.Lock()  # also guards the followers
+        self._follower: Follower | None = None
+        self._stopped_followers: list[Follower] = []  # told to stop; maybe still ending
         self._closed = False
         self._lock_file: IO[bytes] | None = None
         try:
@@ -180,7 +190,7 @@ class SQLiteStore:
             self._release_lock()
             raise
         self._readers = _ReaderPool(self.path)
-        self._writer = Writer(connection, self.bodies, self._publish)
+        self._writer = Writer(connection, self.bodies, self._publish, self._origin)
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
@@ -400,21 +410,58 @@ class SQLiteStore:
     # Events
 
     def subscribe(self) -> AsyncIterator[StoreEvent]:
-        """Live events from now on, on the calling event loop; ends when the store closes."""
+        """Live events from now on, on the calling event loop; ends when the store closes.
+
+        Every change committed to the database after this returns is seen,
+        whichever process or store committed it: this store's own at once,
+        others' within about 50 ms (``_sqlite_follow.FOLLOW_INTERVAL_SECONDS``).
+        A change committed just before may be seen too.
+
+        Raises ``StoreError`` when the store is closed or cannot be read.
+        """
         self._check_open()
         subscription = _Subscription(self)
         with self._subscriptions_lock:
+            self._check_open()  # again, under the lock that aclose takes the follower with
+            if self._follower is None:
+                # Opens a connection and reads one row, on this thread, so that the
+                # follower starts from now and not from whenever its thread first runs.
+                try:
+                    self._follower = Follower(self.path, self._origin, self._publish_followed)
+                except sqlite3.Error as error:
+                    raise StoreError(f"could not follow the message store: {error}") from error
             self._subscriptions.add(subscription)
         return subscription
 
     def _unsubscribe(self, subscription: _Subscription) -> None:
         with self._subscriptions_lock:
             self._subscriptions.discard(subscription)
+            follower = self._follower
+            if self._subscriptions or follower is None:
+                return
+            self._follower = None
+            self._stopped_followers = [f for f in self._stopped_followers if f.is_alive()]
+            self._stopped_followers.append(follower)
+        follower.stop()
 
     def _publish(self, events: Sequence[StoreEvent | None]) -> None:
         """Called from the writer thread (and at close) with events for every subscriber."""
         with self._subscriptions_lock:
             subscriptions = list(self._subscriptions)
+        self._push(subscriptions, events)
+
+    def _publish_followed(self, follower: Follower, events: Sequence[StoreEvent]) -> None:
+        """Called from a follower's thread with the events other stores committed."""
+        with self._subscriptions_lock:
+            # A follower told to stop may still be reading: its subscribers are gone,
+            # and what the present ones are owed is the present follower's to read.
+            if follower is not self._follower:
+                return
+            subscriptions = list(self._subscriptions)
+        self._push(subscriptions, events)
+
+    @staticmethod
+    def _push(subscriptions: Sequence[_Subscription], events: Sequence[StoreEvent | None]) -> None:
         for subscription in subscriptions:
             with contextlib.suppress(RuntimeError):  # its event loop is closed
                 subscription.loop.call_soon_threadsafe(subscription.push, events)
@@ -426,7 +473,16 @@ class SQLiteStore:
         if self._closed:
             return
         self._closed = True
+        with self._subscriptions_lock:
+            followers = [*self._stopped_followers]
+            if self._follower is not None:
+                followers.append(self._follower)
+            self._follower, self._stopped_followers = None, []
+        for follower in followers:
+            follower.stop()
         await asyncio.to_thread(self._writer.stop)
+        for follower in followers:
+            await asyncio.to_thread(follower.join)
         self._readers.close()
         self._publish([None])
         self._release_lock()
