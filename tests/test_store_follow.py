@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import sqlite3
 import subprocess
 import sys
@@ -225,3 +226,21 @@ async def test_the_follower_runs_only_while_there_are_subscribers(tmp_path: Path
         assert len(followers() - others) == 1
         message_id = await deliver(b, tmp_path, "after a restart")
         assert await next_event(again) == stored(message_id)
+
+
+@pytest.mark.asyncio
+async def test_writers_take_turns_on_the_write_lock(tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        store = SQLiteStore(tmp_path / "mail.db")
+        stack.push_async_callback(store.aclose)
+        lock = tmp_path / "mail.db-write-lock"
+        assert lock.exists()
+        # Another process's writer, holding its turn: this store's commit waits for it.
+        with open(lock, "rb") as other:
+            fcntl.flock(other, fcntl.LOCK_EX)
+            pending = asyncio.ensure_future(deliver(store, tmp_path, "waits its turn"))
+            done, _ = await asyncio.wait([pending], timeout=0.3)
+            assert not done
+            fcntl.flock(other, fcntl.LOCK_UN)
+            message_id = await asyncio.wait_for(pending, timeout=5)
+        assert await store.get(message_id) is not None

@@ -42,6 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
 from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
 from mailgate.stores._sqlite_schema import (
@@ -59,6 +64,7 @@ __all__ = [
     "Delete",
     "Insert",
     "MarkRead",
+    "WriteTurns",
     "Writer",
     "WriterStats",
     "sync_directory",
@@ -70,6 +76,39 @@ MAX_BATCH_OPERATIONS = 2000
 """Operations in one transaction at most, so one batch's latency stays bounded."""
 CHANGE_LOG_KEEP = 10_000
 """Rows of ``changes`` kept (at least 1); a follower further behind gets ``OVERFLOW``."""
+
+
+class WriteTurns:
+    """Writers sharing one database, in this process or in others, take turns on a lock file.
+
+    SQLite serializes writers itself, but one that finds the database locked
+    polls, sleeping 1 ms, then 2, then 5 and more, between tries; with SMTP
+    workers in several processes most transactions would wait so.  An
+    exclusive ``flock`` held from ``BEGIN`` to ``COMMIT`` queues them in the
+    kernel instead, which wakes the next writer the moment the lock is free.
+    The kernel releases it when a process dies.  Without ``fcntl`` (not
+    POSIX) SQLite's own waiting is all there is.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Raises ``OSError`` when the lock file cannot be opened or created."""
+        self._fd = -1
+        if fcntl is not None:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def __enter__(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close the lock file (a turn held is released)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def sync_directory(path: Path) -> None:
@@ -156,8 +195,10 @@ class Writer:
         bodies: Path,
         publish: Callable[[list[StoreEvent]], None],
         origin: str,
+        turns: WriteTurns,
     ) -> None:
         self._connection = connection
+        self._turns = turns
         self._bodies = bodies
         self._publish = publish
         self._origin = origin
@@ -201,6 +242,7 @@ class Writer:
             if jobs:
                 self._apply(jobs)
         self._connection.close()
+        self._turns.close()
 
     def _apply(self, jobs: list[_Job]) -> None:
         try:
@@ -239,10 +281,17 @@ class Writer:
 
     def _transaction(self, operations: list[Operation]) -> _Batch:
         """Apply the operations in one transaction and commit it; raise if any fails."""
-        connection = self._connection
         if any(isinstance(op, Insert) and op.body_file is not None for op in operations):
             sync_directory(self._bodies)
             self.stats.directory_syncs += 1
+        with self._turns:
+            batch = self._transaction_in_turn(operations)
+        self.stats.transactions += 1
+        self.stats.messages += len(batch.stored)
+        return batch
+
+    def _transaction_in_turn(self, operations: list[Operation]) -> _Batch:
+        connection = self._connection
         batch = _Batch()
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -274,8 +323,6 @@ class Writer:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
-        self.stats.transactions += 1
-        self.stats.messages += len(batch.stored)
         return batch
 
     def _log_changes(self, events: list[StoreEvent]) -> None:

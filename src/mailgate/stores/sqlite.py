@@ -9,7 +9,8 @@ Bodies of messages that stayed in memory while received are stored inline;
 larger ones are files in ``<database>-bodies/``, named after the message.
 At open, the store that holds the lock file ``<database>-lock`` removes body
 files no row names (left by a crash between moving a file in and committing
-its row).
+its row).  Writers, in this process or others, take turns on
+``<database>-write-lock`` (see ``_sqlite_writer.WriteTurns``).
 
 Several stores, in one process or many, may share the database.  Each
 store's subscribers see every change any of them commits: its own writer's
@@ -58,6 +59,7 @@ from mailgate.stores._sqlite_writer import (
     MarkRead,
     Writer,
     WriterStats,
+    WriteTurns,
 )
 
 try:
@@ -181,6 +183,7 @@ class SQLiteStore:
             self._prepare(connection)
             ensure_search_schema(connection)
             self._sweep_if_alone(connection)
+            turns = WriteTurns(self.path.with_name(self.path.name + "-write-lock"))
         except (OSError, sqlite3.Error) as error:
             connection.close()
             self._release_lock()
@@ -190,7 +193,13 @@ class SQLiteStore:
             self._release_lock()
             raise
         self._readers = _ReaderPool(self.path)
-        self._writer = Writer(connection, self.bodies, self._publish, self._origin)
+        self._writer = Writer(
+            connection,
+            self.bodies,
+            self._publish,
+            self._origin,
+            turns,
+        )
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
