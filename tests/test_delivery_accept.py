@@ -51,10 +51,10 @@ async def test_discarded_spool_leaves_nothing(tmp_path: Path) -> None:
         sink = acceptor(store, tmp_path)
         spool = sink.begin(make_envelope())
         spool.write(b"x" * (300 * 1024))  # past the threshold: on disk now
-        assert list((tmp_path / "spool").iterdir())
+        assert list((tmp_path / "spool").glob("*.spool"))
         spool.discard()
         spool.discard()
-        assert list((tmp_path / "spool").iterdir()) == []
+        assert list((tmp_path / "spool").glob("*.spool")) == []
         with pytest.raises(SpoolClosedError):
             await sink.commit(spool)
         assert (await store.list()).total == 0
@@ -113,11 +113,45 @@ async def test_50_mb_message_never_sits_in_memory(tmp_path: Path) -> None:
         assert stored is not None
         assert (stored.summary.size, stored.summary.attachments) == (size, 1)
         assert stored.summary.snippet == "see attached"
-        assert list((tmp_path / "spool").iterdir()) == []
+        assert list((tmp_path / "spool").glob("*.spool")) == []
         body_file = store.bodies / f"{message_id}.eml"
         assert body_file.stat().st_size == size
         with body_file.open("rb") as reader:
             reader.seek(size - len(tail))
             assert reader.read() == tail
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_spool_files_a_crash_left_are_swept_when_no_one_else_receives(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "01LEFTBYACRASH0000000000000.spool").write_bytes(b"half a message")
+    (spool_dir / "notes.txt").write_bytes(b"not ours")
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        first = acceptor(store, tmp_path)
+        assert sorted(p.name for p in spool_dir.iterdir()) == [".lock", "notes.txt"]
+        assert "removed 1 spool files an earlier run left" in caplog.text
+        # While `first` receives, another acceptor (another process) must not touch its files.
+        spool = first.begin(make_envelope())
+        spool.write(b"x" * (300 * 1024))  # past the memory threshold: now a file
+        in_flight = {p.name for p in spool_dir.glob("*.spool")}
+        assert len(in_flight) == 1
+        second = acceptor(store, tmp_path)
+        assert {p.name for p in spool_dir.glob("*.spool")} == in_flight
+        message_id = await first.commit(spool)
+        assert await store.get(message_id) is not None
+        second.close()
+        # Once no acceptor holds the directory, the next one sweeps it again.
+        (spool_dir / "01LEFTBYACRASH1111111111111.spool").write_bytes(b"")
+        first.close()
+        first.close()  # harmless twice
+        third = acceptor(store, tmp_path)
+        assert list(spool_dir.glob("*.spool")) == []
+        third.close()
     finally:
         await store.aclose()

@@ -95,6 +95,7 @@ class Mailgate:
         self.settings = settings
         self.worker = worker
         self._workers: WorkerPool | None = None
+        self._sink: Acceptor | None = None
         self._tls_context = tls_context
         self._authenticator = authenticator
         self._store: MessageStore | None = None
@@ -130,7 +131,7 @@ class Mailgate:
         authenticator = self._authenticator or authenticator_for(settings)
         self._store = await open_store(settings.store_url)
         try:
-            sink = Acceptor(
+            self._sink = sink = Acceptor(
                 self._store,
                 DeliverySettings(
                     hostname=settings.hostname or "localhost",
@@ -173,6 +174,9 @@ class Mailgate:
             await asyncio.gather(*stopping)
         finally:
             self._workers = None
+            if self._sink is not None:
+                self._sink.close()
+                self._sink = None
             if self._http is not None:
                 await self._http.aclose()
                 self._http = None

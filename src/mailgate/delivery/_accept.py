@@ -5,30 +5,43 @@ the ``Received:`` trace header; ``Acceptor.commit`` summarizes the message
 and hands it to the store, returning the id only once the store says it is
 durable.  Whatever happens, the spool's file is gone once ``commit`` returns
 or raises: either the store took it, or it is removed.
+
+A crash can still leave spool files behind.  Every acceptor holds a shared
+``flock`` on ``<spool>/.lock`` while it lives; the first to start when no
+other holds it (no process is receiving into that directory) removes the
+spool files it finds before it takes its share.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from mailgate.delivery._ids import new_message_id
-from mailgate.delivery._spool import MemoryThresholdSpool
+from mailgate.delivery._spool import SPOOL_SUFFIX, MemoryThresholdSpool
 from mailgate.delivery._summary import summarize
 from mailgate.delivery._trace import received_header
 from mailgate.model import Envelope, MessageId, MessageSummary
 from mailgate.ports import Clock, MessageStore, Spool
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["Acceptor", "DeliverySettings", "ReceivedMessage", "SystemClock"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_THRESHOLD_OCTETS = 256 * 1024
+SPOOL_LOCK = ".lock"
 
 
 class SystemClock:
@@ -83,11 +96,18 @@ class Acceptor:
     def __init__(
         self, store: MessageStore, settings: DeliverySettings, *, clock: Clock | None = None
     ) -> None:
-        """Raises ``OSError`` when the spool directory cannot be created."""
+        """Raises ``OSError`` when the spool directory cannot be created or locked."""
         self._store = store
         self._settings = settings
         self._clock: Clock = clock if clock is not None else SystemClock()
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _claim_spool(settings.spool_dir)
+
+    def close(self) -> None:
+        """Let go of the spool directory; harmless to call again."""
+        if self._lock >= 0:
+            os.close(self._lock)  # closing releases the flock
+            self._lock = -1
 
     def begin(self, envelope: Envelope) -> Spool:
         """A spool for a new message, its id assigned and its trace header written."""
@@ -132,6 +152,32 @@ class Acceptor:
             return await self._store.commit(message)
         finally:
             spool.release()
+
+
+def _claim_spool(directory: Path) -> int:
+    """Hold the spool directory shared, first sweeping it when nobody else holds it."""
+    if fcntl is None:
+        return -1
+    fd = os.open(directory / SPOOL_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another process sweeps
+            return fd
+        swept = 0
+        for entry in os.scandir(directory):
+            if entry.name.endswith(SPOOL_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    swept += 1
+        if swept:
+            log.warning("removed %d spool files an earlier run left in %s", swept, directory)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _summarize(spool: MemoryThresholdSpool, reader: BinaryIO) -> MessageSummary:

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from mailgate import MailgateError
 from mailgate.model import Envelope, MessageId
 
-__all__ = ["MemoryThresholdSpool", "SpoolClosedError"]
+__all__ = ["SPOOL_SUFFIX", "MemoryThresholdSpool", "SpoolClosedError"]
 
 SPOOL_SUFFIX = ".spool"
 

@@ -83,7 +83,11 @@ class StoreUnderTest:
     async def opened(self) -> AsyncIterator[tuple[MessageStore, Acceptor]]:
         store = self.open()
         try:
-            yield store, self.acceptor(store)
+            acceptor = self.acceptor(store)
+            try:
+                yield store, acceptor
+            finally:
+                acceptor.close()
         finally:
             await store.aclose()
 
@@ -224,7 +228,7 @@ async def check_large_body(subject: StoreUnderTest) -> None:
         content = make_message("Large", body)
         message_id = await _deliver(acceptor, content)
         assert _trace_and(await store.raw(message_id), content)
-        assert list(subject.spool_dir.iterdir()) == []
+        assert list(subject.spool_dir.glob("*.spool")) == []
 
 
 async def check_concurrent_commits(subject: StoreUnderTest) -> None:
