@@ -8,6 +8,7 @@ ratio; the others are listed with their flags.
 from __future__ import annotations
 
 import statistics
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -720,7 +721,7 @@ def chart(data: dict[str, Any], path: Path) -> str | None:
         ax.bar([x + 0.2 for x in slots], p99, 0.4, label="p99", color="#08519c")
         ax.set_xticks(
             list(slots),
-            [res.label(k).replace(" + ", "\n+ ").replace(" (", "\n(") for k in latency_servers],
+            [textwrap.fill(res.label(k), 14) for k in latency_servers],
             fontsize=7,
         )
         ax.set_yscale("log")
