@@ -8,6 +8,7 @@ process that holds the server end of each connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -25,6 +26,7 @@ import pytest
 
 from mailgate.cli._workers import WorkerError, WorkerPool
 from mailgate.config import Listen, Settings
+from mailgate.testing import MailgateServer
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc to see which process serves"
@@ -76,8 +78,12 @@ class Served:
 
 
 def children(pid: int) -> list[int]:
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return [int(child) for child in text.split()]
+    """The children of process ``pid``, whichever of its threads started them."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def wait_until(condition: object, what: str) -> None:
@@ -215,3 +221,22 @@ async def test_a_worker_that_cannot_start_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value)
     assert pool.pids == []
     await asyncio.sleep(0)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="auto starts no worker on one CPU")
+def test_the_test_helper_runs_workers_too() -> None:
+    with MailgateServer(settings=Settings(workers=0)) as server:  # auto: one per CPU
+        workers = children(os.getpid())
+        assert (
+            len([pid for pid in workers if "_worker" in cmdline(pid)]) == (os.cpu_count() or 1) - 1
+        )
+        for number in range(20):
+            with smtplib.SMTP(server.host, server.port, timeout=TIMEOUT) as client:
+                client.sendmail(
+                    "a@example.com", ["b@example.org"], f"Subject: {number}\r\n\r\n.\r\n"
+                )
+        assert len(server.messages()) == 20
+
+
+def cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
