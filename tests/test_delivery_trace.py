@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 from datetime import UTC, datetime
 
@@ -123,3 +124,13 @@ def test_message_ids_are_26_crockford_characters_sortable_by_time() -> None:
     assert earlier < later
     assert id_timestamp(later) == datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)
     assert len({new_message_id(WHEN) for _ in range(1000)}) == 1000
+
+
+def test_ids_of_one_millisecond_sort_in_the_order_they_were_made() -> None:
+    made = [new_message_id(WHEN) for _ in range(1000)]
+    assert made == sorted(made)
+    assert {id_timestamp(m) for m in made} == {id_timestamp(made[0])}
+    # From several threads at once: still all different.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda _: new_message_id(WHEN), range(4000)))
+    assert len(set(ids)) == len(ids)

@@ -1,8 +1,10 @@
 """Message ids: 26 characters of Crockford base32, sortable by time.
 
 The layout is that of a ULID: a 48-bit count of milliseconds since the Unix
-epoch, then 80 random bits.  Ids from one millisecond sort in random order;
-ids from different milliseconds sort by time, as strings and as numbers.
+epoch, then 80 random bits.  Ids sort by time, as strings and as numbers.
+Within one process, ids of the same millisecond sort in the order they were
+made (the random part of the previous one, plus one, as monotonic ULIDs
+do); ids of one millisecond from different processes sort at random.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import threading
 from datetime import UTC, datetime
 
 from mailgate.model import MessageId
@@ -34,10 +37,21 @@ _random = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
 
 
+_RANDOM_LIMIT = 1 << RANDOM_BITS
+_last = [0]  # the last id made, as a number
+_last_lock = threading.Lock()
+
+
 def new_message_id(now: datetime) -> MessageId:
     """A fresh id whose timestamp is ``now`` (a timezone-aware datetime)."""
     millis = int(now.timestamp() * 1000) & ((1 << TIMESTAMP_BITS) - 1)
-    value = (millis << RANDOM_BITS) | _random.getrandbits(RANDOM_BITS)
+    with _last_lock:
+        last = _last[0]
+        if last >> RANDOM_BITS == millis and (last + 1) % _RANDOM_LIMIT:
+            value = last + 1
+        else:
+            value = (millis << RANDOM_BITS) | _random.getrandbits(RANDOM_BITS)
+        _last[0] = value
     digits = base64.b32encode((value << _ENCODE_SHIFT).to_bytes(_ENCODE_OCTETS))
     return MessageId(digits[:ID_CHARS].translate(_FROM_RFC4648).decode("ascii"))
 
