@@ -299,7 +299,7 @@ def test_workers(tmp_path: Path) -> None:
     assert error_of({"workers": "0"}) == "--workers: must be at least 1, got 0"
     assert error_of({"workers": "65"}) == "--workers: 65 is more than 64 workers"
     assert error_of(env={"MAILGATE_WORKERS": "many"}) == (
-        "MAILGATE_WORKERS: 'many' is not a whole number"
+        "MAILGATE_WORKERS: 'many' is not a number of processes or auto"
     )
 
 

@@ -149,6 +149,8 @@ def parse_workers(value: object) -> int:
     """A count of SMTP worker processes, from 1; ``auto`` (one per CPU) is 0."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return 0
+    if isinstance(value, str) and not value.strip().isdigit():
+        raise InvalidValue(f"{value!r} is not a number of processes or auto")
     count = parse_int(least=1)(value)
     if count > MAX_WORKERS:
         raise InvalidValue(f"{count} is more than {MAX_WORKERS} workers")
