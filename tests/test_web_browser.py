@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import smtplib
 import threading
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from web_helpers import LiveInbox, require_module, require_tool
@@ -191,6 +193,42 @@ def test_mail_appears_live_opens_is_found_and_is_deleted(tmp_path: Path, browser
         assert not browser.find_element(*by_css("#view")).is_displayed()
         assert inbox.call(inbox.store.list()).total == 1
         assert browser.execute_script("return window.notReloaded") is True
+
+
+def test_a_listing_fetched_before_live_mail_does_not_hide_it(tmp_path: Path, browser: Any) -> None:
+    with LiveInbox(tmp_path) as inbox:
+        browser.get(inbox.url + "/")
+        wait_until(
+            browser,
+            lambda d: "on" in d.find_element(*by_css("#live")).get_attribute("class"),
+            "live",
+        )
+        send(inbox.smtp_port, simple("First"))
+        wait_until(browser, lambda d: rows(d) == ["First"], "first listed")
+        # Hold back every response the page gets, so the listing it fetches next (after
+        # the read event) is applied only after the next message has arrived live.
+        browser.execute_script(
+            """
+            const fetchNow = window.fetch;
+            window.fetch = (...args) => fetchNow(...args).then(
+                (response) => new Promise((done) => setTimeout(() => done(response), 1500)));
+            """
+        )
+        httpx.put(f"{inbox.url}/api/v1/messages", json={"IDs": [], "Read": True}).raise_for_status()
+        time.sleep(0.3)  # the page has asked for the listing, and waits for it
+        send(inbox.smtp_port, simple("Second"))
+        wait_until(browser, lambda d: rows(d) == ["Second", "First"], "second listed")
+        time.sleep(2.5)  # the held-back listing, which predates "Second", has been applied
+        assert rows(browser) == ["Second", "First"]
+
+
+def simple(subject: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "bob@example.org"
+    message["To"] = "you@example.org"
+    message["Subject"] = subject
+    message.set_content("Hello.")
+    return message
 
 
 def test_phone_width_shows_list_then_message(tmp_path: Path, browser: Any) -> None:

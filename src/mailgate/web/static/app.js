@@ -107,7 +107,11 @@ function render() {
   document.title = state.unread > 0 ? `(${state.unread}) mailgate inbox` : "mailgate inbox";
 }
 
+// Live changes seen so far: a page fetched while one arrived may predate it.
+let liveChanges = 0;
+
 async function load(append = false) {
+  const changesBefore = liveChanges;
   const start = append ? state.messages.length : 0;
   const limit = append ? PAGE : Math.max(PAGE, state.messages.length);
   const path = state.query
@@ -116,10 +120,19 @@ async function load(append = false) {
     : `/api/v1/messages?start=${start}&limit=${limit}`;
   try {
     const page = await api("GET", path);
-    state.messages = append ? state.messages.concat(page.messages) : page.messages;
-    state.total = page.total;
-    state.unread = page.unread;
-    state.matching = page.messages_count;
+    let newer = [];
+    if (!append && liveChanges !== changesBefore) {
+      // Mail arrived live while this page was on its way: keep the rows newer than the
+      // page, and ask again for whatever else changed meanwhile.
+      const listed = new Set(page.messages.map((m) => m.ID));
+      const newest = page.messages.length ? page.messages[0].ID : "";
+      newer = state.messages.filter((m) => !listed.has(m.ID) && m.ID > newest);
+      reloadSoon();
+    }
+    state.messages = append ? state.messages.concat(page.messages) : newer.concat(page.messages);
+    state.total = page.total + newer.length;
+    state.unread = page.unread + newer.filter((m) => !m.Read).length;
+    state.matching = page.messages_count + newer.length;
     showError(null);
   } catch (error) {
     showError(error);
@@ -148,6 +161,7 @@ function connect() {
     reloadSoon(); // whatever changed while not connected
   });
   source.addEventListener("stored", (event) => {
+    liveChanges += 1;
     const data = JSON.parse(event.data);
     if (state.query) {
       reloadSoon(); // the server decides what matches
@@ -164,12 +178,14 @@ function connect() {
   });
   for (const kind of ["read", "unread"]) {
     source.addEventListener(kind, (event) => {
+      liveChanges += 1;
       setRead(JSON.parse(event.data).ids, kind === "read");
       render();
       reloadSoon(); // for the totals
     });
   }
   source.addEventListener("deleted", (event) => {
+    liveChanges += 1;
     const ids = JSON.parse(event.data).ids;
     state.messages = ids.length === 0 ? [] : state.messages.filter((m) => !ids.includes(m.ID));
     if (state.selected && (ids.length === 0 || ids.includes(state.selected))) closeMessage();
