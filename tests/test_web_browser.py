@@ -66,6 +66,16 @@ def by_css(selector: str) -> tuple[str, str]:
     return ("css selector", selector)
 
 
+def open_live(driver: Any, inbox: LiveInbox) -> None:
+    """Open the inbox page and wait until its live events are connected."""
+    driver.get(inbox.url + "/")
+    wait_until(
+        driver,
+        lambda d: "on" in d.find_element(*by_css("#live")).get_attribute("class"),
+        "live",
+    )
+
+
 def rows(driver: Any) -> list[str]:
     """Subjects listed, read in one step (the list re-renders as events arrive)."""
     subjects: list[str] = driver.execute_script(
@@ -125,12 +135,7 @@ def newsletter() -> EmailMessage:
 
 def test_mail_appears_live_opens_is_found_and_is_deleted(tmp_path: Path, browser: Any) -> None:
     with LiveInbox(tmp_path) as inbox:
-        browser.get(inbox.url + "/")
-        wait_until(
-            browser,
-            lambda d: "on" in d.find_element(*by_css("#live")).get_attribute("class"),
-            "live",
-        )
+        open_live(browser, inbox)
         browser.execute_script("window.notReloaded = true")
 
         send(inbox.smtp_port, newsletter())
@@ -197,12 +202,7 @@ def test_mail_appears_live_opens_is_found_and_is_deleted(tmp_path: Path, browser
 
 def test_a_listing_fetched_before_live_mail_does_not_hide_it(tmp_path: Path, browser: Any) -> None:
     with LiveInbox(tmp_path) as inbox:
-        browser.get(inbox.url + "/")
-        wait_until(
-            browser,
-            lambda d: "on" in d.find_element(*by_css("#live")).get_attribute("class"),
-            "live",
-        )
+        open_live(browser, inbox)
         send(inbox.smtp_port, simple("First"))
         wait_until(browser, lambda d: rows(d) == ["First"], "first listed")
         # Hold back every response the page gets, so the listing it fetches next (after
