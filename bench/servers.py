@@ -183,11 +183,11 @@ class Mailgate(Server):
         self.source: Path | None = None
         self.source_note = "the working tree, live (it may change during the run)"
 
-    def snapshot(self, into: Path) -> None:
-        """Run mailgate from ``src/`` as committed at HEAD, copied into ``into``."""
+    def snapshot(self, into: Path, revision: str = "HEAD") -> None:
+        """Run mailgate from ``src/`` as committed at ``revision``, copied into ``into``."""
         into.mkdir(parents=True, exist_ok=True)
         commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(REPO), "rev-parse", "--short", revision],
             capture_output=True,
             text=True,
             timeout=30,

@@ -141,7 +141,8 @@ class Mailgate:
             self._server = SMTPServer(
                 settings, sink=sink, tls_context=tls_context, authenticator=authenticator
             )
-            await self._server.start()
+            # With workers, accept only once they are all serving too (see SMTPServer.start).
+            await self._server.start(serve=settings.workers <= 1 or bool(self.worker))
             if self.worker:
                 return
             if settings.workers > 1:
@@ -149,6 +150,7 @@ class Mailgate:
                     worker_settings(settings, self._server), settings.workers - 1
                 )
                 await self._workers.start()
+                await self._server.start_serving()
             if settings.http is not None:
                 self._http = HTTPService(
                     create_app(

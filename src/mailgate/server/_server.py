@@ -129,9 +129,12 @@ class SMTPServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
 
-    async def start(self) -> None:
-        """Bind every listener.
+    async def start(self, *, serve: bool = True) -> None:
+        """Bind every listener, and accept connections unless ``serve`` is false.
 
+        With ``serve`` false the addresses are bound but refuse connections
+        until ``start_serving``: SMTP worker processes bind the same ports
+        meanwhile, and connections made before they could would all stay here.
         Raises ``ListenError`` (one line) when an address cannot be bound.
         """
         loop = asyncio.get_running_loop()
@@ -141,6 +144,13 @@ class SMTPServer:
             except OSError as error:
                 raise ListenError.from_os_error(listener.name, listener.listen, error) from error
             self._bound[listener.name] = server
+        if serve:
+            await self.start_serving()
+
+    async def start_serving(self) -> None:
+        """Accept connections on every bound listener."""
+        for server in self._bound.values():
+            await server.start_serving()
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
         return await loop.create_server(
@@ -152,6 +162,7 @@ class SMTPServer:
             backlog=1024,
             ssl=self.tls_context if listener.implicit_tls else None,
             ssl_handshake_timeout=30.0 if listener.implicit_tls else None,
+            start_serving=False,
         )
 
     @property

@@ -1,0 +1,86 @@
+"""Two builds of mailgate under the same load, in turns: what one change bought.
+
+    .venv/bin/python bench/ab.py HEAD~1 HEAD                # 1 KiB, 50 sessions, 5 runs each
+    .venv/bin/python bench/ab.py main my-branch --workers 2 --runs 7
+    .venv/bin/python bench/ab.py HEAD HEAD --workers 1 --workers-b 2   # one build, two settings
+
+Each revision's ``src/`` is copied out of git, then the two run one after
+the other (A, B, A, B, ...) under ``smtp-source -d -s 50 -l SIZE`` on
+loopback, so that a busy spell of a shared machine falls on both alike.
+Every run counts what the store kept; a run that lost mail is reported and
+left out.  Prints each run and the medians; docs/performance.md records
+what changes measured this way bought.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import load
+from bench.servers import Mailgate
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("a", help="a git revision: the build before")
+    parser.add_argument("b", help="a git revision: the build after")
+    parser.add_argument("--workers", default="1", help="--workers for both (default 1)")
+    parser.add_argument("--workers-b", help="--workers for B, when it differs")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each (default 5)")
+    parser.add_argument("--messages", type=int, default=10_000, help="per run (default 10000)")
+    parser.add_argument("--size", type=int, default=1024, help="octets a message (default 1024)")
+    args = parser.parse_args(argv)
+    if not load.SMTP_SOURCE.exists():
+        parser.error("smtp-source not found: run bench/setup.sh")
+
+    with tempfile.TemporaryDirectory(prefix="mailgate-ab-") as tmp:
+        work = Path(tmp)
+        builds: dict[str, Mailgate] = {}
+        workers = {"A": args.workers, "B": args.workers_b or args.workers}
+        for name, revision in (("A", args.a), ("B", args.b)):
+            server = Mailgate(workers=workers[name])
+            server.snapshot(work / f"src-{name}", revision)
+            builds[name] = server
+            built = server.source_note.split(" (")[0]
+            print(f"{name}: {revision} = {built}, --workers {workers[name]}", flush=True)
+        rates: dict[str, list[float]] = {name: [] for name in builds}
+        for number in range(1, args.runs + 1):
+            for name, server in builds.items():
+                rate = _one_run(server, work / f"run-{name}-{number}", args.messages, args.size)
+                if rate is not None:
+                    rates[name].append(rate)
+                shown = "lost mail or failed" if rate is None else f"{rate:,.0f} msg/s"
+                print(f"run {number} {name}: {shown}", flush=True)
+    for name, values in rates.items():
+        if values:
+            print(
+                f"{name}: median {statistics.median(values):,.0f} msg/s"
+                f" ({min(values):,.0f}-{max(values):,.0f}, {len(values)} good runs)"
+            )
+    if rates["A"] and rates["B"]:
+        ratio = statistics.median(rates["B"]) / statistics.median(rates["A"])
+        print(f"B / A: {ratio:.2f}x")
+    return 0
+
+
+def _one_run(server: Mailgate, workdir: Path, messages: int, size: int) -> float | None:
+    run = server.start(workdir)
+    try:
+        source = load.smtp_source(run.port, messages=messages, size=size)
+    finally:
+        server.stop(run)
+    kept = server.count(run)
+    if not source.ok or kept != messages:
+        return None
+    return messages / source.elapsed_s
+
+
+if __name__ == "__main__":
+    sys.exit(main())
