@@ -26,6 +26,9 @@ import pytest
 
 from mailgate.cli._workers import WorkerError, WorkerPool
 from mailgate.config import Listen, Settings
+from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.server import SMTPServer
+from mailgate.stores import SQLiteStore
 from mailgate.testing import MailgateServer
 
 pytestmark = pytest.mark.skipif(
@@ -240,3 +243,25 @@ def test_the_test_helper_runs_workers_too() -> None:
 
 def cmdline(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+
+
+@pytest.mark.asyncio
+async def test_bound_ports_refuse_connections_until_they_serve(tmp_path: Path) -> None:
+    # The first process binds before its workers start, and serves once they all do.
+    store = SQLiteStore(tmp_path / "mail.db")
+    sink = Acceptor(store, DeliverySettings(hostname="mx.test", spool_dir=tmp_path / "spool"))
+    server = SMTPServer(Settings(smtp=Listen("127.0.0.1", 0), http=None, workers=2), sink=sink)
+    try:
+        await server.start(serve=False)
+        port = server.addresses_of("smtp")[0][1]
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        await server.start_serving()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await reader.readline()).startswith(b"220 ")
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.aclose()
+        sink.close()
+        await store.aclose()
