@@ -141,6 +141,22 @@ async def test_a_second_open_store_does_not_sweep(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_no_store_sweeps_while_another_is_open(tmp_path: Path) -> None:
+    first = SQLiteStore(tmp_path / "mail.db")
+    second = SQLiteStore(tmp_path / "mail.db")
+    try:
+        in_flight = second.bodies / "01INFLIGHT000000000000000.eml"
+        in_flight.write_bytes(b"moved in, row not yet committed by the second store")
+        await first.aclose()  # the store that opened first goes; the second stays open
+        third = SQLiteStore(tmp_path / "mail.db")
+        await third.aclose()
+        assert in_flight.exists()
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+@pytest.mark.asyncio
 async def test_closed_store_refuses_work(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "mail.db")
     await store.aclose()

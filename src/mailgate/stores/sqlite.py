@@ -7,10 +7,12 @@ connections in worker threads, which WAL lets run alongside the writer.
 
 Bodies of messages that stayed in memory while received are stored inline;
 larger ones are files in ``<database>-bodies/``, named after the message.
-At open, the store that holds the lock file ``<database>-lock`` removes body
-files no row names (left by a crash between moving a file in and committing
-its row).  Writers, in this process or others, take turns on
-``<database>-write-lock`` (see ``_sqlite_writer.WriteTurns``).
+Every open store holds the lock file ``<database>-lock`` shared; one that
+opens when no other store holds it removes, first, the body files no row
+names (left by a crash between moving a file in and committing its row).
+The spool directory is swept the same way (``delivery.Acceptor``).  Writers,
+in this process or others, take turns on ``<database>-write-lock`` (see
+``_sqlite_writer.WriteTurns``).
 
 Several stores, in one process or many, may share the database.  Each
 store's subscribers see every change any of them commits: its own writer's
@@ -222,12 +224,13 @@ class SQLiteStore:
         if fcntl is None:
             return
         lock_file = open(self.path.with_name(self.path.name + "-lock"), "ab")  # noqa: SIM115
+        self._lock_file = lock_file  # held shared while this store is open
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock_file.close()
-            return  # another store is live and may be between moving a file in and committing
-        self._lock_file = lock_file
+            # Another store is live and may be between moving a file in and committing.
+            fcntl.flock(lock_file, fcntl.LOCK_SH)  # waits only while another store sweeps
+            return
         referenced = {
             name
             for (name,) in connection.execute(
@@ -238,6 +241,7 @@ class SQLiteStore:
             if entry.name not in referenced:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
+        fcntl.flock(lock_file, fcntl.LOCK_SH)
 
     def _release_lock(self) -> None:
         if self._lock_file is not None:
