@@ -8,8 +8,10 @@ Each revision's ``src/`` is copied out of git, then the two run one after
 the other (A, B, A, B, ...) under ``smtp-source -d -s 50 -l SIZE`` on
 loopback, so that a busy spell of a shared machine falls on both alike.
 Every run counts what the store kept; a run that lost mail is reported and
-left out.  Prints each run and the medians; docs/performance.md records
-what changes measured this way bought.
+left out.  Each run also gives the server's CPU time a message (all its
+processes), which a busy machine disturbs less than throughput.  Prints each
+run and the medians; docs/performance.md records what changes measured this
+way bought.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import load
+from bench import _proc, load
 from bench.servers import Mailgate
 
 
@@ -51,35 +53,47 @@ def main(argv: list[str] | None = None) -> int:
             built = server.source_note.split(" (")[0]
             print(f"{name}: {revision} = {built}, --workers {workers[name]}", flush=True)
         rates: dict[str, list[float]] = {name: [] for name in builds}
+        cpu: dict[str, list[float]] = {name: [] for name in builds}
         for number in range(1, args.runs + 1):
             for name, server in builds.items():
-                rate = _one_run(server, work / f"run-{name}-{number}", args.messages, args.size)
-                if rate is not None:
-                    rates[name].append(rate)
-                shown = "lost mail or failed" if rate is None else f"{rate:,.0f} msg/s"
+                result = _one_run(server, work / f"run-{name}-{number}", args.messages, args.size)
+                if result is None:
+                    shown = "lost mail or failed"
+                else:
+                    rates[name].append(result[0])
+                    cpu[name].append(result[1])
+                    shown = f"{result[0]:,.0f} msg/s, {result[1]:,.0f} us CPU a message"
                 print(f"run {number} {name}: {shown}", flush=True)
     for name, values in rates.items():
         if values:
             print(
                 f"{name}: median {statistics.median(values):,.0f} msg/s"
-                f" ({min(values):,.0f}-{max(values):,.0f}, {len(values)} good runs)"
+                f" ({min(values):,.0f}-{max(values):,.0f}, {len(values)} good runs),"
+                f" {statistics.median(cpu[name]):,.0f} us CPU a message"
+                f" ({min(cpu[name]):,.0f}-{max(cpu[name]):,.0f})"
             )
     if rates["A"] and rates["B"]:
         ratio = statistics.median(rates["B"]) / statistics.median(rates["A"])
-        print(f"B / A: {ratio:.2f}x")
+        cpu_ratio = statistics.median(cpu["B"]) / statistics.median(cpu["A"])
+        print(f"B / A: {ratio:.2f}x the throughput, {cpu_ratio:.2f}x the CPU a message")
     return 0
 
 
-def _one_run(server: Mailgate, workdir: Path, messages: int, size: int) -> float | None:
+def _one_run(
+    server: Mailgate, workdir: Path, messages: int, size: int
+) -> tuple[float, float] | None:
+    """Messages a second, and the server's CPU microseconds a message; None if mail was lost."""
     run = server.start(workdir)
     try:
+        before = _proc.cpu_s(run.pids())
         source = load.smtp_source(run.port, messages=messages, size=size)
+        used = _proc.cpu_s(run.pids()) - before
     finally:
         server.stop(run)
     kept = server.count(run)
     if not source.ok or kept != messages:
         return None
-    return messages / source.elapsed_s
+    return messages / source.elapsed_s, used / messages * 1e6
 
 
 if __name__ == "__main__":

@@ -9,7 +9,11 @@ date through triggers, so a listing never counts rows.  ``changes`` logs
 every committed change as the events ``subscribe`` reports, so that a store
 sees the changes other processes make too (see ``_sqlite_follow``).
 
-Versions: 1, the first; 2 added ``changes``.  Opening a database of an older
+New messages are inserted through the ``incoming`` view, whose trigger
+writes the row and, for inline content, its ``bodies`` row under the
+``seq`` SQLite just gave it.
+
+Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``.  Opening a database of an older
 version runs ``SCHEMA`` (every statement ``IF NOT EXISTS``) on it.
 """
 
@@ -41,14 +45,18 @@ __all__ = [
     "change_row",
     "envelope_from_json",
     "event_from_change",
-    "insert_bodies",
     "insert_messages",
     "message_row",
     "stored_message",
     "summary_from_row",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+_INCOMING_COLUMNS = (
+    "id, received_at, size, sender, recipients, subject, date, message_id,"
+    " attachments, snippet, envelope, body_file"
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -102,31 +110,31 @@ CREATE TABLE IF NOT EXISTS changes (
     ids TEXT NOT NULL              -- JSON array of message ids; [] for all messages
 );
 """
+_NEW_COLUMNS = ", ".join("NEW." + column.strip() for column in _INCOMING_COLUMNS.split(","))
+SCHEMA += f"""
+CREATE VIEW IF NOT EXISTS incoming AS
+    SELECT {_INCOMING_COLUMNS}, NULL AS content FROM messages;
+CREATE TRIGGER IF NOT EXISTS incoming_inserted INSTEAD OF INSERT ON incoming BEGIN
+    INSERT INTO messages ({_INCOMING_COLUMNS}) VALUES ({_NEW_COLUMNS});
+    INSERT INTO bodies (seq, data) SELECT last_insert_rowid(), NEW.content
+    WHERE NEW.content IS NOT NULL;
+END;
+"""  # noqa: S608 - column names only
 
 MAX_ROWS_PER_INSERT = 256
-"""Rows one INSERT statement carries at most (14 variables each; SQLite allows 32766)."""
+"""Rows one INSERT statement carries at most (13 variables each; SQLite allows 32766)."""
 
 
 @functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
 def insert_messages(rows: int) -> str:
-    """An INSERT of ``rows`` messages: ``seq`` and the ``MessageRow`` of each.
+    """An INSERT of ``rows`` new messages: the ``MessageRow`` and inline content of each.
 
-    One statement for many rows is one step of the SQLite engine, so the
-    writer thread gives up the GIL once for all of them, not once a row.
+    It goes through the ``incoming`` view, whose trigger stores each row and
+    its content: one statement for many messages is one step of the SQLite
+    engine, so the writer thread gives up the GIL once for all of them.
     """
-    values = ", ".join(["(?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-    columns = (
-        "seq, id, received_at, size, read, sender, recipients, subject,"
-        " date, message_id, attachments, snippet, envelope, body_file"
-    )
-    return f"INSERT INTO messages ({columns}) VALUES {values}"  # noqa: S608 - placeholders only
-
-
-@functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
-def insert_bodies(rows: int) -> str:
-    """An INSERT of ``rows`` inline bodies: ``seq`` and content of each."""
-    values = ", ".join(["(?, ?)"] * rows)
-    return f"INSERT INTO bodies (seq, data) VALUES {values}"  # noqa: S608 - placeholders only
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO incoming ({_INCOMING_COLUMNS}, content) VALUES {values}"  # noqa: S608
 
 
 INSERT_CHANGE = "INSERT INTO changes (origin, kind, ids) VALUES (?, ?, ?)"
@@ -139,7 +147,7 @@ FROM messages
 """
 
 MessageRow = tuple[Any, ...]
-"""A row of ``messages`` for ``insert_messages`` without its leading ``seq``."""
+"""A new row of ``messages`` for ``insert_messages``: its columns but ``seq`` and ``read``."""
 
 
 def _millis(when: datetime) -> int:

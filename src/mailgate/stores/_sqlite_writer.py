@@ -54,7 +54,6 @@ from mailgate.stores._sqlite_schema import (
     MAX_ROWS_PER_INSERT,
     MessageRow,
     change_row,
-    insert_bodies,
     insert_messages,
 )
 
@@ -225,24 +224,34 @@ class Writer:
         self._thread.join()
 
     def _run(self) -> None:
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+        get = self._queue.get
         stopping = False
         while not stopping:
-            jobs: list[_Job] = []
-            job = get()
-            while job is not None:
-                jobs.append(job)
-                if len(jobs) >= MAX_BATCH_OPERATIONS:
-                    break
-                try:
-                    job = get_nowait()
-                except queue.Empty:
-                    break
-            stopping = job is None
-            if jobs:
+            first = get()
+            if first is None:
+                break
+            jobs = [first]
+            stopping = self._gather(jobs)
+            with self._turns:
+                # What arrived while another writer had its turn joins this transaction.
+                if not stopping:
+                    stopping = self._gather(jobs)
                 self._apply(jobs)
         self._connection.close()
         self._turns.close()
+
+    def _gather(self, jobs: list[_Job]) -> bool:
+        """Add what is queued to ``jobs``, up to the batch limit; True when told to stop."""
+        get_nowait = self._queue.get_nowait
+        while len(jobs) < MAX_BATCH_OPERATIONS:
+            try:
+                job = get_nowait()
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            jobs.append(job)
+        return False
 
     def _apply(self, jobs: list[_Job]) -> None:
         try:
@@ -284,8 +293,7 @@ class Writer:
         if any(isinstance(op, Insert) and op.body_file is not None for op in operations):
             sync_directory(self._bodies)
             self.stats.directory_syncs += 1
-        with self._turns:
-            batch = self._transaction_in_turn(operations)
+        batch = self._transaction_in_turn(operations)
         self.stats.transactions += 1
         self.stats.messages += len(batch.stored)
         return batch
@@ -295,17 +303,13 @@ class Writer:
         batch = _Batch()
         connection.execute("BEGIN IMMEDIATE")
         try:
-            # One writer per transaction (BEGIN IMMEDIATE), so max(seq) cannot race.
-            last_seq: int = connection.execute(
-                "SELECT coalesce(max(seq), 0) FROM messages"
-            ).fetchone()[0]
             inserts: list[Insert] = []
             for operation in operations:
                 if isinstance(operation, Insert):
                     inserts.append(operation)
                     batch.results.append(operation.row[0])
                     continue
-                last_seq = self._insert(inserts, last_seq, batch)
+                self._insert(inserts, batch)
                 inserts = []
                 if isinstance(operation, Delete):
                     batch.results.append(self._delete(operation, batch))
@@ -313,7 +317,7 @@ class Writer:
                     batch.results.append(operation.work(connection))
                 else:
                     batch.results.append(self._mark_read(operation, batch))
-            self._insert(inserts, last_seq, batch)
+            self._insert(inserts, batch)
             if batch.stored:
                 batch.events.insert(0, StoreEvent(StoreEventKind.STORED, tuple(batch.stored)))
             if batch.events:
@@ -343,26 +347,17 @@ class Writer:
         )
         self._unpruned = 0
 
-    def _insert(self, inserts: list[Insert], last_seq: int, batch: _Batch) -> int:
+    def _insert(self, inserts: list[Insert], batch: _Batch) -> None:
         if not inserts:
-            return last_seq
-        first = last_seq + 1
+            return
         for start in range(0, len(inserts), MAX_ROWS_PER_INSERT):
             chunk = inserts[start : start + MAX_ROWS_PER_INSERT]
-            seq = first + start
-            messages: list[object] = []
-            bodies: list[object] = []
-            for offset, op in enumerate(chunk):
-                messages.append(seq + offset)
-                messages.extend(op.row)
-                if op.content is not None:
-                    bodies.append(seq + offset)
-                    bodies.append(op.content)
-            self._connection.execute(insert_messages(len(chunk)), messages)
-            if bodies:
-                self._connection.execute(insert_bodies(len(bodies) // 2), bodies)
+            values: list[object] = []
+            for op in chunk:
+                values.extend(op.row)
+                values.append(op.content)
+            self._connection.execute(insert_messages(len(chunk)), values)
         batch.stored.extend(op.row[0] for op in inserts)
-        return last_seq + len(inserts)
 
     def _delete(self, operation: Delete, batch: _Batch) -> int:
         connection = self._connection
