@@ -244,3 +244,35 @@ async def test_writers_take_turns_on_the_write_lock(tmp_path: Path) -> None:
             fcntl.flock(other, fcntl.LOCK_UN)
             message_id = await asyncio.wait_for(pending, timeout=5)
         assert await store.get(message_id) is not None
+
+
+@pytest.mark.asyncio
+async def test_what_queues_while_another_writer_has_its_turn_shares_one_transaction(
+    tmp_path: Path,
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        store = SQLiteStore(tmp_path / "mail.db")
+        stack.push_async_callback(store.aclose)
+        before = store.stats.transactions
+        # More than one INSERT statement carries, so the batch takes several.
+        count = _sqlite_writer.MAX_ROWS_PER_INSERT + 44
+        with open(tmp_path / "mail.db-write-lock", "rb") as other:
+            fcntl.flock(other, fcntl.LOCK_EX)
+            first = asyncio.ensure_future(deliver(store, tmp_path, "first"))
+            done, _ = await asyncio.wait([first], timeout=0.3)
+            assert not done  # the writer took it and waits for its turn
+            rest = [
+                asyncio.ensure_future(deliver(store, tmp_path, f"queued {i}"))
+                for i in range(count - 1)
+            ]
+            await asyncio.sleep(0)  # every commit is queued before the turn comes
+            fcntl.flock(other, fcntl.LOCK_UN)
+            ids = await asyncio.wait_for(asyncio.gather(first, *rest), timeout=10)
+        assert store.stats.transactions == before + 1
+        assert store.stats.messages == count
+        # Each row got its own content, though one statement wrote many.
+        subjects = ["first"] + [f"queued {i}" for i in range(count - 1)]
+        for message_id, subject in zip(ids, subjects, strict=True):
+            raw = await store.raw(message_id)
+            assert raw is not None
+            assert f"Subject: {subject}\r\n".encode() in raw

@@ -11,6 +11,7 @@ import pytest
 
 from mailgate import MailgateError
 from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.model import MessageId
 from mailgate.ports import StoreError
 from mailgate.stores import SQLiteStore, StoreURLError, open_store
 from mailgate.stores._sqlite_schema import SCHEMA_VERSION
@@ -187,6 +188,31 @@ async def test_list_uses_the_id_index_and_keeps_counts(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_version_2_database_is_upgraded_and_stores_new_mail(tmp_path: Path) -> None:
+    path = tmp_path / "mail.db"
+    store = SQLiteStore(path)
+    try:
+        (old,) = await commit_many(store, tmp_path, 1)
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:  # as mailgate with schema 2 left it: new rows were inserted into messages directly
+        connection.executescript("DROP VIEW incoming; PRAGMA user_version = 2;")
+    finally:
+        connection.close()
+    store = SQLiteStore(path)
+    try:
+        new = await commit_many(store, tmp_path, 2)
+        for message_id, subject in [(old, b"m0"), (new[0], b"m0"), (new[1], b"m1")]:
+            raw = await store.raw(MessageId(message_id))
+            assert raw is not None
+            assert b"Subject: " + subject + b"\r\n" in raw
+        assert (await store.list()).total == 3
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
 async def test_a_version_1_database_is_upgraded_and_keeps_its_messages(tmp_path: Path) -> None:
     path = tmp_path / "mail.db"
     store = SQLiteStore(path)
@@ -197,7 +223,7 @@ async def test_a_version_1_database_is_upgraded_and_keeps_its_messages(tmp_path:
         await store.aclose()
     connection = sqlite3.connect(path, isolation_level=None)
     try:  # as mailgate with schema 1 left it
-        connection.executescript("DROP TABLE changes; PRAGMA user_version = 1;")
+        connection.executescript("DROP TABLE changes; DROP VIEW incoming; PRAGMA user_version = 1;")
     finally:
         connection.close()
     store = SQLiteStore(path)

@@ -6,7 +6,9 @@ everything queued, applies it all in ONE transaction and commits it (one
 fsync of the WAL, ``synchronous=FULL``), then resolves every future of the
 batch on its event loop.  While one batch is being synced, the next one
 gathers in the queue, so the busier the store, the more messages share an
-fsync.
+fsync.  With several processes on one database, writers take turns (see
+``WriteTurns``); what queued while this one waited for its turn joins its
+transaction too.
 
 Invariants, so that a crash (SIGKILL, power loss) at any moment loses no
 acknowledged message and shows no partial one:
