@@ -134,6 +134,26 @@ def test_snippet_is_at_most_250_characters() -> None:
     assert len(s.snippet) == 250
 
 
+def test_a_long_single_part_is_read_only_as_far_as_its_snippet_needs() -> None:
+    text = "Grüße aus Köln. " * 2_000
+    encoded = base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
+    raw = (
+        b"Subject: long\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded
+    )
+    reader = io.BytesIO(raw)
+    s = summarize(reader, message_id=ID, received_at=WHEN, size=len(raw))
+    assert s.snippet == " ".join(text.split())[:250]
+    assert reader.tell() < 16 * 1024 < len(raw)  # the headers and the first 8 KiB
+
+
+def test_a_date_header_read_again_gives_the_same_time() -> None:
+    raw = b"Date: Sun, 29 Nov 2026 12:26:44 +0100\r\n\r\n"
+    first, again = summary(raw), summary(raw)
+    assert first.date == again.date == datetime(2026, 11, 29, 11, 26, 44, tzinfo=UTC)
+    assert summary(b"Date: not a date\r\n\r\n").date is None
+
+
 def test_unclosed_multipart_and_lone_boundaries() -> None:
     s = summary(
         b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"

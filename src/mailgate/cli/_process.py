@@ -10,7 +10,7 @@ from mailgate.config import Settings
 
 __all__ = ["configure_process", "new_runner"]
 
-GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+GIL_SWITCH_INTERVAL_SECONDS = 0.002
 
 
 def configure_process(settings: Settings, label: str = "") -> None:
@@ -20,8 +20,10 @@ def configure_process(settings: Settings, label: str = "") -> None:
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s{label}: %(message)s",
     )
-    # The store's writer thread waits for the GIL to hand back each commit; by default
-    # a busy event loop keeps it for up to 5 ms, which would add straight to latency.
+    # The store's writer thread waits for the GIL after each statement of a commit; by
+    # default a busy event loop keeps it for up to 5 ms, which would add to latency.
+    # Shorter than 2 ms, the two threads trade it so often that both spend more CPU a
+    # message (docs/performance.md).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
 
 

@@ -18,6 +18,7 @@ header lines are skipped, a missing closing boundary ends at end of input.
 from __future__ import annotations
 
 import binascii
+import functools
 import html
 import re
 from collections.abc import Callable
@@ -152,8 +153,9 @@ def _parse_params(value: str) -> tuple[str, dict[str, str]]:
 class _BodyScan:
     """Walks the MIME tree in one pass: counts attachments, keeps snippet sources."""
 
-    def __init__(self, readline: ReadLine) -> None:
+    def __init__(self, readline: ReadLine, read: ReadLine) -> None:
         self._readline = readline
+        self._read = read
         self.attachments = 0
         self.kept: dict[str, tuple[_Part, bytearray]] = {}
 
@@ -166,8 +168,11 @@ class _BodyScan:
             limit = SNIPPET_RAW_OCTETS.get(part.content_type, 0)
             at_line_start = True
             next_part = False
-            if keep is None and not boundaries:
-                return  # a single part with nothing to keep: the rest is not needed
+            if not boundaries:
+                # A single part: nothing but its start can matter, read in one go.
+                if keep is not None:
+                    keep += self._read(limit)
+                return
             while line := readline(MAX_LINE_OCTETS):
                 starts_line, at_line_start = at_line_start, line.endswith(b"\n")
                 if starts_line and boundaries and line.startswith(b"--"):
@@ -180,13 +185,13 @@ class _BodyScan:
                         if not closing:
                             next_part = True
                             break
+                        if not boundaries:
+                            return  # the outermost multipart closed: only its epilogue is left
                         continue
                 if keep is not None:
                     keep += line
                     if len(keep) >= limit:
                         keep = None
-                        if not boundaries:
-                            return
             if not next_part:
                 return
             part = _Part.from_headers(_read_headers(readline, _PART_FIELDS))
@@ -288,8 +293,12 @@ def _addresses(headers: dict[bytes, list[str]], name: bytes) -> tuple[Address, .
 
 def _date(headers: dict[bytes, list[str]]) -> datetime | None:
     value = _first(headers, b"date")
-    if not value:
-        return None
+    return _parse_date(value) if value else None
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_date(value: str) -> datetime | None:
+    """A Date header's time; messages received together often carry the same one."""
     try:
         date = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -306,7 +315,7 @@ def summarize(
     """
     readline: ReadLine = reader.readline
     headers = _read_headers(readline, _TOP_FIELDS)
-    scan = _BodyScan(readline)
+    scan = _BodyScan(readline, reader.read)
     scan.run(_Part.from_headers(headers))
     senders = _addresses(headers, b"from")
     return MessageSummary(
