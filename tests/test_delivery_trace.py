@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import re
 from datetime import UTC, datetime
@@ -124,6 +125,20 @@ def test_message_ids_are_26_crockford_characters_sortable_by_time() -> None:
     assert earlier < later
     assert id_timestamp(later) == datetime(2026, 1, 1, 0, 0, 0, 1000, tzinfo=UTC)
     assert len({new_message_id(WHEN) for _ in range(1000)}) == 1000
+
+
+def test_ids_are_the_time_and_random_bits_in_crockford_base32() -> None:
+    crockford = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    # Checked against the standard library's RFC 4648 base32: the same 5-bit groups.
+    rfc4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", crockford.encode())
+    millis = int(WHEN.timestamp() * 1000)
+    for message_id in [new_message_id(WHEN) for _ in range(200)]:
+        value = 0
+        for char in message_id:
+            value = value * 32 + crockford.index(char)
+        assert value >> 80 == millis
+        encoded = base64.b32encode((value << 30).to_bytes(20))[:26].translate(rfc4648)
+        assert encoded.decode() == message_id
 
 
 def test_ids_of_one_millisecond_sort_in_the_order_they_were_made() -> None:

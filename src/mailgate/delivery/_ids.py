@@ -9,7 +9,6 @@ do); ids of one millisecond from different processes sort at random.
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 import threading
@@ -21,15 +20,13 @@ __all__ = ["id_timestamp", "new_message_id"]
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, no I L O U
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
-# base64.b32encode speaks RFC 4648 base32; the same 5-bit groups, other digits.
-_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 ID_CHARS = 26
 TIMESTAMP_BITS = 48
 RANDOM_BITS = 80
-# 26 characters carry 130 bits: the 128 of the id behind two zero bits.  Shifted left by
-# 30 more, they fill 20 octets, which base32 encodes without padding, the last 6 digits zero.
-_ENCODE_SHIFT = 30
-_ENCODE_OCTETS = 20
+# 26 characters carry 130 bits: the 128 of the id behind two zero bits.  They are written
+# two at a time, 10 bits for each pair, from a table of all 1,024 pairs.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+_PAIR_SHIFTS = range(120, -1, -10)
 
 # Ids need to be unique, not secret: a generator seeded from the system's randomness (and
 # seeded again in a forked child) is much faster than reading it for every message.
@@ -52,8 +49,8 @@ def new_message_id(now: datetime) -> MessageId:
         else:
             value = (millis << RANDOM_BITS) | _random.getrandbits(RANDOM_BITS)
         _last[0] = value
-    digits = base64.b32encode((value << _ENCODE_SHIFT).to_bytes(_ENCODE_OCTETS))
-    return MessageId(digits[:ID_CHARS].translate(_FROM_RFC4648).decode("ascii"))
+    pairs = _PAIRS
+    return MessageId("".join([pairs[(value >> shift) & 0x3FF] for shift in _PAIR_SHIFTS]))
 
 
 def id_timestamp(message_id: str) -> datetime:

@@ -61,6 +61,12 @@ def _clean(text: str, max_octets: int, *, spaces: bool = False, utf8: bool = Fal
     return encoded[:max_octets].decode("utf-8", "ignore")
 
 
+@functools.lru_cache(maxsize=64)
+def _date_text(when: datetime) -> str:
+    """The RFC 5322 date of ``when``: messages of the same second share it."""
+    return format_datetime(when)
+
+
 @functools.lru_cache(maxsize=1024)
 def _address_literal(address: str) -> str:
     """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 4.1.3)."""
@@ -95,7 +101,7 @@ def received_header(
         lines.append(f"\t(using {version} with cipher {cipher})")
     by = _clean(hostname, MAX_DOMAIN_OCTETS) or "localhost"
     lines.append(f"\tby {by} (mailgate) with {protocol} id {message_id}")
-    date = format_datetime(when)
+    date = _date_text(when.replace(microsecond=0))
     if len(envelope.rcpt_to) == 1:
         rcpt = _clean(envelope.rcpt_to[0], MAX_PATH_OCTETS, spaces=True, utf8=utf8)
         lines.append(f"\tfor <{rcpt}>; {date}")
