@@ -40,6 +40,8 @@ __all__ = [
 SYNTAX = "5.5.4"  # RFC 3463 3.6: invalid command arguments
 # ASCII digits only: str.isdigit() also takes "³" and "٣", and int() reads some.
 _SIZE_VALUE = re.compile(rf"[0-9]{{1,{MAX_SIZE_DIGITS}}}\Z")
+_NON_ASCII_SENDER = Reply(550, "5.6.7", "Non-ASCII address needs SMTPUTF8")
+_NON_ASCII_RECIPIENT = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 
 
 def has_prefix(text: str, keyword: str) -> bool:
@@ -165,7 +167,7 @@ def parse_mail(
         allow_null=True,
         allow_postmaster=False,
         utf8=utf8,
-        non_ascii_reply=Reply(550, "5.6.7", "Non-ASCII address needs SMTPUTF8"),
+        non_ascii_reply=_NON_ASCII_SENDER,
         enhanced="5.1.7",
     )
     return MailFrom(parsed.address, params, size, body, utf8)
@@ -191,7 +193,7 @@ def parse_rcpt(argument: str, *, smtputf8: bool) -> RcptTo:
         allow_null=False,
         allow_postmaster=True,
         utf8=smtputf8,
-        non_ascii_reply=Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8"),
+        non_ascii_reply=_NON_ASCII_RECIPIENT,
         enhanced="5.1.3",
     )
     return RcptTo(parsed.address, params)

@@ -150,6 +150,11 @@ MessageRow = tuple[Any, ...]
 """A new row of ``messages`` for ``insert_messages``: its columns but ``seq`` and ``read``."""
 
 
+# Made once: json.dumps with any option builds a new encoder for every call.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"))
+_SPACED = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+
+
 def _millis(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
@@ -163,7 +168,7 @@ def _addresses(pairs: Sequence[Sequence[str]]) -> tuple[Address, ...]:
 
 
 def _envelope_json(envelope: Envelope) -> str:
-    return json.dumps(
+    return _COMPACT.encode(
         {
             "mail_from": envelope.mail_from,
             "rcpt_to": envelope.rcpt_to,
@@ -178,9 +183,7 @@ def _envelope_json(envelope: Envelope) -> str:
             "auth_user": envelope.auth_user,
             "tls": [envelope.tls.version, envelope.tls.cipher] if envelope.tls else None,
             "outbound": envelope.outbound,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
+        }
     )
 
 
@@ -207,22 +210,20 @@ def envelope_from_json(text: str) -> Envelope:
 
 def message_row(summary: MessageSummary, envelope: Envelope, body_file: str | None) -> MessageRow:
     """The ``messages`` row for a new message, but for its ``seq``."""
-    recipients = json.dumps(
+    recipients = _COMPACT.encode(
         {
             "to": _pairs(summary.to),
             "cc": _pairs(summary.cc),
             "bcc": _pairs(summary.bcc),
             "reply_to": _pairs(summary.reply_to),
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
+        }
     )
     sender = summary.sender
     return (
         summary.id,
         _millis(summary.received_at),
         summary.size,
-        json.dumps([sender.name, sender.address], ensure_ascii=False) if sender else None,
+        _SPACED.encode([sender.name, sender.address]) if sender else None,
         recipients,
         summary.subject,
         summary.date.isoformat() if summary.date else None,
