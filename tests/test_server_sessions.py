@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -319,3 +321,37 @@ class TestLocalDomains:
         assert replies[1].startswith(b"550 5.1.1")
         assert replies[2] == b"250-2.1.5 <alice@example.org>\r\n250 2.1.5 <bob@example.org>\r\n"
         assert replies[3].startswith(b"550")
+
+
+def test_a_store_that_fails_the_commit_gets_451_and_the_session_goes_on(
+    tmp_path: Path, connect: Callable[..., Client]
+) -> None:
+    with MailgateServer(data_dir=tmp_path) as server:
+        client = connect(server)
+        client.send(b"EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n")
+        assert client.codes(4) == [250, 250, 250, 354]
+        # Another program breaks the database under the running store: the writer's
+        # transaction fails, and the message is refused for now, not lost silently.
+        database = sqlite3.connect(tmp_path / "mail.db")
+        database.execute("DROP VIEW incoming")
+        database.close()
+        client.send(b"Subject: refused\r\n\r\nBody\r\n.\r\n")
+        assert client.reply().startswith(b"451 4.3.0")
+        client.send(b"RSET\r\nNOOP\r\n")
+        assert client.codes(2) == [250, 250]
+        assert server.messages() == []
+
+
+def test_a_closed_store_gets_451_and_the_session_goes_on(
+    server: MailgateServer, connect: Callable[..., Client]
+) -> None:
+    client = connect(server)
+    client.send(b"EHLO c\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n")
+    assert client.codes(4) == [250, 250, 250, 354]
+    assert server._loop is not None
+    # The store refuses at once, before any waiting: the reply still comes, and in order.
+    asyncio.run_coroutine_threadsafe(server.store.aclose(), server._loop).result(10)
+    client.send(b"Subject: refused\r\n\r\nBody\r\n.\r\nNOOP\r\n")
+    assert client.codes(2) == [451, 250]
+    client.send(b"QUIT\r\n")
+    assert client.reply().startswith(b"221 ")
