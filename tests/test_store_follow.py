@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import sqlite3
 import subprocess
 import sys
@@ -271,6 +272,10 @@ async def test_what_queues_while_another_writer_has_its_turn_shares_one_transact
         assert store.stats.transactions == before + 1
         assert store.stats.messages == count
         # Each row got its own content, though one statement wrote many.
+        # One row of the change log for the whole batch, though it took two statements.
+        with contextlib.closing(sqlite3.connect(tmp_path / "mail.db")) as connection:
+            logged = connection.execute("SELECT kind, ids FROM changes").fetchall()
+        assert [(kind, json.loads(ids)) for kind, ids in logged] == [("stored", list(ids))]
         subjects = ["first"] + [f"queued {i}" for i in range(count - 1)]
         for message_id, subject in zip(ids, subjects, strict=True):
             raw = await store.raw(message_id)
