@@ -13,8 +13,9 @@ New messages are inserted through the ``incoming`` view, whose trigger
 writes the row and, for inline content, its ``bodies`` row under the
 ``seq`` SQLite just gave it.
 
-Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``.  Opening a database of an older
-version runs ``SCHEMA`` (every statement ``IF NOT EXISTS``) on it.
+Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``.  Opening
+a database of an older version runs ``SCHEMA`` (every statement
+``IF NOT EXISTS``) on it.
 """
 
 from __future__ import annotations
