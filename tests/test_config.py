@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mailgate.config import (
@@ -684,6 +684,7 @@ def test_sizes_scale_by_1024(octets: int, unit: str) -> None:
 
 
 @given(st.text(max_size=30))
+@example(":\n:")  # an IPv6-looking host quoted into the message once broke the line
 def test_any_text_gives_a_value_or_a_one_line_config_error(text: str) -> None:
     for dest in ("smtp", "max_message_size", "idle_timeout", "hostname", "domain", "vrfy"):
         error: ConfigError | None = None

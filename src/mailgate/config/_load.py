@@ -31,6 +31,8 @@ class ConfigError(MailgateError):
     """
 
     def __init__(self, key: str, problem: str) -> None:
+        # A value quoted into the problem may hold line breaks; the message stays one line.
+        problem = "".join(c if c.isprintable() else repr(c)[1:-1] for c in problem)
         super().__init__(f"{key}: {problem}")
         self.key = key
         self.problem = problem
