@@ -1,7 +1,8 @@
 # mailgate: the commands CI runs, and the ones a developer types.
 #
 #   make serve   run mailgate with its defaults (smtp 127.0.0.1:1025); ARGS="..." adds flags
-#   make test    format check, lint, type check, tests with branch coverage, protocol coverage gate
+#   make test    format check, lint, type check, tests with branch coverage, protocol coverage
+#                gate, then the tests again against the compiled wheel (test-compiled)
 #   make lint    format check, lint, type check
 #   make fmt     format and fix what the linter can
 #   make bench   the benchmark harness
@@ -17,7 +18,9 @@ ARGS   ?=
 RUN_STAMP := $(VENV)/.installed-fast
 DEV_STAMP := $(VENV)/.installed-dev-fast
 
-.PHONY: serve test lint fmt coverage-protocol bench clean distclean
+COMPILED := build/compiled
+
+.PHONY: serve test test-compiled lint fmt coverage-protocol bench clean distclean
 
 serve: $(RUN_STAMP)
 	$(BIN)/mailgate serve $(ARGS)
@@ -28,6 +31,16 @@ test: lint
 	$(BIN)/coverage run --branch --source=mailgate -m pytest
 	$(BIN)/coverage report
 	$(MAKE) --no-print-directory coverage-protocol
+	$(MAKE) --no-print-directory test-compiled
+
+# The wheel `pip install .` builds has its hot path compiled with mypyc (setup.py): the
+# same suite runs against it, unpacked into build/compiled, which goes first on the path.
+test-compiled: $(DEV_STAMP)
+	rm -rf build/wheel $(COMPILED)
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w build/wheel .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(COMPILED) build/wheel/mailgate-*.whl
+	MAILGATE_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED) $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check .

@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             server = Mailgate(workers=workers[name])
             server.snapshot(work / f"src-{name}", revision)
             builds[name] = server
-            built = server.source_note.split(" (")[0]
-            print(f"{name}: {revision} = {built}, --workers {workers[name]}", flush=True)
+            print(
+                f"{name}: {revision} = {server.source_note}, --workers {workers[name]}", flush=True
+            )
         rates: dict[str, list[float]] = {name: [] for name in builds}
         cpu: dict[str, list[float]] = {name: [] for name in builds}
         for number in range(1, args.runs + 1):

@@ -184,7 +184,12 @@ class Mailgate(Server):
         self.source_note = "the working tree, live (it may change during the run)"
 
     def snapshot(self, into: Path, revision: str = "HEAD") -> None:
-        """Run mailgate from ``src/`` as committed at ``revision``, copied into ``into``."""
+        """Run mailgate as built from ``revision``: the wheel a user would install.
+
+        The commit's tree is built into a wheel (its hot path compiled, where that
+        revision's build compiles it) and unpacked into ``into/site``; should the
+        build fail, its ``src/`` runs as it is.
+        """
         into.mkdir(parents=True, exist_ok=True)
         commit = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", revision],
@@ -194,20 +199,53 @@ class Mailgate(Server):
             check=True,
         ).stdout.strip()
         archive = subprocess.run(
-            ["git", "-C", str(REPO), "archive", commit, "src"],
+            ["git", "-C", str(REPO), "archive", commit],
             capture_output=True,
             timeout=60,
             check=True,
         ).stdout
-        subprocess.run(["tar", "-x", "-C", str(into)], input=archive, timeout=60, check=True)
+        tree = into / "tree"
+        tree.mkdir(exist_ok=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, timeout=60, check=True)
+        pip = [str(MAILGATE.parent / "python"), "-m", "pip", "--disable-pip-version-check"]
+        built = subprocess.run(
+            [*pip, "wheel", "--quiet", "--no-deps", "-w", str(into / "wheel"), str(tree)],
+            capture_output=True,
+            timeout=900,
+            check=False,
+        )
+        wheels = sorted((into / "wheel").glob("mailgate-*.whl"))
+        if built.returncode == 0 and wheels:
+            subprocess.run(
+                [
+                    *pip,
+                    "install",
+                    "--quiet",
+                    "--no-deps",
+                    "--target",
+                    str(into / "site"),
+                    wheels[0],
+                ],
+                capture_output=True,
+                timeout=300,
+                check=True,
+            )
+        (into / "src").symlink_to(tree / "src")
         (into / "COMMIT").write_text(commit)
         self.use_snapshot(into)
 
     def use_snapshot(self, into: Path) -> None:
         """Run from a snapshot that :meth:`snapshot` made for another instance."""
-        self.source = into / "src"
         commit = (into / "COMMIT").read_text()
-        self.source_note = f"commit {commit} (src/ at HEAD when the run started)"
+        site = into / "site"
+        if site.is_dir():
+            self.source = site
+            compiled = any((site / "mailgate" / "protocol").glob("_server.*.so"))
+            build = "compiled" if compiled else "pure Python"
+            self.source_note = f"commit {commit} (its wheel, {build})"
+        else:
+            self.source = into / "src"
+            self.source_note = f"commit {commit} (its src/; the wheel did not build)"
         self.help_text.cache_clear()
 
     def env(self) -> dict[str, str]:

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-from mailgate import __version__
 from mailgate.cli import main
 from mailgate.config import OPTIONS, Domain, Listen, Settings
 from mailgate.stores.users import UsersFile
@@ -47,10 +46,6 @@ def _no_mailgate_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 
 # -- flags and errors ---------------------------------------------------------------------------
-
-
-def test_version(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "--version") == (0, f"mailgate {__version__}\n", "")
 
 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ from typing import NoReturn
 from mailgate import __version__
 from mailgate.cli._exit import EXIT_USAGE, fail
 from mailgate.config import OPTIONS, ConfigError, Settings, load_settings
+from mailgate.protocol import _server as _engine
 
 __all__ = ["main"]
 
@@ -54,6 +55,11 @@ def _add_store_flags(parser: argparse.ArgumentParser) -> None:
     _add_config_flag(parser, default=argparse.SUPPRESS)
 
 
+def build() -> str:
+    """``compiled`` when the engine runs from a wheel built with mypyc, else ``pure Python``."""
+    return "pure Python" if _engine.__file__.endswith(".py") else "compiled"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``mailgate``'s command line; ``serve`` flags come from ``OPTIONS``."""
     parser = _Parser(
@@ -61,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="An ESMTP mail server and developer inbox.",
         epilog="Every serve flag can also be set as MAILGATE_<FLAG> or in a TOML file (--config).",
     )
-    parser.add_argument("--version", action="version", version=f"mailgate {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"mailgate {__version__} ({build()})"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="receive mail", description="Receive mail over SMTP.")
