@@ -36,7 +36,7 @@ test: lint
 # The wheel `pip install .` builds has its hot path compiled with mypyc (setup.py): the
 # same suite runs against it, unpacked into build/compiled, which goes first on the path.
 test-compiled: $(DEV_STAMP)
-	rm -rf build/wheel $(COMPILED)
+	rm -rf build  # setuptools keeps what an earlier build left in build/lib*
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w build/wheel .
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
 		--target $(COMPILED) build/wheel/mailgate-*.whl

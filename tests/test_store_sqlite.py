@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import MessageId
 from mailgate.ports import StoreError
 from mailgate.stores import SQLiteStore, StoreURLError, open_store
-from mailgate.stores._sqlite_schema import SCHEMA_VERSION
+from mailgate.stores._sqlite_schema import _INCOMING_COLUMNS, _NEW_COLUMNS, SCHEMA_VERSION
 from mailgate.testing.stores import (
     STORE_CHECKS,
     StoreUnderTest,
@@ -183,6 +184,87 @@ async def test_list_uses_the_id_index_and_keeps_counts(tmp_path: Path) -> None:
         )
         assert "USING INDEX" in plan or "USING COVERING INDEX" in plan, plan
         assert "TEMP B-TREE" not in plan, plan
+    finally:
+        connection.close()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_of_new_mail_alone_is_one_statement_that_logs_itself(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    statements: list[str] = []
+    try:
+        await commit_many(store, tmp_path, 1)  # the first transaction also prunes the log
+        store._writer._connection.set_trace_callback(statements.append)
+        before = store.stats.transactions
+        ids = await commit_many(store, tmp_path, 50)
+        transactions = store.stats.transactions - before
+    finally:
+        await store.aclose()
+    # No BEGIN and no COMMIT: SQLite commits the INSERT on its own.  (The trace repeats a
+    # statement, values expanded, for each program its triggers run, and shows what the
+    # search index runs inside as comments.)
+    statements = [s for s in statements if not s.startswith("-- ")]
+    assert len(set(statements)) == transactions
+    assert all(s.startswith("INSERT INTO incoming (") for s in statements), statements
+    connection = sqlite3.connect(tmp_path / "mail.db")
+    try:
+        rows = connection.execute("SELECT origin, kind, ids FROM changes ORDER BY seq").fetchall()
+        (stored,) = connection.execute("SELECT count(*) FROM messages").fetchone()
+    finally:
+        connection.close()
+    assert stored == 51
+    assert len(rows) == 1 + transactions
+    logged = [i for _, kind, text in rows[1:] for i in json.loads(text) if kind == "stored"]
+    assert sorted(logged) == sorted(ids)
+    assert {origin for origin, _, _ in rows} == {store._origin}
+
+
+_VERSION_3_INCOMING = f"""
+DROP VIEW incoming;
+CREATE VIEW incoming AS SELECT {_INCOMING_COLUMNS}, NULL AS content FROM messages;
+CREATE TRIGGER incoming_inserted INSTEAD OF INSERT ON incoming BEGIN
+    INSERT INTO messages ({_INCOMING_COLUMNS}) VALUES ({_NEW_COLUMNS});
+    INSERT INTO bodies (seq, data) SELECT last_insert_rowid(), NEW.content
+    WHERE NEW.content IS NOT NULL;
+END;
+PRAGMA user_version = 3;
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_version_3_database_is_upgraded_and_logs_new_mail(tmp_path: Path) -> None:
+    path = tmp_path / "mail.db"
+    store = SQLiteStore(path)
+    try:
+        (old,) = await commit_many(store, tmp_path, 1)
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:  # as mailgate with schema 3 left it: incoming wrote no change log
+        connection.executescript(_VERSION_3_INCOMING)
+        with pytest.raises(sqlite3.OperationalError, match="change_ids"):
+            connection.execute("SELECT change_ids FROM incoming")
+    finally:
+        connection.close()
+    store = SQLiteStore(path)
+    try:
+        await commit_many(store, tmp_path, 1)  # prunes the log: a transaction of its own
+        new = await commit_many(store, tmp_path, 2)
+        assert (await store.list()).total == 4
+        assert await store.raw(MessageId(old)) is not None
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        logged = [
+            i
+            for (text,) in connection.execute("SELECT ids FROM changes WHERE kind = 'stored'")
+            for i in json.loads(text)
+        ]
+        assert set(new) <= set(logged)
     finally:
         connection.close()
 

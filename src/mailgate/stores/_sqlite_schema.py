@@ -11,11 +11,12 @@ sees the changes other processes make too (see ``_sqlite_follow``).
 
 New messages are inserted through the ``incoming`` view, whose trigger
 writes the row and, for inline content, its ``bodies`` row under the
-``seq`` SQLite just gave it.
+``seq`` SQLite just gave it, and, for a row that carries them, the
+``changes`` row of the batch: so a batch of new mail is one statement.
 
-Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``.  Opening
-a database of an older version runs ``SCHEMA`` (every statement
-``IF NOT EXISTS``) on it.
+Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``; 4 let
+``incoming`` write the change log.  Opening a database of an older version
+runs ``UPGRADE``, then ``SCHEMA`` (every statement ``IF NOT EXISTS``), on it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "SELECT_SUMMARY",
+    "UPGRADE",
     "change_row",
+    "encode_ids",
     "envelope_from_json",
     "event_from_change",
     "insert_messages",
@@ -52,7 +55,7 @@ __all__ = [
     "summary_from_row",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _INCOMING_COLUMNS = (
     "id, received_at, size, sender, recipients, subject, date, message_id,"
@@ -114,28 +117,41 @@ CREATE TABLE IF NOT EXISTS changes (
 _NEW_COLUMNS = ", ".join("NEW." + column.strip() for column in _INCOMING_COLUMNS.split(","))
 SCHEMA += f"""
 CREATE VIEW IF NOT EXISTS incoming AS
-    SELECT {_INCOMING_COLUMNS}, NULL AS content FROM messages;
+    SELECT {_INCOMING_COLUMNS}, NULL AS content, NULL AS change_origin, NULL AS change_ids
+    FROM messages;
 CREATE TRIGGER IF NOT EXISTS incoming_inserted INSTEAD OF INSERT ON incoming BEGIN
     INSERT INTO messages ({_INCOMING_COLUMNS}) VALUES ({_NEW_COLUMNS});
     INSERT INTO bodies (seq, data) SELECT last_insert_rowid(), NEW.content
     WHERE NEW.content IS NOT NULL;
+    INSERT INTO changes (origin, kind, ids)
+    SELECT NEW.change_origin, '{StoreEventKind.STORED.value}', NEW.change_ids
+    WHERE NEW.change_ids IS NOT NULL;
 END;
 """  # noqa: S608 - column names only
 
+UPGRADE = "DROP VIEW IF EXISTS incoming;"
+"""Run before ``SCHEMA`` on a database of an older version: views and their triggers
+are created anew (``DROP VIEW`` drops the view's triggers too)."""
+
 MAX_ROWS_PER_INSERT = 256
-"""Rows one INSERT statement carries at most (13 variables each; SQLite allows 32766)."""
+"""Rows one INSERT statement carries at most (15 variables each; SQLite allows 32766)."""
 
 
 @functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
 def insert_messages(rows: int) -> str:
-    """An INSERT of ``rows`` new messages: the ``MessageRow`` and inline content of each.
+    """An INSERT of ``rows`` new messages.
 
-    It goes through the ``incoming`` view, whose trigger stores each row and
-    its content: one statement for many messages is one step of the SQLite
-    engine, so the writer thread gives up the GIL once for all of them.
+    Each row's values are its ``MessageRow``, its inline content, then the
+    ``changes`` row's origin and ids JSON (``encode_ids``) for the row that logs
+    the batch, ``NULL`` for the others.  It goes through the ``incoming`` view,
+    whose trigger stores each row, its content and the change: one statement
+    for many messages is one step of the SQLite engine, so the writer thread
+    gives up the GIL once for all of them, or, outside a transaction, once
+    for the whole commit.
     """
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-    return f"INSERT INTO incoming ({_INCOMING_COLUMNS}, content) VALUES {values}"  # noqa: S608
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    columns = f"{_INCOMING_COLUMNS}, content, change_origin, change_ids"
+    return f"INSERT INTO incoming ({columns}) VALUES {values}"  # noqa: S608
 
 
 INSERT_CHANGE = "INSERT INTO changes (origin, kind, ids) VALUES (?, ?, ?)"
@@ -278,9 +294,14 @@ def stored_message(row: Sequence[Any], envelope_json: str) -> StoredMessage:
     return StoredMessage(summary=summary_from_row(row), envelope=envelope_from_json(envelope_json))
 
 
+def encode_ids(ids: Sequence[MessageId]) -> str:
+    """The ``ids`` column of a ``changes`` row."""
+    return _COMPACT.encode(ids)
+
+
 def change_row(origin: str, event: StoreEvent) -> tuple[str, str, str]:
     """The ``changes`` row of ``event``, for ``INSERT_CHANGE``."""
-    return (origin, event.kind.value, json.dumps(event.message_ids, separators=(",", ":")))
+    return (origin, event.kind.value, encode_ids(event.message_ids))
 
 
 def event_from_change(kind: str, ids: str) -> StoreEvent | None:

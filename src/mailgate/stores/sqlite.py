@@ -50,6 +50,7 @@ from mailgate.stores._sqlite_schema import (
     SCHEMA,
     SCHEMA_VERSION,
     SELECT_SUMMARY,
+    UPGRADE,
     message_row,
     stored_message,
     summary_from_row,
@@ -216,7 +217,8 @@ class SQLiteStore:
         if version < SCHEMA_VERSION:
             # One transaction, so a second store opening at once sees all or nothing.
             connection.executescript(
-                f"BEGIN IMMEDIATE; {SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                f"BEGIN IMMEDIATE; {UPGRADE} {SCHEMA};"
+                f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
             )
 
     def _sweep_if_alone(self, connection: sqlite3.Connection) -> None:
