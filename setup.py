@@ -6,8 +6,8 @@ by the same tests (``make test`` runs the suite against both builds).
 
 The build is pure Python when
 
-- it is an editable install (``pip install -e .``): a compiled module beside
-  its source would shadow every later edit of that source;
+- it is not a wheel: an editable install (``pip install -e .``) stays pure, as a
+  compiled module beside its source would shadow every later edit of it;
 - ``MAILGATE_PURE_PYTHON=1`` is set;
 - mypyc cannot be imported (a build without the ``build-system`` requirements).
 """
@@ -30,17 +30,17 @@ COMPILED = [
 
 
 def ext_modules() -> list[object]:
-    if "editable_wheel" in sys.argv or os.environ.get("MAILGATE_PURE_PYTHON", "") not in ("", "0"):
+    if "bdist_wheel" not in sys.argv or os.environ.get("MAILGATE_PURE_PYTHON", "") not in ("", "0"):
         return []
     try:
         from mypyc.build import mypycify  # noqa: PLC0415 - only a wheel build needs it
     except ImportError:
         return []
     # The project's mypy settings name the packages to check; here mypy checks only
-    # the files given (and what they import), so that configuration is left out.
-    return list(
-        mypycify(["--config-file=", "--strict", *COMPILED], opt_level="3", group_name="mailgate")
-    )
+    # the files given (and what they import), so that configuration is left out.  The
+    # build environment lacks the runtime dependencies: what they type stays Any.
+    flags = ["--config-file=", "--strict", "--ignore-missing-imports"]
+    return list(mypycify([*flags, *COMPILED], opt_level="3", group_name="mailgate"))
 
 
 setup(ext_modules=ext_modules())
