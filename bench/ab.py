@@ -4,7 +4,8 @@
     .venv/bin/python bench/ab.py main my-branch --workers 2 --runs 7
     .venv/bin/python bench/ab.py HEAD HEAD --workers 1 --workers-b 2   # one build, two settings
 
-Each revision's ``src/`` is copied out of git, then the two run one after
+Each revision is built from git into the wheel a user would install (its hot
+path compiled, where that revision's build compiles it), then the two run one after
 the other (A, B, A, B, ...) under ``smtp-source -d -s 50 -l SIZE`` on
 loopback, so that a busy spell of a shared machine falls on both alike.
 Every run counts what the store kept; a run that lost mail is reported and

@@ -99,8 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--mailgate-source",
         choices=("head", "worktree"),
         default="head",
-        help="run mailgate from src/ as committed at HEAD, copied when the run starts "
-        "(default), or from the working tree as it is at each moment",
+        help="run mailgate as committed at HEAD, built into its wheel when the run starts "
+        "(default), or from the working tree (pure Python) as it is at each moment",
     )
     parser.add_argument("--no-chart", action="store_true", help="do not draw the PNG")
     args = parser.parse_args(argv)
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     server.use_snapshot(snapshot)
             except (OSError, subprocess.SubprocessError) as exc:
-                log(f"could not snapshot src/ at HEAD ({exc}); running the working tree")
+                log(f"could not snapshot HEAD ({exc}); running the working tree")
     chosen: list[str] = []
     for key in args.server_keys:
         reason = servers[key].unavailable()

@@ -165,11 +165,12 @@ class Server:
 
 
 class Mailgate(Server):
-    """mailgate, from a snapshot of ``src/`` when :meth:`snapshot` was called.
+    """mailgate, from a snapshot of a commit when :meth:`snapshot` was called.
 
     Other people change the tree while the benchmark runs; a snapshot keeps
-    every run on the same code. The snapshot goes first on PYTHONPATH, ahead
-    of the editable install's path to the working tree.
+    every run on the same code, built as the wheel users install. The snapshot
+    goes first on PYTHONPATH, ahead of the editable install's path to the
+    working tree (pure Python, what runs without a snapshot).
     """
 
     durable = True
