@@ -221,6 +221,21 @@ async def test_a_batch_of_new_mail_alone_is_one_statement_that_logs_itself(
     assert {origin for origin, _, _ in rows} == {store._origin}
 
 
+async def one_message_then(path: Path, tmp_path: Path, script: str) -> str:
+    """Store one message at ``path``, close the store, then run ``script`` on the database."""
+    store = SQLiteStore(path)
+    try:
+        (message_id,) = await commit_many(store, tmp_path, 1)
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.executescript(script)
+    finally:
+        connection.close()
+    return message_id
+
+
 _VERSION_3_INCOMING = f"""
 DROP VIEW incoming;
 CREATE VIEW incoming AS SELECT {_INCOMING_COLUMNS}, NULL AS content FROM messages;
@@ -236,14 +251,10 @@ PRAGMA user_version = 3;
 @pytest.mark.asyncio
 async def test_a_version_3_database_is_upgraded_and_logs_new_mail(tmp_path: Path) -> None:
     path = tmp_path / "mail.db"
-    store = SQLiteStore(path)
+    # As mailgate with schema 3 left it: incoming wrote no change log.
+    old = await one_message_then(path, tmp_path, _VERSION_3_INCOMING)
+    connection = sqlite3.connect(path)
     try:
-        (old,) = await commit_many(store, tmp_path, 1)
-    finally:
-        await store.aclose()
-    connection = sqlite3.connect(path, isolation_level=None)
-    try:  # as mailgate with schema 3 left it: incoming wrote no change log
-        connection.executescript(_VERSION_3_INCOMING)
         with pytest.raises(sqlite3.OperationalError, match="change_ids"):
             connection.execute("SELECT change_ids FROM incoming")
     finally:
@@ -272,16 +283,8 @@ async def test_a_version_3_database_is_upgraded_and_logs_new_mail(tmp_path: Path
 @pytest.mark.asyncio
 async def test_a_version_2_database_is_upgraded_and_stores_new_mail(tmp_path: Path) -> None:
     path = tmp_path / "mail.db"
-    store = SQLiteStore(path)
-    try:
-        (old,) = await commit_many(store, tmp_path, 1)
-    finally:
-        await store.aclose()
-    connection = sqlite3.connect(path, isolation_level=None)
-    try:  # as mailgate with schema 2 left it: new rows were inserted into messages directly
-        connection.executescript("DROP VIEW incoming; PRAGMA user_version = 2;")
-    finally:
-        connection.close()
+    # As mailgate with schema 2 left it: new rows were inserted into messages directly.
+    old = await one_message_then(path, tmp_path, "DROP VIEW incoming; PRAGMA user_version = 2;")
     store = SQLiteStore(path)
     try:
         new = await commit_many(store, tmp_path, 2)
