@@ -308,14 +308,11 @@ class Writer:
         return batch
 
     def _transaction_in_turn(self, operations: list[Operation]) -> _Batch:
-        unpruned = self._unpruned
         if (
-            unpruned is not None
-            and unpruned + 1 < CHANGE_LOG_KEEP // 10
-            and len(operations) <= MAX_ROWS_PER_INSERT
+            len(operations) <= MAX_ROWS_PER_INSERT
             and all(type(operation) is Insert for operation in operations)
+            and self._logged_without_pruning(1)
         ):
-            self._unpruned = unpruned + 1
             return self._insert_alone(cast("list[Insert]", operations))
         connection = self._connection
         batch = _Batch()
@@ -354,9 +351,7 @@ class Writer:
             connection.execute(INSERT_CHANGE, change_row(origin, events[0]))
         else:
             connection.executemany(INSERT_CHANGE, [change_row(origin, e) for e in events])
-        unpruned = self._unpruned
-        if unpruned is not None and unpruned + len(events) < CHANGE_LOG_KEEP // 10:
-            self._unpruned = unpruned + len(events)
+        if self._logged_without_pruning(len(events)):
             return
         # The newest row always stays, so a new seq is always max(seq) + 1: no reuse.
         connection.execute(
@@ -365,13 +360,18 @@ class Writer:
         )
         self._unpruned = 0
 
+    def _logged_without_pruning(self, rows: int) -> bool:
+        """Count ``rows`` more change-log rows and say True, unless the log is due a prune."""
+        unpruned = self._unpruned
+        if unpruned is None or unpruned + rows >= CHANGE_LOG_KEEP // 10:
+            return False
+        self._unpruned = unpruned + rows
+        return True
+
     def _insert_alone(self, inserts: list[Insert]) -> _Batch:
         """New mail and nothing else: one statement, its own transaction, logged by its last row."""
         ids = [op.row[0] for op in inserts]
-        values: list[object] = []
-        for op in inserts:
-            values.extend(op.row)
-            values += (op.content, None, None)
+        values = _insert_values(inserts)
         values[-2:] = (self._origin, encode_ids(ids))
         self._connection.execute(insert_messages(len(inserts)), values)
         event = StoreEvent(StoreEventKind.STORED, tuple(ids))
@@ -382,11 +382,7 @@ class Writer:
             return
         for start in range(0, len(inserts), MAX_ROWS_PER_INSERT):
             chunk = inserts[start : start + MAX_ROWS_PER_INSERT]
-            values: list[object] = []
-            for op in chunk:
-                values.extend(op.row)
-                values += (op.content, None, None)
-            self._connection.execute(insert_messages(len(chunk)), values)
+            self._connection.execute(insert_messages(len(chunk)), _insert_values(chunk))
         batch.stored.extend(op.row[0] for op in inserts)
 
     def _delete(self, operation: Delete, batch: _Batch) -> int:
@@ -432,6 +428,15 @@ class Writer:
         if rows:
             batch.events.append(StoreEvent(kind, tuple(MessageId(r[0]) for r in rows)))
         return len(rows)
+
+
+def _insert_values(inserts: list[Insert]) -> list[object]:
+    """The values of ``insert_messages`` for these messages, none of them logging the change."""
+    values: list[object] = []
+    for op in inserts:
+        values.extend(op.row)
+        values += (op.content, None, None)
+    return values
 
 
 def _resolve(outcomes: list[tuple[asyncio.Future[Any], object]]) -> None:
