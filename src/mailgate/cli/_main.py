@@ -8,10 +8,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from mailgate import __version__
+from mailgate import __version__, protocol
 from mailgate.cli._exit import EXIT_USAGE, fail
 from mailgate.config import OPTIONS, ConfigError, Settings, load_settings
-from mailgate.protocol import _server as _engine
 
 __all__ = ["main"]
 
@@ -57,7 +56,7 @@ def _add_store_flags(parser: argparse.ArgumentParser) -> None:
 
 def build() -> str:
     """``compiled`` when the engine runs from a wheel built with mypyc, else ``pure Python``."""
-    return "pure Python" if _engine.__file__.endswith(".py") else "compiled"
+    return "pure Python" if (protocol.__file__ or "").endswith(".py") else "compiled"
 
 
 def build_parser() -> argparse.ArgumentParser:
