@@ -67,8 +67,13 @@ class Served:
         self.http_url = match[3]
 
     def workers(self) -> list[int]:
-        """The pids of the worker processes (the server's children)."""
-        return children(self.process.pid)
+        """The pids of the SMTP worker processes (the server's children but one)."""
+        return [pid for pid in children(self.process.pid) if "_worker" in command_line(pid)]
+
+    def commit_process(self) -> int:
+        """The pid of the commit process (the server's other child)."""
+        (pid,) = [pid for pid in children(self.process.pid) if "_committer" in command_line(pid)]
+        return pid
 
     def total(self) -> int:
         total: int = httpx.get(f"{self.http_url}api/v1/messages?limit=1").json()["total"]
@@ -87,6 +92,13 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
             found += [int(child) for child in (task / "children").read_text().split()]
     return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
 
 
 def wait_until(condition: object, what: str) -> None:

@@ -196,7 +196,7 @@ async def test_a_batch_of_new_mail_alone_is_one_statement_that_logs_itself(
     statements: list[str] = []
     try:
         await commit_many(store, tmp_path, 1)  # the first transaction also prunes the log
-        store._writer._connection.set_trace_callback(statements.append)
+        store._writer._committer._connection.set_trace_callback(statements.append)
         before = store.stats.transactions
         ids = await commit_many(store, tmp_path, 50)
         transactions = store.stats.transactions - before

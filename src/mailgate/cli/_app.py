@@ -2,8 +2,10 @@
 
 ``Mailgate`` opens the store, builds the accept path, the TLS context and
 the authenticator the settings ask for, and starts the SMTP listeners and
-the web inbox.  Shutdown runs the other way: SMTP first (transactions in
-flight finish), then the web service, then the store.
+the web inbox; for ``mailgate serve``, with an SQLite store, also the commit
+process every SMTP process commits new mail in (``_commit_process``).
+Shutdown runs the other way: SMTP first (transactions in flight finish, in
+the workers too), then the commit process, the web service, the store.
 ``mailgate serve`` and the test helper ``mailgate.testing.MailgateServer``
 both run exactly this.
 """
@@ -18,10 +20,11 @@ import ssl
 from types import TracebackType
 from typing import Self
 
+from mailgate.cli._commit_process import CommitProcess
 from mailgate.cli._workers import WorkerPool, worker_settings
 from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
-from mailgate.ports import Authenticator, MessageStore
+from mailgate.ports import Authenticator, MessageStore, StoreError
 from mailgate.server import (
     ListenError,
     ServerConfigError,
@@ -29,7 +32,7 @@ from mailgate.server import (
     ensure_self_signed,
     server_context,
 )
-from mailgate.stores import open_store
+from mailgate.stores import SQLiteStore, open_store
 from mailgate.stores.users import AcceptAnyAuthenticator, UsersFile
 from mailgate.web import HTTPService, WebSettings, create_app
 
@@ -72,7 +75,9 @@ class Mailgate:
     build (tests use throwaway certificates and cheap password hashes).
     With ``settings.workers`` above 1 it also starts that many SMTP worker
     processes less one (see ``_workers``); ``worker`` is the number of the
-    worker this is, which serves SMTP only.
+    worker this is, which serves SMTP only.  ``commit_process`` starts the
+    commit process (when the store is SQLite) and commits new mail there;
+    a worker is given its socket as ``commit_socket``.
     ``start`` raises ``StoreError``, ``TLSConfigError``, ``ServerConfigError``
     or ``OSError`` (an address in use) with a one-line message.
     """
@@ -84,6 +89,8 @@ class Mailgate:
         tls_context: ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
         worker: int = 0,
+        commit_process: bool = False,
+        commit_socket: str | None = None,
     ) -> None:
         if settings.workers == 0:
             settings = dataclasses.replace(settings, workers=min(os.cpu_count() or 1, MAX_WORKERS))
@@ -94,6 +101,9 @@ class Mailgate:
             )
         self.settings = settings
         self.worker = worker
+        self._start_commit_process = commit_process
+        self._commit_socket = commit_socket
+        self._commits: CommitProcess | None = None
         self._workers: WorkerPool | None = None
         self._sink: Acceptor | None = None
         self._tls_context = tls_context
@@ -131,6 +141,7 @@ class Mailgate:
         authenticator = self._authenticator or authenticator_for(settings)
         self._store = await open_store(settings.store_url)
         try:
+            await self._commit_elsewhere(self._store)
             self._sink = sink = Acceptor(
                 self._store,
                 DeliverySettings(
@@ -147,7 +158,9 @@ class Mailgate:
                 return
             if settings.workers > 1:
                 self._workers = WorkerPool(
-                    worker_settings(settings, self._server), settings.workers - 1
+                    worker_settings(settings, self._server),
+                    settings.workers - 1,
+                    self._commit_socket,
                 )
                 await self._workers.start()
                 await self._server.start_serving()
@@ -169,13 +182,31 @@ class Mailgate:
             await self.aclose()
             raise
 
+    async def _commit_elsewhere(self, store: MessageStore) -> None:
+        """Start the commit process, or reach a running one, as this process was told."""
+        if not isinstance(store, SQLiteStore):
+            return
+        if self._start_commit_process:
+            self._commits = CommitProcess(self.settings)
+            await self._commits.start()
+            self._commit_socket = self._commits.socket_path
+            await store.connect_commit_process(self._commit_socket)
+        elif self._commit_socket is not None:
+            try:
+                await store.connect_commit_process(self._commit_socket)
+            except StoreError as error:  # it may be starting again: reached later
+                log.warning("%s; committing here for now", error)
+
     async def aclose(self) -> None:
-        """Stop the listeners and the workers gracefully, then close the store."""
+        """Stop the listeners and the workers gracefully, then the commit process, the store."""
         try:
             stopping = [part.aclose() for part in (self._server, self._workers) if part]
             await asyncio.gather(*stopping)
         finally:
             self._workers = None
+            if self._commits is not None:
+                await self._commits.aclose()
+                self._commits = None
             if self._sink is not None:
                 self._sink.close()
                 self._sink = None

@@ -8,9 +8,11 @@ import sys
 
 from mailgate.config import Settings
 
-__all__ = ["configure_process", "new_runner"]
+__all__ = ["READY", "answer_parent", "configure_process", "new_runner"]
 
 GIL_SWITCH_INTERVAL_SECONDS = 0.002
+READY = "ready"
+"""What a child process (an SMTP worker, the commit process) answers once it serves."""
 
 
 def configure_process(settings: Settings, label: str = "") -> None:
@@ -34,3 +36,9 @@ def new_runner() -> asyncio.Runner:
     except ImportError:
         return asyncio.Runner()
     return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def answer_parent(line: str) -> None:
+    """Tell the parent process ``READY`` or ``error: ...``: one line on stdout."""
+    sys.stdout.buffer.write(line.replace("\n", " ").encode() + b"\n")
+    sys.stdout.buffer.flush()

@@ -14,6 +14,7 @@ from mailgate import __version__
 from mailgate.cli._app import Mailgate
 from mailgate.cli._exit import EXIT_OK, EXIT_USAGE, fail
 from mailgate.cli._process import configure_process, new_runner
+from mailgate.cli._workers import WorkerError
 from mailgate.config import Listen, Settings
 from mailgate.ports import StoreError
 from mailgate.server import ListenError, ServerConfigError, TLSConfigError
@@ -39,7 +40,7 @@ def serve(settings: Settings) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    app = Mailgate(settings)
+    app = Mailgate(settings, commit_process=True)
     try:
         await app.start()
     except StoreURLError as error:
@@ -48,7 +49,7 @@ async def _serve(settings: Settings) -> int:
         return fail(str(error))
     except ServerConfigError as error:
         return fail(str(error), EXIT_USAGE)
-    except ListenError as error:
+    except (ListenError, WorkerError) as error:
         return fail(str(error))
     try:
         stop = asyncio.Event()

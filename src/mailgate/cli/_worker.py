@@ -15,8 +15,7 @@ import sys
 from mailgate import MailgateError
 from mailgate.cli._app import Mailgate
 from mailgate.cli._exit import EXIT_FAILURE, EXIT_OK
-from mailgate.cli._process import configure_process, new_runner
-from mailgate.cli._workers import READY
+from mailgate.cli._process import READY, answer_parent, configure_process, new_runner
 from mailgate.config import Settings
 
 __all__ = ["main"]
@@ -26,19 +25,20 @@ STDIN = 0
 
 def main() -> None:
     """Read the settings from stdin, serve SMTP, exit with the status."""
-    settings, number = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent
+    # Written by our parent:
+    settings, number, commit_socket = pickle.load(sys.stdin.buffer)  # noqa: S301
     configure_process(settings, f"[worker {number}]")
     with new_runner() as runner:
-        status = runner.run(_work(settings, number))
+        status = runner.run(_work(settings, number, commit_socket))
     sys.exit(status)
 
 
-async def _work(settings: Settings, number: int) -> int:
-    app = Mailgate(settings, worker=number)
+async def _work(settings: Settings, number: int, commit_socket: str | None) -> int:
+    app = Mailgate(settings, worker=number, commit_socket=commit_socket)
     try:
         await app.start()
     except (MailgateError, OSError) as error:
-        _answer(f"error: {error}".replace("\n", " ").encode() + b"\n")
+        answer_parent(f"error: {error}")
         return EXIT_FAILURE
     try:
         stop = asyncio.Event()
@@ -52,13 +52,8 @@ async def _work(settings: Settings, number: int) -> int:
                 stop.set()
 
         loop.add_reader(STDIN, parent_gone)
-        _answer(READY)
+        answer_parent(READY)
         await stop.wait()
     finally:
         await app.aclose()
     return EXIT_OK
-
-
-def _answer(line: bytes) -> None:
-    sys.stdout.buffer.write(line)
-    sys.stdout.buffer.flush()

@@ -29,14 +29,14 @@ import sys
 from asyncio.subprocess import PIPE, Process
 
 from mailgate import MailgateError
+from mailgate.cli._process import READY
 from mailgate.config import Listen, Settings
 from mailgate.server import SMTPServer
 
-__all__ = ["WorkerError", "WorkerPool", "worker_settings"]
+__all__ = ["Children", "WorkerError", "WorkerPool", "worker_settings"]
 
 log = logging.getLogger("mailgate")
 
-READY = b"ready\n"
 START_TIMEOUT_SECONDS = 60.0
 RESTART_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Pauses before starting a dead worker again, the n-th for the n-th failure in a row."""
@@ -49,7 +49,7 @@ _CHILD = "from mailgate.cli._worker import main; main()"
 
 
 class WorkerError(MailgateError):
-    """A worker process could not start; one line."""
+    """A worker process (or the commit process) could not start; one line."""
 
 
 def worker_settings(settings: Settings, server: SMTPServer) -> Settings:
@@ -70,23 +70,31 @@ def worker_settings(settings: Settings, server: SMTPServer) -> Settings:
     )
 
 
-class WorkerPool:
-    """``count`` worker processes numbered from 1, started again when they die."""
+class Children:
+    """Child processes numbered from 1, each started again when it dies.
 
-    def __init__(self, settings: Settings, count: int) -> None:
-        self.settings = settings
+    A child is ``python -c CODE``; it gets a payload pickled on its stdin and
+    answers ``ready``, or ``error: ...`` on one line, on its stdout.
+    """
+
+    def __init__(self, count: int, grace: float) -> None:
         self.count = count
+        self._grace = grace
         self._processes: dict[int, Process] = {}
         self._supervisors: set[asyncio.Task[None]] = set()
         self._closing = False
 
+    def _child(self, number: int) -> tuple[str, object, str]:
+        """The code child ``number`` runs, its payload, and its name in messages."""
+        raise NotImplementedError
+
     @property
     def pids(self) -> list[int]:
-        """The process ids of the workers running now."""
+        """The process ids of the children running now."""
         return [p.pid for p in self._processes.values() if p.returncode is None]
 
     async def start(self) -> None:
-        """Start every worker and wait until each serves.
+        """Start every child and wait until each serves.
 
         Raises ``WorkerError`` (one line) when one cannot start; then none is left running.
         """
@@ -97,30 +105,30 @@ class WorkerPool:
             await self.aclose()
             raise failure
         for number in numbers:
-            task = asyncio.create_task(self._supervise(number), name=f"mailgate-worker-{number}")
+            task = asyncio.create_task(self._supervise(number), name=f"mailgate-child-{number}")
             self._supervisors.add(task)
             task.add_done_callback(self._supervisors.discard)
 
     async def _spawn(self, number: int) -> None:
+        code, payload, name = self._child(number)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CHILD, stdin=PIPE, stdout=PIPE
+            sys.executable, "-c", code, stdin=PIPE, stdout=PIPE
         )
         self._processes[number] = process
         assert process.stdin is not None
         assert process.stdout is not None
-        process.stdin.write(pickle.dumps((self.settings, number)))
+        process.stdin.write(pickle.dumps(payload))
         try:
             await process.stdin.drain()
             line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_SECONDS)
         except (TimeoutError, ConnectionError):
             line = b""
-        if line == READY:
+        if line.rstrip(b"\n") == READY.encode():
             return
         await _stop(process, STOP_MARGIN_SECONDS)
         reason = line.decode("utf-8", "replace").strip().removeprefix("error: ")
         raise WorkerError(
-            f"SMTP worker {number} did not start: "
-            + (reason or f"it exited with status {process.returncode}")
+            f"{name} did not start: " + (reason or f"it exited with status {process.returncode}")
         )
 
     async def _supervise(self, number: int) -> None:
@@ -136,8 +144,8 @@ class WorkerPool:
             delay = RESTART_DELAYS_SECONDS[min(failures, len(RESTART_DELAYS_SECONDS) - 1)]
             failures += 1
             log.error(
-                "SMTP worker %d exited with status %s; starting it again in %g s",
-                number,
+                "%s exited with status %s; starting it again in %g s",
+                self._child(number)[2],
                 status,
                 delay,
             )
@@ -151,13 +159,28 @@ class WorkerPool:
                 log.error("%s", error)
 
     async def aclose(self) -> None:
-        """Stop every worker gracefully (SIGTERM), killing those that take too long."""
+        """Stop every child gracefully (SIGTERM), killing those that take too long."""
         self._closing = True
         for task in list(self._supervisors):
             task.cancel()
-        grace = self.settings.limits.shutdown_grace + STOP_MARGIN_SECONDS
+        grace = self._grace + STOP_MARGIN_SECONDS
         await asyncio.gather(*(_stop(p, grace) for p in self._processes.values()))
         self._processes.clear()
+
+
+class WorkerPool(Children):
+    """``count`` SMTP worker processes numbered from 1, started again when they die.
+
+    ``commit_socket`` is where the commit process listens, if there is one.
+    """
+
+    def __init__(self, settings: Settings, count: int, commit_socket: str | None = None) -> None:
+        super().__init__(count, settings.limits.shutdown_grace)
+        self.settings = settings
+        self.commit_socket = commit_socket
+
+    def _child(self, number: int) -> tuple[str, object, str]:
+        return _CHILD, (self.settings, number, self.commit_socket), f"SMTP worker {number}"
 
 
 async def _stop(process: Process, grace: float) -> None:
@@ -168,7 +191,7 @@ async def _stop(process: Process, grace: float) -> None:
         try:
             await asyncio.wait_for(process.wait(), grace)
         except TimeoutError:
-            log.warning("SMTP worker %d did not stop in time: killing it", process.pid)
+            log.warning("process %d did not stop in time: killing it", process.pid)
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()

@@ -28,6 +28,13 @@ transaction, it prunes the log to the newest ``CHANGE_LOG_KEEP`` rows, in the
 same transaction: a range delete on the primary key, about a millisecond
 every thousand rows.
 
+The transactions themselves are a ``Committer``'s, which has no thread: the
+writer thread drives one, and so does the commit process
+(``_sqlite_commits``), which commits new mail for the SMTP processes of
+``mailgate serve``.  An ``Insert`` may carry the ``origin`` of the store that
+submitted it elsewhere; its change-log row is then tagged with that origin,
+and that store, not this one, tells its subscribers.
+
 A batch of new mail alone, the common case, is ONE statement outside any
 explicit transaction: an INSERT through the ``incoming`` view whose last row
 also logs the change.  SQLite commits it on its own, so the thread gives up
@@ -69,9 +76,11 @@ from mailgate.stores._sqlite_schema import (
 __all__ = [
     "CHANGE_LOG_KEEP",
     "Apply",
+    "Committer",
     "Delete",
     "Insert",
     "MarkRead",
+    "Outcome",
     "WriteTurns",
     "Writer",
     "WriterStats",
@@ -130,11 +139,16 @@ def sync_directory(path: Path) -> None:
 
 @dataclass(slots=True)
 class Insert:
-    """Store a new message: its row, and its content inline or as a file already in place."""
+    """Store a new message: its row, and its content inline or as a file already in place.
+
+    ``origin`` is the store whose subscribers learn of it, when that is not the
+    writer's own (a message committed for another process).
+    """
 
     row: MessageRow
     content: bytes | None
     body_file: str | None
+    origin: str | None = None
 
 
 @dataclass(slots=True)
@@ -189,13 +203,26 @@ class _Batch:
     """What one transaction did, for after it commits."""
 
     results: list[object] = field(default_factory=list)
-    events: list[StoreEvent] = field(default_factory=list)
-    stored: list[MessageId] = field(default_factory=list)
+    events: list[StoreEvent] = field(default_factory=list)  # this store's, to publish
+    stored: int = 0
     unlink: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What a ``Committer`` did with a list of operations.
+
+    ``results`` has, for each operation in order, its result (the message id,
+    a count, what an ``Apply`` returned) or the ``StoreError`` it failed with;
+    ``events`` is what committed, for the subscribers of the committer's store.
+    """
+
+    results: list[object]
+    events: list[StoreEvent]
+
+
 class Writer:
-    """Owns the write connection; applies queued operations in group commits."""
+    """Owns the write connection; applies queued operations in group commits on its thread."""
 
     def __init__(
         self,
@@ -205,14 +232,10 @@ class Writer:
         origin: str,
         turns: WriteTurns,
     ) -> None:
-        self._connection = connection
-        self._turns = turns
-        self._bodies = bodies
+        self._committer = Committer(connection, bodies, origin, turns)
         self._publish = publish
-        self._origin = origin
-        self._unpruned: int | None = None  # rows appended since the last prune; None: never
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.stats = WriterStats()
+        self.stats = self._committer.stats
         # A daemon, so a store never closed cannot hang the interpreter at exit; what it
         # had not committed yet was never acknowledged either.
         self._thread = threading.Thread(
@@ -234,6 +257,7 @@ class Writer:
 
     def _run(self) -> None:
         get = self._queue.get
+        committer = self._committer
         stopping = False
         while not stopping:
             first = get()
@@ -241,13 +265,13 @@ class Writer:
                 break
             jobs = [first]
             stopping = self._gather(jobs)
-            with self._turns:
+            with committer.turns:
                 # What arrived while another writer had its turn joins this transaction.
                 if not stopping:
                     stopping = self._gather(jobs)
-                self._apply(jobs)
-        self._connection.close()
-        self._turns.close()
+                outcome = committer.commit([job.operation for job in jobs])
+            self._finish(jobs, outcome)
+        committer.close()
 
     def _gather(self, jobs: list[_Job]) -> bool:
         """Add what is queued to ``jobs``, up to the batch limit; True when told to stop."""
@@ -262,40 +286,67 @@ class Writer:
             jobs.append(job)
         return False
 
-    def _apply(self, jobs: list[_Job]) -> None:
-        try:
-            batch = self._transaction([job.operation for job in jobs])
-        except (sqlite3.Error, OSError) as error:
-            if len(jobs) == 1:
-                self._fail(jobs[0], error)
-                return
-            # One bad operation must not fail its neighbours: retry each alone.
-            for job in jobs:
-                self._apply([job])
-            return
-        self._finish(jobs, batch)
+    def _finish(self, jobs: list[_Job], outcome: Outcome) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+        for job, result in zip(jobs, outcome.results, strict=True):
+            by_loop.setdefault(job.loop, []).append((job.future, result))
+        for loop, outcomes in by_loop.items():
+            _call_soon(loop, _resolve, outcomes)
+        if outcome.events:
+            self._publish(outcome.events)
 
-    def _fail(self, job: _Job, error: Exception) -> None:
+
+class Committer:
+    """The write connection and its transactions, for whichever thread drives it.
+
+    ``commit`` must be called with ``turns`` held, by one thread at a time.
+    """
+
+    def __init__(
+        self, connection: sqlite3.Connection, bodies: Path, origin: str, turns: WriteTurns
+    ) -> None:
+        self._connection = connection
+        self.turns = turns
+        self._bodies = bodies
+        self._origin = origin
+        self._unpruned: int | None = None  # rows appended since the last prune; None: never
+        self.stats = WriterStats()
+
+    def close(self) -> None:
+        """Close the connection and the lock file."""
+        self._connection.close()
+        self.turns.close()
+
+    def commit(self, operations: list[Operation]) -> Outcome:
+        """Apply the operations in one transaction; when that fails, each in its own.
+
+        One bad operation must not fail its neighbours: it alone gets a ``StoreError``.
+        """
+        try:
+            batch = self._transaction(operations)
+        except (sqlite3.Error, OSError) as error:
+            if len(operations) == 1:
+                return Outcome([self._failed(operations[0], error)], [])
+            results: list[object] = []
+            events: list[StoreEvent] = []
+            for operation in operations:
+                alone = self.commit([operation])
+                results += alone.results
+                events += alone.events
+            return Outcome(results, events)
+        for name in batch.unlink:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._bodies / name)
+        return Outcome(batch.results, batch.events)
+
+    def _failed(self, operation: Operation, error: Exception) -> StoreError:
         log.error("store write failed: %s", error)
-        operation = job.operation
         if isinstance(operation, Insert) and operation.body_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._bodies / operation.body_file)
         failure = StoreError(f"could not write to the message store: {error}")
         failure.__cause__ = error
-        _call_soon(job.loop, _resolve, [(job.future, failure)])
-
-    def _finish(self, jobs: list[_Job], batch: _Batch) -> None:
-        for name in batch.unlink:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._bodies / name)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
-        for job, result in zip(jobs, batch.results, strict=True):
-            by_loop.setdefault(job.loop, []).append((job.future, result))
-        for loop, outcomes in by_loop.items():
-            _call_soon(loop, _resolve, outcomes)
-        if batch.events:
-            self._publish(batch.events)
+        return failure
 
     def _transaction(self, operations: list[Operation]) -> _Batch:
         """Apply the operations in one transaction and commit it; raise if any fails."""
@@ -304,21 +355,22 @@ class Writer:
             self.stats.directory_syncs += 1
         batch = self._transaction_in_turn(operations)
         self.stats.transactions += 1
-        self.stats.messages += len(batch.stored)
+        self.stats.messages += batch.stored
         return batch
 
     def _transaction_in_turn(self, operations: list[Operation]) -> _Batch:
-        if (
-            len(operations) <= MAX_ROWS_PER_INSERT
-            and all(type(operation) is Insert for operation in operations)
-            and self._logged_without_pruning(1)
+        if len(operations) <= MAX_ROWS_PER_INSERT and all(
+            type(operation) is Insert for operation in operations
         ):
-            return self._insert_alone(cast("list[Insert]", operations))
+            inserts = cast("list[Insert]", operations)
+            stored = self._stored_by_origin(inserts)
+            if self._logged_without_pruning(len(stored)):
+                return self._insert_alone(inserts, stored)
         connection = self._connection
         batch = _Batch()
         connection.execute("BEGIN IMMEDIATE")
         try:
-            inserts: list[Insert] = []
+            inserts = []
             for operation in operations:
                 if isinstance(operation, Insert):
                     inserts.append(operation)
@@ -333,10 +385,15 @@ class Writer:
                 else:
                     batch.results.append(self._mark_read(operation, batch))
             self._insert(inserts, batch)
-            if batch.stored:
-                batch.events.insert(0, StoreEvent(StoreEventKind.STORED, tuple(batch.stored)))
-            if batch.events:
-                self._log_changes(batch.events)
+            logged = [(self._origin, event) for event in batch.events]
+            inserted = [op for op in operations if isinstance(op, Insert)]
+            for origin, ids in self._stored_by_origin(inserted).items():
+                event = StoreEvent(StoreEventKind.STORED, tuple(ids))
+                logged.insert(0, (origin, event))
+                if origin == self._origin:
+                    batch.events.insert(0, event)
+            if logged:
+                self._log_changes(logged)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -344,17 +401,23 @@ class Writer:
             raise
         return batch
 
-    def _log_changes(self, events: list[StoreEvent]) -> None:
-        """Append the events to ``changes``; prune it now and then."""
-        connection, origin = self._connection, self._origin
-        if len(events) == 1:
-            connection.execute(INSERT_CHANGE, change_row(origin, events[0]))
-        else:
-            connection.executemany(INSERT_CHANGE, [change_row(origin, e) for e in events])
-        if self._logged_without_pruning(len(events)):
+    def _stored_by_origin(self, inserts: list[Insert]) -> dict[str, list[MessageId]]:
+        """The ids of the new messages by the origin their change is logged under."""
+        stored: dict[str, list[MessageId]] = {}
+        own = self._origin
+        for op in inserts:
+            stored.setdefault(op.origin or own, []).append(op.row[0])
+        return stored
+
+    def _log_changes(self, logged: list[tuple[str, StoreEvent]]) -> None:
+        """Append the events to ``changes``, each under its origin; prune the log now and then."""
+        self._connection.executemany(
+            INSERT_CHANGE, [change_row(origin, event) for origin, event in logged]
+        )
+        if self._logged_without_pruning(len(logged)):
             return
         # The newest row always stays, so a new seq is always max(seq) + 1: no reuse.
-        connection.execute(
+        self._connection.execute(
             "DELETE FROM changes WHERE seq <= (SELECT max(seq) FROM changes) - ?",
             (max(CHANGE_LOG_KEEP, 1),),
         )
@@ -368,14 +431,21 @@ class Writer:
         self._unpruned = unpruned + rows
         return True
 
-    def _insert_alone(self, inserts: list[Insert]) -> _Batch:
-        """New mail and nothing else: one statement, its own transaction, logged by its last row."""
-        ids = [op.row[0] for op in inserts]
+    def _insert_alone(self, inserts: list[Insert], stored: dict[str, list[MessageId]]) -> _Batch:
+        """New mail and nothing else: one statement, its own transaction.
+
+        The last row of each origin's messages logs their change.
+        """
         values = _insert_values(inserts)
-        values[-2:] = (self._origin, encode_ids(ids))
+        per_row = len(values) // len(inserts)
+        last = {op.origin or self._origin: index for index, op in enumerate(inserts)}
+        for origin, index in last.items():
+            end = (index + 1) * per_row
+            values[end - 2 : end] = (origin, encode_ids(stored[origin]))
         self._connection.execute(insert_messages(len(inserts)), values)
-        event = StoreEvent(StoreEventKind.STORED, tuple(ids))
-        return _Batch(results=list(ids), events=[event], stored=ids)
+        own = stored.get(self._origin)
+        events = [StoreEvent(StoreEventKind.STORED, tuple(own))] if own else []
+        return _Batch(results=[op.row[0] for op in inserts], events=events, stored=len(inserts))
 
     def _insert(self, inserts: list[Insert], batch: _Batch) -> None:
         if not inserts:
@@ -383,7 +453,7 @@ class Writer:
         for start in range(0, len(inserts), MAX_ROWS_PER_INSERT):
             chunk = inserts[start : start + MAX_ROWS_PER_INSERT]
             self._connection.execute(insert_messages(len(chunk)), _insert_values(chunk))
-        batch.stored.extend(op.row[0] for op in inserts)
+        batch.stored += len(inserts)
 
     def _delete(self, operation: Delete, batch: _Batch) -> int:
         connection = self._connection

@@ -14,6 +14,11 @@ The spool directory is swept the same way (``delivery.Acceptor``).  Writers,
 in this process or others, take turns on ``<database>-write-lock`` (see
 ``_sqlite_writer.WriteTurns``).
 
+``mailgate serve`` commits new mail in a process of its own: a store told
+``connect_commit_process`` sends each new message there rather than to its
+writer thread (see ``_sqlite_commits``), and commits on its own thread again
+while that process cannot be reached.
+
 Several stores, in one process or many, may share the database.  Each
 store's subscribers see every change any of them commits: its own writer's
 changes straight from the writer, the others' from the ``changes`` log,
@@ -26,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import shutil
+import socket
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -37,6 +44,7 @@ from typing import IO, TypeVar
 from mailgate.model import MessageId, MessagePage, StoredMessage, StoreEvent, StoreEventKind
 from mailgate.ports import NewMessage, StoreError
 from mailgate.query import Query
+from mailgate.stores._sqlite_commits import CommitClient, CommitServer
 from mailgate.stores._sqlite_follow import Follower
 from mailgate.stores._sqlite_query import (
     delete_tag,
@@ -57,6 +65,7 @@ from mailgate.stores._sqlite_schema import (
 )
 from mailgate.stores._sqlite_writer import (
     Apply,
+    Committer,
     Delete,
     Insert,
     MarkRead,
@@ -74,9 +83,13 @@ __all__ = ["SQLiteStore", "WriterStats"]
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 10_000
 MAX_SUBSCRIBER_BACKLOG = 10_000
 """Events a subscriber may fall behind by before it gets ``OVERFLOW`` instead."""
+RECONNECT_SECONDS = 1.0
+"""How long a store commits on its own writer after failing to reach the commit process."""
 BODY_SUFFIX = ".eml"
 PARTIAL_SUFFIX = ".partial"
 
@@ -177,6 +190,10 @@ class SQLiteStore:
         self._stopped_followers: list[Follower] = []  # told to stop; maybe still ending
         self._closed = False
         self._lock_file: IO[bytes] | None = None
+        self._commit_socket: str | None = None
+        self._commit_client: CommitClient | None = None
+        self._commit_loop: asyncio.AbstractEventLoop | None = None
+        self._reconnect_at = 0.0
         try:
             self.bodies.mkdir(exist_ok=True)
             connection = _connect(self.path)
@@ -186,7 +203,7 @@ class SQLiteStore:
             self._prepare(connection)
             ensure_search_schema(connection)
             self._sweep_if_alone(connection)
-            turns = WriteTurns(self.path.with_name(self.path.name + "-write-lock"))
+            turns = self._turns()
         except (OSError, sqlite3.Error) as error:
             connection.close()
             self._release_lock()
@@ -203,6 +220,9 @@ class SQLiteStore:
             self._origin,
             turns,
         )
+
+    def _turns(self) -> WriteTurns:
+        return WriteTurns(self.path.with_name(self.path.name + "-write-lock"))
 
     def _prepare(self, connection: sqlite3.Connection) -> None:
         (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
@@ -278,8 +298,77 @@ class SQLiteStore:
             except OSError as error:
                 raise StoreError(f"could not store the body of {message.id}: {error}") from error
         row = message_row(message.summary, message.envelope, body_file)
+        client = self._commit_client
+        if (
+            client is not None
+            and client.connected
+            and self._commit_loop is asyncio.get_running_loop()
+        ):
+            return await client.commit(Insert(row, content, body_file, self._origin))
+        if self._commit_socket is not None:
+            await self._reconnect()
         result: MessageId = await self._writer.submit(Insert(row, content, body_file))
         return result
+
+    # The commit process
+
+    async def connect_commit_process(self, socket_path: str) -> None:
+        """Commit new mail in the commit process listening at ``socket_path`` (a Unix socket).
+
+        The connection belongs to the running event loop; commits from other
+        loops, and all commits while the process cannot be reached, go to this
+        store's own writer.  Raises ``StoreError`` when it cannot connect now.
+        """
+        self._check_open()
+        self._commit_socket = socket_path
+        self._commit_loop = asyncio.get_running_loop()
+        try:
+            await self._connect_commit_client()
+        except OSError as error:
+            raise StoreError(
+                f"cannot reach the commit process at {socket_path}: {error}"
+            ) from error
+
+    async def _connect_commit_client(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._commit_socket is not None
+        client = CommitClient(self._stored_elsewhere)
+        await loop.create_unix_connection(lambda: client, self._commit_socket)
+        self._commit_client = client
+
+    async def _reconnect(self) -> None:
+        """Try once a ``RECONNECT_SECONDS`` to reach the commit process again."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._commit_loop or loop.time() < self._reconnect_at:
+            return
+        self._reconnect_at = loop.time() + RECONNECT_SECONDS
+        try:
+            await self._connect_commit_client()
+        except OSError as error:
+            log.warning("cannot reach the commit process; committing here: %s", error)
+        else:
+            log.info("reached the commit process again")
+
+    def _stored_elsewhere(self, message_ids: list[MessageId]) -> None:
+        """The commit process committed these messages of this store's."""
+        self._publish([StoreEvent(StoreEventKind.STORED, tuple(message_ids))])
+
+    def serve_commits(self, listener: socket.socket, stop_fd: int) -> None:
+        """Be the commit process: commit what clients send to ``listener`` until ``stop_fd`` is
+        readable.  Blocks; run it on a thread of its own.  It writes on a connection of its
+        own, taking turns with this store's writer and every other.
+        """
+        self._check_open()
+        try:
+            connection = _connect(self.path)
+            turns = self._turns()
+        except (OSError, sqlite3.Error) as error:
+            raise StoreError(f"cannot open message store {self.path}: {error}") from error
+        committer = Committer(connection, self.bodies, self._origin, turns)
+        try:
+            CommitServer(committer, listener, stop_fd).serve()
+        finally:
+            committer.close()
 
     def _adopt_body(self, message: NewMessage, name: str) -> None:
         """Make the body durable as ``name`` in the bodies directory (its entry unsynced)."""
@@ -495,6 +584,9 @@ class SQLiteStore:
             self._follower, self._stopped_followers = None, []
         for follower in followers:
             follower.stop()
+        if self._commit_client is not None:
+            self._commit_client.close()
+            self._commit_client = None
         await asyncio.to_thread(self._writer.stop)
         for follower in followers:
             await asyncio.to_thread(follower.join)

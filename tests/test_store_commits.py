@@ -1,0 +1,272 @@
+"""New mail committed by the commit process: real sockets, real threads, real SQLite.
+
+A store told ``connect_commit_process`` sends each new message to a server
+store's ``serve_commits`` loop and hears back once it is committed.  Nothing
+sleeps: every wait is for an event, with a time-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import sqlite3
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.model import MessageId, StoreEvent, StoreEventKind
+from mailgate.ports import StoreError
+from mailgate.stores import SQLiteStore
+from mailgate.stores import _sqlite_commits as commits
+from mailgate.stores import sqlite as sqlite_module
+from mailgate.stores._sqlite_writer import Insert
+from mailgate.testing.stores import make_envelope, make_message
+
+TIMEOUT = 10.0
+
+
+class Served:
+    """A server store's ``serve_commits`` on a thread, listening on a Unix socket."""
+
+    def __init__(self, database: Path, socket_path: str) -> None:
+        self.store = SQLiteStore(database)
+        self.socket_path = socket_path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(socket_path)
+        self.listener.listen()
+        self._stop_reader, self._stop_writer = socket.socketpair()
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self.store.serve_commits(self.listener, self._stop_reader.fileno())
+        except BaseException as error:
+            self.failure = error
+
+    async def stop(self) -> None:
+        self._stop_writer.send(b"x")
+        await asyncio.to_thread(self._thread.join, TIMEOUT)
+        assert not self._thread.is_alive(), "serve_commits did not stop"
+        self.listener.close()
+        self._stop_reader.close()
+        self._stop_writer.close()
+        await self.store.aclose()
+        if self.failure is not None:
+            raise self.failure
+
+
+@pytest.fixture
+def socket_path() -> Iterator[str]:
+    """A path short enough for a Unix socket, in a directory of its own."""
+    with tempfile.TemporaryDirectory(prefix="mg-") as directory:
+        yield str(Path(directory) / "commit.sock")
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, socket_path: str) -> AsyncIterator[Served]:
+    served = Served(tmp_path / "mail.db", socket_path)
+    try:
+        yield served
+    finally:
+        await served.stop()
+
+
+@contextlib.asynccontextmanager
+async def client_store(tmp_path: Path, socket_path: str | None) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        if socket_path is not None:
+            await store.connect_commit_process(socket_path)
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def deliver(store: SQLiteStore, tmp_path: Path, subject: str, size: int = 0) -> MessageId:
+    acceptor = Acceptor(store, DeliverySettings(hostname="mx.test", spool_dir=tmp_path / "spool"))
+    spool = acceptor.begin(make_envelope())
+    spool.write(make_message(subject, body=(b"x" * 76 + b"\r\n") * (size // 78)))
+    return await acceptor.commit(spool)
+
+
+def change_log(tmp_path: Path) -> list[tuple[str, str, list[str]]]:
+    connection = sqlite3.connect(tmp_path / "mail.db")
+    try:
+        rows = connection.execute("SELECT origin, kind, ids FROM changes ORDER BY seq").fetchall()
+    finally:
+        connection.close()
+    return [(origin, kind, json.loads(ids)) for origin, kind, ids in rows]
+
+
+async def next_event(events: AsyncIterator[StoreEvent]) -> StoreEvent:
+    return await asyncio.wait_for(anext(events), timeout=TIMEOUT)
+
+
+@pytest.mark.asyncio
+async def test_new_mail_is_committed_by_the_commit_process(
+    tmp_path: Path, socket_path: str
+) -> None:
+    async with (
+        serving(tmp_path, socket_path) as served,
+        client_store(tmp_path, socket_path) as store,
+    ):
+        before = store.stats.transactions
+        small = await deliver(store, tmp_path, "small")
+        large = await deliver(store, tmp_path, "large", size=3_000_000)  # a body file
+        # Committed by the server's connection, not the client's writer.
+        assert store.stats.transactions == before
+        assert served.store.stats.transactions == 0  # nor by the server store's own writer
+        assert [m.id for m in (await store.list()).messages] == [large, small]
+        raw = await store.raw(large)
+        assert raw is not None
+        assert raw.count(b"x" * 76) >= 30_000
+        assert (store.bodies / f"{large}.eml").exists()
+        # Logged under the client's origin, so its follower leaves them to it.
+        origins = {origin for origin, kind, _ in change_log(tmp_path) if kind == "stored"}
+        assert origins == {store._origin}
+
+
+@pytest.mark.asyncio
+async def test_subscribers_hear_of_new_mail_once_here_and_once_elsewhere(
+    tmp_path: Path, socket_path: str
+) -> None:
+    async with (
+        serving(tmp_path, socket_path),
+        client_store(tmp_path, socket_path) as store,
+        client_store(tmp_path, None) as other,
+    ):
+        here, elsewhere = store.subscribe(), other.subscribe()
+        first = await deliver(store, tmp_path, "first")
+        assert await next_event(here) == StoreEvent(StoreEventKind.STORED, (first,))
+        assert await next_event(elsewhere) == StoreEvent(StoreEventKind.STORED, (first,))
+        # A second event of the first message would come before this one.
+        second = await deliver(other, tmp_path, "second")
+        assert await next_event(here) == StoreEvent(StoreEventKind.STORED, (second,))
+        assert await next_event(elsewhere) == StoreEvent(StoreEventKind.STORED, (second,))
+
+
+@pytest.mark.asyncio
+async def test_concurrent_commits_from_two_clients_each_get_their_own_id(
+    tmp_path: Path, socket_path: str
+) -> None:
+    async with (
+        serving(tmp_path, socket_path) as served,
+        client_store(tmp_path, socket_path) as one,
+        client_store(tmp_path, socket_path) as two,
+    ):
+        sent = [(store, f"message {n}") for n in range(60) for store in (one, two)]
+        ids = await asyncio.gather(*(deliver(store, tmp_path, subject) for store, subject in sent))
+        assert len(set(ids)) == len(sent)
+        for message_id, (_, subject) in zip(ids, sent, strict=True):
+            found = await one.get(message_id)
+            assert found is not None
+            assert found.summary.subject == subject
+        # Group commit: a transaction logs one change a client, and there were fewer.
+        logged = [ids for _, kind, ids in change_log(tmp_path) if kind == "stored"]
+        assert sorted(i for ids in logged for i in ids) == sorted(ids)
+        assert len(logged) < len(sent)
+        assert served.store.stats.transactions == 0
+
+
+@pytest.mark.asyncio
+async def test_a_failed_message_fails_alone(
+    tmp_path: Path, socket_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[Insert] = []
+    encode = commits.encode_insert
+
+    def recording(insert: Insert) -> bytes:
+        sent.append(insert)
+        return encode(insert)
+
+    monkeypatch.setattr(commits, "encode_insert", recording)
+    async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
+        first = await deliver(store, tmp_path, "first")
+        client = store._commit_client
+        assert client is not None
+        # The same message again breaks the unique id; sent with a good one, in one batch.
+        again = client.commit(sent[0])
+        good = asyncio.ensure_future(deliver(store, tmp_path, "good"))
+        results = await asyncio.gather(again, good, return_exceptions=True)
+        assert isinstance(results[0], StoreError)
+        assert [m.id for m in (await store.list()).messages] == [results[1], first]
+
+
+@pytest.mark.asyncio
+async def test_unreachable_commit_process_means_committing_here(
+    tmp_path: Path, socket_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "RECONNECT_SECONDS", 0.0)
+    async with client_store(tmp_path, None) as store:
+        with pytest.raises(StoreError, match="cannot reach the commit process"):
+            await store.connect_commit_process(socket_path)
+        before = store.stats.transactions
+        alone = await deliver(store, tmp_path, "while it is away")
+        assert store.stats.transactions == before + 1
+        async with serving(tmp_path, socket_path):
+            await deliver(store, tmp_path, "reconnects, still here")
+            assert store._commit_client is not None
+            assert store._commit_client.connected
+            remote = await deliver(store, tmp_path, "there")
+            assert store.stats.transactions == before + 2
+        assert {m.id for m in (await store.list()).messages} >= {alone, remote}
+
+
+@pytest.mark.asyncio
+async def test_a_commit_process_that_ends_unanswered_fails_those_commits(
+    tmp_path: Path, socket_path: str
+) -> None:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen()
+    accepted: list[socket.socket] = []
+
+    def accept_then_hang_up() -> None:
+        peer, _ = listener.accept()
+        accepted.append(peer)
+        peer.recv(1)  # a frame has started to arrive
+        peer.close()
+
+    thread = threading.Thread(target=accept_then_hang_up, daemon=True)
+    thread.start()
+    try:
+        async with client_store(tmp_path, socket_path) as store:
+            with pytest.raises(StoreError, match="ended before confirming"):
+                await deliver(store, tmp_path, "lost in flight")
+            assert store._commit_client is not None
+            assert not store._commit_client.connected
+            # The next one is committed here (the reconnect waits RECONNECT_SECONDS).
+            kept = await deliver(store, tmp_path, "kept")
+            assert [m.id for m in (await store.list()).messages] == [kept]
+    finally:
+        thread.join(TIMEOUT)
+        listener.close()
+
+
+@pytest.mark.asyncio
+async def test_a_garbled_frame_drops_that_client_only(tmp_path: Path, socket_path: str) -> None:
+    async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+        writer.write(b"\x00\x00\x00\x05junk!")
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # hung up on
+        writer.close()
+        message_id = await deliver(store, tmp_path, "still served")
+        assert await store.get(message_id) is not None
+
+
+def test_a_frame_round_trips() -> None:
+    insert = Insert(("id1", 1, 2, None), b"content", None, "origin")
+    frame = commits.encode_insert(insert)
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4
+    assert commits._decode_insert(frame[4:]) == insert
+    for bad in (b"", b"\x00", commits.encode_insert(Insert((), None, None, "o"))[4:]):
+        with pytest.raises(ValueError, match="frame"):
+            commits._decode_insert(bad)
