@@ -68,11 +68,14 @@ class Served:
 
     def workers(self) -> list[int]:
         """The pids of the SMTP worker processes (the server's children but one)."""
-        return [pid for pid in children(self.process.pid) if "_worker" in command_line(pid)]
+        return [pid for pid in children(self.process.pid) if "_worker" in cmdline(pid)]
+
+    def commit_processes(self) -> list[int]:
+        """The pids of the commit process (the server's other child): one, or none a while."""
+        return [pid for pid in children(self.process.pid) if "_committer" in cmdline(pid)]
 
     def commit_process(self) -> int:
-        """The pid of the commit process (the server's other child)."""
-        (pid,) = [pid for pid in children(self.process.pid) if "_committer" in command_line(pid)]
+        (pid,) = self.commit_processes()
         return pid
 
     def total(self) -> int:
@@ -92,13 +95,6 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
             found += [int(child) for child in (task / "children").read_text().split()]
     return found
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except FileNotFoundError:
-        return ""
 
 
 def wait_until(condition: object, what: str) -> None:
@@ -212,8 +208,72 @@ def test_a_dead_worker_is_started_again(served: Served) -> None:
     assert re.search(r"SMTP worker \d exited with status -9; starting it again", err), err
 
 
+def test_a_dead_commit_process_is_started_again_and_no_mail_is_refused(served: Served) -> None:
+    first = served.commit_process()
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: gone(first), "the commit process to die")
+    # Meanwhile each SMTP process commits on its own.  One that has not yet seen the
+    # connection end sends there first, and answers 451, as for a message in flight:
+    # a client sends it again, as clients do.
+    refused = 0
+    for number in range(10):
+        refused += send_until_accepted(served.port, f"Subject: {number}\r\n\r\n.\r\n")
+    assert refused <= 3  # at most once for each SMTP process
+    wait_until(lambda: served.commit_processes() not in ([], [first]), "a new commit process")
+    for number in range(10, 20):
+        assert send_until_accepted(served.port, f"Subject: {number}\r\n\r\n.\r\n") == 0
+    assert served.total() == 20
+    status, err = served.stop()
+    assert status == 0, err
+    assert "the commit process exited with status -9; starting it again" in err, err
+
+
+def test_the_commit_process_listens_privately_and_stops_last(served: Served) -> None:
+    commit = served.commit_process()
+    (path,) = unix_sockets_of(commit)
+    directory = Path(path).parent
+    assert directory.stat().st_mode & 0o777 == 0o700
+    with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
+        client.sendmail("a@example.com", ["b@example.org"], "Subject: before\r\n\r\n.\r\n")
+    status, err = served.stop()
+    assert status == 0, err
+    assert gone(commit)
+    assert not directory.exists()
+
+
+def send_until_accepted(port: int, message: str) -> int:
+    """Send ``message`` until it is accepted; return how many times it got a 4xx."""
+    for refused in range(5):
+        with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+            try:
+                client.sendmail("a@example.com", ["b@example.org"], message)
+            except smtplib.SMTPDataError as error:
+                if not 400 <= error.smtp_code < 500:
+                    raise
+                continue
+            return refused
+    raise AssertionError(f"not accepted in 5 tries: {message!r}")
+
+
+def unix_sockets_of(pid: int) -> list[str]:
+    """The paths of the listening Unix sockets process ``pid`` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    paths = []
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        # Flags 00010000: listening.
+        if len(fields) == 8 and fields[6] in inodes and fields[3] == "00010000":
+            paths.append(fields[7])
+    return paths
+
+
 def test_workers_stop_when_the_server_dies(served: Served) -> None:
-    workers = served.workers()
+    workers = [*served.workers(), served.commit_process()]
     served.process.kill()
     served.process.communicate()
     # Their stdin, a pipe from the server, reaches its end: they stop by themselves.
@@ -254,7 +314,10 @@ def test_the_test_helper_runs_workers_too() -> None:
 
 
 def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except FileNotFoundError:  # it ended meanwhile
+        return ""
 
 
 @pytest.mark.asyncio
