@@ -354,15 +354,18 @@ class SQLiteStore:
         self._publish([StoreEvent(StoreEventKind.STORED, tuple(message_ids))])
 
     def serve_commits(self, listener: socket.socket, stop_fd: int) -> None:
-        """Be the commit process: commit what clients send to ``listener`` until ``stop_fd`` is
-        readable.  Blocks; run it on a thread of its own.  It writes on a connection of its
-        own, taking turns with this store's writer and every other.
+        """Be the commit process: commit the new mail clients send to ``listener``.
+
+        Blocks until ``stop_fd`` is readable; run it on a thread of its own.  It
+        writes on a connection of its own, taking turns with every other writer.
+        Raises ``StoreError`` or ``OSError`` when it cannot open that connection.
         """
         self._check_open()
+        turns = self._turns()
         try:
             connection = _connect(self.path)
-            turns = self._turns()
-        except (OSError, sqlite3.Error) as error:
+        except sqlite3.Error as error:
+            turns.close()
             raise StoreError(f"cannot open message store {self.path}: {error}") from error
         committer = Committer(connection, self.bodies, self._origin, turns)
         try:
