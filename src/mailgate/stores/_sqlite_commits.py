@@ -98,6 +98,7 @@ class CommitClient(asyncio.Protocol):
         self._waiting: collections.deque[tuple[asyncio.Future[MessageId], MessageId]] = (
             collections.deque()
         )
+        self._unsent: list[bytes] = []  # frames of this turn of the event loop
 
     @property
     def connected(self) -> bool:
@@ -112,10 +113,19 @@ class CommitClient(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             raise StoreError("the commit process is not connected")
-        future: asyncio.Future[MessageId] = asyncio.get_running_loop().create_future()
-        transport.write(encode_insert(insert))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[MessageId] = loop.create_future()
+        if not self._unsent:
+            # One write for every message this turn of the loop ends: one wake-up there.
+            loop.call_soon(self._send)
+        self._unsent.append(encode_insert(insert))
         self._waiting.append((future, MessageId(insert.row[0])))
         return future
+
+    def _send(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if self._transport is not None:  # else connection_lost failed their futures
+            self._transport.write(b"".join(unsent))
 
     def data_received(self, data: bytes) -> None:
         waiting = self._waiting
