@@ -15,6 +15,7 @@ import re
 import select
 import signal
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import time
@@ -340,3 +341,42 @@ async def test_bound_ports_refuse_connections_until_they_serve(tmp_path: Path) -
         await server.aclose()
         sink.close()
         await store.aclose()
+
+
+def test_without_a_commit_process_each_process_commits_on_its_own(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)  # too deep a temporary directory for a Unix socket
+    deep.mkdir()
+    argv = ["serve", "--smtp", "127.0.0.1:0", "--no-http", "--data", str(tmp_path / "data")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailgate", *argv, "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(deep)},
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
+        line = process.stdout.readline() if ready else ""
+        match = re.search(r"smtp 127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        assert not [pid for pid in children(process.pid) if "_committer" in cmdline(pid)]
+        for number in range(4):
+            with smtplib.SMTP("127.0.0.1", int(match[1]), timeout=TIMEOUT) as client:
+                client.sendmail(
+                    "a@example.com", ["b@example.org"], f"Subject: {number}\r\n\r\n.\r\n"
+                )
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert "the commit process did not start" in err
+    assert "each SMTP process commits on its own" in err
+    connection = sqlite3.connect(tmp_path / "data" / "mail.db")
+    try:
+        assert connection.execute("SELECT count(*) FROM messages").fetchone() == (4,)
+    finally:
+        connection.close()

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Self
 
 from mailgate.cli._commit_process import CommitProcess
-from mailgate.cli._workers import WorkerPool, worker_settings
+from mailgate.cli._workers import WorkerError, WorkerPool, worker_settings
 from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.ports import Authenticator, MessageStore, StoreError
@@ -187,9 +187,14 @@ class Mailgate:
         if not isinstance(store, SQLiteStore):
             return
         if self._start_commit_process:
-            self._commits = CommitProcess(self.settings)
-            await self._commits.start()
-            self._commit_socket = self._commits.socket_path
+            commits = CommitProcess(self.settings)
+            try:
+                await commits.start()
+            except WorkerError as error:  # e.g. a temporary directory too deep for a socket
+                log.warning("%s; each SMTP process commits on its own", error)
+                return
+            self._commits = commits
+            self._commit_socket = commits.socket_path
             await store.connect_commit_process(self._commit_socket)
         elif self._commit_socket is not None:
             try:
