@@ -61,13 +61,13 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 _READ_BYTES = 256 * 1024
 
 
-def encode_insert(insert: Insert) -> bytes:
-    """The frame that carries ``insert``."""
+def encode_insert(insert: Insert) -> tuple[bytes, bytes]:
+    """The frame that carries ``insert``: its header and its payload."""
     payload = marshal.dumps((insert.origin, insert.row, insert.content, insert.body_file))
-    return _HEADER.pack(len(payload)) + payload
+    return _HEADER.pack(len(payload)), payload
 
 
-def _decode_insert(payload: bytes) -> Insert:
+def _decode_insert(payload: bytes | memoryview) -> Insert:
     """The ``Insert`` a frame's payload carries; ``ValueError`` when it carries none."""
     try:
         origin, row, content, body_file = marshal.loads(payload)  # noqa: S302 - our own peer
@@ -118,7 +118,7 @@ class CommitClient(asyncio.Protocol):
         if not self._unsent:
             # One write for every message this turn of the loop ends: one wake-up there.
             loop.call_soon(self._send)
-        self._unsent.append(encode_insert(insert))
+        self._unsent += encode_insert(insert)
         self._waiting.append((future, MessageId(insert.row[0])))
         return future
 
@@ -253,23 +253,25 @@ class CommitServer:
             if len(data) < _READ_BYTES:
                 break
         position, end = 0, len(inbox)
-        while end - position >= _HEADER.size:
-            (length,) = _HEADER.unpack_from(inbox, position)
-            if length > MAX_FRAME_BYTES:
-                log.error("a commit client sent a frame of %d bytes: disconnecting it", length)
-                self._drop(peer)
-                return
-            if end - position - _HEADER.size < length:
-                break
-            start = position + _HEADER.size
-            try:
-                insert = _decode_insert(bytes(inbox[start : start + length]))
-            except ValueError as error:
-                log.error("a commit client sent %s: disconnecting it", error)
-                self._drop(peer)
-                return
-            received.append((peer, insert))
-            position = start + length
+        with memoryview(inbox) as view:  # frames decoded in place, not copied out first
+            while end - position >= _HEADER.size:
+                (length,) = _HEADER.unpack_from(view, position)
+                if length > MAX_FRAME_BYTES:
+                    log.error("a commit client sent a frame of %d bytes: disconnecting it", length)
+                    self._drop(peer)
+                    return
+                if end - position - _HEADER.size < length:
+                    break
+                start = position + _HEADER.size
+                try:
+                    with view[start : start + length] as frame:
+                        insert = _decode_insert(frame)
+                except ValueError as error:
+                    log.error("a commit client sent %s: disconnecting it", error)
+                    self._drop(peer)
+                    return
+                received.append((peer, insert))
+                position = start + length
         del inbox[:position]
 
     def _commit(self, received: list[tuple[_Peer, Insert]]) -> None:
