@@ -135,6 +135,21 @@ async def test_new_mail_is_committed_by_the_commit_process(
 
 
 @pytest.mark.asyncio
+async def test_larger_content_held_in_memory_is_committed_here(
+    tmp_path: Path, socket_path: str
+) -> None:
+    async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
+        before = store.stats.transactions
+        at_limit = sqlite_module.MAX_CONTENT_SENT_OCTETS - 1000
+        sent = await deliver(store, tmp_path, "sent", size=at_limit)
+        assert store.stats.transactions == before
+        kept = await deliver(store, tmp_path, "kept", size=sqlite_module.MAX_CONTENT_SENT_OCTETS)
+        assert store.stats.transactions == before + 1
+        assert not list(store.bodies.iterdir())  # both inline
+        assert [m.id for m in (await store.list()).messages] == [kept, sent]
+
+
+@pytest.mark.asyncio
 async def test_subscribers_hear_of_new_mail_once_here_and_once_elsewhere(
     tmp_path: Path, socket_path: str
 ) -> None:

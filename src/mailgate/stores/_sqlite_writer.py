@@ -1,6 +1,7 @@
 """The SQLite store's one writer thread, and group commit.
 
-Every change goes through one thread that owns the only write connection.
+Every change a store makes goes through one thread that owns the store's
+write connection (new mail may instead go to the commit process, below).
 Callers enqueue an operation with a future and await it.  The thread takes
 everything queued, applies it all in ONE transaction and commits it (one
 fsync of the WAL, ``synchronous=FULL``), then resolves every future of the

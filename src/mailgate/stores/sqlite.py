@@ -16,8 +16,9 @@ in this process or others, take turns on ``<database>-write-lock`` (see
 
 ``mailgate serve`` commits new mail in a process of its own: a store told
 ``connect_commit_process`` sends each new message there rather than to its
-writer thread (see ``_sqlite_commits``), and commits on its own thread again
-while that process cannot be reached.
+writer thread (see ``_sqlite_commits``), but for one whose content, held in
+memory, is larger than ``MAX_CONTENT_SENT_OCTETS``; and it commits on its own
+thread again while that process cannot be reached.
 
 Several stores, in one process or many, may share the database.  Each
 store's subscribers see every change any of them commits: its own writer's
@@ -88,6 +89,9 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 10_000
 MAX_SUBSCRIBER_BACKLOG = 10_000
 """Events a subscriber may fall behind by before it gets ``OVERFLOW`` instead."""
+MAX_CONTENT_SENT_OCTETS = 16 * 1024
+"""Larger content kept in memory is committed here, not copied to the commit process and
+through the kernel twice more: for such a message that costs more than it saves."""
 RECONNECT_SECONDS = 1.0
 """How long a store commits on its own writer after failing to reach the commit process."""
 BODY_SUFFIX = ".eml"
@@ -303,6 +307,7 @@ class SQLiteStore:
             client is not None
             and client.connected
             and self._commit_loop is asyncio.get_running_loop()
+            and (content is None or len(content) <= MAX_CONTENT_SENT_OCTETS)
         ):
             return await client.commit(Insert(row, content, body_file, self._origin))
         if self._commit_socket is not None:
