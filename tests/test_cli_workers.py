@@ -274,11 +274,14 @@ def unix_sockets_of(pid: int) -> list[str]:
 
 
 def test_workers_stop_when_the_server_dies(served: Served) -> None:
-    workers = [*served.workers(), served.commit_process()]
+    commit = served.commit_process()
+    (socket_path,) = unix_sockets_of(commit)
+    workers = [*served.workers(), commit]
     served.process.kill()
     served.process.communicate()
     # Their stdin, a pipe from the server, reaches its end: they stop by themselves.
     wait_until(lambda: all(gone(pid) for pid in workers), "the workers to stop")
+    assert not Path(socket_path).parent.exists()  # the commit process cleaned up
 
 
 @pytest.mark.asyncio

@@ -5,7 +5,8 @@ the serving process (``_commit_process.CommitProcess``), which writes the
 settings and the socket path to its stdin.  It opens the store, listens on
 the Unix socket, answers ``ready``, and commits what the SMTP processes send
 (``mailgate.stores.sqlite.SQLiteStore.serve_commits``) until SIGTERM or until
-its stdin reaches end-of-file (the serving process is gone).  It ignores
+its stdin reaches end-of-file (the serving process is gone: then it removes
+the socket and its directory itself).  It ignores
 SIGINT: on Ctrl-C the SMTP processes finish their transactions first, and the
 serving process stops it last.
 """
@@ -59,14 +60,17 @@ async def _commit(settings: Settings, socket_path: str) -> int:
             answer_parent(f"error: cannot listen on {socket_path}: {error}")
             return EXIT_FAILURE
         loop = asyncio.get_running_loop()
+        orphaned = False
 
         def stop() -> None:
             with contextlib.suppress(OSError):
                 stop_writer.send(b"x")
 
         def parent_gone() -> None:
+            nonlocal orphaned
             if not os.read(STDIN, 4096):
                 loop.remove_reader(STDIN)
+                orphaned = True
                 stop()
 
         loop.add_signal_handler(signal.SIGTERM, stop)
@@ -74,6 +78,10 @@ async def _commit(settings: Settings, socket_path: str) -> int:
         answer_parent(READY)
         with listener:
             await asyncio.to_thread(store.serve_commits, listener, stop_reader.fileno())
+        if orphaned:  # nobody else is left to remove the socket and its directory
+            with contextlib.suppress(OSError):
+                os.unlink(socket_path)
+                os.rmdir(os.path.dirname(socket_path))
     finally:
         stop_reader.close()
         stop_writer.close()
