@@ -112,7 +112,10 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     # A zombie (not yet reaped by its parent) has exited too.
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except FileNotFoundError:  # reaped meanwhile
+        return True
 
 
 def server_pid_of(client: smtplib.SMTP, pids: list[int]) -> int:
