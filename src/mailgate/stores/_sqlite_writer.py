@@ -56,7 +56,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 try:
     import fcntl
@@ -360,35 +360,33 @@ class Committer:
         return batch
 
     def _transaction_in_turn(self, operations: list[Operation]) -> _Batch:
-        if len(operations) <= MAX_ROWS_PER_INSERT and all(
-            type(operation) is Insert for operation in operations
+        inserts = [op for op in operations if isinstance(op, Insert)]
+        stored = self._stored_by_origin(inserts)
+        if len(inserts) == len(operations) <= MAX_ROWS_PER_INSERT and self._logged_without_pruning(
+            len(stored)
         ):
-            inserts = cast("list[Insert]", operations)
-            stored = self._stored_by_origin(inserts)
-            if self._logged_without_pruning(len(stored)):
-                return self._insert_alone(inserts, stored)
+            return self._insert_alone(inserts, stored)
         connection = self._connection
         batch = _Batch()
         connection.execute("BEGIN IMMEDIATE")
         try:
-            inserts = []
+            pending: list[Insert] = []  # inserted together, up to the next other operation
             for operation in operations:
                 if isinstance(operation, Insert):
-                    inserts.append(operation)
+                    pending.append(operation)
                     batch.results.append(operation.row[0])
                     continue
-                self._insert(inserts, batch)
-                inserts = []
+                self._insert(pending, batch)
+                pending = []
                 if isinstance(operation, Delete):
                     batch.results.append(self._delete(operation, batch))
                 elif isinstance(operation, Apply):
                     batch.results.append(operation.work(connection))
                 else:
                     batch.results.append(self._mark_read(operation, batch))
-            self._insert(inserts, batch)
+            self._insert(pending, batch)
             logged = [(self._origin, event) for event in batch.events]
-            inserted = [op for op in operations if isinstance(op, Insert)]
-            for origin, ids in self._stored_by_origin(inserted).items():
+            for origin, ids in stored.items():
                 event = StoreEvent(StoreEventKind.STORED, tuple(ids))
                 logged.insert(0, (origin, event))
                 if origin == self._origin:
