@@ -23,13 +23,18 @@ import sys
 
 from mailgate import MailgateError
 from mailgate.cli._exit import EXIT_FAILURE, EXIT_OK
-from mailgate.cli._process import READY, answer_parent, configure_process, new_runner
+from mailgate.cli._process import (
+    READY,
+    answer_parent,
+    configure_process,
+    new_runner,
+    when_parent_gone,
+)
 from mailgate.config import Settings
 from mailgate.stores import SQLiteStore, open_store
 
 __all__ = ["main"]
 
-STDIN = 0
 LISTEN_BACKLOG = 128
 
 
@@ -68,13 +73,11 @@ async def _commit(settings: Settings, socket_path: str) -> int:
 
         def parent_gone() -> None:
             nonlocal orphaned
-            if not os.read(STDIN, 4096):
-                loop.remove_reader(STDIN)
-                orphaned = True
-                stop()
+            orphaned = True
+            stop()
 
         loop.add_signal_handler(signal.SIGTERM, stop)
-        loop.add_reader(STDIN, parent_gone)
+        when_parent_gone(loop, parent_gone)
         answer_parent(READY)
         with listener:
             await asyncio.to_thread(store.serve_commits, listener, stop_reader.fileno())

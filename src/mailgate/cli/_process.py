@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Callable
 
 from mailgate.config import Settings
 
-__all__ = ["READY", "answer_parent", "configure_process", "new_runner"]
+__all__ = ["READY", "answer_parent", "configure_process", "new_runner", "when_parent_gone"]
 
 GIL_SWITCH_INTERVAL_SECONDS = 0.002
+STDIN = 0
 READY = "ready"
 """What a child process (an SMTP worker, the commit process) answers once it serves."""
 
@@ -42,3 +45,14 @@ def answer_parent(line: str) -> None:
     """Tell the parent process ``READY`` or ``error: ...``: one line on stdout."""
     sys.stdout.buffer.write(line.replace("\n", " ").encode() + b"\n")
     sys.stdout.buffer.flush()
+
+
+def when_parent_gone(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once stdin, a pipe from the parent process, reaches its end."""
+
+    def readable() -> None:
+        if not os.read(STDIN, 4096):
+            loop.remove_reader(STDIN)
+            callback()
+
+    loop.add_reader(STDIN, readable)

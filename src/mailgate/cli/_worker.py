@@ -7,7 +7,6 @@ serving process, which writes the worker's settings and number to its stdin.
 from __future__ import annotations
 
 import asyncio
-import os
 import pickle
 import signal
 import sys
@@ -15,12 +14,16 @@ import sys
 from mailgate import MailgateError
 from mailgate.cli._app import Mailgate
 from mailgate.cli._exit import EXIT_FAILURE, EXIT_OK
-from mailgate.cli._process import READY, answer_parent, configure_process, new_runner
+from mailgate.cli._process import (
+    READY,
+    answer_parent,
+    configure_process,
+    new_runner,
+    when_parent_gone,
+)
 from mailgate.config import Settings
 
 __all__ = ["main"]
-
-STDIN = 0
 
 
 def main() -> None:
@@ -46,12 +49,7 @@ async def _work(settings: Settings, number: int, commit_socket: str | None) -> i
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
 
-        def parent_gone() -> None:
-            if not os.read(STDIN, 4096):
-                loop.remove_reader(STDIN)
-                stop.set()
-
-        loop.add_reader(STDIN, parent_gone)
+        when_parent_gone(loop, stop.set)
         answer_parent(READY)
         await stop.wait()
     finally:
