@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +40,20 @@ def body_of(raw: bytes) -> bytes:
     while raw[end + 2 : end + 3] in (b" ", b"\t"):
         end = raw.index(b"\r\n", end + 2)
     return raw[end + 2 :]
+
+
+def children(pid: int, marker: str = "") -> list[int]:
+    """The children of process ``pid`` (started by any of its threads) whose command line
+    holds ``marker``: ``_worker`` for SMTP workers, ``_committer`` for the commit process."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return [child for child in found if marker in cmdline(child)]
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except FileNotFoundError:  # it ended meanwhile
+        return ""

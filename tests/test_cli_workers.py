@@ -31,6 +31,7 @@ from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.server import SMTPServer
 from mailgate.stores import SQLiteStore
 from mailgate.testing import MailgateServer
+from server_helpers import children
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc to see which process serves"
@@ -69,11 +70,11 @@ class Served:
 
     def workers(self) -> list[int]:
         """The pids of the SMTP worker processes (the server's children but one)."""
-        return [pid for pid in children(self.process.pid) if "_worker" in cmdline(pid)]
+        return children(self.process.pid, "_worker")
 
     def commit_processes(self) -> list[int]:
         """The pids of the commit process (the server's other child): one, or none a while."""
-        return [pid for pid in children(self.process.pid) if "_committer" in cmdline(pid)]
+        return children(self.process.pid, "_committer")
 
     def commit_process(self) -> int:
         (pid,) = self.commit_processes()
@@ -87,15 +88,6 @@ class Served:
         self.process.send_signal(signal.SIGTERM)
         _, err = self.process.communicate(timeout=TIMEOUT)
         return self.process.returncode, err
-
-
-def children(pid: int) -> list[int]:
-    """The children of process ``pid``, whichever of its threads started them."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
-            found += [int(child) for child in (task / "children").read_text().split()]
-    return found
 
 
 def wait_until(condition: object, what: str) -> None:
@@ -308,23 +300,13 @@ async def test_a_worker_that_cannot_start_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="auto starts no worker on one CPU")
 def test_the_test_helper_runs_workers_too() -> None:
     with MailgateServer(settings=Settings(workers=0)) as server:  # auto: one per CPU
-        workers = children(os.getpid())
-        assert (
-            len([pid for pid in workers if "_worker" in cmdline(pid)]) == (os.cpu_count() or 1) - 1
-        )
+        assert len(children(os.getpid(), "_worker")) == (os.cpu_count() or 1) - 1
         for number in range(20):
             with smtplib.SMTP(server.host, server.port, timeout=TIMEOUT) as client:
                 client.sendmail(
                     "a@example.com", ["b@example.org"], f"Subject: {number}\r\n\r\n.\r\n"
                 )
         assert len(server.messages()) == 20
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except FileNotFoundError:  # it ended meanwhile
-        return ""
 
 
 @pytest.mark.asyncio
@@ -366,7 +348,7 @@ def test_without_a_commit_process_each_process_commits_on_its_own(tmp_path: Path
         line = process.stdout.readline() if ready else ""
         match = re.search(r"smtp 127\.0\.0\.1:(\d+)", line)
         assert match, line
-        assert not [pid for pid in children(process.pid) if "_committer" in cmdline(pid)]
+        assert not children(process.pid, "_committer")
         for number in range(4):
             with smtplib.SMTP("127.0.0.1", int(match[1]), timeout=TIMEOUT) as client:
                 client.sendmail(

@@ -24,7 +24,7 @@ import pytest
 
 from mailgate.model import MessageId
 from mailgate.stores import open_store
-from server_helpers import body_of
+from server_helpers import body_of, children
 
 SENDERS = 8
 KILL_AFTER = 150  # acknowledged messages before the kill
@@ -67,14 +67,6 @@ def message(sender: int, n: int) -> bytes:
     )
 
 
-def commit_process_of(pid: int) -> int:
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            if "_committer" in Path(f"/proc/{child}/cmdline").read_text():
-                return int(child)
-    raise AssertionError("no commit process")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("victim", ["server", "commit process"])
 def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path, victim: str) -> None:
@@ -112,7 +104,8 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path, victim: s
     if victim == "server":
         os.kill(process.pid, signal.SIGKILL)
     else:
-        os.kill(commit_process_of(process.pid), signal.SIGKILL)
+        (commit_process,) = children(process.pid, "_committer")
+        os.kill(commit_process, signal.SIGKILL)
         with lock:
             more = len(acknowledged) + KILL_AFTER
         # The SMTP process commits on its own meanwhile: the load goes on.
