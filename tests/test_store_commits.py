@@ -2,7 +2,8 @@
 
 A store told ``connect_commit_process`` sends each new message to a server
 store's ``serve_commits`` loop and hears back once it is committed.  Nothing
-sleeps: every wait is for an event, with a time-out.
+sleeps but to look again at the search index, which has no event: every wait
+has a time-out.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import pytest
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
+from mailgate.query import parse_query
 from mailgate.stores import SQLiteStore
 from mailgate.stores import _sqlite_commits as commits
 from mailgate.stores import sqlite as sqlite_module
 from mailgate.stores._sqlite_writer import Insert
 from mailgate.testing.stores import make_envelope, make_message
+from store_helpers import index_state, until
 
 TIMEOUT = 10.0
 
@@ -189,6 +192,22 @@ async def test_concurrent_commits_from_two_clients_each_get_their_own_id(
         assert sorted(i for ids in logged for i in ids) == sorted(ids)
         assert len(logged) < len(sent)
         assert served.store.stats.transactions == 0
+
+
+@pytest.mark.asyncio
+async def test_the_commit_process_indexes_new_mail_when_idle(
+    tmp_path: Path, socket_path: str
+) -> None:
+    async with (
+        serving(tmp_path, socket_path) as served,
+        client_store(tmp_path, socket_path) as store,
+    ):
+        ids = await asyncio.gather(*(deliver(store, tmp_path, f"ledger {n}") for n in range(50)))
+        assert (await store.search(parse_query("ledger"))).total == len(ids)
+        await until(lambda: index_state(tmp_path / "mail.db") == (50, 0), "all are indexed")
+        # By the commit process: neither store's own writer knew of this mail.
+        assert store.stats.indexed == served.store.stats.indexed == 0
+        assert (await store.search(parse_query('"ledger 7"'))).total == 1
 
 
 @pytest.mark.asyncio

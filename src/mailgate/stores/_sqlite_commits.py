@@ -47,7 +47,12 @@ from collections.abc import Callable
 
 from mailgate.model import MessageId
 from mailgate.ports import StoreError
-from mailgate.stores._sqlite_writer import MAX_BATCH_OPERATIONS, Committer, Insert
+from mailgate.stores._sqlite_writer import (
+    INDEX_BACKLOG,
+    MAX_BATCH_OPERATIONS,
+    Committer,
+    Insert,
+)
 
 __all__ = ["COMMITTED", "FAILED", "CommitClient", "CommitServer", "encode_insert"]
 
@@ -187,7 +192,9 @@ class CommitServer:
 
     Single-threaded: it reads every frame that is ready, commits them all in
     one transaction, answers, and reads again; what arrives during a commit
-    makes the next one.  Run ``serve`` on one thread.
+    makes the next one.  When no frame is ready it adds new mail to the search
+    index, a few messages at a time (``Committer.index``).  Run ``serve`` on
+    one thread.
     """
 
     def __init__(self, committer: Committer, listener: socket.socket, stop_fd: int) -> None:
@@ -203,11 +210,17 @@ class CommitServer:
         self._listener.setblocking(False)
         selector.register(self._listener, selectors.EVENT_READ, _ACCEPT)
         selector.register(self._stop_fd, selectors.EVENT_READ, _STOP)
+        committer = self._committer
         stopping = False
         try:
             while not stopping:
                 received: list[tuple[_Peer, Insert]] = []
-                for key, mask in selector.select():
+                ready = selector.select(0 if committer.unindexed else None)
+                if not ready:  # idle: index what is new, then look again
+                    with committer.turns:
+                        committer.index()
+                    continue
+                for key, mask in ready:
                     if key.data is _STOP:
                         stopping = True
                     elif key.data is _ACCEPT:
@@ -220,6 +233,9 @@ class CommitServer:
                             self._receive(peer, received)
                 for start in range(0, len(received), MAX_BATCH_OPERATIONS):
                     self._commit(received[start : start + MAX_BATCH_OPERATIONS])
+                if committer.unindexed > INDEX_BACKLOG:
+                    with committer.turns:
+                        committer.index()
         finally:
             for peer in list(self._peers.values()):
                 self._drop(peer)

@@ -2,13 +2,21 @@
 
 Free words are looked up in ``message_search``, an FTS5 table with the
 trigram tokenizer over each message's subject, addresses, Message-ID and
-snippet, kept in step with ``messages`` by triggers.  ``LIKE '%word%'`` on
-it is a case-insensitive substring match, the same meaning
-``query.matches`` gives a word, but answered from the trigram index, so a
-search stays quick at 100,000 messages.  (``detail = 'none'``: LIKE needs
-no positions, and the index is a fifth of the size.)  Words shorter than three characters (too
-short for a trigram) and field terms (``from:``, ``subject:``...) are
-filtered with ``instr`` on the row.  Every value is a bound parameter.
+snippet.  ``LIKE '%word%'`` on it is a case-insensitive substring match, the
+same meaning ``query.matches`` gives a word, but answered from the trigram
+index, so a search stays quick at 100,000 messages.  (``detail = 'none'``:
+LIKE needs no positions, and the index is a fifth of the size.)  Words
+shorter than three characters (too short for a trigram) and field terms
+(``from:``, ``subject:``...) are filtered with ``instr`` on the row.  Every
+value is a bound parameter.
+
+A new message is not indexed in the transaction that stores it: tokenizing
+it would take two thirds of that transaction, which a client waits for.
+It is listed in ``unindexed`` instead, and ``index_unindexed`` moves such
+messages into the index later, a few at a time, in a transaction of their
+own.  Until then a free word is matched against them with ``instr``, so a
+search finds a message from the moment it is stored.  A trigger removes a
+deleted message from the index.
 
 Tag changes are functions of the write connection, run by the store's
 writer thread inside its transaction.
@@ -30,6 +38,7 @@ __all__ = [
     "SEARCH_SCHEMA",
     "delete_tag",
     "ensure_search_schema",
+    "index_unindexed",
     "rename_tag",
     "search_page",
     "set_tags",
@@ -62,17 +71,23 @@ def _text(row: str) -> str:
 
 
 SEARCH_SCHEMA = (  # constants only
-    "CREATE VIRTUAL TABLE IF NOT EXISTS message_search"  # noqa: S608
+    "CREATE VIRTUAL TABLE IF NOT EXISTS message_search"
     " USING fts5(text, tokenize = 'trigram', detail = 'none');\n"
-    "CREATE TRIGGER IF NOT EXISTS message_search_inserted AFTER INSERT ON messages BEGIN\n"
-    f"    INSERT INTO message_search (rowid, text) VALUES (NEW.seq, {_text('NEW')});\n"
-    "END;\n"
     "CREATE TRIGGER IF NOT EXISTS message_search_deleted AFTER DELETE ON messages BEGIN\n"
     "    DELETE FROM message_search WHERE rowid = OLD.seq;\n"
     "END;\n"
 )
 _INDEX_EXISTING = (
     f"INSERT INTO message_search (rowid, text) SELECT seq, {_text('messages')} FROM messages"  # noqa: S608
+)
+_INDEX_UNINDEXED = (  # constants only
+    "INSERT INTO message_search (rowid, text)"  # noqa: S608
+    f" SELECT seq, {_text('messages')} FROM messages"
+    " WHERE seq IN (SELECT seq FROM unindexed WHERE seq <= ?)"
+)
+_MATCH_UNINDEXED = (  # constants only
+    "SELECT unindexed.seq FROM unindexed JOIN messages AS m ON m.seq = unindexed.seq"  # noqa: S608
+    f" WHERE instr(lower({_text('m')}), ?) > 0"
 )
 
 
@@ -93,11 +108,28 @@ def ensure_search_schema(connection: sqlite3.Connection) -> None:
         for statement in _statements(SEARCH_SCHEMA):
             connection.execute(statement)
         connection.execute(_INDEX_EXISTING)
+        connection.execute("DELETE FROM unindexed")
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
+
+
+def index_unindexed(connection: sqlite3.Connection, limit: int) -> int:
+    """Index up to ``limit`` of the messages the index lacks, oldest first; return how many.
+
+    Run it inside a write transaction.
+    """
+    seqs = connection.execute(
+        "SELECT seq FROM unindexed ORDER BY seq LIMIT ?", (max(limit, 0),)
+    ).fetchall()
+    if not seqs:
+        return 0
+    (last,) = seqs[-1]
+    connection.execute(_INDEX_UNINDEXED, (last,))
+    connection.execute("DELETE FROM unindexed WHERE seq <= ?", (last,))
+    return len(seqs)
 
 
 def _statements(script: str) -> list[str]:
@@ -125,6 +157,17 @@ _FIELD_COLUMNS = {
     Field.ADDRESSED: f"lower({_people('recipients')})",
     Field.SUBJECT: "lower(subject)",
 }
+
+
+def _text_matches(indexed: str) -> str:
+    """A free-word condition: ``indexed`` on the search index, or, for the messages it
+    lacks yet, their text containing the word (the last parameter)."""
+    return (
+        "seq IN (SELECT rowid FROM message_search"  # noqa: S608 - constants only
+        f" WHERE {indexed} UNION ALL {_MATCH_UNINDEXED})"
+    )
+
+
 _HAS_TAG = "EXISTS (SELECT 1 FROM tags WHERE tags.seq = messages.seq{})"
 
 
@@ -136,17 +179,13 @@ def _condition(term: Term) -> tuple[str, list[Any]]:
                 # LIKE has no ESCAPE the index can use: its wildcards find a superset,
                 # which instr narrows to the literal text.
                 return (
-                    "seq IN (SELECT rowid FROM message_search"
-                    " WHERE text LIKE ? AND instr(lower(text), ?) > 0)",
-                    [f"%{value}%", value],
+                    _text_matches("text LIKE ? AND instr(lower(text), ?) > 0"),
+                    [f"%{value}%", value, value],
                 )
-            return "seq IN (SELECT rowid FROM message_search WHERE text LIKE ?)", [f"%{value}%"]
+            return _text_matches("text LIKE ?"), [f"%{value}%", value]
         case TextTerm(field=Field.TEXT, value=value):
             # Too short for a trigram: read the indexed text, not the rows it came from.
-            return (
-                "seq IN (SELECT rowid FROM message_search WHERE instr(lower(text), ?) > 0)",
-                [value],
-            )
+            return _text_matches("instr(lower(text), ?) > 0"), [value, value]
         case TextTerm(field=Field.TAG, value=value):
             return _HAS_TAG.format(" AND lower(tags.tag) = ?"), [value]
         case TextTerm(field=Field.MESSAGE_ID, value=value):

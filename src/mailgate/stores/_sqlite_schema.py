@@ -14,9 +14,16 @@ writes the row and, for inline content, its ``bodies`` row under the
 ``seq`` SQLite just gave it, and, for a row that carries them, the
 ``changes`` row of the batch: so a batch of new mail is one statement.
 
+``unindexed`` lists the new messages not yet in the search index: a
+trigger adds each new row there, and the writer moves them into the index
+in transactions of their own when it is idle (``_sqlite_query``), so that
+the commit a client waits for does not also tokenize the message.
+
 Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``; 4 let
-``incoming`` write the change log.  Opening a database of an older version
-runs ``UPGRADE``, then ``SCHEMA`` (every statement ``IF NOT EXISTS``), on it.
+``incoming`` write the change log; 5 added ``unindexed``, in place of indexing
+each new message in the transaction that stores it.  Opening a database of an
+older version runs ``UPGRADE``, then ``SCHEMA`` (every statement ``IF NOT
+EXISTS``), on it.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ __all__ = [
     "summary_from_row",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _INCOMING_COLUMNS = (
     "id, received_at, size, sender, recipients, subject, date, message_id,"
@@ -95,13 +102,18 @@ CREATE TABLE IF NOT EXISTS counts (
     unread INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counts VALUES (1, 0, 0);
+CREATE TABLE IF NOT EXISTS unindexed (
+    seq INTEGER PRIMARY KEY        -- a message the search index lacks
+);
 CREATE TRIGGER IF NOT EXISTS message_inserted AFTER INSERT ON messages BEGIN
     UPDATE counts SET total = total + 1, unread = unread + (NEW.read = 0);
+    INSERT INTO unindexed (seq) VALUES (NEW.seq);
 END;
 CREATE TRIGGER IF NOT EXISTS message_deleted AFTER DELETE ON messages BEGIN
     UPDATE counts SET total = total - 1, unread = unread - (OLD.read = 0);
     DELETE FROM bodies WHERE seq = OLD.seq;
     DELETE FROM tags WHERE seq = OLD.seq;
+    DELETE FROM unindexed WHERE seq = OLD.seq;
 END;
 CREATE TRIGGER IF NOT EXISTS message_read AFTER UPDATE OF read ON messages
 WHEN OLD.read != NEW.read BEGIN
@@ -129,9 +141,15 @@ CREATE TRIGGER IF NOT EXISTS incoming_inserted INSTEAD OF INSERT ON incoming BEG
 END;
 """  # noqa: S608 - column names only
 
-UPGRADE = "DROP VIEW IF EXISTS incoming;"
-"""Run before ``SCHEMA`` on a database of an older version: views and their triggers
-are created anew (``DROP VIEW`` drops the view's triggers too)."""
+UPGRADE = (
+    "DROP VIEW IF EXISTS incoming;"
+    " DROP TRIGGER IF EXISTS message_inserted;"
+    " DROP TRIGGER IF EXISTS message_deleted;"
+    " DROP TRIGGER IF EXISTS message_search_inserted;"
+)
+"""Run before ``SCHEMA`` on a database of an older version: views and triggers are
+created anew (``DROP VIEW`` drops the view's triggers too).  Up to version 4 a trigger,
+``message_search_inserted``, indexed each new message as it was stored."""
 
 MAX_ROWS_PER_INSERT = 256
 """Rows one INSERT statement carries at most (15 variables each; SQLite allows 32766)."""

@@ -41,6 +41,11 @@ explicit transaction: an INSERT through the ``incoming`` view whose last row
 also logs the change.  SQLite commits it on its own, so the thread gives up
 the GIL (and, on a busy process, waits to get it back) once a transaction
 rather than four times (BEGIN, INSERT, change log, COMMIT).
+
+New mail reaches the search index later (``Committer.index``): whoever
+drives a committer calls it when nothing waits to be committed, and after
+every commit while more than ``INDEX_BACKLOG`` messages wait to be indexed,
+so a server kept busy without a pause still keeps up.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
+from mailgate.stores._sqlite_query import index_unindexed
 from mailgate.stores._sqlite_schema import (
     INSERT_CHANGE,
     MAX_ROWS_PER_INSERT,
@@ -76,6 +82,7 @@ from mailgate.stores._sqlite_schema import (
 
 __all__ = [
     "CHANGE_LOG_KEEP",
+    "INDEX_BACKLOG",
     "Apply",
     "Committer",
     "Delete",
@@ -94,6 +101,11 @@ MAX_BATCH_OPERATIONS = 2000
 """Operations in one transaction at most, so one batch's latency stays bounded."""
 CHANGE_LOG_KEEP = 10_000
 """Rows of ``changes`` kept (at least 1); a follower further behind gets ``OVERFLOW``."""
+INDEX_CHUNK = 16
+"""Messages one transaction adds to the search index at most: mail that arrives meanwhile
+waits for it, about 50 microseconds a message."""
+INDEX_BACKLOG = 512
+"""Messages waiting for the search index past which a committer indexes after every commit."""
 
 
 class WriteTurns:
@@ -191,12 +203,15 @@ class _Job:
 class WriterStats:
     """What the writer has done since the store opened: for tests and metrics.
 
-    With ``synchronous=FULL`` each transaction is one fsync of the WAL.
+    With ``synchronous=FULL`` each transaction is one fsync of the WAL.  Adding
+    messages to the search index takes transactions of its own, not counted in
+    ``transactions`` and not synced.
     """
 
     transactions: int = 0
     messages: int = 0
     directory_syncs: int = 0
+    indexed: int = 0
 
 
 @dataclass(slots=True)
@@ -261,7 +276,15 @@ class Writer:
         committer = self._committer
         stopping = False
         while not stopping:
-            first = get()
+            if committer.unindexed:
+                try:
+                    first = self._queue.get_nowait()
+                except queue.Empty:  # idle: index what is new, then look again
+                    with committer.turns:
+                        committer.index()
+                    continue
+            else:
+                first = get()
             if first is None:
                 break
             jobs = [first]
@@ -272,6 +295,9 @@ class Writer:
                     stopping = self._gather(jobs)
                 outcome = committer.commit([job.operation for job in jobs])
             self._finish(jobs, outcome)
+            if committer.unindexed > INDEX_BACKLOG:
+                with committer.turns:
+                    committer.index()
         committer.close()
 
     def _gather(self, jobs: list[_Job]) -> bool:
@@ -311,6 +337,9 @@ class Committer:
         self._bodies = bodies
         self._origin = origin
         self._unpruned: int | None = None  # rows appended since the last prune; None: never
+        self.unindexed = 1
+        """Messages waiting for the search index, as far as this committer knows: those
+        it stored, and at first one, so that it looks."""
         self.stats = WriterStats()
 
     def close(self) -> None:
@@ -357,7 +386,37 @@ class Committer:
         batch = self._transaction_in_turn(operations)
         self.stats.transactions += 1
         self.stats.messages += batch.stored
+        self.unindexed += batch.stored
         return batch
+
+    def index(self) -> int:
+        """Add up to ``INDEX_CHUNK`` new messages to the search index; return how many.
+
+        Call with ``turns`` held.  The transaction is not synced: if a crash
+        loses it, ``unindexed`` still lists those messages, and the next synced
+        commit makes it durable along with itself.  A failure is logged; the
+        next commit tries again.
+        """
+        connection = self._connection
+        connection.execute("PRAGMA synchronous = NORMAL")
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                count = index_unindexed(connection, INDEX_CHUNK)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as error:
+            log.warning("could not add new mail to the search index: %s", error)
+            self.unindexed = 0
+            return 0
+        finally:
+            connection.execute("PRAGMA synchronous = FULL")
+        self.unindexed = 0 if count < INDEX_CHUNK else max(self.unindexed - count, 1)
+        self.stats.indexed += count
+        return count
 
     def _transaction_in_turn(self, operations: list[Operation]) -> _Batch:
         inserts = [op for op in operations if isinstance(op, Insert)]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -277,8 +278,7 @@ class SQLiteStore:
     @property
     def stats(self) -> WriterStats:
         """A snapshot of what the writer has done since the store opened."""
-        s = self._writer.stats
-        return WriterStats(s.transactions, s.messages, s.directory_syncs)
+        return dataclasses.replace(self._writer.stats)
 
     # Writes
 

@@ -1,0 +1,211 @@
+"""New mail reaches the SQLite store's search index after its commit, not in it.
+
+The commit a client waits for only lists a new message in ``unindexed``; the
+writer (or the commit process) adds it to the index when idle.  Searches
+find it either way (``test_query`` checks they answer alike).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mailgate.model import Address, MessageId, MessageSummary
+from mailgate.query import parse_query
+from mailgate.stores import SQLiteStore
+from mailgate.stores import _sqlite_writer as writer_module
+from mailgate.stores._sqlite_query import _text
+from mailgate.stores._sqlite_schema import message_row
+from mailgate.stores._sqlite_writer import Committer, Insert, WriteTurns
+from mailgate.testing.stores import make_envelope
+from store_helpers import index_state, until
+from test_store_sqlite import commit_many, one_message_then
+
+
+@pytest.mark.asyncio
+async def test_new_mail_is_found_at_once_and_indexed_when_the_writer_is_idle(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mail.db"
+    store = SQLiteStore(path)
+    try:
+        ids = await commit_many(store, tmp_path, 40)
+        # Found whether or not the writer has indexed them yet.
+        assert (await store.search(parse_query("m1"))).total == 11  # m1, m10 to m19
+        await until(lambda: index_state(path) == (40, 0), "all 40 are indexed")
+        await until(lambda: store.stats.indexed == 40, "the writer counted them")
+        assert (await store.search(parse_query("m1"))).total == 11
+        await store.delete([MessageId(i) for i in ids[:5]])
+        assert index_state(path) == (35, 0)
+    finally:
+        await store.aclose()
+
+
+def summary(number: int) -> MessageSummary:
+    return MessageSummary(
+        id=MessageId(f"01HX{number:022d}"),
+        received_at=datetime(2026, 12, 1, tzinfo=UTC),
+        size=100,
+        sender=Address("Alice", "alice@example.com"),
+        to=(Address("", "bob@example.org"),),
+        subject=f"ledger {number}",
+        message_id=f"{number}@example.com",
+        snippet="hello",
+    )
+
+
+def committer(path: Path) -> Committer:
+    """A committer on a connection of its own to the store at ``path``."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA synchronous = FULL")
+    turns = WriteTurns(path.with_name(path.name + "-write-lock"))
+    return Committer(connection, path.with_name(path.name + "-bodies"), "origin", turns)
+
+
+def synchronous(c: Committer) -> int:
+    (level,) = c._connection.execute("PRAGMA synchronous").fetchone()
+    return int(level)
+
+
+@pytest.mark.asyncio
+async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_is_done(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mail.db"
+    await SQLiteStore(path).aclose()
+    c = committer(path)
+    statements: list[str] = []
+    try:
+        assert c.unindexed == 1  # it does not know yet: it looks
+        assert c.index() == 0
+        assert c.unindexed == 0
+        chunk = writer_module.INDEX_CHUNK
+        count = chunk * 2 + 3
+        envelope = make_envelope()
+        inserts: list[writer_module.Operation] = [
+            Insert(message_row(summary(n), envelope, None), b"x", None) for n in range(count)
+        ]
+        with c.turns:
+            outcome = c.commit(inserts)
+        assert len(outcome.results) == count
+        assert c.unindexed == count
+        assert index_state(path) == (0, count)
+        c._connection.set_trace_callback(statements.append)
+        with c.turns:
+            assert c.index() == chunk
+        assert c.unindexed == count - chunk
+        assert index_state(path) == (chunk, count - chunk)
+        assert synchronous(c) == 2  # FULL again, for the commits that follow
+        with c.turns:
+            assert c.index() == chunk
+            assert c.index() == 3
+        assert c.unindexed == 0
+        assert index_state(path) == (count, 0)
+        assert c.stats.indexed == count
+        assert c.stats.transactions == 1  # indexing is not counted as a synced commit
+    finally:
+        c.close()
+    # Each index transaction ran with synchronous = NORMAL: its COMMIT is not synced.
+    assert statements[0] == "PRAGMA synchronous = NORMAL"
+    assert statements[-1] == "PRAGMA synchronous = FULL"
+    store = SQLiteStore(path)
+    try:
+        assert (await store.search(parse_query("ledger"))).total == count
+        assert (await store.search(parse_query('"ledger 10"'))).total == 1
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_failed_index_is_logged_and_leaves_commits_synced(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "mail.db"
+    await SQLiteStore(path).aclose()
+    c = committer(path)
+    try:
+        with c.turns:
+            c.commit([Insert(message_row(summary(1), make_envelope(), None), b"x", None)])
+        c._connection.execute("PRAGMA query_only = 1")
+        with caplog.at_level(logging.WARNING), c.turns:
+            assert c.index() == 0
+        assert "could not add new mail to the search index" in caplog.text
+        assert c.unindexed == 0  # no retry until the next commit
+        assert not c._connection.in_transaction
+        assert synchronous(c) == 2
+        assert index_state(path) == (0, 1)
+        c._connection.execute("PRAGMA query_only = 0")
+        c.unindexed = 1
+        with c.turns:
+            assert c.index() == 1
+    finally:
+        c.close()
+
+
+@pytest.mark.asyncio
+async def test_mail_deleted_before_it_was_indexed_is_forgotten(tmp_path: Path) -> None:
+    path = tmp_path / "mail.db"
+    await SQLiteStore(path).aclose()
+    c = committer(path)
+    try:
+        envelope = make_envelope()
+        with c.turns:
+            c.commit([Insert(message_row(summary(n), envelope, None), b"x", None) for n in (1, 2)])
+        assert index_state(path) == (0, 2)
+        store = SQLiteStore(path)  # its writer indexes on its own when idle: delete at once
+        try:
+            await store.delete([summary(1).id])
+            await until(lambda: index_state(path) == (1, 0), "the one left is indexed")
+            page = await store.search(parse_query("ledger"))
+            assert [m.id for m in page.messages] == [summary(2).id]
+        finally:
+            await store.aclose()
+    finally:
+        c.close()
+
+
+_VERSION_4 = f"""
+INSERT INTO message_search (rowid, text)
+    SELECT seq, {_text("messages")} FROM messages WHERE seq IN (SELECT seq FROM unindexed);
+DROP TRIGGER message_inserted;
+DROP TRIGGER message_deleted;
+DROP TABLE unindexed;
+CREATE TRIGGER message_inserted AFTER INSERT ON messages BEGIN
+    UPDATE counts SET total = total + 1, unread = unread + (NEW.read = 0);
+END;
+CREATE TRIGGER message_deleted AFTER DELETE ON messages BEGIN
+    UPDATE counts SET total = total - 1, unread = unread - (OLD.read = 0);
+    DELETE FROM bodies WHERE seq = OLD.seq;
+    DELETE FROM tags WHERE seq = OLD.seq;
+END;
+CREATE TRIGGER message_search_inserted AFTER INSERT ON messages BEGIN
+    INSERT INTO message_search (rowid, text) VALUES (NEW.seq, {_text("NEW")});
+END;
+PRAGMA user_version = 4;
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_version_4_database_keeps_its_index_and_indexes_new_mail_later(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mail.db"
+    # As mailgate with schema 4 left it: each message indexed as it was stored.
+    await one_message_then(path, tmp_path, _VERSION_4)
+    store = SQLiteStore(path)
+    try:
+        await commit_many(store, tmp_path, 3)
+        assert (await store.search(parse_query("sender@client.test"))).total == 4
+        await until(lambda: index_state(path) == (4, 0), "the new mail is indexed")
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path)
+    try:
+        triggers = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
+    finally:
+        connection.close()
+    assert "message_search_inserted" not in triggers
