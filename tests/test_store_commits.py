@@ -202,6 +202,8 @@ async def test_the_commit_process_indexes_new_mail_when_idle(
         serving(tmp_path, socket_path) as served,
         client_store(tmp_path, socket_path) as store,
     ):
+        writers = [s._writer._committer for s in (store, served.store)]
+        await until(lambda: not any(w.unindexed for w in writers), "both writers looked")
         ids = await asyncio.gather(*(deliver(store, tmp_path, f"ledger {n}") for n in range(50)))
         assert (await store.search(parse_query("ledger"))).total == len(ids)
         await until(lambda: index_state(tmp_path / "mail.db") == (50, 0), "all are indexed")

@@ -80,9 +80,11 @@ async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_
     c = committer(path)
     statements: list[str] = []
     try:
-        assert c.unindexed == 1  # it does not know yet: it looks
+        assert c.unindexed == 1  # it does not know yet: it looks, after a pause
+        assert c.index_wait() == writer_module.INDEX_PAUSE_SECONDS
         assert c.index() == 0
         assert c.unindexed == 0
+        assert c.index_wait() is None  # nothing to index: wait for work as long as it takes
         chunk = writer_module.INDEX_CHUNK
         count = chunk * 2 + 3
         envelope = make_envelope()
@@ -93,6 +95,7 @@ async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_
             outcome = c.commit(inserts)
         assert len(outcome.results) == count
         assert c.unindexed == count
+        assert c.index_wait() == 0  # a chunk is waiting: index at the first idle moment
         assert index_state(path) == (0, count)
         c._connection.set_trace_callback(statements.append)
         with c.turns:
@@ -102,6 +105,7 @@ async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_
         assert synchronous(c) == 2  # FULL again, for the commits that follow
         with c.turns:
             assert c.index() == chunk
+            assert c.index_wait() == writer_module.INDEX_PAUSE_SECONDS  # 3 left: after a pause
             assert c.index() == 3
         assert c.unindexed == 0
         assert index_state(path) == (count, 0)

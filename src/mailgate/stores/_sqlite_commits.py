@@ -193,7 +193,7 @@ class CommitServer:
     Single-threaded: it reads every frame that is ready, commits them all in
     one transaction, answers, and reads again; what arrives during a commit
     makes the next one.  When no frame is ready it adds new mail to the search
-    index, a few messages at a time (``Committer.index``).  Run ``serve`` on
+    index, a chunk at a time (``Committer.index_wait``).  Run ``serve`` on
     one thread.
     """
 
@@ -215,7 +215,7 @@ class CommitServer:
         try:
             while not stopping:
                 received: list[tuple[_Peer, Insert]] = []
-                ready = selector.select(0 if committer.unindexed else None)
+                ready = selector.select(committer.index_wait())
                 if not ready:  # idle: index what is new, then look again
                     with committer.turns:
                         committer.index()
