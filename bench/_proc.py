@@ -208,6 +208,21 @@ def cpu_s(pids: Iterable[int]) -> float:
     return ticks / CLOCK_TICKS_PER_S
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """(all CPU time, time stolen by the hypervisor) of the whole machine so far, summed over
+    its CPUs, from /proc/stat; (0, 0) where it cannot be read."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return 0.0, 0.0
+    if fields[:1] != ["cpu"] or len(fields) < 9:
+        return 0.0, 0.0
+    # user nice system idle iowait irq softirq steal (proc(5)); guest time is inside user.
+    ticks = [int(value) for value in fields[1:9]]
+    return sum(ticks) / CLOCK_TICKS_PER_S, ticks[7] / CLOCK_TICKS_PER_S
+
+
 def raise_nofile(wanted: int) -> int:
     """Raise RLIMIT_NOFILE towards ``wanted`` (children inherit it); return the soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -210,6 +210,15 @@ def render(data: dict[str, Any], chart: str | None) -> str:
             f"{max(loads):.1f} on {facts['nproc']} CPUs (the harness's own server and client "
             "count towards it; other work on the machine widens the min–max ranges)."
         )
+    stolen = [o["metrics"]["stolen_pct"] for o in res.outcomes if "stolen_pct" in o["metrics"]]
+    if stolen and max(stolen) > 0:
+        w("")
+        w(
+            f"The hypervisor kept {min(stolen):.1f}% to {max(stolen):.1f}% of the machine's CPU "
+            "time from individual runs (steal time, /proc/stat): work of other machines on the "
+            "same host. A run that lost more is slower, and its latency tail longer; the "
+            "latency table shows it for each server."
+        )
     if data.get("quick"):
         w("")
         w("**Quick mode**: one run and small counts, for trying the harness, not for quoting.")
@@ -430,7 +439,9 @@ def render(data: dict[str, Any], chart: str | None) -> str:
             "Schedule lag is how late a message started because every session was busy. "
             "CPU is the share of one CPU used by the server (all its processes) and by the "
             "client during the paced run: on two CPUs, a busy client slows the server it "
-            "measures, so read the fast servers' latencies with the client's share in mind."
+            "measures, so read the fast servers' latencies with the client's share in mind. "
+            "CPU stolen is the share of the machine's CPU time the hypervisor gave other "
+            "machines during the run."
         )
         w("")
         rows = []
@@ -447,6 +458,7 @@ def render(data: dict[str, Any], chart: str | None) -> str:
                     spread(res.values("s6", key, "lag_p99_ms")),
                     spread(res.values("s6", key, "server_cpu_pct"), " %"),
                     spread(res.values("s6", key, "client_cpu_pct"), " %"),
+                    spread(res.values("s6", key, "stolen_pct"), " %"),
                     res.kept_text("s6", key),
                 ]
             )
@@ -463,6 +475,7 @@ def render(data: dict[str, Any], chart: str | None) -> str:
                     "lag p99 ms",
                     "server CPU",
                     "client CPU",
+                    "CPU stolen",
                     "kept / acknowledged",
                 ],
                 rows,

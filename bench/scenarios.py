@@ -518,6 +518,7 @@ def run_all(ctx: Context, chosen: list[str], server_keys: list[str]) -> None:
                 out.metrics["load1"] = round(os.getloadavg()[0], 2)
                 ctx.log(f"[{key} run {index + 1}/{runs}] {server.label} ...")
                 started = time.monotonic()
+                cpu0, stolen0 = _proc.machine_cpu_s()
                 try:
                     scenario.body(ctx, out, server)
                 except Exception as exc:
@@ -527,6 +528,11 @@ def run_all(ctx: Context, chosen: list[str], server_keys: list[str]) -> None:
                 finally:
                     shutil.rmtree(ctx.rundir(key, server_key, index + 1), ignore_errors=True)
                 out.metrics["wall_s"] = round(time.monotonic() - started, 1)
+                cpu1, stolen1 = _proc.machine_cpu_s()
+                if cpu1 > cpu0:
+                    out.metrics["stolen_pct"] = round(
+                        100.0 * (stolen1 - stolen0) / (cpu1 - cpu0), 1
+                    )
                 if out.ok and not out.flags and not out.error and "not_measured" not in out.metrics:
                     out.server_log = ""
                 ctx.outcomes.append(out)
