@@ -213,3 +213,38 @@ async def test_a_version_4_database_keeps_its_index_and_indexes_new_mail_later(
     finally:
         connection.close()
     assert "message_search_inserted" not in triggers
+
+
+@pytest.mark.asyncio
+async def test_a_committer_behind_by_more_than_the_backlog_catches_up_after_each_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "mail.db"
+    await SQLiteStore(path).aclose()
+    monkeypatch.setattr(writer_module, "INDEX_BACKLOG", 40)
+    monkeypatch.setattr(writer_module, "INDEX_CHUNK", 4)
+    c = committer(path)
+    envelope = make_envelope()
+    numbers = iter(range(1000))
+
+    def commit(count: int) -> None:
+        rows = [message_row(summary(next(numbers)), envelope, None) for _ in range(count)]
+        with c.turns:
+            c.commit([Insert(row, b"x", None) for row in rows])
+
+    try:
+        c.index()  # it looks first: nothing yet
+        commit(30)
+        c.catch_up()  # 30 waiting: not behind, idle moments will do
+        assert index_state(path) == (0, 30)
+        commit(20)
+        c.catch_up()  # 50 waiting: the 20 just stored and a chunk more
+        assert index_state(path) == (24, 26)
+        commit(20)
+        c.catch_up()  # 46
+        assert index_state(path) == (48, 22)
+        commit(5)
+        c.catch_up()  # 27: no longer behind
+        assert index_state(path) == (48, 27)
+    finally:
+        c.close()

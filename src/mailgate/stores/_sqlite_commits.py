@@ -47,12 +47,7 @@ from collections.abc import Callable
 
 from mailgate.model import MessageId
 from mailgate.ports import StoreError
-from mailgate.stores._sqlite_writer import (
-    INDEX_BACKLOG,
-    MAX_BATCH_OPERATIONS,
-    Committer,
-    Insert,
-)
+from mailgate.stores._sqlite_writer import MAX_BATCH_OPERATIONS, Committer, Insert
 
 __all__ = ["COMMITTED", "FAILED", "CommitClient", "CommitServer", "encode_insert"]
 
@@ -233,9 +228,7 @@ class CommitServer:
                             self._receive(peer, received)
                 for start in range(0, len(received), MAX_BATCH_OPERATIONS):
                     self._commit(received[start : start + MAX_BATCH_OPERATIONS])
-                if committer.unindexed > INDEX_BACKLOG:
-                    with committer.turns:
-                        committer.index()
+                committer.catch_up()
         finally:
             for peer in list(self._peers.values()):
                 self._drop(peer)

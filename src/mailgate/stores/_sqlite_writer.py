@@ -47,9 +47,10 @@ FTS5 costs about twice as much a message indexed four at a time as sixteen
 at a time.  Whoever drives a committer waits for work no longer than
 ``Committer.index_wait`` says, and indexes when that wait ends with nothing
 to commit: at once once a chunk is waiting, after ``INDEX_PAUSE_SECONDS``
-with less.  It also indexes after every commit while more than
-``INDEX_BACKLOG`` messages wait, so a server kept busy without a pause still
-keeps up.
+with less.  After every commit it calls ``Committer.catch_up``, which, while
+more than ``INDEX_BACKLOG`` messages wait, indexes as many as that commit
+stored and a chunk more: so a server kept busy without a pause still gets
+its backlog down.
 """
 
 from __future__ import annotations
@@ -299,9 +300,7 @@ class Writer:
                     stopping = self._gather(jobs)
                 outcome = committer.commit([job.operation for job in jobs])
             self._finish(jobs, outcome)
-            if committer.unindexed > INDEX_BACKLOG:
-                with committer.turns:
-                    committer.index()
+            committer.catch_up()
         committer.close()
 
     def _gather(self, jobs: list[_Job]) -> bool:
@@ -341,6 +340,7 @@ class Committer:
         self._bodies = bodies
         self._origin = origin
         self._unpruned: int | None = None  # rows appended since the last prune; None: never
+        self._last_stored = 0  # new messages in the last transaction
         self.unindexed = 1
         """Messages waiting for the search index, as far as this committer knows: those
         it stored, and at first one, so that it looks."""
@@ -391,7 +391,15 @@ class Committer:
         self.stats.transactions += 1
         self.stats.messages += batch.stored
         self.unindexed += batch.stored
+        self._last_stored = batch.stored
         return batch
+
+    def catch_up(self) -> None:
+        """After a commit: while more than ``INDEX_BACKLOG`` messages wait for the search
+        index, index as many as that commit stored and a chunk more.  Takes ``turns``."""
+        if self.unindexed > INDEX_BACKLOG:
+            with self.turns:
+                self.index(self._last_stored + INDEX_CHUNK)
 
     def index_wait(self) -> float | None:
         """How long to wait for work before calling ``index``: ``None`` for as long as it takes."""
@@ -400,8 +408,8 @@ class Committer:
             return 0.0
         return INDEX_PAUSE_SECONDS if unindexed else None
 
-    def index(self) -> int:
-        """Add up to ``INDEX_CHUNK`` new messages to the search index; return how many.
+    def index(self, limit: int = INDEX_CHUNK) -> int:
+        """Add up to ``limit`` new messages to the search index; return how many.
 
         Call with ``turns`` held.  The transaction is not synced: if a crash
         loses it, ``unindexed`` still lists those messages, and the next synced
@@ -413,7 +421,7 @@ class Committer:
         try:
             connection.execute("BEGIN IMMEDIATE")
             try:
-                count = index_unindexed(connection, INDEX_CHUNK)
+                count = index_unindexed(connection, limit)
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
@@ -425,7 +433,7 @@ class Committer:
             return 0
         finally:
             connection.execute("PRAGMA synchronous = FULL")
-        self.unindexed = 0 if count < INDEX_CHUNK else max(self.unindexed - count, 1)
+        self.unindexed = 0 if count < limit else max(self.unindexed - count, 1)
         self.stats.indexed += count
         return count
 
