@@ -58,12 +58,14 @@ def summary(number: int) -> MessageSummary:
     )
 
 
-def committer(path: Path) -> Committer:
-    """A committer on a connection of its own to the store at ``path``."""
+async def fresh_committer(tmp_path: Path) -> tuple[Path, Committer]:
+    """A new, empty store in ``tmp_path``, and a committer on a connection of its own to it."""
+    path = tmp_path / "mail.db"
+    await SQLiteStore(path).aclose()
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA synchronous = FULL")
     turns = WriteTurns(path.with_name(path.name + "-write-lock"))
-    return Committer(connection, path.with_name(path.name + "-bodies"), "origin", turns)
+    return path, Committer(connection, path.with_name(path.name + "-bodies"), "origin", turns)
 
 
 def synchronous(c: Committer) -> int:
@@ -75,9 +77,7 @@ def synchronous(c: Committer) -> int:
 async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_is_done(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "mail.db"
-    await SQLiteStore(path).aclose()
-    c = committer(path)
+    path, c = await fresh_committer(tmp_path)
     statements: list[str] = []
     try:
         assert c.unindexed == 1  # it does not know yet: it looks, after a pause
@@ -128,9 +128,7 @@ async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_
 async def test_a_failed_index_is_logged_and_leaves_commits_synced(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "mail.db"
-    await SQLiteStore(path).aclose()
-    c = committer(path)
+    path, c = await fresh_committer(tmp_path)
     try:
         with c.turns:
             c.commit([Insert(message_row(summary(1), make_envelope(), None), b"x", None)])
@@ -152,9 +150,7 @@ async def test_a_failed_index_is_logged_and_leaves_commits_synced(
 
 @pytest.mark.asyncio
 async def test_mail_deleted_before_it_was_indexed_is_forgotten(tmp_path: Path) -> None:
-    path = tmp_path / "mail.db"
-    await SQLiteStore(path).aclose()
-    c = committer(path)
+    path, c = await fresh_committer(tmp_path)
     try:
         envelope = make_envelope()
         with c.turns:
@@ -219,11 +215,9 @@ async def test_a_version_4_database_keeps_its_index_and_indexes_new_mail_later(
 async def test_a_committer_behind_by_more_than_the_backlog_catches_up_after_each_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "mail.db"
-    await SQLiteStore(path).aclose()
     monkeypatch.setattr(writer_module, "INDEX_BACKLOG", 40)
     monkeypatch.setattr(writer_module, "INDEX_CHUNK", 4)
-    c = committer(path)
+    path, c = await fresh_committer(tmp_path)
     envelope = make_envelope()
     numbers = iter(range(1000))
 
