@@ -179,6 +179,8 @@ CORPUS = [
     ("Invoice 42", "Billing <billing@shop.example>", "Your invoice_42 is attached", (1,)),
     ("Re: Quarterly report", "Carol <carol@example.net>", "Great numbers!", ()),
     ("Résumé für Dich", "Dörte <doerte@example.de>", "Grüße aus Köln", (1,)),
+    # Capitals beyond ASCII: SQLite's own lower() and LIKE leave them as they are.
+    ("ÄRGER MIT MÜLLER", "ÉLISE <elise@example.fr>", "ПРИВЕТ ИЗ МОСКВЫ", ()),
 ]
 
 QUERIES = [
@@ -209,6 +211,14 @@ QUERIES = [
     "re",
     "zz",
     "message-id:<lunch.@test.example>",
+    "ärger",
+    "MÜLLER",
+    "привет",
+    "ü",
+    "-müller",
+    "subject:müller",
+    "from:élise",
+    "tag:ärger",
 ]
 
 
@@ -232,6 +242,7 @@ async def test_the_sqlite_store_searches_as_matches_says(tmp_path: Path, unindex
             ids.append(await deliver(store, content, spool_dir=tmp_path / "spool"))
         await store.mark_read([ids[1]], True)
         await store.set_tags([ids[0], ids[2]], ["urgent", "Finance"])
+        await store.set_tags([ids[-1]], ["Ärger"])
         await until(lambda: index_state(tmp_path / "mail.db") == (len(CORPUS), 0), "indexed")
         if unindexed:  # the writer, idle, leaves them so until the next new message
             connection = sqlite3.connect(tmp_path / "mail.db", isolation_level=None)

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import Address, MessageId, MessageSummary
 from mailgate.query import parse_query
 from mailgate.stores import SQLiteStore
 from mailgate.stores import _sqlite_writer as writer_module
-from mailgate.stores._sqlite_query import _text
+from mailgate.stores._sqlite_query import _text, register_functions
 from mailgate.stores._sqlite_schema import message_row
 from mailgate.stores._sqlite_writer import Committer, Insert, WriteTurns
-from mailgate.testing.stores import make_envelope
+from mailgate.testing.stores import make_envelope, make_message
 from store_helpers import index_state, until
 from test_store_sqlite import commit_many, one_message_then
 
@@ -64,6 +65,7 @@ async def fresh_committer(tmp_path: Path) -> tuple[Path, Committer]:
     await SQLiteStore(path).aclose()
     connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA synchronous = FULL")
+    register_functions(connection)
     turns = WriteTurns(path.with_name(path.name + "-write-lock"))
     return path, Committer(connection, path.with_name(path.name + "-bodies"), "origin", turns)
 
@@ -190,7 +192,7 @@ PRAGMA user_version = 4;
 
 
 @pytest.mark.asyncio
-async def test_a_version_4_database_keeps_its_index_and_indexes_new_mail_later(
+async def test_a_version_4_database_is_indexed_again_and_indexes_new_mail_later(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "mail.db"
@@ -242,3 +244,36 @@ async def test_a_committer_behind_by_more_than_the_backlog_catches_up_after_each
         assert index_state(path) == (48, 27)
     finally:
         c.close()
+
+
+@pytest.mark.asyncio
+async def test_a_version_5_index_is_built_again_in_lower_case(tmp_path: Path) -> None:
+    path = tmp_path / "mail.db"
+    store = SQLiteStore(path)
+    try:
+        acceptor = Acceptor(store, DeliverySettings(hostname="mx.test", spool_dir=tmp_path))
+        spool = acceptor.begin(make_envelope())
+        spool.write(make_message("ÄRGER MIT MÜLLER"))
+        await acceptor.commit(spool)
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:  # as mailgate with schema 5 left it: the text as it was, SQLite folding ASCII only
+        connection.executescript(
+            "DELETE FROM unindexed; DELETE FROM message_search;"
+            f" INSERT INTO message_search (rowid, text) SELECT seq, {_text('messages')}"
+            " FROM messages; PRAGMA user_version = 5;"
+        )
+    finally:
+        connection.close()
+    store = SQLiteStore(path)
+    try:
+        assert (await store.search(parse_query("müller"))).total == 1
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path)
+    try:
+        (text,) = connection.execute("SELECT text FROM message_search").fetchone()
+    finally:
+        connection.close()
+    assert "ärger mit müller" in text

@@ -2,13 +2,20 @@
 
 Free words are looked up in ``message_search``, an FTS5 table with the
 trigram tokenizer over each message's subject, addresses, Message-ID and
-snippet.  ``LIKE '%word%'`` on it is a case-insensitive substring match, the
+snippet, in lower case.  ``LIKE '%word%'`` on it is a substring match, the
 same meaning ``query.matches`` gives a word, but answered from the trigram
 index, so a search stays quick at 100,000 messages.  (``detail = 'none'``:
 LIKE needs no positions, and the index is a fifth of the size.)  Words
 shorter than three characters (too short for a trigram) and field terms
 (``from:``, ``subject:``...) are filtered with ``instr`` on the row.  Every
 value is a bound parameter.
+
+Case: ``query`` lowers every value with Python's ``str.lower``; SQLite's
+``lower`` and ``LIKE`` fold ASCII letters only, so "müller" would miss
+"MÜLLER".  The indexed text is therefore lowered by ``mailgate_lower``, a
+function ``register_functions`` gives each connection, and so is the text a
+value that is not ASCII is looked for in.  (An ASCII value is looked for in
+text lowered by SQLite's own ``lower``: quicker, and the same for it.)
 
 A new message is not indexed in the transaction that stores it: tokenizing
 it would take two thirds of that transaction, which a client waits for.
@@ -39,6 +46,7 @@ __all__ = [
     "delete_tag",
     "ensure_search_schema",
     "index_unindexed",
+    "register_functions",
     "rename_tag",
     "search_page",
     "set_tags",
@@ -77,18 +85,27 @@ SEARCH_SCHEMA = (  # constants only
     "    DELETE FROM message_search WHERE rowid = OLD.seq;\n"
     "END;\n"
 )
-_INDEX_EXISTING = (
-    f"INSERT INTO message_search (rowid, text) SELECT seq, {_text('messages')} FROM messages"  # noqa: S608
-)
-_INDEX_UNINDEXED = (  # constants only
+_INDEX_EXISTING = (  # constants only
     "INSERT INTO message_search (rowid, text)"  # noqa: S608
-    f" SELECT seq, {_text('messages')} FROM messages"
-    " WHERE seq IN (SELECT seq FROM unindexed WHERE seq <= ?)"
+    f" SELECT seq, mailgate_lower({_text('messages')}) FROM messages"
 )
+_INDEX_UNINDEXED = f"{_INDEX_EXISTING} WHERE seq IN (SELECT seq FROM unindexed WHERE seq <= ?)"  # noqa: S608
 _MATCH_UNINDEXED = (  # constants only
     "SELECT unindexed.seq FROM unindexed JOIN messages AS m ON m.seq = unindexed.seq"  # noqa: S608
-    f" WHERE instr(lower({_text('m')}), ?) > 0"
+    f" WHERE instr(mailgate_lower({_text('m')}), ?) > 0"
 )
+
+
+_SQLValue = str | bytes | int | float | None
+
+
+def _lower(value: _SQLValue) -> _SQLValue:
+    return value.lower() if isinstance(value, str) else value
+
+
+def register_functions(connection: sqlite3.Connection) -> None:
+    """Give ``connection`` the SQL functions the search index and searches use."""
+    connection.create_function("mailgate_lower", 1, _lower, deterministic=True)
 
 
 def ensure_search_schema(connection: sqlite3.Connection) -> None:
@@ -149,14 +166,19 @@ def _millis(when: datetime) -> int:
 
 
 _FIELD_COLUMNS = {
-    Field.FROM: f"lower({_people('sender')})",
-    Field.TO: f"lower({_people('recipients', '$.to')})",
-    Field.CC: f"lower({_people('recipients', '$.cc')})",
-    Field.BCC: f"lower({_people('recipients', '$.bcc')})",
-    Field.REPLY_TO: f"lower({_people('recipients', '$.reply_to')})",
-    Field.ADDRESSED: f"lower({_people('recipients')})",
-    Field.SUBJECT: "lower(subject)",
+    Field.FROM: _people("sender"),
+    Field.TO: _people("recipients", "$.to"),
+    Field.CC: _people("recipients", "$.cc"),
+    Field.BCC: _people("recipients", "$.bcc"),
+    Field.REPLY_TO: _people("recipients", "$.reply_to"),
+    Field.ADDRESSED: _people("recipients"),
+    Field.SUBJECT: "subject",
 }
+
+
+def _lowered(column: str, value: str) -> str:
+    """SQL for ``column`` in lower case, as far as looking for ``value`` in it needs."""
+    return f"lower({column})" if value.isascii() else f"mailgate_lower({column})"
 
 
 def _text_matches(indexed: str) -> str:
@@ -179,19 +201,19 @@ def _condition(term: Term) -> tuple[str, list[Any]]:
                 # LIKE has no ESCAPE the index can use: its wildcards find a superset,
                 # which instr narrows to the literal text.
                 return (
-                    _text_matches("text LIKE ? AND instr(lower(text), ?) > 0"),
+                    _text_matches("text LIKE ? AND instr(text, ?) > 0"),
                     [f"%{value}%", value, value],
                 )
             return _text_matches("text LIKE ?"), [f"%{value}%", value]
         case TextTerm(field=Field.TEXT, value=value):
             # Too short for a trigram: read the indexed text, not the rows it came from.
-            return _text_matches("instr(lower(text), ?) > 0"), [value, value]
+            return _text_matches("instr(text, ?) > 0"), [value, value]
         case TextTerm(field=Field.TAG, value=value):
-            return _HAS_TAG.format(" AND lower(tags.tag) = ?"), [value]
+            return _HAS_TAG.format(f" AND {_lowered('tags.tag', value)} = ?"), [value]
         case TextTerm(field=Field.MESSAGE_ID, value=value):
-            return "lower(message_id) = ?", [value]
+            return f"{_lowered('message_id', value)} = ?", [value]
         case TextTerm(field=field, value=value):
-            return f"instr({_FIELD_COLUMNS[field]}, ?) > 0", [value]
+            return f"instr({_lowered(_FIELD_COLUMNS[field], value)}, ?) > 0", [value]
         case FlagTerm(flag=Flag.READ):
             return "read = 1", []
         case FlagTerm(flag=Flag.UNREAD):

@@ -21,9 +21,10 @@ the commit a client waits for does not also tokenize the message.
 
 Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``; 4 let
 ``incoming`` write the change log; 5 added ``unindexed``, in place of indexing
-each new message in the transaction that stores it.  Opening a database of an
-older version runs ``UPGRADE``, then ``SCHEMA`` (every statement ``IF NOT
-EXISTS``), on it.
+each new message in the transaction that stores it; 6 keeps the search index in
+lower case beyond ASCII (``_sqlite_query``), so an older one is rebuilt.  Opening
+a database of an older version runs ``UPGRADE``, then ``SCHEMA`` (every
+statement ``IF NOT EXISTS``), on it.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ __all__ = [
     "summary_from_row",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _INCOMING_COLUMNS = (
     "id, received_at, size, sender, recipients, subject, date, message_id,"
@@ -146,10 +147,14 @@ UPGRADE = (
     " DROP TRIGGER IF EXISTS message_inserted;"
     " DROP TRIGGER IF EXISTS message_deleted;"
     " DROP TRIGGER IF EXISTS message_search_inserted;"
+    " DROP TRIGGER IF EXISTS message_search_deleted;"
+    " DROP TABLE IF EXISTS message_search;"
 )
 """Run before ``SCHEMA`` on a database of an older version: views and triggers are
 created anew (``DROP VIEW`` drops the view's triggers too).  Up to version 4 a trigger,
-``message_search_inserted``, indexed each new message as it was stored."""
+``message_search_inserted``, indexed each new message as it was stored.  The search
+index is dropped, and built again when the store opens (``ensure_search_schema``): up to
+version 5 it folded case for ASCII letters only."""
 
 MAX_ROWS_PER_INSERT = 256
 """Rows one INSERT statement carries at most (15 variables each; SQLite allows 32766)."""

@@ -51,6 +51,7 @@ from mailgate.stores._sqlite_follow import Follower
 from mailgate.stores._sqlite_query import (
     delete_tag,
     ensure_search_schema,
+    register_functions,
     rename_tag,
     search_page,
     set_tags,
@@ -104,6 +105,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
     )
     connection.execute("PRAGMA synchronous = FULL")
+    register_functions(connection)
     return connection
 
 
