@@ -100,15 +100,13 @@ async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_
         assert c.index_wait() == 0  # a chunk is waiting: index at the first idle moment
         assert index_state(path) == (0, count)
         c._connection.set_trace_callback(statements.append)
-        with c.turns:
-            assert c.index() == chunk
+        assert c.index() == chunk
         assert c.unindexed == count - chunk
         assert index_state(path) == (chunk, count - chunk)
         assert synchronous(c) == 2  # FULL again, for the commits that follow
-        with c.turns:
-            assert c.index() == chunk
-            assert c.index_wait() == writer_module.INDEX_PAUSE_SECONDS  # 3 left: after a pause
-            assert c.index() == 3
+        assert c.index() == chunk
+        assert c.index_wait() == writer_module.INDEX_PAUSE_SECONDS  # 3 left: after a pause
+        assert c.index() == 3
         assert c.unindexed == 0
         assert index_state(path) == (count, 0)
         assert c.stats.indexed == count
@@ -135,7 +133,7 @@ async def test_a_failed_index_is_logged_and_leaves_commits_synced(
         with c.turns:
             c.commit([Insert(message_row(summary(1), make_envelope(), None), b"x", None)])
         c._connection.execute("PRAGMA query_only = 1")
-        with caplog.at_level(logging.WARNING), c.turns:
+        with caplog.at_level(logging.WARNING):
             assert c.index() == 0
         assert "could not add new mail to the search index" in caplog.text
         assert c.unindexed == 0  # no retry until the next commit
@@ -144,8 +142,7 @@ async def test_a_failed_index_is_logged_and_leaves_commits_synced(
         assert index_state(path) == (0, 1)
         c._connection.execute("PRAGMA query_only = 0")
         c.unindexed = 1
-        with c.turns:
-            assert c.index() == 1
+        assert c.index() == 1
     finally:
         c.close()
 

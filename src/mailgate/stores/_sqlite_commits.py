@@ -212,8 +212,7 @@ class CommitServer:
                 received: list[tuple[_Peer, Insert]] = []
                 ready = selector.select(committer.index_wait())
                 if not ready:  # idle: index what is new, then look again
-                    with committer.turns:
-                        committer.index()
+                    committer.index()
                     continue
                 for key, mask in ready:
                     if key.data is _STOP:

@@ -287,8 +287,7 @@ class Writer:
             try:
                 first = get(timeout=committer.index_wait())
             except queue.Empty:  # idle: index what is new, then look again
-                with committer.turns:
-                    committer.index()
+                committer.index()
                 continue
             if first is None:
                 break
@@ -396,10 +395,9 @@ class Committer:
 
     def catch_up(self) -> None:
         """After a commit: while more than ``INDEX_BACKLOG`` messages wait for the search
-        index, index as many as that commit stored and a chunk more.  Takes ``turns``."""
+        index, index as many as that commit stored and a chunk more."""
         if self.unindexed > INDEX_BACKLOG:
-            with self.turns:
-                self.index(self._last_stored + INDEX_CHUNK)
+            self.index(self._last_stored + INDEX_CHUNK)
 
     def index_wait(self) -> float | None:
         """How long to wait for work before calling ``index``: ``None`` for as long as it takes."""
@@ -411,28 +409,30 @@ class Committer:
     def index(self, limit: int = INDEX_CHUNK) -> int:
         """Add up to ``limit`` new messages to the search index; return how many.
 
-        Call with ``turns`` held.  The transaction is not synced: if a crash
-        loses it, ``unindexed`` still lists those messages, and the next synced
+        It takes ``turns`` itself, unlike ``commit``, whose driver gathers work
+        while it holds them.  The transaction is not synced: if a crash loses
+        it, ``unindexed`` still lists those messages, and the next synced
         commit makes it durable along with itself.  A failure is logged; the
         next commit tries again.
         """
         connection = self._connection
-        connection.execute("PRAGMA synchronous = NORMAL")
-        try:
-            connection.execute("BEGIN IMMEDIATE")
+        with self.turns:
+            connection.execute("PRAGMA synchronous = NORMAL")
             try:
-                count = index_unindexed(connection, limit)
-                connection.execute("COMMIT")
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as error:
-            log.warning("could not add new mail to the search index: %s", error)
-            self.unindexed = 0
-            return 0
-        finally:
-            connection.execute("PRAGMA synchronous = FULL")
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    count = index_unindexed(connection, limit)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                log.warning("could not add new mail to the search index: %s", error)
+                self.unindexed = 0
+                return 0
+            finally:
+                connection.execute("PRAGMA synchronous = FULL")
         self.unindexed = 0 if count < limit else max(self.unindexed - count, 1)
         self.stats.indexed += count
         return count
