@@ -107,7 +107,9 @@ class Session(asyncio.Protocol):
         self._tls_early: list[bytes] | None = None
         self._auth_failures = 0
         self.auth_user: str | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        # The loop that made the session runs it; asked once, as asking costs a getpid().
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -185,13 +187,13 @@ class Session(asyncio.Protocol):
         )
 
     def _touch(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         self._last_activity = loop.time()
         if self._idle_handle is None:
             self._idle_handle = loop.call_later(self._server.idle_timeout, self._check_idle)
 
     def _check_idle(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         remaining = self._last_activity + self._server.idle_timeout - loop.time()
         if remaining > 0:
             self._idle_handle = loop.call_later(remaining, self._check_idle)
@@ -381,7 +383,7 @@ class Session(asyncio.Protocol):
             conn.send(step.reply)
             return False
         self._busy = True
-        task = asyncio.get_running_loop().create_task(self._check_credentials(step))
+        task = self._loop.create_task(self._check_credentials(step))
         self._server.track(task)
         return True
 
@@ -428,7 +430,7 @@ class Session(asyncio.Protocol):
         assert txn is not None
         assert txn.spool is not None
         self._busy = True
-        task = asyncio.get_running_loop().create_task(self._commit(txn.spool))
+        task = self._loop.create_task(self._commit(txn.spool))
         self._server.track(task)
 
     async def _commit(self, spool: Spool) -> None:
@@ -464,16 +466,15 @@ class Session(asyncio.Protocol):
         self._transport.pause_reading()
         self._tls_early = []
         self._busy = True
-        task = asyncio.get_running_loop().create_task(self._handshake(context))
+        task = self._loop.create_task(self._handshake(context))
         self._server.track(task)
         return True
 
     async def _handshake(self, context: ssl.SSLContext) -> None:
         transport = self._transport
         assert transport is not None
-        loop = asyncio.get_running_loop()
         try:
-            new_transport = await loop.start_tls(
+            new_transport = await self._loop.start_tls(
                 transport, self, context, server_side=True, ssl_handshake_timeout=30.0
             )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as error:

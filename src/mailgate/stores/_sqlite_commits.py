@@ -89,10 +89,11 @@ class CommitClient(asyncio.Protocol):
     """One event loop's connection to the commit process.
 
     ``on_stored`` is called on the loop with the ids of the messages the
-    server committed, in the order they were sent.
+    server committed, in the order they were sent.  Made on that loop.
     """
 
     def __init__(self, on_stored: Callable[[list[MessageId]], None]) -> None:
+        self._loop = asyncio.get_running_loop()
         self._on_stored = on_stored
         self._transport: asyncio.Transport | None = None
         self._waiting: collections.deque[tuple[asyncio.Future[MessageId], MessageId]] = (
@@ -113,7 +114,7 @@ class CommitClient(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             raise StoreError("the commit process is not connected")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         future: asyncio.Future[MessageId] = loop.create_future()
         if not self._unsent:
             # One write for every message this turn of the loop ends: one wake-up there.
