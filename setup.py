@@ -20,12 +20,14 @@ import sys
 from setuptools import setup
 
 # What every message passes through: the SMTP engine, the session that drives it,
-# the accept path (spool, summary, ids, trace header) and the data it hands on.
+# the accept path (spool, summary, ids, trace header), the data it hands on and the
+# row the store makes of it.
 COMPILED = [
     "src/mailgate/model.py",
     "src/mailgate/protocol",
     "src/mailgate/server/_session.py",
     "src/mailgate/delivery",
+    "src/mailgate/stores/_sqlite_schema.py",
 ]
 
 
