@@ -204,6 +204,35 @@ def test_a_dead_worker_is_started_again(served: Served) -> None:
     assert re.search(r"SMTP worker \d exited with status -9; starting it again", err), err
 
 
+def test_a_dead_workers_spool_file_goes_when_it_is_started_again(
+    served: Served, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "data" / "spool"
+    workers = served.workers()
+    for _ in range(50):  # the kernel picks the process; most sessions land on a worker
+        client = smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT)
+        worker = server_pid_of(client, [served.process.pid, *workers])
+        if worker in workers:
+            break
+        client.close()
+    else:
+        pytest.fail("50 sessions in a row landed on the serving process")
+    with client:
+        client.ehlo()
+        client.mail("a@example.com")
+        client.rcpt("b@example.org")
+        assert client.docmd("DATA")[0] == 354
+        # Past the memory threshold, and no end of data: the worker spools to a file.
+        client.send(b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 400)
+        wait_until(lambda: list(spool_dir.glob(f"*.{worker}.spool")), "a spool file")
+        os.kill(worker, signal.SIGKILL)
+        wait_until(lambda: len(set(served.workers()) - set(workers)) == 1, "a new worker")
+        wait_until(lambda: not list(spool_dir.glob("*.spool")), "the spool file to go")
+    status, err = served.stop()
+    assert status == 0, err
+    assert "removed 1 spool files an earlier process left" in err, err
+
+
 def test_a_dead_commit_process_is_started_again_and_no_mail_is_refused(served: Served) -> None:
     first = served.commit_process()
     os.kill(first, signal.SIGKILL)

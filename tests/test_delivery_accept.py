@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -135,7 +138,7 @@ async def test_spool_files_a_crash_left_are_swept_when_no_one_else_receives(
     try:
         first = acceptor(store, tmp_path)
         assert sorted(p.name for p in spool_dir.iterdir()) == [".lock", "notes.txt"]
-        assert "removed 1 spool files an earlier run left" in caplog.text
+        assert "removed 1 spool files an earlier process left" in caplog.text
         # While `first` receives, another acceptor (another process) must not touch its files.
         spool = first.begin(make_envelope())
         spool.write(b"x" * (300 * 1024))  # past the memory threshold: now a file
@@ -153,5 +156,42 @@ async def test_spool_files_a_crash_left_are_swept_when_no_one_else_receives(
         third = acceptor(store, tmp_path)
         assert list(spool_dir.glob("*.spool")) == []
         third.close()
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_an_acceptor_started_beside_others_removes_the_files_of_gone_processes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    spool_dir = tmp_path / "spool"
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        first = acceptor(store, tmp_path)
+        spool = first.begin(make_envelope())
+        spool.write(b"x" * (300 * 1024))  # past the memory threshold: now a file
+        (receiving,) = (p.name for p in spool_dir.glob("*.spool"))
+        assert receiving.endswith(f".{os.getpid()}.spool")
+        left = {
+            "dead": f"01DEADWORKER00000000000000.{exited.pid}.spool",
+            "older release": "01OLDERRELEASE000000000000.spool",
+            "no process id": f"01NOTAPID00000000000000000.{'9' * 40}.spool",
+        }
+        for name in left.values():
+            (spool_dir / name).write_bytes(b"half a message")
+        # Another process starts while `first` receives: it removes only the dead one's file.
+        second = acceptor(store, tmp_path)
+        assert {p.name for p in spool_dir.glob("*.spool")} == {
+            receiving,
+            left["older release"],
+            left["no process id"],
+        }
+        assert "removed 1 spool files an earlier process left" in caplog.text
+        message_id = await first.commit(spool)
+        assert await store.get(message_id) is not None
+        second.close()
+        first.close()
     finally:
         await store.aclose()

@@ -9,7 +9,10 @@ or raises: either the store took it, or it is removed.
 A crash can still leave spool files behind.  Every acceptor holds a shared
 ``flock`` on ``<spool>/.lock`` while it lives; the first to start when no
 other holds it (no process is receiving into that directory) removes the
-spool files it finds before it takes its share.
+spool files it finds before it takes its share.  One that starts beside
+others, such as an SMTP worker started again after it died, removes the
+files of processes that are gone: a spool file's name ends with the id of
+the process that writes it.
 """
 
 from __future__ import annotations
@@ -164,20 +167,45 @@ def _claim_spool(directory: Path) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while another process sweeps
+            _sweep(directory, alone=False)
             return fd
-        swept = 0
-        for entry in os.scandir(directory):
-            if entry.name.endswith(SPOOL_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    swept += 1
-        if swept:
-            log.warning("removed %d spool files an earlier run left in %s", swept, directory)
+        _sweep(directory, alone=True)
         fcntl.flock(fd, fcntl.LOCK_SH)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _sweep(directory: Path, *, alone: bool) -> None:
+    """Remove the spool files of processes that are gone: every one, when ``alone``."""
+    swept = 0
+    for entry in os.scandir(directory):
+        if not entry.name.endswith(SPOOL_SUFFIX) or not (alone or _writer_gone(entry.name)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            swept += 1
+    if swept:
+        log.warning("removed %d spool files an earlier process left in %s", swept, directory)
+
+
+def _writer_gone(name: str) -> bool:
+    """Whether the process named in a spool file's name has exited.
+
+    ``False`` when the name holds no process id (a file an older release wrote):
+    only a sweep with no other process receiving removes that.
+    """
+    message_id, _, pid = name.removesuffix(SPOOL_SUFFIX).rpartition(".")
+    if not message_id or not (pid.isascii() and pid.isdigit()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # alive but another user's; or no process id
+        return False
+    return False
 
 
 def _summarize(spool: MemoryThresholdSpool, reader: BinaryIO) -> MessageSummary:

@@ -1,9 +1,10 @@
 """Spools: where a message's bytes go while they stream in.
 
 A spool holds its content in memory up to a threshold, then moves it to a
-file of its own under the spool directory and appends there, so a 50 MB
-message never sits whole in the process.  The file is written but not
-synced: making it durable is the store's job, done once at commit.
+file of its own under the spool directory (``<id>.<pid>.spool``) and appends
+there, so a 50 MB message never sits whole in the process.  The file is
+written but not synced: making it durable is the store's job, done once at
+commit.
 
 A spool is used from one task at a time.  Its life is ``write``* then
 ``discard``, or ``close`` (the sink closes it to commit it) and later
@@ -93,7 +94,9 @@ class MemoryThresholdSpool:
             self._roll_over()
 
     def _roll_over(self) -> None:
-        path = self._directory / f"{self.id}{SPOOL_SUFFIX}"
+        # The name carries the process's id, so that a process started later can tell
+        # the files of one that died from those of one that still receives (Acceptor).
+        path = self._directory / f"{self.id}.{os.getpid()}{SPOOL_SUFFIX}"
         # "x": an id names one message, so an existing file is someone else's.
         file = open(path, "xb")  # noqa: SIM115 - the spool owns it until close()
         try:
