@@ -194,6 +194,9 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         "with the minimum and maximum in brackets. Every run that sends mail counts what the "
         "server kept afterwards and compares it with what the client saw acknowledged; a run "
         "that lost acknowledged mail is flagged and left out of every median and ratio. "
+        "Each run starts in a new directory once the run before it has stopped, its files "
+        "have been deleted and the file system has been flushed (`sync`), so that no server "
+        "waits on another's writes. "
         "The machine is shared and noisy: read the figures as ratios between servers measured "
         "in the same run."
     )
