@@ -19,7 +19,8 @@ from mailgate.model import Address, MessageId, MessageSummary
 from mailgate.query import parse_query
 from mailgate.stores import SQLiteStore
 from mailgate.stores import _sqlite_writer as writer_module
-from mailgate.stores._sqlite_query import _text, register_functions
+from mailgate.stores import sqlite as sqlite_store
+from mailgate.stores._sqlite_query import _text
 from mailgate.stores._sqlite_schema import message_row
 from mailgate.stores._sqlite_writer import Committer, Insert, WriteTurns
 from mailgate.testing.stores import make_envelope, make_message
@@ -63,9 +64,7 @@ async def fresh_committer(tmp_path: Path) -> tuple[Path, Committer]:
     """A new, empty store in ``tmp_path``, and a committer on a connection of its own to it."""
     path = tmp_path / "mail.db"
     await SQLiteStore(path).aclose()
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA synchronous = FULL")
-    register_functions(connection)
+    connection = sqlite_store._connect(path)  # as every store connection is made
     turns = WriteTurns(path.with_name(path.name + "-write-lock"))
     return path, Committer(connection, path.with_name(path.name + "-bodies"), "origin", turns)
 
