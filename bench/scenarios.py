@@ -44,7 +44,6 @@ class Settings:
     big_bytes: int = 50 * 1024 * 1024
     latency_duration_s: float = 10.0
     latency_warmup_s: float = 2.0
-    latency_max_rate: float = 4_000.0
     http_messages: int = 100_000
     http_requests: int = 20
     settle_timeout_s: float = 300.0
@@ -376,7 +375,7 @@ def latency(ctx: Context, out: Outcome, server: Server) -> None:
     """p50/p99 from the final dot to 250, at half the server's peak rate."""
     s = ctx.settings
     peak = peak_rate(ctx, server)
-    rate = max(10.0, min(peak / 2.0, s.latency_max_rate))
+    rate = max(10.0, peak / 2.0)
     run = server.start(ctx.rundir(out.scenario, server.key, out.run))
     acked: int | None = None
     try:
@@ -392,7 +391,6 @@ def latency(ctx: Context, out: Outcome, server: Server) -> None:
         ctx.command(out.scenario, shown)
         out.metrics.update(report)
         out.metrics["peak_rate"] = round(peak, 1)
-        out.metrics["capped"] = peak / 2.0 > s.latency_max_rate
         acked = int(report["acked"])
         out.metrics["settle_s"] = round(server.settle(run, acked, s.settle_timeout_s), 2)
         if report["errors"]:
