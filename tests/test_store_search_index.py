@@ -20,7 +20,7 @@ from mailgate.query import parse_query
 from mailgate.stores import SQLiteStore
 from mailgate.stores import _sqlite_writer as writer_module
 from mailgate.stores import sqlite as sqlite_store
-from mailgate.stores._sqlite_query import _text
+from mailgate.stores._sqlite_query import MERGE_PAGES, _text
 from mailgate.stores._sqlite_schema import message_row
 from mailgate.stores._sqlite_writer import Committer, Insert, WriteTurns
 from mailgate.testing.stores import make_envelope, make_message
@@ -273,3 +273,73 @@ async def test_a_version_5_index_is_built_again_in_lower_case(tmp_path: Path) ->
     finally:
         connection.close()
     assert "ärger mit müller" in text
+
+
+def automerge(connection: sqlite3.Connection) -> object:
+    row = connection.execute("SELECT v FROM message_search_config WHERE k = 'automerge'").fetchone()
+    return None if row is None else row[0]
+
+
+def segments(connection: sqlite3.Connection) -> int:
+    (count,) = connection.execute("SELECT count(DISTINCT segid) FROM message_search_idx").fetchone()
+    return int(count)
+
+
+@pytest.mark.asyncio
+async def test_the_index_merges_a_little_in_each_transaction_and_never_by_itself(
+    tmp_path: Path,
+) -> None:
+    path, c = await fresh_committer(tmp_path)
+    statements: list[str] = []
+    most = 0
+    try:
+        assert automerge(c._connection) == 0  # FTS5 merges nothing of its own accord
+        envelope = make_envelope()
+        chunk = writer_module.INDEX_CHUNK
+        for n in range(0, 64 * chunk, chunk):
+            with c.turns:
+                c.commit(
+                    [
+                        Insert(message_row(summary(n + k), envelope, None), b"x", None)
+                        for k in range(chunk)
+                    ]
+                )
+            c._connection.set_trace_callback(statements.append)
+            assert c.index() == chunk
+            c._connection.set_trace_callback(None)
+            most = max(most, segments(c._connection))
+        assert index_state(path) == (64 * chunk, 0)
+    finally:
+        c.close()
+    merges = [s for s in statements if "'merge'" in s]
+    assert len(merges) == 64  # one in each index transaction, with its budget
+    assert all(str(MERGE_PAGES) in s for s in merges)
+    # Each chunk makes a segment; merged, they stay few (unmerged, FTS5 lets a level
+    # reach 16 before it merges all of it in one transaction: up to 26 here).
+    assert most <= 12
+    store = SQLiteStore(path)
+    try:
+        assert (await store.search(parse_query("ledger"))).total == 64 * chunk
+        assert (await store.search(parse_query('"ledger 1000"'))).total == 1
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_an_index_that_merged_by_itself_is_merged_by_hand_once_opened(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mail.db"
+    await SQLiteStore(path).aclose()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:  # as an earlier mailgate left it: FTS5's default, merging by itself
+        connection.execute("DELETE FROM message_search_config WHERE k = 'automerge'")
+        assert automerge(connection) is None
+    finally:
+        connection.close()
+    await SQLiteStore(path).aclose()
+    connection = sqlite3.connect(path)
+    try:
+        assert automerge(connection) == 0
+    finally:
+        connection.close()
