@@ -34,12 +34,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from mailgate.model import MessageId, MessagePage
 from mailgate.query import Bound, BoundTerm, Field, Flag, FlagTerm, Query, Term, TextTerm
-from mailgate.stores._sqlite_schema import SELECT_SUMMARY, summary_from_row
+from mailgate.stores._sqlite_schema import SELECT_SUMMARY, millis, summary_from_row
 
 __all__ = [
     "MERGE_PAGES",
@@ -180,10 +179,6 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def _millis(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
-
-
 _FIELD_COLUMNS = {
     Field.FROM: _people("sender"),
     Field.TO: _people("recipients", "$.to"),
@@ -242,9 +237,9 @@ def _condition(term: Term) -> tuple[str, list[Any]]:
         case FlagTerm(flag=Flag.ATTACHMENT):
             return "attachments > 0", []
         case BoundTerm(bound=Bound.BEFORE, when=when) if when is not None:
-            return "received_at < ?", [_millis(when)]
+            return "received_at < ?", [millis(when)]
         case BoundTerm(bound=Bound.AFTER, when=when) if when is not None:
-            return "received_at >= ?", [_millis(when)]
+            return "received_at >= ?", [millis(when)]
         case BoundTerm(bound=Bound.LARGER, octets=octets):
             return "size >= ?", [octets]
         case BoundTerm(bound=Bound.SMALLER, octets=octets):

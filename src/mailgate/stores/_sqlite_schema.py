@@ -59,6 +59,7 @@ __all__ = [
     "event_from_change",
     "insert_messages",
     "message_row",
+    "millis",
     "stored_message",
     "summary_from_row",
 ]
@@ -195,7 +196,8 @@ _COMPACT = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators
 _SPACED = json.JSONEncoder(ensure_ascii=False, check_circular=False)
 
 
-def _millis(when: datetime) -> int:
+def millis(when: datetime) -> int:
+    """A time as the store keeps it: whole milliseconds since the epoch."""
     return int(when.timestamp() * 1000)
 
 
@@ -261,7 +263,7 @@ def message_row(summary: MessageSummary, envelope: Envelope, body_file: str | No
     sender = summary.sender
     return (
         summary.id,
-        _millis(summary.received_at),
+        millis(summary.received_at),
         summary.size,
         _SPACED.encode([sender.name, sender.address]) if sender else None,
         recipients,
