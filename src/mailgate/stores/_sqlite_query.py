@@ -31,9 +31,10 @@ writer thread inside its transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from mailgate.model import MessageId, MessagePage
@@ -52,6 +53,7 @@ __all__ = [
     "set_tags",
     "tag_counts",
     "where_clause",
+    "write_transaction",
 ]
 
 MIN_TRIGRAM_CHARS = 3
@@ -130,18 +132,25 @@ def ensure_search_schema(connection: sqlite3.Connection) -> None:
         "SELECT 1 FROM sqlite_master WHERE name = 'message_search'"
     ).fetchone()
     if not exists:
-        statements = [*_statements(SEARCH_SCHEMA), _MERGE_BY_HAND, _INDEX_EXISTING]
-        _write(connection, [*statements, "DELETE FROM unindexed"])
+        with write_transaction(connection):
+            # Statement by statement: executescript would commit on its own.
+            for statement in _statements(SEARCH_SCHEMA):
+                connection.execute(statement)
+            connection.execute(_MERGE_BY_HAND)
+            connection.execute(_INDEX_EXISTING)
+            connection.execute("DELETE FROM unindexed")
     elif connection.execute(_AUTOMERGE).fetchone() != (0,):
-        _write(connection, [_MERGE_BY_HAND])
+        with write_transaction(connection):
+            connection.execute(_MERGE_BY_HAND)
 
 
-def _write(connection: sqlite3.Connection, statements: list[str]) -> None:
-    """Run ``statements`` in one write transaction (``executescript`` would commit on its own)."""
+@contextlib.contextmanager
+def write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: ``BEGIN IMMEDIATE``, then ``COMMIT`` when the block ends,
+    or ``ROLLBACK`` when it (or the commit) raises."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        for statement in statements:
-            connection.execute(statement)
+        yield
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:

@@ -75,7 +75,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
-from mailgate.stores._sqlite_query import index_unindexed
+from mailgate.stores._sqlite_query import index_unindexed, write_transaction
 from mailgate.stores._sqlite_schema import (
     INSERT_CHANGE,
     MAX_ROWS_PER_INSERT,
@@ -419,14 +419,8 @@ class Committer:
         with self.turns:
             connection.execute("PRAGMA synchronous = NORMAL")
             try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
+                with write_transaction(connection):
                     count = index_unindexed(connection, limit)
-                    connection.execute("COMMIT")
-                except BaseException:
-                    if connection.in_transaction:
-                        connection.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as error:
                 log.warning("could not add new mail to the search index: %s", error)
                 self.unindexed = 0
@@ -446,8 +440,7 @@ class Committer:
             return self._insert_alone(inserts, stored)
         connection = self._connection
         batch = _Batch()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(connection):
             pending: list[Insert] = []  # inserted together, up to the next other operation
             for operation in operations:
                 if isinstance(operation, Insert):
@@ -471,11 +464,6 @@ class Committer:
                     batch.events.insert(0, event)
             if logged:
                 self._log_changes(logged)
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
         return batch
 
     def _stored_by_origin(self, inserts: list[Insert]) -> dict[str, list[MessageId]]:
