@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -463,6 +464,18 @@ def test_flags_replace_the_domains_of_the_file(tmp_path: Path) -> None:
     toml = '[domains."example.org"]\nmailboxes = ["alice"]\n'
     settings = load({"domain": ["example.com"]}, toml=toml, tmp_path=tmp_path)
     assert settings.domains == (Domain("example.com"),)
+
+
+def test_settings_with_domains_survive_a_pickle(tmp_path: Path) -> None:
+    # The commit process and each SMTP worker get the settings as a pickle.
+    toml = '[domains."example.org"]\nmailboxes = ["alice"]\naliases = { team = ["alice"] }\n'
+    settings = load(toml=toml, tmp_path=tmp_path)
+    copy = pickle.loads(pickle.dumps(settings))
+    assert copy == settings
+    [domain] = copy.domains
+    assert domain.alias_targets("TEAM") == ("alice",)
+    assert domain.accepts("Alice")
+    assert not domain.accepts("mallory")
 
 
 def test_domain_matching_ignores_case() -> None:

@@ -66,6 +66,13 @@ class Domain:
         alias_keys = {local.casefold(): targets for local, targets in self.aliases.items()}
         object.__setattr__(self, "_alias_keys", MappingProxyType(alias_keys))
 
+    def __reduce__(
+        self,
+    ) -> tuple[type[Domain], tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]]:
+        # Settings cross to the commit process and SMTP workers as a pickle;
+        # a mappingproxy cannot be pickled, so a Domain travels as its arguments.
+        return (Domain, (self.name, self.mailboxes, dict(self.aliases)))
+
     @property
     def catch_all(self) -> bool:
         """Whether any local part is accepted (no mailboxes are listed)."""
