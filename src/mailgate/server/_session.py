@@ -156,10 +156,15 @@ class Session(asyncio.Protocol):
         self._pump()
 
     def eof_received(self) -> bool:
+        # A client may send its last commands and half-close (Exim pipelines
+        # the final dot or BDAT LAST with QUIT, then shuts down its side): what
+        # was received is still carried out and answered, and the engine's
+        # ConnectionClosed closes the transport once every reply is written.
         self._conn.receive_eof()
         if not self._busy:
             self._pump()
-        return False
+        # asyncio's TLS transport cannot stay half-open; it ignores the answer.
+        return self._tls is None
 
     def pause_writing(self) -> None:
         self._write_paused = True
