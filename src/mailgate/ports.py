@@ -30,6 +30,7 @@ from mailgate.query import Query
 __all__ = [
     "Authenticator",
     "Clock",
+    "InsufficientStorageError",
     "MailSink",
     "MessageStore",
     "NewMessage",
@@ -44,6 +45,14 @@ class StoreError(MailgateError):
 
     The message is one line, fit to show an operator; the cause, if any, is
     chained.
+    """
+
+
+class InsufficientStorageError(StoreError):
+    """The disk is (nearly) full: the message cannot be taken now (RFC 3463 X.3.1).
+
+    The server's own condition, never the client's error: the client is told
+    ``452 4.3.1`` and tries again later.
     """
 
 
@@ -117,6 +126,13 @@ class NewMessage(Protocol):
 class MailSink(Protocol):
     """What the SMTP shell hands accepted mail to (``delivery.accept``)."""
 
+    def has_room(self, size: int = 0) -> bool:
+        """Whether there is free space for a message of ``size`` octets (0: not declared).
+
+        Asked at ``MAIL``, as Postfix's smtpd asks before it accepts a sender.
+        """
+        ...
+
     def begin(self, envelope: Envelope) -> Spool:
         """Open a spool for a message with this envelope, trace header written."""
         ...
@@ -124,7 +140,8 @@ class MailSink(Protocol):
     async def commit(self, spool: Spool) -> MessageId:
         """Store the message durably; return only once it is on disk.
 
-        Raises ``MailgateError`` subclasses when the store cannot take it.
+        Raises ``InsufficientStorageError`` when there is no room for it, and
+        other ``MailgateError`` subclasses when the store cannot take it.
         """
         ...
 

@@ -147,6 +147,7 @@ class Mailgate:
                 DeliverySettings(
                     hostname=settings.hostname or "localhost",
                     spool_dir=settings.data_dir / "spool",
+                    min_free_space=settings.limits.free_space_floor,
                 ),
             )
             self._server = SMTPServer(

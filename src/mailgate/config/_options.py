@@ -101,6 +101,11 @@ OPTIONS: tuple[Option, ...] = (
         "SIZE", "largest message accepted, e.g. 25M (default 25M; 0 for no limit)",
     ),
     Option(
+        "limits.min_free_space", "--min-free-space", "MAILGATE_MIN_FREE_SPACE",
+        "limits.min_free_space", parse_size(least=1), "SIZE",
+        "free disk space below which MAIL gets 452 4.3.1 (default 1.5 x the largest message)",
+    ),
+    Option(
         "limits.max_recipients", "--max-recipients", "MAILGATE_MAX_RECIPIENTS",
         "limits.max_recipients", parse_int(least=MIN_RECIPIENTS, reason="RFC 5321 4.5.3.1.8"),
         "N", "most recipients of one message (default 1000)",

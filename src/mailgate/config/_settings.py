@@ -29,6 +29,8 @@ MAX_WORKERS = 64
 
 DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 30.0
+DEFAULT_FREE_SPACE_FLOOR_OCTETS = 64 * 1024 * 1024
+"""The free space ``MAIL`` needs when messages have no size limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,16 @@ class Limits:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     max_auth_failures: int = 3
     auth_failure_delay: float = 1.0
+    min_free_space: int = 0
+    """Octets that must stay free on the data directory's file system for ``MAIL``
+    to be accepted; 0: one and a half times ``max_message_size`` (as Postfix does)."""
+
+    @property
+    def free_space_floor(self) -> int:
+        """The free space below which ``MAIL`` gets ``452 4.3.1``."""
+        if self.min_free_space:
+            return self.min_free_space
+        return self.max_message_size * 3 // 2 or DEFAULT_FREE_SPACE_FLOOR_OCTETS
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -32,7 +33,7 @@ from mailgate.delivery._spool import SPOOL_SUFFIX, MemoryThresholdSpool
 from mailgate.delivery._summary import summarize
 from mailgate.delivery._trace import received_header
 from mailgate.model import Envelope, MessageId, MessageSummary
-from mailgate.ports import Clock, MessageStore, Spool
+from mailgate.ports import Clock, InsufficientStorageError, MessageStore, Spool, StoreError
 
 try:
     import fcntl
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_THRESHOLD_OCTETS = 256 * 1024
 SPOOL_LOCK = ".lock"
+_OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
 
 
 class SystemClock:
@@ -68,6 +71,8 @@ class DeliverySettings:
     hostname: str
     spool_dir: Path
     memory_threshold: int = DEFAULT_MEMORY_THRESHOLD_OCTETS
+    min_free_space: int = 0
+    """Octets that must stay free on the spool's file system for a sender to be accepted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,14 @@ class Acceptor:
             os.close(self._lock)  # closing releases the flock
             self._lock = -1
 
+    def has_room(self, size: int = 0) -> bool:
+        """Whether the spool's file system has ``min_free_space`` free, and ``size`` more."""
+        try:
+            stat = os.statvfs(self._settings.spool_dir)
+        except OSError:
+            return True  # the commit will tell, with its own error
+        return stat.f_bavail * stat.f_frsize >= self._settings.min_free_space + size
+
     def begin(self, envelope: Envelope) -> Spool:
         """A spool for a new message, its id assigned and its trace header written."""
         now = self._clock.now()
@@ -131,14 +144,17 @@ class Acceptor:
         """Store the message durably and return its id.
 
         Raises ``SpoolClosedError`` for a spool already committed or
-        discarded, ``TypeError`` for a spool this sink did not make, and
-        whatever the store raises (``ports.StoreError``) when it cannot take
-        the message.
+        discarded, ``TypeError`` for a spool this sink did not make,
+        ``ports.InsufficientStorageError`` when the spool or the store ran
+        out of space, and whatever else the store raises
+        (``ports.StoreError``) when it cannot take the message.
         """
         if not isinstance(spool, MemoryThresholdSpool):
             raise TypeError(f"not a spool from this sink: {spool!r}")
         spool.close()
         try:
+            if spool.failure is not None:
+                raise self._storage_error(spool.failure, "could not spool the message")
             content = spool.content
             if content is not None:
                 summary = _summarize(spool, io.BytesIO(content))
@@ -152,9 +168,35 @@ class Acceptor:
                 content=content,
                 path=spool.path,
             )
-            return await self._store.commit(message)
+            try:
+                return await self._store.commit(message)
+            except StoreError as error:
+                if isinstance(error, InsufficientStorageError):
+                    raise
+                # A commit that failed while the disk is full failed for that (a store's
+                # own process may report it only as a failure).
+                if _out_of_space(error) or not self.has_room():
+                    raise InsufficientStorageError(str(error)) from error
+                raise
         finally:
             spool.release()
+
+    def _storage_error(self, error: OSError, what: str) -> StoreError:
+        if _out_of_space(error) or not self.has_room():
+            return InsufficientStorageError(f"{what}: {error}")
+        return StoreError(f"{what}: {error}")
+
+
+def _out_of_space(error: BaseException) -> bool:
+    """Whether ``error``, or what caused it, says the disk or a quota is full."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _OUT_OF_SPACE_ERRNOS:
+            return True
+        if getattr(seen, "sqlite_errorcode", None) == _SQLITE_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _claim_spool(directory: Path) -> int:

@@ -6,6 +6,11 @@ there, so a 50 MB message never sits whole in the process.  The file is
 written but not synced: making it durable is the store's job, done once at
 commit.
 
+A spool whose file cannot be written (the disk is full) keeps taking
+content and throws it away, so the client can finish sending and be told
+after the end of data (RFC 5321 4.1.1.4); ``failure`` says why, and the
+sink refuses to commit it.
+
 A spool is used from one task at a time.  Its life is ``write``* then
 ``discard``, or ``close`` (the sink closes it to commit it) and later
 ``release`` once the store has taken the content.
@@ -43,6 +48,7 @@ class MemoryThresholdSpool:
         "_state",
         "_threshold",
         "envelope",
+        "failure",
         "id",
         "received_at",
     )
@@ -67,6 +73,8 @@ class MemoryThresholdSpool:
         self._file: BinaryIO | None = None
         self._path: str | None = None
         self._state = "open"
+        self.failure: OSError | None = None
+        """Why the content could not be kept, once writing it failed."""
 
     @property
     def size(self) -> int:
@@ -81,17 +89,25 @@ class MemoryThresholdSpool:
     def write(self, data: bytes) -> None:
         """Append content; raises ``SpoolClosedError`` once committed or discarded.
 
-        Raises ``OSError`` when the content must go to a file and cannot.
+        When the content must go to a file and cannot, ``failure`` is set and
+        this and later writes throw the content away.
         """
         if self._state != "open":
             raise SpoolClosedError(f"spool for {self.id} is {self._state}")
         self._size += len(data)
-        if self._file is not None:
-            self._file.write(data)
+        if self.failure is not None:
             return
-        self._buffer += data
-        if len(self._buffer) > self._threshold:
-            self._roll_over()
+        try:
+            if self._file is not None:
+                self._file.write(data)
+                return
+            self._buffer += data
+            if len(self._buffer) > self._threshold:
+                self._roll_over()
+        except OSError as error:
+            self.failure = error
+            self._buffer = bytearray()
+            self.release()
 
     def _roll_over(self) -> None:
         # The name carries the process's id, so that a process started later can tell
@@ -123,14 +139,18 @@ class MemoryThresholdSpool:
             raise SpoolClosedError(f"spool for {self.id} is {self._state}")
         self._state = "closed"
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()  # writes what the file object still buffers
+            except OSError as error:
+                self.failure = error
 
     def release(self) -> None:
         """Remove the spool file, if the store left one behind."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # the content is being thrown away
+                file.close()
         if self._path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
 from mailgate.model import Envelope, TLSInfo
-from mailgate.ports import MailSink, Spool
+from mailgate.ports import InsufficientStorageError, MailSink, Spool
 from mailgate.protocol import (
     NEED_DATA,
     AuthResponse,
@@ -56,6 +56,7 @@ log = logging.getLogger("mailgate.smtp")
 
 _PAUSE_INPUT_OCTETS = 256 * 1024
 _TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, please try again later")
+_NO_ROOM = Reply(452, "4.3.1", "Insufficient system storage")  # RFC 3463 X.3.1
 _MAIL_OK = Reply(250, "2.1.0", "Sender OK")
 _RSET_OK = Reply(250, "2.0.0", "Flushed")
 _START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
@@ -321,6 +322,10 @@ class Session(asyncio.Protocol):
             if self._listener.require_auth and self.auth_user is None:
                 conn.send(_AUTH_REQUIRED)  # RFC 6409 4.3
                 return
+            if not self._sink.has_room(event.size or 0):
+                log.warning("refusing a sender from %s: too little free disk space", self._peer[0])
+                conn.send(_NO_ROOM)
+                return
             self._txn = _Transaction(event)
             conn.send(_MAIL_OK)
             return
@@ -441,6 +446,9 @@ class Session(asyncio.Protocol):
     async def _commit(self, spool: Spool) -> None:
         try:
             message_id = await self._sink.commit(spool)
+        except InsufficientStorageError as error:
+            log.error("could not store a message from %s: %s", self._peer[0], error)
+            reply = _NO_ROOM
         except Exception:
             log.exception("could not store a message from %s", self._peer[0])
             reply = _TEMPORARY_FAILURE
