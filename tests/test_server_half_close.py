@@ -173,7 +173,6 @@ class TLSClient:
                 return received
 
 
-@pytest.mark.xfail(strict=True, reason="asyncio's TLS transport drops writes after EOF")
 @pytest.mark.parametrize("ending", list(ENDINGS))
 def test_every_reply_is_written_after_a_half_close_inside_tls(
     tls_server: MailgateServer, ca: trustme.CA, ending: str

@@ -160,8 +160,7 @@ class SMTPServer:
             reuse_address=True,
             reuse_port=self.reuse_port or None,
             backlog=1024,
-            ssl=self.tls_context if listener.implicit_tls else None,
-            ssl_handshake_timeout=30.0 if listener.implicit_tls else None,
+            # Implicit TLS too is done by the session itself (server._tls.TLSLayer).
             start_serving=False,
         )
 

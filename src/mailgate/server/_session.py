@@ -46,6 +46,7 @@ from mailgate.protocol import (
     Vrfy,
 )
 from mailgate.protocol._sasl import Challenge, Credentials, SaslFailure, SaslServer
+from mailgate.server._tls import TLSLayer
 
 if TYPE_CHECKING:
     from mailgate.server._server import Listener, SMTPServer
@@ -64,14 +65,7 @@ _AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 _AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 _AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 _MAX_AUTH_DELAY_SECONDS = 10.0
-
-
-def _tls_info(transport: asyncio.BaseTransport) -> TLSInfo | None:
-    ssl_object = transport.get_extra_info("ssl_object")
-    if ssl_object is None:
-        return None
-    cipher = ssl_object.cipher()
-    return TLSInfo(version=str(ssl_object.version()), cipher=str(cipher[0]) if cipher else "")
+TLS_HANDSHAKE_TIMEOUT_SECONDS = 30.0
 
 
 class _Transaction:
@@ -104,8 +98,9 @@ class Session(asyncio.Protocol):
         self._last_activity = 0.0
         self._idle_handle: asyncio.TimerHandle | None = None
         self._tls: TLSInfo | None = None
+        self._tls_layer: TLSLayer | None = None
+        self._handshake_handle: asyncio.TimerHandle | None = None
         self._sasl: SaslServer | None = None
-        self._tls_early: list[bytes] | None = None
         self._auth_failures = 0
         self.auth_user: str | None = None
         # The loop that made the session runs it; asked once, as asking costs a getpid().
@@ -121,13 +116,21 @@ class Session(asyncio.Protocol):
         if isinstance(peer, tuple):
             self._peer = (str(peer[0]), int(peer[1]))
         if self._listener.implicit_tls:
-            self._tls = _tls_info(transport)
+            # RFC 8314 3.3: the greeting comes inside TLS, once the handshake is done.
+            context = self._server.tls_context
+            assert context is not None  # an implicit-TLS listener needs one (SMTPServer)
+            self._begin_tls(context)
+            return
+        self._admit()
+
+    def _admit(self) -> None:
+        """Greet the client, or refuse it when the server is full or closing."""
         refusal = self._server.register(self)
         hostname = self._server.hostname
         if refusal is not None:
             self._conn.send(Reply(421, "4.7.0", f"{hostname} {refusal}"))
             self._flush()
-            transport.close()
+            self._close_transport()
             return
         self._conn.send(Reply(220, None, f"{hostname} ESMTP mailgate ready"))
         self._flush()
@@ -138,16 +141,20 @@ class Session(asyncio.Protocol):
         self._abort_transaction()
         if self._idle_handle is not None:
             self._idle_handle.cancel()
+        if self._handshake_handle is not None:
+            self._handshake_handle.cancel()
         self._server.unregister(self)
         if not self.closed.done():
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self._touch()
-        if self._tls_early is not None:
-            # Decrypted bytes that beat our handshake coroutine: keep them.
-            self._tls_early.append(data)
+        if self._tls_layer is not None:
+            self._receive_tls(data, eof=False)
             return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         self._conn.receive_data(data)
         if self._busy:
             # Keep everything (RFC 2920 3.2) but stop reading past a bound.
@@ -161,11 +168,16 @@ class Session(asyncio.Protocol):
         # the final dot or BDAT LAST with QUIT, then shuts down its side): what
         # was received is still carried out and answered, and the engine's
         # ConnectionClosed closes the transport once every reply is written.
+        if self._tls_layer is not None:
+            self._receive_tls(b"", eof=True)
+        else:
+            self._receive_eof()
+        return True
+
+    def _receive_eof(self) -> None:
         self._conn.receive_eof()
         if not self._busy:
             self._pump()
-        # asyncio's TLS transport cannot stay half-open; it ignores the answer.
-        return self._tls is None
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -219,8 +231,7 @@ class Session(asyncio.Protocol):
             self._conn.send(reply)
         self._flush()
         self._abort_transaction()
-        self._transport.close()
-        self._closed = True
+        self._close_transport()
 
     def _set_reading(self) -> None:
         transport = self._transport
@@ -237,7 +248,22 @@ class Session(asyncio.Protocol):
     def _flush(self) -> None:
         out = self._conn.data_to_send()
         if out and self._transport is not None and not self._closed:
+            layer = self._tls_layer
+            if layer is not None:
+                layer.send(out)
+                out = layer.data_to_send()
             self._transport.write(out)
+
+    def _close_transport(self) -> None:
+        """Close the connection once what was written is sent (with close_notify under TLS)."""
+        transport = self._transport
+        layer = self._tls_layer
+        if transport is not None and not self._closed:
+            if layer is not None:
+                layer.close()
+                transport.write(layer.data_to_send())
+            transport.close()
+        self._closed = True
 
     # ------------------------------------------------------------ the pump
 
@@ -251,9 +277,7 @@ class Session(asyncio.Protocol):
                 if isinstance(event, ConnectionClosed):
                     self._flush()
                     self._abort_transaction()
-                    if self._transport is not None:
-                        self._transport.close()
-                    self._closed = True
+                    self._close_transport()
                     return
                 assert isinstance(event, Event)
                 if self._handle(event):
@@ -473,36 +497,62 @@ class Session(asyncio.Protocol):
             return False
         self._conn.send(Reply(220, "2.0.0", "Ready to start TLS"))
         self._flush()
-        # Nothing more is read in plaintext: the next bytes are the
-        # ClientHello, and start_tls resumes reading under TLS.
-        assert self._transport is not None
-        self._transport.pause_reading()
-        self._tls_early = []
+        # From here every byte received is TLS; the engine has dropped what was
+        # pipelined behind STARTTLS, and hears nothing until the handshake is done.
         self._busy = True
-        task = self._loop.create_task(self._handshake(context))
-        self._server.track(task)
+        self._begin_tls(context)
         return True
 
-    async def _handshake(self, context: ssl.SSLContext) -> None:
+    def _begin_tls(self, context: ssl.SSLContext) -> None:
+        self._tls_layer = TLSLayer(context)
+        timeout = min(TLS_HANDSHAKE_TIMEOUT_SECONDS, self._server.idle_timeout)
+        self._handshake_handle = self._loop.call_later(timeout, self._handshake_timed_out)
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_handle = None
+        log.info("TLS handshake with %s timed out", self._peer[0])
+        self._abort_transaction()
+        self._close_transport()
+
+    def _receive_tls(self, data: bytes, *, eof: bool) -> None:
+        """Ciphertext (or the connection's end) from the client, through the TLS layer."""
+        layer = self._tls_layer
         transport = self._transport
+        assert layer is not None
         assert transport is not None
+        if self._closed or layer.eof:
+            return
+        was_done = layer.handshake_done
         try:
-            new_transport = await self._loop.start_tls(
-                transport, self, context, server_side=True, ssl_handshake_timeout=30.0
-            )
-        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as error:
-            log.info("TLS handshake with %s failed: %s", self._peer[0], error)
+            plain = layer.receive_eof() if eof else layer.receive(data)
+        except ssl.SSLError as error:
+            log.info("TLS with %s failed: %s", self._peer[0], error.reason or error)
+            self._abort_transaction()
             self._closed = True
+            transport.write(layer.data_to_send())  # the alert, if any
             transport.close()
             return
-        if new_transport is None:  # pragma: no cover - only for non-stream transports
+        if pending := layer.data_to_send():
+            transport.write(pending)
+        if not layer.handshake_done:
             return
-        self._transport = new_transport
-        self._tls = _tls_info(new_transport)
+        if not was_done:
+            self._tls_ready(layer)
+            if self._closed:
+                return
+        if plain:
+            self._receive(plain)
+        if layer.eof and not self._closed:
+            self._receive_eof()
+
+    def _tls_ready(self, layer: TLSLayer) -> None:
+        if self._handshake_handle is not None:
+            self._handshake_handle.cancel()
+            self._handshake_handle = None
+        self._tls = TLSInfo(version=layer.version, cipher=layer.cipher)
+        if self._listener.implicit_tls:
+            self._admit()
+            return
         self._conn.tls_established()
-        early, self._tls_early = self._tls_early or [], None
-        for data in early:
-            self._conn.receive_data(data)
         self._busy = False
         self._backlog = 0
-        self._pump()

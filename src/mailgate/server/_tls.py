@@ -1,7 +1,14 @@
-"""TLS for the SMTP listeners: a hardened server context and development certificates.
+"""TLS for the SMTP listeners: a hardened server context, development
+certificates, and the TLS layer a session runs over its plain transport.
 
 The context follows RFC 8314 4.1 and RFC 8996: TLS 1.2 at the least, the
 ssl module's secure cipher defaults, no compression, no renegotiation.
+
+Sessions do TLS themselves, over memory buffers (``TLSLayer``), rather than
+through asyncio's TLS transport: that transport discards whatever the
+application writes once the client has sent its close_notify or shut down
+its side, and an SMTP client that pipelines ``QUIT`` behind the end of a
+message and half-closes (Exim does) is still owed the ``250`` for it.
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ from pathlib import Path
 
 from mailgate import MailgateError
 
-__all__ = ["TLSConfigError", "ensure_self_signed", "server_context"]
+__all__ = ["TLSConfigError", "TLSLayer", "ensure_self_signed", "server_context"]
 
 _SELF_SIGNED_DAYS = 825
+_READ_OCTETS = 64 * 1024
 
 
 class TLSConfigError(MailgateError):
@@ -98,3 +106,92 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
             f"--tls-self-signed: cannot write {error.filename}: {error.strerror}"
         ) from error
     return cert_path, key_path
+
+
+class TLSLayer:
+    """The server side of TLS on one connection, sans I/O.
+
+    Ciphertext from the socket goes in through ``receive`` and plaintext
+    comes out; plaintext goes in through ``send`` and ``data_to_send`` gives
+    the ciphertext for the socket (handshake records included).  ``eof``
+    turns true once the client has ended its side (close_notify, or the
+    connection's end); replies may still be sent after that, until ``close``.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self.handshake_done = False
+        self.eof = False
+
+    def receive(self, data: bytes) -> bytes:
+        """Feed ciphertext; return the plaintext it completes (often ``b""``).
+
+        Raises ``ssl.SSLError`` when the handshake fails or a record is bad.
+        """
+        self._incoming.write(data)
+        return self._read()
+
+    def receive_eof(self) -> bytes:
+        """The connection ended; return any plaintext still to be read.
+
+        Raises ``ssl.SSLError`` when it ended inside the handshake.
+        """
+        self._incoming.write_eof()
+        return self._read()
+
+    def _read(self) -> bytes:
+        if not self.handshake_done:
+            try:
+                self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                if self._incoming.eof:
+                    raise ssl.SSLEOFError("the connection ended during the handshake") from None
+                return b""
+            self.handshake_done = True
+        chunks: list[bytes] = []
+        while not self.eof:
+            try:
+                chunk = self._tls.read(_READ_OCTETS)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                # close_notify, or a bare end of the connection: either way the
+                # client will send nothing more.  No message is lost to a truncation
+                # attack, as one ends only with its final dot or BDAT LAST.
+                self.eof = True
+                break
+            if not chunk:
+                self.eof = True
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def send(self, data: bytes) -> None:
+        """Encrypt ``data`` for the client (``data_to_send`` has the records)."""
+        self._tls.write(data)
+
+    def data_to_send(self) -> bytes:
+        """Ciphertext waiting for the socket."""
+        return self._outgoing.read()
+
+    def close(self) -> None:
+        """Say close_notify (in ``data_to_send``); the client's need not be awaited."""
+        if not self.handshake_done:
+            return
+        try:
+            self._tls.unwrap()
+        except ssl.SSLError:
+            pass  # want-read (the client's close_notify is not awaited) or a broken link
+
+    @property
+    def version(self) -> str:
+        """The negotiated protocol version, e.g. ``TLSv1.3``."""
+        return str(self._tls.version())
+
+    @property
+    def cipher(self) -> str:
+        """The negotiated cipher suite's name."""
+        cipher = self._tls.cipher()
+        return str(cipher[0]) if cipher else ""
