@@ -34,9 +34,11 @@ def require_tool(name: str) -> str:
 
 
 def body_of(raw: bytes) -> bytes:
-    """The message as the client sent it: everything after our trace header."""
-    assert raw.startswith(b"Received: from ")
-    end = raw.index(b"\r\n", 0)
+    """The message as the client sent it: everything after Return-Path and our trace header."""
+    assert raw.startswith(b"Return-Path: <")
+    start = raw.index(b"\r\n") + 2
+    assert raw.startswith(b"Received: from ", start)
+    end = raw.index(b"\r\n", start)
     while raw[end + 2 : end + 3] in (b" ", b"\t"):
         end = raw.index(b"\r\n", end + 2)
     return raw[end + 2 :]

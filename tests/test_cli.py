@@ -414,7 +414,7 @@ def test_show(capsys: pytest.CaptureFixture[str], mailbox: Path) -> None:
     status, out, err = run(capsys, "messages", "show", middle, "--data", str(mailbox))
     assert (status, err) == (0, "")
     headers, _, body = out.partition("\n\n")
-    assert headers.startswith("Received: from ")
+    assert headers.startswith("Return-Path: <alice@example.com>\nReceived: from ")
     assert "\nSubject: zweite Grüße\n" in f"\n{headers}\n"
     assert "\nFrom: Alice <alice@example.com>\n" in f"\n{headers}\n"
     assert body == "Hello.\n"
@@ -431,8 +431,8 @@ def test_show_raw_is_the_stored_bytes(
     newest = capsysbinary.readouterr().out.decode().splitlines()[1].split()[0]
     assert main(["messages", "show", newest, "--raw", "--data", str(mailbox)]) == 0
     raw = capsysbinary.readouterr().out
-    assert raw.startswith(b"Received: ")
-    assert b"\r\n" in raw
+    assert raw.startswith(b"Return-Path: <")
+    assert b"\r\nReceived: " in raw
     assert b"\x00\x01binary" not in raw  # base64 in transit: these are the bytes as received
     assert b"Subject: third\r\n" in raw
 

@@ -37,7 +37,10 @@ async def test_trace_header_comes_first_and_size_counts_it(tmp_path: Path) -> No
         message_id = await sink.commit(spool)
         raw = await store.raw(message_id)
         assert raw is not None
-        assert raw.startswith(b"Received: from client.test ([192.0.2.7])\r\n\tby mx.test")
+        assert raw.startswith(
+            b"Return-Path: <sender@client.test>\r\n"
+            b"Received: from client.test ([192.0.2.7])\r\n\tby mx.test"
+        )
         assert raw[header_size:] == content
         with pytest.raises(SpoolClosedError):
             spool.write(b"more")

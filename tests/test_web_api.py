@@ -170,7 +170,8 @@ async def test_headers_raw_and_parts(inbox: Inbox) -> None:
     assert raw.status_code == 200
     assert raw.headers["content-type"].startswith("text/plain")
     assert raw.content.endswith(content)
-    assert raw.content.startswith(b"Received: ")
+    assert raw.content.startswith(b"Return-Path: <")
+    assert headers["Return-Path"] == [raw.content.split(b"\r\n")[0][13:].decode()]
     download = await inbox.client.get(f"/api/v1/message/{message_id}/raw", params={"dl": "1"})
     assert download.headers["content-disposition"].startswith("attachment;")
 

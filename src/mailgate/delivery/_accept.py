@@ -1,7 +1,7 @@
 """The accept path: the one writer of new mail.
 
 ``Acceptor.begin`` gives each message its id and a spool that starts with
-the ``Received:`` trace header; ``Acceptor.commit`` summarizes the message
+``Return-Path:`` and the ``Received:`` trace header; ``Acceptor.commit`` summarizes the message
 and hands it to the store, returning the id only once the store says it is
 durable.  Whatever happens, the spool's file is gone once ``commit`` returns
 or raises: either the store took it, or it is removed.
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mailgate.delivery._ids import new_message_id
+from mailgate.delivery._return_path import return_path_header
 from mailgate.delivery._spool import SPOOL_SUFFIX, MemoryThresholdSpool
 from mailgate.delivery._summary import summarize
 from mailgate.delivery._trace import received_header
@@ -135,9 +136,9 @@ class Acceptor:
             received_at=now,
             directory=self._settings.spool_dir,
             threshold=self._settings.memory_threshold,
-            trace_header=received_header(
-                envelope, message_id, hostname=self._settings.hostname, when=now
-            ),
+            # RFC 5321 4.4: final delivery puts the reverse-path first, then the trace.
+            trace_header=return_path_header(envelope.mail_from)
+            + received_header(envelope, message_id, hostname=self._settings.hostname, when=now),
         )
 
     async def commit(self, spool: Spool) -> MessageId:

@@ -6,6 +6,9 @@ there, so a 50 MB message never sits whole in the process.  The file is
 written but not synced: making it durable is the store's job, done once at
 commit.
 
+A ``Return-Path`` field in the header the client sent is left out as the
+content streams in (``_return_path``): the accept path writes its own.
+
 A spool whose file cannot be written (the disk is full) keeps taking
 content and throws it away, so the client can finish sending and be told
 after the end of data (RFC 5321 4.1.1.4); ``failure`` says why, and the
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mailgate import MailgateError
+from mailgate.delivery._return_path import ReturnPathFilter
 from mailgate.model import Envelope, MessageId
 
 __all__ = ["SPOOL_SUFFIX", "MemoryThresholdSpool", "SpoolClosedError"]
@@ -43,6 +47,7 @@ class MemoryThresholdSpool:
         "_buffer",
         "_directory",
         "_file",
+        "_header_filter",
         "_path",
         "_size",
         "_state",
@@ -72,6 +77,7 @@ class MemoryThresholdSpool:
         self._size = len(trace_header)
         self._file: BinaryIO | None = None
         self._path: str | None = None
+        self._header_filter: ReturnPathFilter | None = ReturnPathFilter()
         self._state = "open"
         self.failure: OSError | None = None
         """Why the content could not be kept, once writing it failed."""
@@ -94,6 +100,14 @@ class MemoryThresholdSpool:
         """
         if self._state != "open":
             raise SpoolClosedError(f"spool for {self.id} is {self._state}")
+        header_filter = self._header_filter
+        if header_filter is not None:
+            data = header_filter.feed(data)
+            if header_filter.done:
+                self._header_filter = None
+        self._append(data)
+
+    def _append(self, data: bytes) -> None:
         self._size += len(data)
         if self.failure is not None:
             return
@@ -137,6 +151,9 @@ class MemoryThresholdSpool:
         """Stop writing: the content is complete.  The file, if any, is flushed."""
         if self._state != "open":
             raise SpoolClosedError(f"spool for {self.id} is {self._state}")
+        if self._header_filter is not None:
+            self._append(self._header_filter.flush())
+            self._header_filter = None
         self._state = "closed"
         if self._file is not None:
             file, self._file = self._file, None

@@ -123,8 +123,13 @@ async def _deliver(
 
 
 def _trace_and(raw: bytes | None, content: bytes) -> bool:
-    """Whether ``raw`` is a Received trace header followed by exactly ``content``."""
-    return raw is not None and raw.startswith(b"Received: ") and raw.endswith(b"\r\n" + content)
+    """Whether ``raw`` is Return-Path and a Received trace header, then exactly ``content``."""
+    return (
+        raw is not None
+        and raw.startswith(b"Return-Path: <")
+        and b"\r\nReceived: " in raw
+        and raw.endswith(b"\r\n" + content)
+    )
 
 
 async def check_commit_get_raw(subject: StoreUnderTest) -> None:

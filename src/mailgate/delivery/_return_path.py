@@ -1,0 +1,94 @@
+"""``Return-Path:``: the one the server writes, and the ones a client sent.
+
+RFC 5321 4.4: the server that makes final delivery inserts
+``Return-Path: <reverse-path>`` at the beginning of the message (``<>`` for
+the null sender).  Mail a client sends should carry none; a ``Return-Path``
+field it does carry would stand where readers look for ours, so it is
+removed from the header section as the content streams in, as Postfix's
+cleanup does.
+
+The filter passes content on untouched in the common case, decided per
+chunk with one search: it goes line by line only while a header section
+holds a ``Return-Path`` field.  It keeps back at most one incomplete line
+between chunks.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["ReturnPathFilter", "return_path_header"]
+
+MAX_HELD_OCTETS = 64 * 1024
+"""A header line longer than this is passed on unfiltered (the line limit is far below it)."""
+
+_RETURN_PATH_FIELD = re.compile(rb"return-path[ \t]*:", re.IGNORECASE)
+_ANY_RETURN_PATH = re.compile(rb"(?:^|\n)return-path[ \t]*:", re.IGNORECASE)
+_HEADER_END = re.compile(rb"(?:^|\n)\r?\n")
+
+
+def return_path_header(reverse_path: str) -> bytes:
+    """The ``Return-Path:`` line for ``reverse_path`` (``""``: the null sender), CRLF-ended.
+
+    The engine admits no control character or space in a path, so it is written as it came.
+    """
+    return b"Return-Path: <" + reverse_path.encode("utf-8") + b">\r\n"
+
+
+class ReturnPathFilter:
+    """Removes ``Return-Path`` fields (with their folded lines) from a message's header."""
+
+    __slots__ = ("_dropping", "_held", "_in_header")
+
+    def __init__(self) -> None:
+        self._in_header = True
+        self._dropping = False
+        self._held = b""
+
+    @property
+    def done(self) -> bool:
+        """Whether the header section is over: the rest passes untouched."""
+        return not self._in_header
+
+    def feed(self, data: bytes) -> bytes:
+        """The part of ``data`` (after what was held back) that goes into the message."""
+        if not self._in_header:
+            return data
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        if not self._dropping and _ANY_RETURN_PATH.search(data) is None:
+            if _HEADER_END.search(data) is not None:
+                self._in_header = False
+                return data
+            return data[: self._hold_from(data, data.rfind(b"\n") + 1)]
+        kept: list[bytes] = []
+        start = 0
+        while (end := data.find(b"\n", start) + 1) > 0:
+            line = data[start:end]
+            if line in (b"\r\n", b"\n"):
+                self._in_header = False
+                kept.append(data[start:])
+                return b"".join(kept)
+            if line[:1] not in (b" ", b"\t"):  # a field begins; else a folded line goes on
+                self._dropping = _RETURN_PATH_FIELD.match(line) is not None
+            if not self._dropping:
+                kept.append(line)
+            start = end
+        kept.append(data[start : self._hold_from(data, start)])
+        return b"".join(kept)
+
+    def flush(self) -> bytes:
+        """What is still held back, at the end of the content."""
+        held, self._held = self._held, b""
+        if held[:1] in (b" ", b"\t"):
+            return b"" if self._dropping else held
+        return b"" if _RETURN_PATH_FIELD.match(held) else held
+
+    def _hold_from(self, data: bytes, start: int) -> int:
+        """Hold back the unfinished line from ``start`` on; return where the rest ends."""
+        if len(data) - start > MAX_HELD_OCTETS:
+            self._in_header = False  # no header line is this long: give up filtering
+            return len(data)
+        self._held = data[start:]
+        return start
