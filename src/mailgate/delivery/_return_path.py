@@ -24,7 +24,18 @@ MAX_HELD_OCTETS = 64 * 1024
 
 _RETURN_PATH_FIELD = re.compile(rb"return-path[ \t]*:", re.IGNORECASE)
 _ANY_RETURN_PATH = re.compile(rb"(?:^|\n)return-path[ \t]*:", re.IGNORECASE)
-_HEADER_END = re.compile(rb"(?:^|\n)\r?\n")
+
+
+def _header_end(data: bytes) -> int:
+    """Where the blank line that ends the header section begins, or ``len(data)``."""
+    if data[:1] == b"\n" or data[:2] == b"\r\n":
+        return 0
+    crlf = data.find(b"\n\r\n")
+    limit = len(data) if crlf < 0 else crlf
+    lf = data.find(b"\n\n", 0, limit)  # a bare LF can come only with BDAT
+    if lf >= 0:
+        return lf + 1
+    return len(data) if crlf < 0 else crlf + 1
 
 
 def return_path_header(reverse_path: str) -> bytes:
@@ -57,8 +68,9 @@ class ReturnPathFilter:
         if self._held:
             data = self._held + data
             self._held = b""
-        if not self._dropping and _ANY_RETURN_PATH.search(data) is None:
-            if _HEADER_END.search(data) is not None:
+        end = _header_end(data)
+        if not self._dropping and _ANY_RETURN_PATH.search(data, 0, end) is None:
+            if end < len(data):
                 self._in_header = False
                 return data
             return data[: self._hold_from(data, data.rfind(b"\n") + 1)]
