@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from mailgate.cli._log import log_handler, spare_record_details
 from mailgate.config import Settings
 
 __all__ = ["READY", "answer_parent", "configure_process", "new_runner", "when_parent_gone"]
@@ -19,11 +20,14 @@ READY = "ready"
 
 
 def configure_process(settings: Settings, label: str = "") -> None:
-    """Log to stderr at the configured level, ``label`` after each logger's name."""
+    """Log to stderr at the configured level and in the configured form (text or JSON).
+
+    ``label`` names a child process: after each logger's name in text, as
+    ``process`` in JSON.
+    """
+    spare_record_details()
     logging.basicConfig(
-        stream=sys.stderr,
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s %(name)s{label}: %(message)s",
+        handlers=[log_handler(settings.log_format, label)], level=settings.log_level.upper()
     )
     # The store's writer thread waits for the GIL after each statement of a commit; by
     # default a busy event loop keeps it for up to 5 ms, which would add to latency.

@@ -160,6 +160,11 @@ OPTIONS: tuple[Option, ...] = (
         "debug, info, warning, error or critical (default info)",
     ),
     Option(
+        "log_format", "--log-format", "MAILGATE_LOG_FORMAT", "log_format",
+        parse_choice(("text", "json")), "text|json",
+        "log lines as text (default) or as JSON objects, one a line",
+    ),
+    Option(
         "submission", "--submission", "MAILGATE_SUBMISSION", "submission",
         parse_optional_listen, "HOST:PORT",
         "also accept mail submission here, AUTH required (RFC 6409; off by default)",

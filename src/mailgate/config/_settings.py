@@ -155,6 +155,8 @@ class Settings:
     expn: Literal["off", "on"] = "off"
     bare_line_endings: Literal["reject", "normalise"] = "reject"
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """How log lines are written to stderr: ``text`` or ``json`` (one object per line)."""
     submission: Listen | None = None
     smtps: Listen | None = None
     tls: TLS = TLS()

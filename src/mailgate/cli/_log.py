@@ -1,0 +1,111 @@
+"""The two forms of mailgate's log lines on stderr: text, or JSON objects one a line.
+
+Every process of ``mailgate serve`` (the serving process, its SMTP workers,
+its commit process) sets up the same handler, so the chosen form holds for
+every line whichever process wrote it.  A record whose ``fields`` attribute
+holds a mapping (``mailgate.server`` logs messages and refusals so) gives its
+fields as keys of the JSON object; its message is their text form.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+__all__ = ["JSONFormatter", "TextFormatter", "log_handler", "spare_record_details"]
+
+_RESERVED = frozenset({"time", "level", "logger", "message", "process", "exception", "stack"})
+
+
+def spare_record_details() -> None:
+    """Skip what every log record gathers and no line of ours shows.
+
+    The caller's file, line and function, the thread and the process (the
+    logging HOWTO's "Optimization"): about a fifth of what a line costs, and
+    the SMTP service logs a line for every message.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
+class _SecondCache:
+    """A time's text to the second, formatted once a second however many lines."""
+
+    def __init__(self, pattern: str, convert: Callable[[float], time.struct_time]) -> None:
+        self._pattern = pattern
+        self._convert = convert
+        self._second = -1
+        self._text = ""
+
+    def text(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._text = time.strftime(self._pattern, self._convert(second))
+            self._second = second
+        return self._text
+
+
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL LOGGER[LABEL]: MESSAGE``, the time local, to the millisecond."""
+
+    def __init__(self, label: str = "") -> None:
+        super().__init__(f"%(asctime)s %(levelname)s %(name)s{label}: %(message)s")
+        self._seconds = _SecondCache("%Y-%m-%d %H:%M:%S", time.localtime)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return f"{self._seconds.text(record.created)},{int(record.msecs):03d}"
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object a record: ``time``, ``level``, ``logger``, ``message``, then its fields.
+
+    ``time`` is UTC (ISO 8601, milliseconds); ``process`` names the child
+    process (``worker 1``, ``commit``) when ``label`` is given; a traceback
+    is ``exception``.  Field names never replace those keys.
+    """
+
+    def __init__(self, label: str = "") -> None:
+        super().__init__()
+        self._label = label
+        # default=str: a value json cannot write is written as its text, never dropped.
+        self._encoder = json.JSONEncoder(ensure_ascii=False, default=str)
+        self._seconds = _SecondCache("%Y-%m-%dT%H:%M:%S", time.gmtime)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": f"{self._seconds.text(record.created)}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self._label:
+            entry["process"] = self._label
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, Mapping):
+            for key, value in fields.items():
+                if key not in _RESERVED:
+                    entry[str(key)] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return self._encoder.encode(entry)
+
+
+def log_handler(log_format: Literal["text", "json"], label: str = "") -> logging.Handler:
+    """A handler writing to stderr in ``log_format``; ``label`` names a child process.
+
+    Text lines are ``TIME LEVEL LOGGER[LABEL]: MESSAGE``.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JSONFormatter(label.strip("[]")))
+    else:
+        handler.setFormatter(TextFormatter(label))
+    return handler
