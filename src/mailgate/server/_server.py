@@ -1,7 +1,8 @@
 """The SMTP listener: accepts connections, enforces limits, shuts down gracefully.
 
 Connection limits are checked before the greeting: a client over the
-overall or per-address limit gets ``421`` and is closed.  ``aclose`` stops
+overall or per-address limit gets ``421`` and is closed; the log has one
+line per client address a minute for those, with a count.  ``aclose`` stops
 accepting, says ``421`` to idle sessions at once, lets sessions inside a
 transaction finish within the grace period, then closes what is left.
 """
@@ -22,6 +23,7 @@ from mailgate.config import Listen, Settings
 from mailgate.ports import Authenticator, MailSink
 from mailgate.protocol import ConnectionSettings, Reply
 from mailgate.protocol._sasl import MECHANISMS
+from mailgate.server._log import RefusalLog
 from mailgate.server._policy import RecipientPolicy
 from mailgate.server._session import Session
 
@@ -125,6 +127,7 @@ class SMTPServer:
         """What every session is told when the server stops."""
         self._sessions: set[Session] = set()
         self._per_address: Counter[str] = Counter()
+        self._refusal_log = RefusalLog(log)
         self._bound: dict[str, asyncio.Server] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
@@ -192,23 +195,29 @@ class SMTPServer:
         if self.closing:
             return "Shutting down"
         if len(self._sessions) >= limits.max_connections:
-            log.warning("connection limit reached; refusing %s", address)
-            return "Too many connections, try again later"
-        if self._per_address[address] >= limits.max_connections_per_ip:
-            log.warning("per-address connection limit reached for %s", address)
-            return "Too many connections from your address, try again later"
+            refusal = "Too many connections, try again later"
+        elif self._per_address[address] >= limits.max_connections_per_ip:
+            refusal = "Too many connections from your address, try again later"
+        else:
+            refusal = None
+        if refusal is not None:
+            # A flood of these would flood the log: one line per address a minute.
+            self._refusal_log.refused(address, f"421 4.7.0 {refusal}")
+            return refusal
         self._sessions.add(session)
         self._per_address[address] += 1
         return None
 
-    def unregister(self, session: Session) -> None:
-        """Forget a session whose connection is gone."""
-        if session in self._sessions:
-            self._sessions.discard(session)
-            address = session.peer[0]
-            self._per_address[address] -= 1
-            if self._per_address[address] <= 0:
-                del self._per_address[address]
+    def unregister(self, session: Session) -> bool:
+        """Forget a session whose connection is gone; say whether it had been admitted."""
+        if session not in self._sessions:
+            return False
+        self._sessions.discard(session)
+        address = session.peer[0]
+        self._per_address[address] -= 1
+        if self._per_address[address] <= 0:
+            del self._per_address[address]
+        return True
 
     def track(self, task: asyncio.Task[None]) -> None:
         """Keep a session's background step alive until it finishes."""
@@ -236,6 +245,7 @@ class SMTPServer:
             await asyncio.wait(list(self._tasks), timeout=self.settings.limits.shutdown_grace)
         for listener in self._bound.values():
             await listener.wait_closed()
+        self._refusal_log.flush()
         self._closed.set()
 
     async def wait_closed(self) -> None:

@@ -9,6 +9,13 @@ Replies to pipelined commands are collected and written once the engine
 needs more input (RFC 2920 3.2).  While a commit is in flight the session
 stops reading if much input piles up, so a flooding client costs bounded
 memory; nothing already received is ever dropped.
+
+Logging (logger ``mailgate.smtp``, fields as in ``server._log``): one line
+at info for each message accepted and for each command or message refused
+by policy, the store or the content checks; one summary at debug for each
+connection admitted, when it closes.  The engine's answers to syntax and
+sequence errors are only counted (``errors=``): a hostile client would
+otherwise choose how much is logged.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import base64
 import logging
 import ssl
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, cast
 
@@ -46,6 +54,7 @@ from mailgate.protocol import (
     Vrfy,
 )
 from mailgate.protocol._sasl import Challenge, Credentials, SaslFailure, SaslServer
+from mailgate.server._log import LogFields, clean
 from mailgate.server._tls import TLSLayer
 
 if TYPE_CHECKING:
@@ -65,6 +74,8 @@ _AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 _AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 _AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 _MAX_AUTH_DELAY_SECONDS = 10.0
+MAX_LOGGED_RECIPIENTS = 100
+"""Recipients named in a message's log line; ``nrcpt=`` counts them all when there are more."""
 TLS_HANDSHAKE_TIMEOUT_SECONDS = 30.0
 
 
@@ -76,6 +87,24 @@ class _Transaction:
         self.recipients: list[str] = []
         self.rcpt_params: list[dict[str, str | None]] = []
         self.spool: Spool | None = None
+
+
+def _why_closed(replies: bytes) -> str:
+    """How the engine ended a session, told by its last replies: QUIT, 421 or EOF."""
+    if replies.startswith(b"221 ") or b"\n221 " in replies:
+        return "QUIT"
+    if replies.startswith(b"421") or b"\n421" in replies:
+        return "421"  # its error budget was spent, or BDAT was unreadable
+    return "EOF"
+
+
+def _refusal_in(replies: bytes, reason: str) -> str | None:
+    """The line of ``replies`` that refused a message for ``reason`` (``DataAborted``)."""
+    wanted = reason.encode("utf-8", "replace")
+    for line in reversed(replies.split(b"\r\n")):
+        if line[3:4] == b" " and line[:3].isdigit() and line.endswith(wanted):
+            return line.decode("utf-8", "replace")
+    return None
 
 
 class Session(asyncio.Protocol):
@@ -106,6 +135,12 @@ class Session(asyncio.Protocol):
         # The loop that made the session runs it; asked once, as asking costs a getpid().
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
+        # What the connection summary counts (debug): see _log_summary.
+        self._started = self._loop.time()
+        self._commands = 0
+        self._messages = 0
+        self._refusals = 0
+        self._end = ""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -143,7 +178,8 @@ class Session(asyncio.Protocol):
             self._idle_handle.cancel()
         if self._handshake_handle is not None:
             self._handshake_handle.cancel()
-        self._server.unregister(self)
+        if self._server.unregister(self) and log.isEnabledFor(logging.DEBUG):
+            self._log_summary(exc)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -221,12 +257,14 @@ class Session(asyncio.Protocol):
             self._touch()
             return
         log.info("idle timeout for %s", self._peer[0])
+        self._end = "timeout"
         self.shutdown(Reply(421, "4.4.2", f"{self._server.hostname} Idle timeout, closing"))
 
     def shutdown(self, reply: Reply) -> None:
         """Say ``reply`` (a 421) and close, abandoning any open transaction."""
         if self._closed or self._transport is None:
             return
+        self._end = self._end or str(reply.code)
         if self._conn.state is not State.CLOSED:
             self._conn.send(reply)
         self._flush()
@@ -245,14 +283,16 @@ class Session(asyncio.Protocol):
             transport.resume_reading()
             self._paused = False
 
-    def _flush(self) -> None:
-        out = self._conn.data_to_send()
+    def _flush(self) -> bytes:
+        """Write the engine's replies; return them, in plaintext."""
+        replies = out = self._conn.data_to_send()
         if out and self._transport is not None and not self._closed:
             layer = self._tls_layer
             if layer is not None:
                 layer.send(out)
                 out = layer.data_to_send()
             self._transport.write(out)
+        return replies
 
     def _close_transport(self) -> None:
         """Close the connection once what was written is sent (with close_notify under TLS)."""
@@ -275,7 +315,7 @@ class Session(asyncio.Protocol):
                 if event is NEED_DATA:
                     break
                 if isinstance(event, ConnectionClosed):
-                    self._flush()
+                    self._end = _why_closed(self._flush())
                     self._abort_transaction()
                     self._close_transport()
                     return
@@ -285,6 +325,7 @@ class Session(asyncio.Protocol):
                     break
         except Exception:
             log.exception("session with %s failed", self._peer[0])
+            self._end = "error"
             self.shutdown(Reply(421, "4.3.0", f"{self._server.hostname} Internal error, closing"))
             return
         self._flush()
@@ -296,22 +337,25 @@ class Session(asyncio.Protocol):
         conn = self._conn
         if isinstance(event, DataChunk):
             self._spool().write(event.data)
-        elif isinstance(event, (MailFrom, RcptTo)):
+            return False
+        if isinstance(event, DataEnd):
+            self._start_commit()
+            return True
+        if isinstance(event, DataAborted):
+            self._content_refused(event)
+            return False
+        self._commands += 1
+        if isinstance(event, (MailFrom, RcptTo)):
             self._envelope_command(event)
         elif isinstance(event, DataStart):
             conn.send(_START_DATA)
             self._spool()
-        elif isinstance(event, DataEnd):
-            self._start_commit()
-            return True
         elif isinstance(event, BdatChunk):
             self._spool()
             if event.last:
                 self._start_commit()
                 return True
             conn.send(Reply(250, "2.0.0", f"{event.size} octets received"))
-        elif isinstance(event, DataAborted):
-            self._abort_transaction()
         elif isinstance(event, (Helo, Ehlo, Rset)):
             self._abort_transaction()
             self._greet_or_reset(event)
@@ -338,17 +382,19 @@ class Session(asyncio.Protocol):
             conn.send(_RSET_OK)
 
     def _greeting_name(self, name: str) -> str:
-        return f"{name[:64]} [{self._peer[0]}]"
+        # Any name is taken (RFC 5321 4.1.4), but a control character in it would
+        # make the reply unsendable.
+        return f"{clean(name, 64)} [{self._peer[0]}]"
 
     def _envelope_command(self, event: MailFrom | RcptTo) -> None:
         conn = self._conn
         if isinstance(event, MailFrom):
             if self._listener.require_auth and self.auth_user is None:
-                conn.send(_AUTH_REQUIRED)  # RFC 6409 4.3
+                self._refuse(_AUTH_REQUIRED, event.address)  # RFC 6409 4.3
                 return
             if not self._sink.has_room(event.size or 0):
                 log.warning("refusing a sender from %s: too little free disk space", self._peer[0])
-                conn.send(_NO_ROOM)
+                self._refuse(_NO_ROOM, event.address)
                 return
             self._txn = _Transaction(event)
             conn.send(_MAIL_OK)
@@ -360,7 +406,9 @@ class Session(asyncio.Protocol):
         if reply.is_positive:
             txn.recipients.append(event.address)
             txn.rcpt_params.append(dict(event.params))
-        conn.send(reply)
+            conn.send(reply)
+            return
+        self._refuse(reply, txn.mail.address, (event.address,))
 
     def _spool(self) -> Spool:
         txn = self._txn
@@ -369,9 +417,9 @@ class Session(asyncio.Protocol):
             txn.spool = self._sink.begin(self._envelope(txn))
         return txn.spool
 
-    def _envelope(self, txn: _Transaction) -> Envelope:
+    def _protocol(self, mail: MailFrom) -> str:
+        """The protocol the trace header names (RFC 3848, RFC 6531 4.3)."""
         conn = self._conn
-        mail = txn.mail
         protocol = "ESMTP" if conn.extended else "SMTP"
         if mail.smtputf8:
             protocol = "UTF8SMTP"
@@ -379,6 +427,12 @@ class Session(asyncio.Protocol):
             protocol += "S"
         if self.auth_user is not None:
             protocol += "A"
+        return protocol
+
+    def _envelope(self, txn: _Transaction) -> Envelope:
+        conn = self._conn
+        mail = txn.mail
+        protocol = self._protocol(mail)
         return Envelope(
             mail_from=mail.address,
             rcpt_to=tuple(txn.recipients),
@@ -398,6 +452,75 @@ class Session(asyncio.Protocol):
         txn, self._txn = self._txn, None
         if txn is not None and txn.spool is not None:
             txn.spool.discard()
+
+    def _content_refused(self, event: DataAborted) -> None:
+        """The engine refused the message (too big, a bad line) and has said so."""
+        txn = self._txn
+        # The refusal is among the replies not yet written (before a 421, if
+        # that was the client's last error): written now, a little early.
+        reply = _refusal_in(self._flush(), event.reason)
+        if reply is not None and txn is not None:
+            self._log_refusal(reply, txn.mail.address, txn.recipients)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("transaction with %s aborted: %s", self._peer[0], event.reason)
+        self._abort_transaction()
+
+    # ------------------------------------------------------------- logging
+
+    def _refuse(self, reply: Reply, sender: str, recipients: Sequence[str] = ()) -> None:
+        """Send ``reply``, a refusal of a command, and log it."""
+        self._conn.send(reply)
+        self._log_refusal(reply, sender, recipients)
+
+    def _log_refusal(self, reply: Reply | str, sender: str, recipients: Sequence[str]) -> None:
+        """Count a refusal; log it at info with ``reply`` (a ``Reply``, or its first line)."""
+        self._refusals += 1
+        if not log.isEnabledFor(logging.INFO):
+            return
+        fields = self._address_fields(LogFields(), sender, recipients)
+        self._client_fields(fields)
+        fields["reply"] = reply if isinstance(reply, str) else f"{reply.code} {reply.lines[0]}"
+        log.info("refused %s", fields, extra={"fields": fields})
+
+    def _log_accepted(self, message_id: str, txn: _Transaction, size: int) -> None:
+        fields = self._address_fields(LogFields(id=message_id), txn.mail.address, txn.recipients)
+        fields["size"] = size
+        self._client_fields(fields)
+        fields["proto"] = self._protocol(txn.mail)
+        if self._tls is not None:
+            fields["tls"] = self._tls.version
+        if self.auth_user is not None:
+            fields["auth"] = clean(self.auth_user)
+        log.info("%s", fields, extra={"fields": fields})
+
+    @staticmethod
+    def _address_fields(fields: LogFields, sender: str, recipients: Sequence[str]) -> LogFields:
+        """Add ``from`` and ``to`` (when there are recipients), cleaned, to ``fields``."""
+        fields["from"] = clean(sender)
+        if recipients:
+            fields["to"] = [clean(r) for r in recipients[:MAX_LOGGED_RECIPIENTS]]
+            if len(recipients) > MAX_LOGGED_RECIPIENTS:
+                fields["nrcpt"] = len(recipients)
+        return fields
+
+    def _client_fields(self, fields: LogFields) -> LogFields:
+        """Add ``client`` and ``helo`` (when given), cleaned, to ``fields``."""
+        fields["client"] = self._peer[0]
+        helo = self._conn.helo_name
+        if helo:
+            fields["helo"] = clean(helo)
+        return fields
+
+    def _log_summary(self, exc: Exception | None) -> None:
+        end = self._end or ("error" if exc is not None else "closed")
+        fields = self._client_fields(LogFields())
+        fields["duration"] = round(self._loop.time() - self._started, 3)
+        fields["commands"] = self._commands + (end == "QUIT")
+        fields["messages"] = self._messages
+        fields["refused"] = self._refusals
+        fields["errors"] = self._conn.errors
+        fields["end"] = end
+        log.debug("disconnect %s", fields, extra={"fields": fields})
 
     # ---------------------------------------------------------- AUTH
 
@@ -464,10 +587,10 @@ class Session(asyncio.Protocol):
         assert txn is not None
         assert txn.spool is not None
         self._busy = True
-        task = self._loop.create_task(self._commit(txn.spool))
+        task = self._loop.create_task(self._commit(txn, txn.spool))
         self._server.track(task)
 
-    async def _commit(self, spool: Spool) -> None:
+    async def _commit(self, txn: _Transaction, spool: Spool) -> None:
         try:
             message_id = await self._sink.commit(spool)
         except InsufficientStorageError as error:
@@ -478,6 +601,12 @@ class Session(asyncio.Protocol):
             reply = _TEMPORARY_FAILURE
         else:
             reply = Reply(250, "2.0.0", f"Ok: queued as {message_id}")
+            self._messages += 1
+            if log.isEnabledFor(logging.INFO):
+                self._log_accepted(message_id, txn, spool.size)
+            self._resume(reply)
+            return
+        self._log_refusal(reply, txn.mail.address, txn.recipients)
         self._resume(reply)
 
     def _resume(self, reply: Reply) -> None:
