@@ -25,7 +25,8 @@ def configure_process(settings: Settings, label: str = "") -> None:
     ``label`` names a child process: after each logger's name in text, as
     ``process`` in JSON.
     """
-    spare_record_details()
+    if not logging.getLogger().handlers:  # else logging is someone else's (basicConfig agrees)
+        spare_record_details()
     logging.basicConfig(
         handlers=[log_handler(settings.log_format, label)], level=settings.log_level.upper()
     )
