@@ -173,7 +173,7 @@ def test_auth_cancelled() -> None:
     assert not dialogue.conn.authenticated
 
 
-@pytest.mark.parametrize("line", [b"not base64!", b"YQ", b"=", b"\xff\xfe", b"YQ==\rYQ=="])
+@pytest.mark.parametrize("line", [b"not base64!", b"YQ", b"=", b"\xff\xfe", b"YQ==\tYQ=="])
 def test_auth_undecodable_response(line: bytes) -> None:
     dialogue = check([EHLO + b"AUTH LOGIN\r\n", line + b"\r\n", b"NOOP\r\n"], AUTH)
     assert dialogue.codes[1:] == [250, 334, 501, 250]
@@ -181,9 +181,15 @@ def test_auth_undecodable_response(line: bytes) -> None:
     assert dialogue.conn.state is State.READY
 
 
-def test_auth_bare_lf_response_ends_the_exchange() -> None:
-    dialogue = check([EHLO + b"AUTH LOGIN\r\n", b"YWxpY2U=\nNOOP\r\n"], AUTH)
+@pytest.mark.parametrize("ending", [b"\n", b"\r"])
+def test_auth_bare_line_ending_in_a_response_ends_the_exchange(ending: bytes) -> None:
+    # RFC 5321 2.3.8: the response line runs on to the CRLF, so the NOOP
+    # after the bare line ending is part of it, and is never run.
+    dialogue = check([EHLO + b"AUTH LOGIN\r\n", b"YWxpY2U=" + ending + b"NOOP\r\nRSET\r\n"], AUTH)
     assert dialogue.codes[1:] == [250, 334, 500, 250]
+    assert b"500 5.5.2 Bare " in dialogue.output
+    assert dialogue.conn.state is State.READY
+    assert not any(isinstance(e, AuthResponse) for e in dialogue.events)
 
 
 def test_auth_over_long_response_line() -> None:

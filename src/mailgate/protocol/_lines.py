@@ -1,16 +1,22 @@
 """Line framing for commands and SASL responses (RFC 5321 2.3.8, 4.5.3.1.4).
 
-Strategy.  ``LineReader`` reads one line ending in LF from the connection's
-buffer and hands back the new offset with the line, a ``Reply`` refusing
-it, or ``Frame.NEED``.  ``split_command`` then checks and splits a command
-line.  A refused line is never executed, not even in part.
+Strategy.  ``LineReader`` reads one CRLF-terminated line from the
+connection's buffer and hands back the new offset with the line, a
+``Reply`` refusing it, or ``Frame.NEED``.  ``split_command`` then checks
+and splits a command line.  A refused line is never executed, not even in
+part.
 
 Invariants.
-- Only CRLF ends a line.  A line ending in a bare LF is refused whole, as
-  is one holding a bare CR or a NUL; neither ever splits a line in two.
-- A line longer than the limit is dropped as it arrives and refused once
-  its LF comes, so what follows it is read in step.  The refusal depends on
-  the line's length only, never on how the input was split.
+- Only CRLF ends a line (2.3.8).  A bare LF or a bare CR does not: the line
+  that holds one runs on to the next CRLF and is refused whole, with one
+  reply, so what follows a bare line ending is never read as a command.
+  That desync is how command smuggling and pipelining confusion start.
+- A line is refused as soon as its fault is seen: the first CR or LF that
+  is not a CRLF (a bare line ending), or its length passing the limit
+  before any CRLF, whichever comes first.  The rest of it, through its
+  CRLF, is then dropped as it arrives.  So a client that ends lines with LF
+  alone hears at once why nothing it says is done, and the refusal depends
+  on the line's octets only, never on how the input was split.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from mailgate.protocol._settings import ConnectionSettings
 
 __all__ = ["LINE_TOO_LONG", "SASL_LINE_TOO_LONG", "LineReader", "split_command"]
 
+_CRLF = b"\r\n"
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 # RFC 4954 4: an over-long response line fails the exchange with 500 5.5.6.
 SASL_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
 _BARE_LF = Reply(500, "5.5.2", "Bare LF received; end lines with CRLF (RFC 5321 2.3.8)")
-_BAD_CHARACTER = Reply(500, "5.5.2", "Invalid character in command")
+_BARE_CR = Reply(500, "5.5.2", "Bare CR received; end lines with CRLF (RFC 5321 2.3.8)")
+_BAD_CHARACTER = Reply(500, "5.5.2", "NUL character in command")
 _NOT_UTF8 = Reply(500, "5.5.2", "Command is not valid UTF-8")
 
 
@@ -54,10 +62,10 @@ def split_command(raw: bytes, settings: ConnectionSettings) -> tuple[str, str] |
 
     The verb is upper-cased, or ``""`` when it is not ASCII (RFC 5321 2.4:
     non-ASCII commands get 500).  Trailing blanks are dropped (4.1.1).
-    Returns a 500 reply for a bare CR, a NUL, invalid UTF-8, or a line over
-    its verb's limit.
+    Returns a 500 reply for a NUL, invalid UTF-8, or a line over its
+    verb's limit.
     """
-    if b"\r" in raw or b"\x00" in raw:
+    if b"\x00" in raw:
         return _BAD_CHARACTER
     try:
         line = raw.decode("utf-8")
@@ -76,10 +84,10 @@ def split_command(raw: bytes, settings: ConnectionSettings) -> tuple[str, str] |
 
 
 class LineReader:
-    """Frames lines ending in LF; keeps the state of a line being dropped."""
+    """Frames CRLF-terminated lines; remembers a refused line still arriving."""
 
     def __init__(self) -> None:
-        self._discarding = False
+        self._dropping = False
 
     def read(
         self, buf: bytearray, pos: int, cap: int, too_long: Reply
@@ -87,18 +95,32 @@ class LineReader:
         """Read one line from ``buf[pos:]``: at most ``cap`` octets before its LF.
 
         Returns the new offset and the line without its CRLF, a reply
-        refusing it, or ``Frame.NEED``.
+        refusing it (sent once; the rest of the line is dropped), or
+        ``Frame.NEED``.
         """
-        end = buf.find(b"\n", pos)
-        if end < 0:
-            if self._discarding or len(buf) - pos > cap:
-                # Too long already: drop it as it arrives, answer at its end.
-                self._discarding = True
-                return len(buf), Frame.NEED
-            return pos, Frame.NEED
-        if self._discarding or end - pos > cap:
-            self._discarding = False
-            return end + 1, too_long
-        if end == pos or buf[end - 1] != 0x0D:
-            return end + 1, _BARE_LF
-        return end + 1, bytes(buf[pos : end - 1])
+        if self._dropping:
+            end = buf.find(_CRLF, pos)
+            if end < 0:
+                # Keep a trailing CR: its LF may be in the next packet.
+                return len(buf) - buf.endswith(b"\r", pos), Frame.NEED
+            self._dropping = False
+            pos = end + 2
+        # Only the first CR or LF within the limit matters: a CRLF ends the
+        # line, anything else is a fault, and so is reaching the limit first.
+        window = min(len(buf), pos + cap)
+        cr = buf.find(b"\r", pos, window)
+        lf = buf.find(b"\n", pos, window)
+        if lf >= 0 and (cr < 0 or lf < cr):
+            self._dropping = True
+            return lf + 1, _BARE_LF
+        if cr >= 0:
+            if cr + 1 == len(buf):
+                return pos, Frame.NEED
+            if buf[cr + 1] == 0x0A:
+                return cr + 2, bytes(buf[pos:cr])
+            self._dropping = True
+            return cr + 1, _BARE_CR
+        if len(buf) - pos >= cap:
+            self._dropping = True
+            return pos, too_long
+        return pos, Frame.NEED

@@ -18,7 +18,8 @@ Invariants.
   and 421 when the error budget is spent); the application only ever sees
   valid, in-sequence commands.
 - A command line is executed whole or not at all: an over-long line, a
-  bare CR or LF, a NUL or invalid UTF-8 gets a 500 and nothing of it runs.
+  bare CR or LF (the line runs on to the next CRLF), a NUL or invalid
+  UTF-8 gets a 500 and nothing of it runs.
 - The same input gives the same events and replies however it is split
   into packets.
 - Every byte received before a ``220`` to STARTTLS is dropped when that
