@@ -476,23 +476,23 @@ def test_over_long_line_is_refused_without_running_any_of_it(length: int) -> Non
     assert dialogue.codes[1:] == [250, 500, 500, 221]
     assert b"500 5.5.2 Line too long\r\n" in dialogue.output
     assert not any(isinstance(event, MailFrom) for event in dialogue.events)
-    # Refused as soon as it is surely too long, before its end comes.
 
 
 def test_over_long_line_in_separate_packets() -> None:
     dialogue = check([EHLO, b"NOOP " + b"x" * 400, b"y" * 400, b"z" * 400 + b"\r\n", b"NOOP\r\n"])
     assert dialogue.codes[1:] == [250, 500, 250]
 
-    # RFC 5321 2.3.8: only CRLF ends a line, so all of this up to the CRLF is
-    # one malformed line: one reply, and none of the QUITs in it runs.
 
 def test_over_long_line_without_end_then_eof() -> None:
+    # Refused as soon as it is surely too long, before its end comes.
     dialogue = check([EHLO + b"x" * 2000], eof=True)
     assert dialogue.codes[1:] == [250, 500]
     assert dialogue.events[-1] == ConnectionClosed()
 
 
 def test_bare_line_endings_in_commands() -> None:
+    # RFC 5321 2.3.8: only CRLF ends a line, so all of this up to the CRLF is
+    # one malformed line: one reply, and none of the QUITs in it runs.
     dialogue = check([EHLO + b"NOOP\nQUIT\n\nNOOP\rQUIT\r\nRSET\r\n"])
     assert dialogue.codes[1:] == [250, 500, 250]
     assert b"500 5.5.2 Bare LF received; end lines with CRLF (RFC 5321 2.3.8)\r\n" in (
