@@ -8,12 +8,17 @@ from __future__ import annotations
 import pytest
 
 from mailgate.protocol import (
+    AuthResponse,
+    AuthStart,
     ConnectionSettings,
     DataStart,
     Ehlo,
+    Expn,
+    Helo,
     MailFrom,
     RcptTo,
     State,
+    Vrfy,
 )
 from protocol_helpers import HOSTNAME, Dialogue, assert_feeding_invariant
 
@@ -91,3 +96,87 @@ def test_a_bare_line_ending_past_the_limit_is_a_long_line() -> None:
 def test_a_cr_at_the_packet_end_waits_for_the_next() -> None:
     dialogue = check([EHLO + b"NOOP\r", b"\nNOOP\r", b"x\r\nNOOP\r\n"])
     assert dialogue.codes[1:] == [250, 250, 500, 250]
+
+
+# ------------------------------------------- control characters (4.1.2, 4.2.2)
+
+CONTROL = b"501 5.5.4 Control character in command arguments"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"EHLO a\x01b",
+        b"HELO a\x7fb",
+        b"HELO a\x1b[31mb",
+        b"EHLO a\tb",
+        "EHLO a\u0085b".encode(),  # NEL, a C1 control
+        "EHLO a\u2028b".encode(),  # LINE SEPARATOR
+        b"VRFY a\x01",
+        b"EXPN \x1b[2J",
+        b"NOOP \x07",
+        b"HELP \x08",
+        b"RSET \x01",
+        b"QUIT \x01",
+        b"STARTTLS \x01",
+    ],
+)
+def test_control_characters_get_501(line: bytes) -> None:
+    dialogue = check([line + b"\r\n" + EHLO + b"QUIT\r\n"])
+    assert dialogue.reply_lines()[1] == CONTROL
+    assert dialogue.codes[-2:] == [250, 221]
+    assert not any(isinstance(e, (Helo, Vrfy, Expn)) for e in dialogue.events)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"MAIL FROM:<a@b.c> X\x01=1",
+        b"MAIL FROM:<a@b.c> X=\x01",
+        b"MAIL FROM:<a@b.c>\tSIZE=10",
+        b"MAIL FROM:<a\x01@b.c>",
+        b'MAIL FROM:<"a\x7f"@b.c>',
+        "MAIL FROM:<a@b.c> SMTPUTF8 X=a\u009bb".encode(),
+    ],
+)
+def test_control_characters_in_mail_get_501(line: bytes) -> None:
+    dialogue = check([EHLO + line + b"\r\n" + MAIL])
+    assert dialogue.reply_lines()[-2:] == [CONTROL, b"250 2.1.0 Sender OK"]
+
+
+def test_control_characters_in_rcpt_get_501() -> None:
+    dialogue = check([EHLO + MAIL + b"RCPT TO:<b\x01@b.c>\r\nRCPT TO:<b@b.c> \x01\r\n"])
+    assert dialogue.reply_lines()[-2:] == [CONTROL, CONTROL]
+    assert dialogue.conn.state is State.MAIL
+
+
+def test_control_characters_in_auth_get_501() -> None:
+    dialogue = check([EHLO + b"AUTH PLAIN \x01\r\nAUTH LOGIN\x01\r\nAUTH LOGIN\r\n"], AUTH)
+    assert dialogue.reply_lines()[-3:] == [CONTROL, CONTROL, b"334 VXNlcm5hbWU6"]
+    assert [type(e) for e in dialogue.events][-1:] == [AuthStart]
+    dialogue = check([EHLO + b"AUTH LOGIN\r\n", b"YQ==\x01\r\nNOOP\r\n"], AUTH)
+    assert dialogue.codes[-2:] == [501, 250]
+    assert not any(isinstance(e, AuthResponse) for e in dialogue.events)
+
+
+def test_an_unknown_verb_with_a_control_character_is_unknown() -> None:
+    assert check([b"FO\x01O\r\nFOO \x01\r\n"]).codes[1:] == [500, 500]
+
+
+def test_a_bad_parameter_is_echoed_printable_only() -> None:
+    line = "MAIL FROM:<a@b.c> é=1\r\n".encode()
+    assert last_reply([EHLO + line]) == b"501 5.5.4 Bad parameter syntax: ?=1"
+    ascii_only = ConnectionSettings(hostname=HOSTNAME, smtputf8=False)
+    line = "MAIL FROM:<a@b.c> X=é Y=ü\r\n".encode()
+    assert last_reply([EHLO + line], ascii_only) == b"501 5.5.4 Bad parameter syntax: X=?"
+
+
+def test_non_ascii_hello_names_are_not_control_characters() -> None:
+    dialogue = check(["EHLO exämple.org\r\n".encode()])
+    assert dialogue.events == [Ehlo("exämple.org")]
+    assert dialogue.reply_lines()[1] == "250-mx.test Hello exämple.org".encode()
+
+
+def test_trailing_tabs_are_blanks_still() -> None:
+    dialogue = check([b"EHLO c.example\t\r\nNOOP\r\n"])
+    assert dialogue.events == [Ehlo("c.example")]

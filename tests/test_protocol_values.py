@@ -12,6 +12,11 @@ def test_need_data_repr() -> None:
     assert repr(NEED_DATA) == "NEED_DATA"
 
 
+def test_reply_text_may_hold_tabs_and_utf8() -> None:
+    # RFC 5321 4.2: textstring = 1*(%d09 / %d32-126); SMTPUTF8 allows UTF-8.
+    assert Reply(250, None, "a\tb é").to_bytes() == "250 a\tb é\r\n".encode()
+
+
 def test_reply_rendering() -> None:
     assert Reply(250, "2.0.0", "OK").to_bytes() == b"250 2.0.0 OK\r\n"
     assert Reply(220, None, "hi").to_bytes() == b"220 hi\r\n"
@@ -31,6 +36,9 @@ def test_reply_rendering() -> None:
         (250, "2.0", "too short"),
         (250, "2.0.0", "bad\rtext"),
         (250, "2.0.0", "nul\x00"),
+        (250, "2.0.0", "del\x7f"),
+        (250, "2.0.0", "nel\u0085"),
+        (250, "2.0.0", "line\u2028separator"),
     ],
 )
 def test_reply_validation(code: int, enhanced: str | None, text: str) -> None:

@@ -2,7 +2,8 @@
 
 Strategy: one regular expression per grammar production, composed the way
 the ABNF composes them, so the code reads against the RFC.  With SMTPUTF8
-(RFC 6531 3.3) ``atext`` and domain labels also admit non-ASCII UTF-8.
+(RFC 6531 3.3) ``atext`` and domain labels also admit non-ASCII UTF-8 (never
+a C1 control character).
 The functions return plain strings; they raise ``ArgumentError`` carrying
 the reply the engine should give.
 """
@@ -17,14 +18,15 @@ from mailgate.protocol._replies import Reply
 
 __all__ = ["ArgumentError", "ParsedPath", "parse_params", "parse_path"]
 
+# Non-ASCII starts at U+00A0: the C1 controls U+0080-U+009F are never text.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
-_ATEXT_UTF8 = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\U0010ffff]"
+_ATEXT_UTF8 = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u00a0-\U0010ffff]"
 _QCONTENT = r"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])"
-_QCONTENT_UTF8 = r"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])"
+_QCONTENT_UTF8 = r"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u00a0-\U0010ffff]|\\[\x20-\x7e])"
 _LET_DIG = r"[A-Za-z0-9]"
 _LDH = r"[A-Za-z0-9-]"
-_LET_DIG_UTF8 = r"[A-Za-z0-9\u0080-\U0010ffff]"
-_LDH_UTF8 = r"[A-Za-z0-9\-\u0080-\U0010ffff]"
+_LET_DIG_UTF8 = r"[A-Za-z0-9\u00a0-\U0010ffff]"
+_LDH_UTF8 = r"[A-Za-z0-9\-\u00a0-\U0010ffff]"
 
 
 def _subdomain(let_dig: str, ldh: str) -> str:
@@ -56,7 +58,7 @@ _HEX_GROUP = re.compile(r"[0-9A-Fa-f]{1,4}\Z")
 _IPV6_LITERAL = re.compile(r"\[IPv6:(?P<addr>.*)\]\Z", re.IGNORECASE)
 _PARAM_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _PARAM_VALUE_ASCII = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
-_PARAM_VALUE_UTF8 = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\Z")
+_PARAM_VALUE_UTF8 = re.compile(r"[\x21-\x3c\x3e-\x7e\u00a0-\U0010ffff]+\Z")
 
 
 class ArgumentError(Exception):
@@ -156,7 +158,9 @@ def parse_params(words: list[str], *, utf8: bool) -> dict[str, str | None]:
     for word in words:
         key, eq, value = word.partition("=")
         if not _PARAM_KEYWORD.match(key) or (eq and not value_re.match(value)):
-            raise ArgumentError(Reply(501, "5.5.4", f"Bad parameter syntax: {word[:40]}"))
+            # Echoed as printable ASCII only: a reply never carries what it cannot show.
+            shown = word[:40].encode("ascii", "replace").decode("ascii")
+            raise ArgumentError(Reply(501, "5.5.4", f"Bad parameter syntax: {shown}"))
         upper = key.upper()
         if upper in params:
             raise ArgumentError(Reply(501, "5.5.4", f"Parameter {upper} given twice"))

@@ -9,6 +9,12 @@ over the limit (RFC 1870 6.1), 504 for an unknown SASL mechanism.
 
 Whether the command may come now at all (503) is not decided here:
 ``ServerConnection`` checks the sequence first (RFC 5321 4.1.4).
+
+No argument holds a control character (``require_printable``, which
+``ServerConnection`` calls before a command's own checks; BDAT's chunk is
+read whatever its line holds, so ``parse_bdat`` judges its own): nothing in
+RFC 5321's command grammar admits one, and keeping them out of every event
+means no reply ever echoes one back.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ __all__ = [
     "parse_mail",
     "parse_rcpt",
     "require_no_argument",
+    "require_printable",
     "split_path",
 ]
 
@@ -42,6 +49,10 @@ SYNTAX = "5.5.4"  # RFC 3463 3.6: invalid command arguments
 _SIZE_VALUE = re.compile(rf"[0-9]{{1,{MAX_SIZE_DIGITS}}}\Z")
 _NON_ASCII_SENDER = Reply(550, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 _NON_ASCII_RECIPIENT = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
+# C0 controls (tab included), DEL, C1 controls, and the Unicode line and
+# paragraph separators some software splits lines at.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_CHARACTER = Reply(501, SYNTAX, "Control character in command arguments")
 
 
 def has_prefix(text: str, keyword: str) -> bool:
@@ -61,6 +72,15 @@ def require_no_argument(argument: str, verb: str) -> None:
     """
     if argument:
         raise ArgumentError(Reply(501, SYNTAX, f"Syntax: {verb} takes no parameters"))
+
+
+def require_printable(argument: str) -> None:
+    """RFC 5321 4.1.2, 4.1.1: no command argument holds a control character.
+
+    Raises ``ArgumentError`` (501) if this one does; the reply never echoes it.
+    """
+    if _CONTROL.search(argument):
+        raise ArgumentError(_CONTROL_CHARACTER)
 
 
 def parse_hello(argument: str, *, extended: bool) -> Helo | Ehlo:

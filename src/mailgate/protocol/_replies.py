@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 __all__ = ["Reply"]
 
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
-_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # LF separates lines
+# LF separates lines; HT is text (RFC 5321 4.2: textstring); no other C0 or C1
+# control character, nor the Unicode line separators, may reach the wire.
+_FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +28,9 @@ class Reply:
     and HELO/EHLO replies, which RFC 2034 4 exempts.
 
     Raises ``ValueError`` for a code outside 200-599, an enhanced code whose
-    class differs from the code's (RFC 3463 2), or control characters in text.
+    class differs from the code's (RFC 3463 2), or control characters in text
+    (tab aside): the engine keeps them out of every event, so an application
+    that echoes what the client sent never meets this.
     """
 
     code: int

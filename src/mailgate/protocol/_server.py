@@ -16,7 +16,7 @@ Invariants.
   application has replied to it: a reply decides the next state.
 - The engine answers protocol errors itself (500, 501, 503, 504, 552, 555,
   and 421 when the error budget is spent); the application only ever sees
-  valid, in-sequence commands.
+  valid, in-sequence commands, free of control characters.
 - A command line is executed whole or not at all: an over-long line, a
   bare CR or LF (the line runs on to the next CRLF), a NUL or invalid
   UTF-8 gets a 500 and nothing of it runs.
@@ -41,6 +41,7 @@ from mailgate.protocol._commands import (
     parse_mail,
     parse_rcpt,
     require_no_argument,
+    require_printable,
 )
 from mailgate.protocol._content import ContentReader, Frame
 from mailgate.protocol._errors import LocalProtocolError
@@ -416,6 +417,7 @@ class ServerConnection:
                 self._refuse(Reply(500, "5.5.2", "Command not recognized"))
             return None
         try:
+            require_printable(argument)
             return handler(self, argument)
         except ArgumentError as error:
             self._refuse(error.reply)
