@@ -270,7 +270,6 @@ def rcpt_event(
         (b"MAIL FROM:<a@[ipv6:::ffff:192.0.2.1]>", "a@[ipv6:::ffff:192.0.2.1]"),
         (b"MAIL FROM:<a@[IPv6:1:2:3:4:5:6:7:8]>", "a@[IPv6:1:2:3:4:5:6:7:8]"),
         (b"MAIL FROM:<a@[IPv6:1:2:3:4:5:6:192.0.2.1]>", "a@[IPv6:1:2:3:4:5:6:192.0.2.1]"),
-        (b"MAIL FROM:<a@[x-tag:content]>", "a@[x-tag:content]"),
         (b"MAIL FROM:<@relay.example,@other.example:a@example.org>", "a@example.org"),
         (b"MAIL FROM:<@relay.example:a@example.org>", "a@example.org"),
     ],
@@ -315,6 +314,8 @@ def test_mail_paths(line: bytes, address: str | None) -> None:
         (b"MAIL FROM:<a@[IPv6:1.2.3.4::]>", 501),
         (b"MAIL FROM:<a@[IPv6:1:2:3:4:5:1.2.3.4]>", 501),
         (b"MAIL FROM:<a@[]>", 501),
+        (b"MAIL FROM:<a@[x-tag:content]>", 501),  # no tag but IPv6 is registered
+        (b"MAIL FROM:<a@[2001:db8::1]>", 501),
         (b"MAIL FROM:<@relay:a@example.org>,", 501),
         (b"MAIL FROM:<Postmaster>", 501),
         (b"MAIL FROM:<" + b"l" * 65 + b"@example.org>", 501),
@@ -348,15 +349,6 @@ def test_mail_enhanced_codes() -> None:
     assert b"552 5.3.4 Message size exceeds the fixed maximum\r\n" in output.output
     utf8 = check([EHLO + "MAIL FROM:<jö@example.org>\r\n".encode()]).output
     assert utf8.endswith(b"550 5.6.7 Non-ASCII address needs SMTPUTF8\r\n")
-
-
-def test_path_length_limit() -> None:
-    local = b"l" * 64
-    domain = b"d" * 60 + b"." + b"e" * 60 + b"." + b"f" * 60 + b".org"  # 185 octets
-    ok = mail_event(b"MAIL FROM:<" + local + b"@" + domain + b">")
-    assert isinstance(ok, MailFrom)
-    too_long = mail_event(b"MAIL FROM:<" + local + b"@" + domain + b"x" * 6 + b">")
-    assert too_long == 501
 
 
 def test_mail_parameters() -> None:

@@ -53,6 +53,127 @@ def mail(path: bytes) -> MailFrom | bytes:
     return event if isinstance(event, MailFrom) else dialogue.reply_lines()[-1]
 
 
+# ---------------------------------------------------- address literals (4.1.3)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [b"[192.0.2.1]", b"[IPv6:2001:db8::1]", b"[ipv6:::1]", b"[IPv6:::ffff:192.0.2.1]"],
+)
+def test_address_literals(literal: bytes) -> None:
+    for event in (rcpt(b"<u@" + literal + b">"), mail(b"<u@" + literal + b">")):
+        assert isinstance(event, (RcptTo, MailFrom))
+        assert event.address == "u@" + literal.decode()
+
+
+def test_an_ipv6_literal_needs_its_tag() -> None:
+    text = b"An IPv6 address literal needs its IPv6: tag (RFC 5321 4.1.3)"
+    assert rcpt(b"<u@[2001:db8::1]>") == b"501 5.1.3 " + text
+    assert mail(b"<u@[2001:db8::1]>") == b"501 5.1.7 " + text
+    assert rcpt(b"<u@[::1]>") == b"501 5.1.3 " + text
+
+
+@pytest.mark.parametrize(
+    ("literal", "text"),
+    [
+        (b"[IPv6:2001:db8:::1]", b"Bad IPv6 address literal"),
+        (b"[IPv6:192.0.2.1]", b"Bad IPv6 address literal"),
+        (b"[x-tag:content]", b"Bad address literal (RFC 5321 4.1.3)"),
+        (b"[192.0.2.256]", b"Bad address literal (RFC 5321 4.1.3)"),
+        (b"[localhost]", b"Bad address literal (RFC 5321 4.1.3)"),
+        (b"[]", b"Bad address literal (RFC 5321 4.1.3)"),
+    ],
+)
+def test_bad_address_literals(literal: bytes, text: bytes) -> None:
+    assert rcpt(b"<u@" + literal + b">") == b"501 5.1.3 " + text
+
+
+# ---------------------------------------------------------- lengths (4.5.3.1)
+
+
+def domain_of(octets: int, label: int = 63) -> bytes:
+    """A domain name of exactly ``octets`` octets, labels at most ``label`` long."""
+    labels, left = [], octets
+    while left > label + 1:
+        labels.append(b"a" * label)
+        left -= label + 1
+    labels.append(b"b" * left)
+    domain = b".".join(labels)
+    assert len(domain) == octets
+    return domain
+
+
+@pytest.mark.parametrize("octets", [253, 255])
+def test_a_long_domain_is_no_long_path(octets: int) -> None:
+    # <u@ + 253 octets + > is 257 octets: over 4.5.3.1.3's 256, yet 4.5.3.1.2
+    # says a domain of up to 255 octets MUST be received.
+    domain = domain_of(octets)
+    assert isinstance(rcpt(b"<u@" + domain + b">"), RcptTo)
+    longest = b"<" + b"l" * 64 + b"@" + domain + b">"
+    event = mail(longest)
+    assert isinstance(event, MailFrom)
+    assert event.address == longest[1:-1].decode()
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        (b"<" + b"l" * 65 + b"@example.org>", b"Local part too long (over 64 octets)"),
+        (b'<"' + b"l" * 63 + b'"@example.org>', b"Local part too long (over 64 octets)"),
+        (b"<u@" + domain_of(256) + b">", b"Domain too long (over 255 octets)"),
+        (b"<u@" + b"a" * 64 + b".example>", b"Domain label too long (over 63 octets)"),
+        (b"<u@example." + b"a" * 64 + b">", b"Domain label too long (over 63 octets)"),
+    ],
+)
+def test_over_long_parts_are_refused_by_name(path: bytes, text: bytes) -> None:
+    assert rcpt(path) == b"501 5.1.3 " + text
+    assert mail(path) == b"501 5.1.7 " + text
+
+
+def test_label_and_local_part_limits_exactly() -> None:
+    assert isinstance(rcpt(b"<" + b"l" * 64 + b"@" + b"a" * 63 + b".example>"), RcptTo)
+
+
+def test_a_non_ascii_label_counts_as_its_a_label() -> None:
+    # 30 CJK characters are 90 octets of UTF-8, but "xn--" and 40-odd of
+    # punycode in DNS; 70 of them pass 63 however they are written.
+    utf8 = b"MAIL FROM:<a@example.org> SMTPUTF8\r\n"
+    short, long = ("例" * 30).encode(), ("例" * 70).encode()
+    dialogue = check([EHLO + utf8 + b"RCPT TO:<u@" + short + b".jp>\r\n"])
+    assert isinstance(dialogue.events[-1], RcptTo)
+    dialogue = check([EHLO + utf8 + b"RCPT TO:<u@" + long + b".jp>\r\n"])
+    assert dialogue.reply_lines()[-1] == b"501 5.1.3 Domain label too long (over 63 octets)"
+
+
+# ------------------------------------------------ source routes (4.1.1.3, C)
+
+
+@pytest.mark.parametrize(
+    ("path", "address"),
+    [
+        (b"<@[127.0.0.1]:user@remote.example>", "user@remote.example"),
+        (b"<@a.example,@b.example:user@c.example>", "user@c.example"),
+        (b"<@a.example,@[192.0.2.1],@[IPv6:2001:db8::1]:user@c.example>", "user@c.example"),
+        (b'<@a.example:"q u"@c.example>', '"q u"@c.example'),
+    ],
+)
+def test_source_routes_are_accepted_and_dropped(path: bytes, address: str) -> None:
+    event = rcpt(path)
+    assert isinstance(event, RcptTo)
+    assert event.address == address
+    event_from = mail(path)
+    assert isinstance(event_from, MailFrom)
+    assert event_from.address == address
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b"<@:user@c.example>", b"<@a.example;@b.example:user@c.example>", b"<@[x]:u@c.example>"],
+)
+def test_bad_source_routes(path: bytes) -> None:
+    assert rcpt(path) == b"501 5.1.3 Bad address syntax"
+
+
 # ------------------------------------------- bare line endings in commands (2.3.8)
 
 

@@ -48,6 +48,19 @@ def test_smuggled_commands_never_run() -> None:
     assert b"evil" not in dialogue.output
 
 
+def test_routes_are_dropped_and_quoted_local_parts_kept() -> None:
+    dialogue = play_transcript(TRANSCRIPTS / "addresses.smtp")
+    (message,) = dialogue.app.messages
+    assert message.sender == "a@[IPv6:2001:db8::1]"
+    assert message.recipients[:3] == [
+        '"u"@example.org',
+        '"a\\b"@example.org',
+        "b@[IPv6:2001:db8::1]",
+    ]
+    assert message.recipients[4:] == ["user@remote.example", "user@c.example"]
+    assert len(message.recipients[3]) == len("u@") + 253
+
+
 def test_load_transcript_kinds(tmp_path: Path) -> None:
     path = tmp_path / "t.smtp"
     path.write_text("# comment\n\nS: 220 ...\nC: NOOP\nC~ a\\r\\x00\\\\\\t\\n\nS~ 250 .*\n")

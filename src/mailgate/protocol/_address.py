@@ -3,9 +3,20 @@
 Strategy: one regular expression per grammar production, composed the way
 the ABNF composes them, so the code reads against the RFC.  With SMTPUTF8
 (RFC 6531 3.3) ``atext`` and domain labels also admit non-ASCII UTF-8 (never
-a C1 control character).
+a C1 control character).  What a regular expression cannot say is checked
+after the match: an address literal's tag and address (4.1.3), and lengths.
 The functions return plain strings; they raise ``ArgumentError`` carrying
 the reply the engine should give.
+
+Lengths (4.5.3.1).  A local part over 64 octets, a domain over 255 or a
+label over 63 is refused, with a reply naming which.  The 256 octets of a
+whole path are a size every server MUST receive, not a cap: a domain of up
+to 255 octets must be received too (4.5.3.1.2), and ``<u@`` with one of 253
+octets is already 257.  So a path is never refused for its total length;
+its parts are, and the command line limit bounds the rest.
+
+Source routes (4.1.1.3, Appendix C) are accepted and dropped, address
+literals in them included (RFC 821 allowed ``@[192.0.2.1]``).
 """
 
 from __future__ import annotations
@@ -13,7 +24,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mailgate.protocol._limits import MAX_LOCAL_PART_OCTETS, MAX_PATH_OCTETS
+from mailgate.protocol._limits import (
+    MAX_DOMAIN_OCTETS,
+    MAX_LABEL_OCTETS,
+    MAX_LOCAL_PART_OCTETS,
+)
 from mailgate.protocol._replies import Reply
 
 __all__ = ["ArgumentError", "ParsedPath", "parse_params", "parse_path"]
@@ -35,6 +50,7 @@ def _subdomain(let_dig: str, ldh: str) -> str:
 
 _IPV4 = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
 _GENERAL_LITERAL = r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+"
+_DCONTENT = r"[\x21-\x5a\x5e-\x7e]"
 
 
 def _compile(utf8: bool) -> re.Pattern[str]:
@@ -42,11 +58,14 @@ def _compile(utf8: bool) -> re.Pattern[str]:
     let_dig, ldh = (_LET_DIG_UTF8, _LDH_UTF8) if utf8 else (_LET_DIG, _LDH)
     sub = _subdomain(let_dig, ldh)
     domain = rf"{sub}(?:\.{sub})*"
-    # An IPv6 literal is matched as a general one and checked afterwards.
-    literal = rf"\[(?:{_IPV4}|{_GENERAL_LITERAL})\]"
+    # A mailbox's literal is read loosely and judged afterwards (_literal_error),
+    # so that the reply can say what is wrong with it; a route's is only read.
+    literal = rf"\[{_DCONTENT}*\]"
+    route_literal = rf"\[(?:{_IPV4}|{_GENERAL_LITERAL})\]"
     local = rf"(?:{atext}+(?:\.{atext}+)*|\"{qcontent}*\")"
     mailbox = rf"(?P<local>{local})@(?P<domain>{domain}|{literal})"
-    adl = rf"@{domain}(?:,@{domain})*"
+    at_domain = rf"@(?:{domain}|{route_literal})"
+    adl = rf"{at_domain}(?:,{at_domain})*"
     path = rf"<(?:(?P<route>{adl}):)?{mailbox}>"
     return re.compile(path + r"\Z")
 
@@ -55,7 +74,6 @@ _PATH_ASCII = _compile(utf8=False)
 _PATH_UTF8 = _compile(utf8=True)
 _IPV4_RE = re.compile(_IPV4 + r"\Z")
 _HEX_GROUP = re.compile(r"[0-9A-Fa-f]{1,4}\Z")
-_IPV6_LITERAL = re.compile(r"\[IPv6:(?P<addr>.*)\]\Z", re.IGNORECASE)
 _PARAM_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _PARAM_VALUE_ASCII = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
 _PARAM_VALUE_UTF8 = re.compile(r"[\x21-\x3c\x3e-\x7e\u00a0-\U0010ffff]+\Z")
@@ -101,6 +119,37 @@ def _valid_ipv6(text: str) -> bool:
     return width <= 6 if compressed else width == 8
 
 
+def _literal_error(literal: str) -> str | None:
+    """What is wrong with an address literal (RFC 5321 4.1.3), or ``None``.
+
+    Only IPv4 and the ``IPv6:`` tag are registered; an IPv6 address
+    without its tag is an error, not a general literal tagged ``2001``.
+    """
+    if _IPV4_RE.match(literal):
+        return None
+    tag, colon, address = literal.partition(":")
+    if colon and tag.upper() == "IPV6":
+        return None if _valid_ipv6(address) else "Bad IPv6 address literal"
+    if _valid_ipv6(literal):
+        return "An IPv6 address literal needs its IPv6: tag (RFC 5321 4.1.3)"
+    return "Bad address literal (RFC 5321 4.1.3)"
+
+
+def _label_octets(label: str) -> int:
+    # A non-ASCII label counts as the A-label DNS holds (RFC 5890 2.3.2.1).
+    return len(label) if label.isascii() else len("xn--") + len(label.encode("punycode"))
+
+
+def _domain_error(domain: str) -> str | None:
+    """Which length of a domain name is over its limit (RFC 5321 4.5.3.1.2), or ``None``."""
+    lengths = [_label_octets(label) for label in domain.split(".")]
+    if sum(lengths) + len(lengths) - 1 > MAX_DOMAIN_OCTETS:
+        return f"Domain too long (over {MAX_DOMAIN_OCTETS} octets)"
+    if max(lengths) > MAX_LABEL_OCTETS:
+        return f"Domain label too long (over {MAX_LABEL_OCTETS} octets)"
+    return None
+
+
 def parse_path(
     text: str,
     *,
@@ -117,16 +166,14 @@ def parse_path(
     ``enhanced`` is the code for bad syntax: 5.1.7 for a sender, 5.1.3 for
     a recipient (RFC 3463 3.2).
 
-    Raises ``ArgumentError`` with 501 for bad syntax, ``non_ascii_reply`` for
-    non-ASCII without SMTPUTF8 (RFC 6531 3.5).
+    Raises ``ArgumentError`` with 501 for bad syntax, a bad address literal,
+    or a local part, domain or label over its length (the text says which);
+    ``non_ascii_reply`` for non-ASCII without SMTPUTF8 (RFC 6531 3.5).
     """
     if not text:
         raise ArgumentError(Reply(501, enhanced, "Missing address"))
     if not text.startswith("<"):
         text = f"<{text}>"
-    # A domain over 255 octets (4.5.3.1.2) also makes the path too long.
-    if len(text.encode("utf-8")) > MAX_PATH_OCTETS:
-        raise ArgumentError(Reply(501, enhanced, "Path too long"))
     if text == "<>":
         if allow_null:
             return ParsedPath("")
@@ -141,10 +188,13 @@ def parse_path(
         raise ArgumentError(Reply(501, enhanced, "Bad address syntax"))
     local, domain = match.group("local"), match.group("domain")
     if len(local.encode("utf-8")) > MAX_LOCAL_PART_OCTETS:
-        raise ArgumentError(Reply(501, enhanced, "Local part too long"))
-    v6 = _IPV6_LITERAL.match(domain)
-    if v6 is not None and not _valid_ipv6(v6.group("addr")):
-        raise ArgumentError(Reply(501, enhanced, "Bad IPv6 address literal"))
+        error: str | None = f"Local part too long (over {MAX_LOCAL_PART_OCTETS} octets)"
+    elif domain.startswith("["):
+        error = _literal_error(domain[1:-1])
+    else:
+        error = _domain_error(domain)
+    if error is not None:
+        raise ArgumentError(Reply(501, enhanced, error))
     return ParsedPath(f"{local}@{domain}", match.group("route") or "")
 
 
