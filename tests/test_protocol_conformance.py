@@ -19,6 +19,7 @@ from mailgate.protocol import (
     RcptTo,
     State,
     Vrfy,
+    dot_atom_local_part,
 )
 from protocol_helpers import HOSTNAME, Dialogue, assert_feeding_invariant
 
@@ -51,6 +52,48 @@ def mail(path: bytes) -> MailFrom | bytes:
     dialogue = check([EHLO + b"MAIL FROM:" + path + b"\r\n"])
     event = dialogue.events[-1]
     return event if isinstance(event, MailFrom) else dialogue.reply_lines()[-1]
+
+
+# ------------------------------------------------- quoted local parts (2.4, 4.1.2)
+
+
+@pytest.mark.parametrize(
+    ("local", "key"),
+    [
+        ("u", "u"),
+        ("First.Last", "First.Last"),
+        ('"u"', "u"),
+        ('"First.Last"', "First.Last"),
+        ('"a\\b"', "ab"),
+        ('"\\u\\s\\e\\r"', "user"),
+        ('"jö"', "jö"),
+        ('"a b"', None),
+        ('"|/bin/sh -c id"', None),
+        ('"a..b"', None),
+        ('".a"', None),
+        ('""', None),
+        ('"a\\ b"', None),
+        ('"a\\"b"', None),
+        ('"a@b"', None),
+        ('"a"."b"', None),
+        ('"', None),
+        ("a b", None),
+        ("", None),
+    ],
+)
+def test_dot_atom_local_part(local: str, key: str | None) -> None:
+    assert dot_atom_local_part(local) == key
+
+
+@pytest.mark.parametrize(
+    "path",
+    [b'<"u"@example.org>', b'<"a\\b"@example.org>', b'<"a b"@example.org>', b'<"|x"@example.org>'],
+)
+def test_quoted_local_parts_are_valid_syntax_and_kept_as_written(path: bytes) -> None:
+    # The engine hands the mailbox over as written; matching is the policy's.
+    event = rcpt(path)
+    assert isinstance(event, RcptTo)
+    assert event.address == path[1:-1].decode()
 
 
 # ---------------------------------------------------- address literals (4.1.3)

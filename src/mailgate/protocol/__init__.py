@@ -6,6 +6,7 @@ in ``mailgate.server`` pump bytes through ``ServerConnection``.
 
 from __future__ import annotations
 
+from mailgate.protocol._address import dot_atom_local_part
 from mailgate.protocol._errors import LocalProtocolError, MailgateError, RemoteProtocolError
 from mailgate.protocol._events import (
     AuthResponse,
@@ -59,4 +60,5 @@ __all__ = [
     "StartTLS",
     "State",
     "Vrfy",
+    "dot_atom_local_part",
 ]

@@ -17,6 +17,10 @@ its parts are, and the command line limit bounds the rest.
 
 Source routes (4.1.1.3, Appendix C) are accepted and dropped, address
 literals in them included (RFC 821 allowed ``@[192.0.2.1]``).
+
+``dot_atom_local_part`` gives the form a local part is matched in: a quoted
+string names the same mailbox as its content when that is a dot-atom (2.4,
+4.1.2), so ``"u"@example.org`` is ``u@example.org``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from mailgate.protocol._limits import (
 )
 from mailgate.protocol._replies import Reply
 
-__all__ = ["ArgumentError", "ParsedPath", "parse_params", "parse_path"]
+__all__ = ["ArgumentError", "ParsedPath", "dot_atom_local_part", "parse_params", "parse_path"]
 
 # Non-ASCII starts at U+00A0: the C1 controls U+0080-U+009F are never text.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
@@ -74,6 +78,8 @@ _PATH_ASCII = _compile(utf8=False)
 _PATH_UTF8 = _compile(utf8=True)
 _IPV4_RE = re.compile(_IPV4 + r"\Z")
 _HEX_GROUP = re.compile(r"[0-9A-Fa-f]{1,4}\Z")
+_DOT_ATOM = re.compile(rf"{_ATEXT_UTF8}+(?:\.{_ATEXT_UTF8}+)*\Z")
+_QUOTED_PAIR = re.compile(r"\\([\x20-\x7e])")
 _PARAM_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _PARAM_VALUE_ASCII = re.compile(r"[\x21-\x3c\x3e-\x7e]+\Z")
 _PARAM_VALUE_UTF8 = re.compile(r"[\x21-\x3c\x3e-\x7e\u00a0-\U0010ffff]+\Z")
@@ -196,6 +202,21 @@ def parse_path(
     if error is not None:
         raise ArgumentError(Reply(501, enhanced, error))
     return ParsedPath(f"{local}@{domain}", match.group("route") or "")
+
+
+def dot_atom_local_part(local: str) -> str | None:
+    """The dot-atom form of a local part, the form mailboxes are matched in.
+
+    A dot-atom comes back as it is.  A quoted string whose content (each
+    quoted-pair ``\\x`` read as ``x``) is a dot-atom comes back unquoted:
+    RFC 5321 2.4 and 4.1.2 make ``"u"`` and ``u`` the same mailbox, and
+    ``"a\\b"`` is ``ab``.  Anything else, ``"a b"`` or
+    ``"|/bin/sh -c id"`` say, gives ``None``: it can name no mailbox that
+    a dot-atom names.  Case is left alone, for the caller's matching rules.
+    """
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    return local if _DOT_ATOM.match(local) else None
 
 
 def parse_params(words: list[str], *, utf8: bool) -> dict[str, str | None]:

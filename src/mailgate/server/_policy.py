@@ -7,6 +7,14 @@ and trusted networks (RFC 5321 7.1 and 7.9: never an open relay).  Local
 parts that other mail systems read as routes (``user%remote``, bang paths,
 a quoted ``"user@remote"``) are refused from everyone else, so no server
 behind this one can be made into a relay through it.
+
+Local parts are matched in their dot-atom form (``protocol.dot_atom_local_part``):
+``"alice"@example.org`` is ``alice@example.org`` (RFC 5321 2.4, 4.1.2), with
+the same case rules.  A quoted local part that is no dot-atom (``"a b"``,
+``"|/bin/sh -c id"``) is never a configured mailbox or alias: at a domain
+with mailboxes it gets ``550 5.1.1``; a domain without mailboxes accepts any
+local part, so it is stored there under the address as written, but it
+never matches an alias, and VRFY never confirms it.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 
 from mailgate.config import Domain, Settings
-from mailgate.protocol import Reply
+from mailgate.protocol import Reply, dot_atom_local_part
 
 __all__ = ["RecipientPolicy"]
 
@@ -25,11 +33,17 @@ _VRFY_NONCOMMITTAL = Reply(
     252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery"
 )
 _DISABLED = Reply(502, "5.5.1", "Command disabled")
+_NO_LIST = Reply(550, "5.1.1", "No such mailing list")
 
 
 def _split(address: str) -> tuple[str, str]:
     local, _, domain = address.rpartition("@")
     return local, domain.lower()
+
+
+def _is_mailbox(domain: Domain, local: str) -> bool:
+    """Whether ``local`` (a dot-atom) is a configured mailbox or alias, or postmaster."""
+    return local.casefold() == "postmaster" or (not domain.catch_all and domain.accepts(local))
 
 
 class RecipientPolicy:
@@ -79,22 +93,32 @@ class RecipientPolicy:
             return ACCEPTED if may_relay else _RELAY_DENIED
         if not may_relay and any(mark in local for mark in "%!@"):
             return _RELAY_DENIED
-        if local.casefold() == "postmaster" or domain.accepts(local):
+        if domain.catch_all:
+            return ACCEPTED
+        key = dot_atom_local_part(local)
+        if key is not None and (key.casefold() == "postmaster" or domain.accepts(key)):
             return ACCEPTED
         return _UNKNOWN_USER
 
     def vrfy(self, argument: str) -> Reply:
-        """The reply to ``VRFY``: non-committal unless turned on (RFC 5321 3.5.3)."""
+        """The reply to ``VRFY``: non-committal unless turned on (RFC 5321 3.5.3).
+
+        Turned on, only a configured mailbox or alias (or postmaster) is
+        confirmed, named in its dot-atom form at its configured domain; where
+        any local part is accepted there is nobody to verify, and the answer
+        is 252 again.
+        """
         if self._vrfy == "off":
             return _DISABLED
         if self._vrfy == "252":
             return _VRFY_NONCOMMITTAL
         address = argument.strip().strip("<>")
         if "@" not in address:
+            key = dot_atom_local_part(address)
             matches = [
-                f"{address}@{d.name}"
+                f"{key}@{d.name}"
                 for d in self._domains.values()
-                if not d.catch_all and d.accepts(address)
+                if key is not None and not d.catch_all and d.accepts(key)
             ]
             if len(matches) == 1:
                 return Reply(250, "2.1.5", f"<{matches[0]}>")
@@ -105,9 +129,13 @@ class RecipientPolicy:
                     "Ambiguous; possibilities are\n" + "\n".join(f"<{m}>" for m in matches),
                 )
             return _VRFY_NONCOMMITTAL if self.catch_all else _UNKNOWN_USER
-        reply = self.check_recipient(address)
-        if reply is ACCEPTED:
-            return Reply(250, "2.1.5", f"<{address}>")
+        local, domain_name = _split(address)
+        domain = self._domains.get(domain_name)
+        key = dot_atom_local_part(local)
+        if domain is not None and key is not None and _is_mailbox(domain, key):
+            return Reply(250, "2.1.5", f"<{key}@{domain.name}>")
+        if self.catch_all or (domain is not None and domain.catch_all):
+            return _VRFY_NONCOMMITTAL
         return _UNKNOWN_USER
 
     def expn(self, argument: str) -> Reply:
@@ -115,17 +143,20 @@ class RecipientPolicy:
         if self._expn == "off":
             return _DISABLED
         name = argument.strip().strip("<>")
-        local, _, domain_name = name.partition("@")
+        local, domain_name = _split(name) if "@" in name else (name, "")
+        key = dot_atom_local_part(local)
+        if key is None:
+            return _NO_LIST
         domains = (
-            [self._domains[domain_name.lower()]]
-            if domain_name and domain_name.lower() in self._domains
+            [self._domains[domain_name]]
+            if domain_name in self._domains
             else []
             if domain_name
             else list(self._domains.values())
         )
         for domain in domains:
-            targets = domain.alias_targets(local)
+            targets = domain.alias_targets(key)
             if targets is not None:
                 members = [t if "@" in t else f"{t}@{domain.name}" for t in targets]
                 return Reply(250, "2.1.5", "\n".join(f"<{m}>" for m in members))
-        return Reply(550, "5.1.1", "No such mailing list")
+        return _NO_LIST
