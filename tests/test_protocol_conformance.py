@@ -17,6 +17,7 @@ from mailgate.protocol import (
     Helo,
     MailFrom,
     RcptTo,
+    Reply,
     State,
     Vrfy,
     dot_atom_local_part,
@@ -215,6 +216,61 @@ def test_source_routes_are_accepted_and_dropped(path: bytes, address: str) -> No
 )
 def test_bad_source_routes(path: bytes) -> None:
     assert rcpt(path) == b"501 5.1.3 Bad address syntax"
+
+
+# ------------------------------- the recipient limit and the error budget (4.5.3.1.10)
+
+
+def test_recipients_past_the_limit_get_452_and_the_rest_goes_on() -> None:
+    # Postfix's behaviour: 1,100 RCPTs pipelined with DATA, a limit of 1,000.
+    rcpts = b"".join(b"RCPT TO:<r%d@example.com>\r\n" % i for i in range(1100))
+    dialogue = check([EHLO + MAIL + rcpts + b"DATA\r\n", b"Subject: x\r\n\r\nhi\r\n.\r\n"])
+    assert dialogue.codes[1:] == [250, 250] + [250] * 1000 + [452] * 100 + [354, 250]
+    assert dialogue.output.count(b"452 4.5.3 Too many recipients\r\n") == 100
+    (message,) = dialogue.app.messages
+    assert message.recipients == [f"r{i}@example.com" for i in range(1000)]
+    assert dialogue.conn.errors == 0
+
+
+def test_a_452_is_answered_after_the_syntax() -> None:
+    settings = ConnectionSettings(hostname=HOSTNAME, max_recipients=1)
+    rcpts = b"RCPT TO:<a@b.example>\r\nRCPT TO:<bad@>\r\nRCPT TO:<c@d.example>\r\n"
+    dialogue = check([EHLO + MAIL + rcpts], settings)
+    assert dialogue.codes[1:] == [250, 250, 250, 501, 452]
+
+
+def test_4xx_replies_never_spend_the_error_budget() -> None:
+    settings = ConnectionSettings(hostname=HOSTNAME, error_budget=2, max_recipients=1)
+
+    def busy(event: object) -> Reply | None:
+        if isinstance(event, MailFrom) and event.address == "full@example.org":
+            return Reply(452, "4.3.1", "Insufficient system storage")
+        if isinstance(event, DataStart):
+            return Reply(451, "4.3.0", "Temporary failure")
+        return None
+
+    rcpts = b"RCPT TO:<b@example.com>\r\n" * 30
+    storage = b"MAIL FROM:<full@example.org>\r\n" * 30
+    dialogue = check(
+        [EHLO + storage + MAIL + rcpts + b"DATA\r\n" * 30 + b"NOOP\r\n"], settings, policy=busy
+    )
+    assert dialogue.codes[1:] == [250] + [452] * 30 + [250, 250] + [452] * 29 + [451] * 30 + [250]
+    assert dialogue.conn.errors == 0
+    assert dialogue.conn.state is State.RCPT
+
+
+def test_5xx_replies_still_spend_it() -> None:
+    settings = ConnectionSettings(hostname=HOSTNAME, error_budget=2)
+
+    def refuse(event: object) -> Reply | None:
+        return Reply(451, "4.3.0", "Later") if isinstance(event, RcptTo) else None
+
+    dialogue = check(
+        [EHLO + MAIL + b"RCPT TO:<b@example.com>\r\nFOO\r\nRSET\r\nBAR\r\n"],
+        settings,
+        policy=refuse,
+    )
+    assert dialogue.codes[1:] == [250, 250, 451, 500, 250, 500, 421]
 
 
 # ------------------------------------------- bare line endings in commands (2.3.8)

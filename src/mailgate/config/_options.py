@@ -127,7 +127,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "limits.error_budget", "--error-budget", "MAILGATE_ERROR_BUDGET", "limits.error_budget",
-        parse_int(least=1), "N", "bad commands before a client is disconnected (default 20)",
+        parse_int(least=1), "N", "refused (5xx) commands before a disconnect (default 20)",
     ),
     Option(
         "limits.max_line_length", "--max-line-length", "MAILGATE_MAX_LINE_LENGTH",

@@ -25,7 +25,16 @@ import re
 from dataclasses import dataclass
 
 from mailgate.protocol._address import ArgumentError, parse_params, parse_path
-from mailgate.protocol._events import AuthStart, Ehlo, Expn, Helo, MailFrom, RcptTo, Vrfy
+from mailgate.protocol._events import (
+    AuthResponse,
+    AuthStart,
+    Ehlo,
+    Expn,
+    Helo,
+    MailFrom,
+    RcptTo,
+    Vrfy,
+)
 from mailgate.protocol._limits import MAX_SIZE_DIGITS
 from mailgate.protocol._replies import Reply
 
@@ -39,6 +48,7 @@ __all__ = [
     "parse_lookup",
     "parse_mail",
     "parse_rcpt",
+    "parse_sasl_response",
     "require_no_argument",
     "require_printable",
     "split_path",
@@ -49,6 +59,10 @@ SYNTAX = "5.5.4"  # RFC 3463 3.6: invalid command arguments
 _SIZE_VALUE = re.compile(rf"[0-9]{{1,{MAX_SIZE_DIGITS}}}\Z")
 _NON_ASCII_SENDER = Reply(550, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 _NON_ASCII_RECIPIENT = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
+# RFC 5321 4.5.3.1.10: 452, so the client sends the rest later (flow control).
+_TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+# RFC 4954 4: "*" cancels the exchange; the AUTH command fails with 501.
+_AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
 # C0 controls (tab included), DEL, C1 controls, and the Unicode line and
 # paragraph separators some software splits lines at.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -193,14 +207,16 @@ def parse_mail(
     return MailFrom(parsed.address, params, size, body, utf8)
 
 
-def parse_rcpt(argument: str, *, smtputf8: bool) -> RcptTo:
+def parse_rcpt(argument: str, *, smtputf8: bool, full: bool = False) -> RcptTo:
     """``RCPT TO:<forward-path> [params]`` (RFC 5321 4.1.1.3).
 
     ``smtputf8``: the transaction declared SMTPUTF8.  No RCPT parameter is
-    offered, so any is refused.
+    offered, so any is refused.  ``full``: the transaction has as many
+    recipients as it may.
 
     Raises ``ArgumentError``: 501 syntax, 555 for a parameter, 553 5.6.7 for
-    a non-ASCII address without SMTPUTF8 (RFC 6531 3.5).
+    a non-ASCII address without SMTPUTF8 (RFC 6531 3.5), then 452 4.5.3 when
+    ``full`` (RFC 5321 4.5.3.1.10).
     """
     if not has_prefix(argument, "TO:"):
         raise ArgumentError(Reply(501, SYNTAX, "Syntax: RCPT TO:<address>"))
@@ -216,6 +232,8 @@ def parse_rcpt(argument: str, *, smtputf8: bool) -> RcptTo:
         non_ascii_reply=_NON_ASCII_RECIPIENT,
         enhanced="5.1.3",
     )
+    if full:
+        raise ArgumentError(_TOO_MANY_RECIPIENTS)
     return RcptTo(parsed.address, params)
 
 
@@ -228,6 +246,17 @@ def decode_sasl(text: str) -> bytes:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise ArgumentError(Reply(501, "5.5.2", "Cannot decode response")) from None
+
+
+def parse_sasl_response(text: str) -> AuthResponse:
+    """One SASL response line (RFC 4954 4), surrounding blanks removed.
+
+    Raises ``ArgumentError``: 501 5.0.0 for ``*`` (the client cancelled),
+    501 5.5.2 for anything but strict base64.
+    """
+    if text == "*":
+        raise ArgumentError(_AUTH_CANCELLED)
+    return AuthResponse(decode_sasl(text))
 
 
 def parse_auth(argument: str, *, mechanisms: tuple[str, ...]) -> AuthStart:

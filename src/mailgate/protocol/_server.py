@@ -17,6 +17,9 @@ Invariants.
 - The engine answers protocol errors itself (500, 501, 503, 504, 552, 555,
   and 421 when the error budget is spent); the application only ever sees
   valid, in-sequence commands, free of control characters.
+- Only 5xx replies, the engine's or the application's, spend the budget: a
+  4xx is the server's own temporary condition or flow control (452 too
+  many recipients), never the client's fault.
 - A command line is executed whole or not at all: an over-long line, a
   bare CR or LF (the line runs on to the next CRLF), a NUL or invalid
   UTF-8 gets a 500 and nothing of it runs.
@@ -33,13 +36,13 @@ from collections.abc import Callable
 
 from mailgate.protocol._address import ArgumentError
 from mailgate.protocol._commands import (
-    decode_sasl,
     parse_auth,
     parse_bdat,
     parse_hello,
     parse_lookup,
     parse_mail,
     parse_rcpt,
+    parse_sasl_response,
     require_no_argument,
     require_printable,
 )
@@ -97,6 +100,7 @@ _ENCRYPTION_REQUIRED = Reply(  # RFC 4954 6
     538, "5.7.11", "Encryption required for requested authentication mechanism"
 )
 _NOT_IMPLEMENTED_REPLY = Reply(502, "5.5.1", "Command not implemented")
+_UNRECOGNIZED = Reply(500, "5.5.2", "Command not recognized")
 
 
 def _bad_sequence(text: str) -> Reply:
@@ -135,7 +139,7 @@ class ServerConnection:
         self.recipients = 0
         """Recipients accepted in the open transaction."""
         self.errors = 0
-        """Error replies sent so far, counted against the error budget."""
+        """Permanent (5xx) replies sent so far, counted against the error budget."""
         self._buf = bytearray()
         self._pos = 0
         self._eof = False
@@ -306,7 +310,7 @@ class ServerConnection:
         self._content.bdat_remaining = 0
 
     def _spend_error_budget(self, reply: Reply) -> None:
-        if reply.code < 400 or self.state is State.CLOSED:
+        if reply.code < 500 or self.state is State.CLOSED:
             return
         self.errors += 1
         if self.errors >= self.settings.error_budget:
@@ -411,10 +415,7 @@ class ServerConnection:
             return None
         handler = _COMMANDS.get(verb)
         if handler is None:
-            if verb in _NOT_IMPLEMENTED:
-                self._refuse(Reply(502, "5.5.1", "Command not implemented"))
-            else:
-                self._refuse(Reply(500, "5.5.2", "Command not recognized"))
+            self._refuse(_NOT_IMPLEMENTED_REPLY if verb in _NOT_IMPLEMENTED else _UNRECOGNIZED)
             return None
         try:
             require_printable(argument)
@@ -443,11 +444,8 @@ class ServerConnection:
     def _cmd_rcpt(self, argument: str) -> Event | None:
         _require(self.state is not State.BDAT, "BDAT transfer under way")
         _require(self.state in (State.MAIL, State.RCPT), "Send MAIL first")
-        event = parse_rcpt(argument, smtputf8=self.smtputf8)
-        if self.recipients >= self.settings.max_recipients:
-            # RFC 5321 4.5.3.1.10: 452, so the client tries the rest later.
-            raise ArgumentError(Reply(452, "4.5.3", "Too many recipients"))
-        return event
+        full = self.recipients >= self.settings.max_recipients
+        return parse_rcpt(argument, smtputf8=self.smtputf8, full=full)
 
     def _cmd_data(self, argument: str) -> Event | None:
         require_no_argument(argument, "DATA")
@@ -505,13 +503,8 @@ class ServerConnection:
         return parse_auth(argument, mechanisms=settings.auth_mechanisms)
 
     def _handle_sasl_line(self, raw: bytes) -> Event | None:
-        text = raw.decode("latin-1").strip(" ")
-        if text == "*":
-            # RFC 4954 4: the client cancelled; the AUTH command fails with 501.
-            self._refuse(Reply(501, "5.0.0", "Authentication cancelled"))
-            return None
         try:
-            return AuthResponse(decode_sasl(text))
+            return parse_sasl_response(raw.decode("latin-1").strip(" "))
         except ArgumentError as error:
             self._refuse(error.reply)
             return None

@@ -24,6 +24,8 @@ class ConnectionSettings:
     without a value, RFC 1870 4).  ``bare_line_endings`` decides what a bare
     CR or LF inside DATA gets: ``"reject"`` refuses the message after its
     terminator, ``"normalise"`` rewrites it to CRLF.  Neither ever ends DATA.
+    ``error_budget``: how many 5xx replies a session may earn before it is
+    closed with 421.
     """
 
     hostname: str = "localhost"
