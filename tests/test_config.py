@@ -74,7 +74,7 @@ def test_defaults() -> None:
     assert settings.limits.error_budget == 20
     assert settings.limits.max_line_length == 1000
     assert settings.limits.shutdown_grace == 30.0
-    assert (settings.vrfy, settings.expn, settings.bare_line_endings) == ("252", "off", "reject")
+    assert (settings.vrfy, settings.expn, settings.bare_line_endings) == ("252", "off", "normalise")
     assert settings.log_level == "info"
 
 
@@ -142,7 +142,7 @@ def test_flags_beat_environment_beat_file_beat_defaults(tmp_path: Path) -> None:
     assert settings.hostname == "env.example"
     assert settings.vrfy == "off"
     assert settings.expn == "on"
-    assert settings.bare_line_endings == "reject"
+    assert settings.bare_line_endings == "normalise"
 
 
 def test_limits_from_every_source(tmp_path: Path) -> None:

@@ -38,8 +38,11 @@ def content_events(dialogue: Dialogue) -> list[object]:
     return events[start:]
 
 
-def normalising() -> ConnectionSettings:
-    return ConnectionSettings(hostname=HOSTNAME, bare_line_endings="normalise")
+def rejecting() -> ConnectionSettings:
+    return ConnectionSettings(hostname=HOSTNAME, bare_line_endings="reject")
+
+
+LONG_LINE = "Message has a line over 1000 octets (RFC 5321 4.5.3.1.6)"
 
 
 # ----------------------------------------------------------------------- DATA
@@ -128,15 +131,17 @@ SMUGGLED = b"MAIL FROM:<evil@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n
         b"\r\n \r\n.\n",
     ],
 )
-def test_smuggling_never_ends_data(fake: bytes) -> None:
+@pytest.mark.parametrize("mode", ["normalise", "reject"])
+def test_smuggling_never_ends_data(fake: bytes, mode: str) -> None:
+    settings = ConnectionSettings(hostname=HOSTNAME, bare_line_endings=mode)  # type: ignore[arg-type]
     body = b"Subject: x\r\n\r\nfirst" + fake + SMUGGLED
-    dialogue = check([DATA, body + b".\r\n"])
+    dialogue = check([DATA, body + b".\r\n"], settings)
     events = content_events(dialogue)
     assert sum(isinstance(e, (DataEnd, DataAborted)) for e in events) == 1
     assert not any(isinstance(e, DataStart) for e in events[1:])
-    # By default a bare CR or LF refuses the message, after its terminator.
     bare = fake.replace(b"\r\n", b"")
-    if b"\r" in bare or b"\n" in bare:
+    if mode == "reject" and (b"\r" in bare or b"\n" in bare):
+        # A bare CR or LF refuses the message, after its terminator.
         assert isinstance(events[-1], DataAborted)
         assert dialogue.codes[-1] == 554
         assert dialogue.app.messages == []
@@ -144,15 +149,19 @@ def test_smuggling_never_ends_data(fake: bytes) -> None:
         (message,) = dialogue.app.messages
         assert message.sender == "a@example.org"
         assert message.content.endswith(b"evil\r\n")
+        assert b"MAIL FROM:<evil@example.org>\r\n" in message.content
+        content = message.content
+        assert content.count(b"\r") == content.count(b"\n") == content.count(b"\r\n")
 
 
-@pytest.mark.parametrize("fake", [b"\n.\n", b"\r.\r\n", b"\r\n.\n", b"\n.\r\n"])
+@pytest.mark.parametrize("fake", [b"\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\n", b"\n.\r\n"])
 def test_smuggling_is_plain_content_when_normalising(fake: bytes) -> None:
-    dialogue = check([DATA, b"first" + fake + SMUGGLED + b".\r\n"], normalising())
+    # The lone dot of a fake terminator stays, as content (RFC 5321 4.5.2
+    # removes a leading dot only when other characters follow it).
+    dialogue = check([DATA, b"first" + fake + SMUGGLED + b".\r\n"])
     (message,) = dialogue.app.messages
     assert message.sender == "a@example.org"
-    assert b"evil@example.org" in message.content
-    assert b"\r\n" in message.content
+    assert message.content == b"first\r\n.\r\n" + SMUGGLED
     assert dialogue.codes[-1] == 250
 
 
@@ -171,7 +180,7 @@ def test_nul_in_content_is_kept() -> None:
 
 @pytest.mark.parametrize("body", [b"a\nb\r\n", b"a\rb\r\n", b"a\r\r\n", b"\n\r\n", b"ok\r\nx\n"])
 def test_bare_line_endings_refused_after_the_terminator(body: bytes) -> None:
-    dialogue = check([DATA, body + b"more\r\n.\r\nNOOP\r\n"])
+    dialogue = check([DATA, body + b"more\r\n.\r\nNOOP\r\n"], rejecting())
     events = content_events(dialogue)
     assert isinstance(events[-1], DataAborted)
     assert not any(isinstance(e, DataChunk) and b"more" in e.data for e in events)
@@ -187,13 +196,64 @@ def test_bare_line_endings_refused_after_the_terminator(body: bytes) -> None:
         (b"a\nb\r\n", b"a\r\nb\r\n"),
         (b"a\rb\r\n", b"a\r\nb\r\n"),
         (b"a\r\r\n", b"a\r\n\r\n"),
-        (b"a\n.b\r\n", b"a\r\n.b\r\n"),  # the dot after a bare LF is not stuffing
+        (b"a\n..b\r\n", b"a\r\n.b\r\n"),  # a dot after a bare LF is stuffed, as smtplib does
+        (b"a\n.b\r\n", b"a\r\nb\r\n"),
         (b"..a\nb\r\n", b".a\r\nb\r\n"),
+        (b"a\n.\nb\r\n", b"a\r\n.\r\nb\r\n"),  # a lone dot is kept
+        (b"a\r\n.\nb\r\n", b"a\r\n.\r\nb\r\n"),
+        (b"a\n\n\r\n", b"a\r\n\r\n\r\n"),
+        (b"a\r\rb\n\r\n", b"a\r\n\r\nb\r\n\r\n"),
     ],
 )
-def test_bare_line_endings_normalised(body: bytes, stored: bytes) -> None:
-    dialogue = check([DATA, body + b".\r\n"], normalising())
+def test_bare_line_endings_normalised_by_default(body: bytes, stored: bytes) -> None:
+    dialogue = check([DATA, body + b".\r\n"])
     assert dialogue.app.messages[0].content == stored
+
+
+def smtplib_body(lines: int = 200) -> bytes:
+    """DATA as ``smtplib.SMTP.sendmail`` sends ``EmailMessage.as_bytes()``: lines
+    ending in LF alone, dots stuffed after each LF, then CRLF.CRLF."""
+    body = b"Subject: lf\n\n" + b"".join(b"line %d of the body\n" % i for i in range(lines))
+    return body + b"..starts with a dot\n" + b"\r\n.\r\n"
+
+
+def test_an_lf_only_message_is_stored_with_crlf() -> None:
+    body = smtplib_body()
+    assert b"\r\n" not in body[:-5]
+    assert len(body) > 4000
+    dialogue = check([DATA, body])
+    (message,) = dialogue.app.messages
+    lines = [b"Subject: lf", b""] + [b"line %d of the body" % i for i in range(200)]
+    assert message.content == b"\r\n".join([*lines, b".starts with a dot", b"", b""])
+    assert dialogue.codes[-1] == 250
+
+
+def test_an_lf_only_message_streams() -> None:
+    # Lines ended by bare LFs are delivered as they come, with no CRLF in sight.
+    dialogue = check([DATA, smtplib_body()[:-5]])
+    chunks = [e for e in dialogue.events if isinstance(e, DataChunk)]
+    assert b"".join(c.data for c in chunks).endswith(b"\r\n.starts with a dot\r\n")
+
+
+def test_an_lf_only_message_is_a_bare_line_ending_problem_when_rejecting() -> None:
+    # Its 4,000 octets hold no CRLF, but no line is long: the fault is the LF.
+    dialogue = check([DATA, smtplib_body() + b"NOOP\r\n"], rejecting())
+    assert dialogue.codes[-2:] == [554, 250]
+    assert b"554 5.6.0 Message has a bare CR or LF" in dialogue.output
+
+
+def test_lines_split_by_a_bare_lf_count_one_by_one() -> None:
+    body = b"x" * 900 + b"\n" + b"y" * 900 + b"\r\n.\r\n"
+    dialogue = check([DATA, body])
+    assert dialogue.app.messages[0].content == b"x" * 900 + b"\r\n" + b"y" * 900 + b"\r\n"
+    dialogue = check([DATA, b"x" * 900 + b"\n" + b"y" * 1200 + b"\r\n.\r\n"])
+    assert dialogue.codes[-1] == 554
+    assert dialogue.app.messages == []
+
+
+def test_a_bare_cr_at_the_packet_end_may_be_a_crlf() -> None:
+    dialogue = check([DATA, b"a\r", b"\nb\r", b"c\r\n.\r\n"])
+    assert dialogue.app.messages[0].content == b"a\r\nb\r\nc\r\n"
 
 
 # ----------------------------------------------------------------- line limit
@@ -211,12 +271,9 @@ def test_over_long_text_line_refused_after_the_terminator(length: int) -> None:
     body = b"first\r\n" + b"y" * length + b"\r\nlast\r\n.\r\nNOOP\r\n"
     dialogue = check([DATA, body])
     events = content_events(dialogue)
-    assert events == [
-        DataStart(),
-        DataChunk(b"first\r\n"),
-        DataAborted("Message has a line longer than the limit (RFC 5321 4.5.3.1.6)"),
-    ]
+    assert events == [DataStart(), DataChunk(b"first\r\n"), DataAborted(LONG_LINE)]
     assert dialogue.codes[-2:] == [554, 250]
+    assert b"554 5.6.0 " + LONG_LINE.encode() + b"\r\n" in dialogue.output
 
 
 def test_over_long_line_with_a_cr_at_the_packet_end() -> None:
@@ -228,15 +285,18 @@ def test_larger_text_line_limit() -> None:
     settings = ConnectionSettings(hostname=HOSTNAME, max_text_line=2000)
     dialogue = check([DATA, b"z" * 1998 + b"\r\n.\r\n"], settings)
     assert len(dialogue.app.messages[0].content) == 2000
+    dialogue = check([DATA, b"z" * 1999 + b"\r\n.\r\n"], settings)
+    assert b"554 5.6.0 Message has a line over 2000 octets (RFC 5321 4.5.3.1.6)" in dialogue.output
 
 
-def test_first_fault_wins_line_before_bare() -> None:
-    dialogue = check([DATA, b"q" * 1200 + b"\n\r\nbare\rx\r\n.\r\n"])
-    assert b"554 5.6.0 Message has a line longer" in dialogue.output
+@pytest.mark.parametrize("settings", [rejecting(), None], ids=["reject", "normalise"])
+def test_first_fault_wins_line_before_bare(settings: ConnectionSettings | None) -> None:
+    dialogue = check([DATA, b"q" * 1200 + b"\n\r\nbare\rx\r\n.\r\n"], settings)
+    assert b"554 5.6.0 Message has a line over 1000 octets" in dialogue.output
 
 
 def test_first_fault_wins_bare_before_line() -> None:
-    dialogue = check([DATA, b"bare\rx\r\n" + b"q" * 1200 + b"\r\n.\r\n"])
+    dialogue = check([DATA, b"bare\rx\r\n" + b"q" * 1200 + b"\r\n.\r\n"], rejecting())
     assert b"554 5.6.0 Message has a bare CR or LF" in dialogue.output
 
 

@@ -44,7 +44,22 @@ def test_hand_typed_session_delivers_two_messages() -> None:
 
 def test_smuggled_commands_never_run() -> None:
     dialogue = play_transcript(TRANSCRIPTS / "smuggling.smtp")
-    assert dialogue.app.messages == []
+    (message,) = dialogue.app.messages
+    assert message.sender == "a@example.org"
+    assert message.content == (
+        b"Subject: one\r\n\r\nfirst\r\n.\r\nMAIL FROM:<evil@example.org>\r\n"
+        b"RCPT TO:<b@example.com>\r\nDATA\r\nsecond\r\n.\r\nstill the first message\r\n"
+    )
+    assert b"evil" not in dialogue.output
+
+
+def test_lf_lines_are_stored_with_crlf() -> None:
+    dialogue = play_transcript(TRANSCRIPTS / "bare_line_endings.smtp")
+    (message,) = dialogue.app.messages
+    assert message.sender == "a@example.org"
+    assert message.content == (
+        b"Subject: sent with LF\r\n\r\nfirst line\r\n.second line\r\n.\r\nstill the message\r\n\r\n"
+    )
     assert b"evil" not in dialogue.output
 
 

@@ -152,7 +152,7 @@ OPTIONS: tuple[Option, ...] = (
         "bare_line_endings", "--bare-line-endings", "MAILGATE_BARE_LINE_ENDINGS",
         "bare_line_endings",
         parse_choice(("reject", "normalise"), aliases={"normalize": "normalise"}),
-        "reject|normalise", "what a bare CR or LF in a message gets (default reject)",
+        "reject|normalise", "what a bare CR or LF in a message gets (default normalise)",
     ),
     Option(
         "log_level", "--log-level", "MAILGATE_LOG_LEVEL", "log_level",

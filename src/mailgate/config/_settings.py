@@ -153,7 +153,7 @@ class Settings:
     limits: Limits = Limits()
     vrfy: Literal["off", "252", "on"] = "252"
     expn: Literal["off", "on"] = "off"
-    bare_line_endings: Literal["reject", "normalise"] = "reject"
+    bare_line_endings: Literal["reject", "normalise"] = "normalise"
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     """How log lines are written to stderr: ``text`` or ``json`` (one object per line)."""

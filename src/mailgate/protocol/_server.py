@@ -529,8 +529,8 @@ class ServerConnection:
         # and the transaction is over.
         self.state = transition(self.state, Kind.DATA_END, positive=False)
         self._reset_transaction()
-        self._refuse(error.reply)
-        return DataAborted(error.reply.text)
+        self._refuse(error)
+        return DataAborted(error.text)
 
     def _cmd_bdat(self, argument: str) -> Event | None:
         arguments = parse_bdat(argument)
@@ -573,7 +573,7 @@ class ServerConnection:
 
     def _finish_chunk(self) -> Event | None:
         content = self._content
-        failure = content.bdat_refusal or (content.error.reply if content.error else None)
+        failure = content.bdat_refusal or content.error
         content.bdat_refusal = None
         if failure is None:
             return BdatChunk(content.bdat_size, content.bdat_last, content.size)

@@ -22,10 +22,10 @@ class ConnectionSettings:
 
     ``max_message_size`` of 0 means no limit (SIZE is then advertised
     without a value, RFC 1870 4).  ``bare_line_endings`` decides what a bare
-    CR or LF inside DATA gets: ``"reject"`` refuses the message after its
-    terminator, ``"normalise"`` rewrites it to CRLF.  Neither ever ends DATA.
-    ``error_budget``: how many 5xx replies a session may earn before it is
-    closed with 421.
+    CR or LF inside DATA gets: ``"normalise"`` (the default) reads it as
+    CRLF and stores CRLF, ``"reject"`` refuses the message after its
+    terminator.  Neither ever ends DATA.  ``error_budget``: how many 5xx
+    replies a session may earn before it is closed with 421.
     """
 
     hostname: str = "localhost"
@@ -34,7 +34,7 @@ class ConnectionSettings:
     max_command_line: int = MAX_COMMAND_LINE_OCTETS
     max_text_line: int = MAX_TEXT_LINE_OCTETS
     error_budget: int = DEFAULT_ERROR_BUDGET
-    bare_line_endings: Literal["reject", "normalise"] = "reject"
+    bare_line_endings: Literal["reject", "normalise"] = "normalise"
     smtputf8: bool = True
     starttls: bool = False
     tls_active: bool = False
