@@ -75,7 +75,21 @@ def test_any_chunking_gives_the_same_events_and_output(
     assert split.conn.state is whole.conn.state
 
 
-REPLY_LINE = re.compile(rb"[2-5]\d\d[ -][^\r\n]*")
+# A reply line is UTF-8 (Reply allows non-ASCII text, as SMTPUTF8 does) with
+# no control character, nor a Unicode line separator, whatever the client sent.
+REPLY_LINE = re.compile(r"[2-5][0-9][0-9][ -][^\x00-\x1f\x7f-\x9f\u2028\u2029]*")
+
+
+def assert_well_formed(output: bytes) -> None:
+    """Every reply line is well formed, and a multi-line reply keeps one code."""
+    assert not output or output.endswith(b"\r\n"), output[-80:]
+    code = ""
+    for raw in output.split(b"\r\n")[:-1]:
+        line = raw.decode("utf-8")
+        assert REPLY_LINE.fullmatch(line), line
+        assert not code or line[:3] == code, (code, line)
+        code = line[:3] if line[3] == "-" else ""
+    assert not code, "the last reply is unfinished"
 
 
 @FAST
@@ -88,12 +102,70 @@ def test_arbitrary_bytes_are_answered_never_raised(data: bytes, cuts: list[int])
             split=lambda flight: splits(flight, cuts),
             eof=True,
         )
+        assert_well_formed(dialogue.output)
         lines = dialogue.reply_lines()
-        assert all(REPLY_LINE.fullmatch(line) for line in lines), lines
         commands = sum(isinstance(event, Command) for event in dialogue.events)
         final_lines = sum(line[3:4] == b" " for line in lines)
         assert final_lines >= commands + 1  # the greeting, then one reply per command
         assert dialogue.conn.state is State.CLOSED
+
+
+# Lines made of a verb, pieces of arguments with control characters among
+# them, and a line ending (mostly CRLF), so that random input often reaches
+# the grammar of every command, AUTH's and the SASL responses' included.
+VERBS = [
+    *(b"EHLO ", b"HELO ", b"MAIL FROM:", b"RCPT TO:", b"VRFY ", b"EXPN ", b"NOOP ", b"HELP "),
+    *(b"AUTH PLAIN ", b"AUTH LOGIN", b"RSET", b"DATA", b"BDAT 3", b"QUIT", b"", b"."),
+]
+CONTROLS = [b"\x00", b"\x01", b"\t", b"\x1b", b"\x7f", "\u0085".encode(), "\u2028".encode()]
+ARGUMENT_PIECES = [
+    *(b"<", b">", b"@", b'"', b"\\", b"[IPv6:", b"[", b"]", b":", b",", b" ", b"="),
+    *(b"SIZE=", b" SMTPUTF8", b" BODY=8BITMIME", b" LAST", b"a", b"example.org", b"*", b"YQ=="),
+    *("é".encode(), b"\xff", b"\r\n.\r\n"),
+]
+ENDINGS = [b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b""]
+nasty_line = st.tuples(
+    st.sampled_from(VERBS),
+    st.lists(
+        st.one_of(
+            st.sampled_from(ARGUMENT_PIECES), st.sampled_from(CONTROLS), st.binary(max_size=3)
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(ENDINGS),
+).map(lambda parts: parts[0] + b"".join(parts[1]) + parts[2])
+nasty = st.lists(nasty_line, max_size=15).map(b"".join)
+NASTY_SETTINGS = [
+    ConnectionSettings(
+        hostname=HOSTNAME,
+        error_budget=10_000,
+        auth_mechanisms=("PLAIN", "LOGIN"),
+        auth_requires_tls=False,
+        bare_line_endings=mode,  # type: ignore[arg-type]
+        smtputf8=utf8,
+    )
+    for mode, utf8 in (("normalise", True), ("reject", False))
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nasty,
+    st.lists(st.integers(1, 30), max_size=40),
+    st.sampled_from(NASTY_SETTINGS),
+    st.booleans(),
+)
+def test_any_input_gets_well_formed_replies(
+    data: bytes, cuts: list[int], settings_: ConnectionSettings, identified: bool
+) -> None:
+    # Nothing raises (the server engine documents no exception for its input),
+    # and every reply is well formed: no client byte is echoed unprintable.
+    prefix = b"EHLO c\r\n" if identified else b""
+    dialogue = run_dialogue(
+        prefix + data, settings=settings_, split=lambda flight: splits(flight, cuts), eof=True
+    )
+    assert_well_formed(dialogue.output)
+    assert dialogue.conn.state is State.CLOSED
 
 
 text_line = st.binary(max_size=120).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
