@@ -30,7 +30,6 @@ def mail_reply(client: Client, command: bytes) -> bytes:
     return client.reply()
 
 
-@pytest.mark.xfail(strict=True, reason="the engine still charges 4xx replies to the client")
 def test_mail_gets_452_when_free_space_is_under_the_floor() -> None:
     settings = Settings(limits=Limits(min_free_space=NO_DISK_IS_THIS_BIG, error_budget=3))
     with MailgateServer(settings=settings) as server, contextlib.ExitStack() as closing:
