@@ -548,3 +548,21 @@ def test_eof_mid_refused_chunk_just_closes() -> None:
 def test_rcpt_during_bdat() -> None:
     dialogue = check([OPEN + bdat(1, b"a") + b"RCPT TO:<c@example.com>\r\n"])
     assert b"503 5.5.1 BDAT transfer under way" in dialogue.output
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"BDAT 4 LAST\nxy\r\n",  # a bare LF: where would the chunk begin?
+        b"bdat 2 LAST\rab\r\n",  # a bare CR
+        b"BDAT 3\x00\r\nabc",  # a NUL
+        b"BDAT 2 \xff\r\nab",  # not UTF-8
+        b"BDAT 2 LAST " + b"x" * 600 + b"\r\n",  # over the line limit
+    ],
+)
+def test_a_bdat_line_refused_as_a_line_closes(line: bytes) -> None:
+    """Its chunk cannot be framed, so nothing after it may be read as a command."""
+    dialogue = check([OPEN + line + b"NOOP\r\nQUIT\r\n"])
+    assert dialogue.codes[-1] == 421
+    assert dialogue.output.endswith(b"421 4.5.4 Bad BDAT syntax, closing connection\r\n")
+    assert joined_events(dialogue.events)[-1] == ConnectionClosed()

@@ -345,3 +345,8 @@ def test_receive_data_after_eof() -> None:
     conn.receive_eof()
     with pytest.raises(LocalProtocolError):
         conn.receive_data(b"NOOP\r\n")
+
+
+def test_a_sasl_line_that_reads_like_bdat_is_only_a_bad_response() -> None:
+    dialogue = check([EHLO + b"AUTH LOGIN\r\n", b"BDAT 3 LAST\nabc\r\nNOOP\r\n"], AUTH)
+    assert dialogue.codes[1:] == [250, 334, 500, 250]

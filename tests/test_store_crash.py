@@ -103,7 +103,9 @@ async def verify(directory: Path, acknowledged: dict[MessageId, int]) -> None:
         for message_id, n in acknowledged.items():
             raw = await store.raw(message_id)
             assert raw is not None, f"acknowledged {message_id} is missing"
-            assert raw.startswith(b"Return-Path: <sender@client.test>\r\nReceived: from client.test")
+            assert raw.startswith(
+                b"Return-Path: <sender@client.test>\r\nReceived: from client.test"
+            )
             assert raw.endswith(b"\r\n" + body(n))
         page = await store.list(limit=100_000)
         assert page.total == len(page.messages) >= len(acknowledged)

@@ -30,7 +30,7 @@ from mailgate.protocol._limits import (
 from mailgate.protocol._replies import Reply
 from mailgate.protocol._settings import ConnectionSettings
 
-__all__ = ["LINE_TOO_LONG", "SASL_LINE_TOO_LONG", "LineReader", "split_command"]
+__all__ = ["LINE_TOO_LONG", "SASL_LINE_TOO_LONG", "LineReader", "is_bdat_line", "split_command"]
 
 _CRLF = b"\r\n"
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
@@ -55,6 +55,15 @@ def command_line_cap(settings: ConnectionSettings) -> int:
     if auth:
         cap = max(cap, MAX_SASL_LINE_OCTETS - 2)
     return cap + 1  # the CR of the CRLF
+
+
+def is_bdat_line(buf: bytes | bytearray, start: int) -> bool:
+    """Whether the line at ``buf[start:]`` is a BDAT command (RFC 3030 2).
+
+    A BDAT line refused as a line (a bare line ending, a NUL, too long) says
+    nothing trustworthy of its chunk's size: the session cannot go on.
+    """
+    return bytes(buf[start : start + 5]).upper() == b"BDAT "
 
 
 def split_command(raw: bytes, settings: ConnectionSettings) -> tuple[str, str] | Reply:
@@ -88,6 +97,8 @@ class LineReader:
 
     def __init__(self) -> None:
         self._dropping = False
+        self.start = 0
+        """Where the line last read (or refused) begins in the buffer."""
 
     def read(
         self, buf: bytearray, pos: int, cap: int, too_long: Reply
@@ -105,6 +116,7 @@ class LineReader:
                 return len(buf) - buf.endswith(b"\r", pos), Frame.NEED
             self._dropping = False
             pos = end + 2
+        self.start = pos
         # Only the first CR or LF within the limit matters: a CRLF ends the
         # line, anything else is a fault, and so is reaching the limit first.
         window = min(len(buf), pos + cap)

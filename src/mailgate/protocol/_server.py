@@ -74,6 +74,7 @@ from mailgate.protocol._lines import (
     SASL_LINE_TOO_LONG,
     LineReader,
     command_line_cap,
+    is_bdat_line,
     split_command,
 )
 from mailgate.protocol._replies import Reply
@@ -393,18 +394,31 @@ class ServerConnection:
     def _next_line(
         self, cap: int, handle: _LineHandler, too_long: Reply
     ) -> Event | _NeedData | None:
-        self._pos, found = self._lines.read(self._buf, self._pos, cap, too_long)
+        lines = self._lines
+        self._pos, found = lines.read(self._buf, self._pos, cap, too_long)
         if isinstance(found, bytes):
             return handle(found)
         if isinstance(found, Reply):
-            self._refuse(found)
+            if self.state is not State.AUTH and is_bdat_line(self._buf, lines.start):
+                self._close_unframed_bdat()
+            else:
+                self._refuse(found)
             return None
         return self._need_data_or_close()
+
+    def _close_unframed_bdat(self) -> None:
+        # A BDAT line that is refused as a line says nothing trustworthy of its
+        # chunk's size: reading on would take chunk octets for commands.
+        self._emit(Reply(421, "4.5.4", "Bad BDAT syntax, closing connection"))
+        self._close(abort="bad BDAT syntax")
 
     def _handle_command_line(self, raw: bytes) -> Event | None:
         split = split_command(raw, self.settings)
         if isinstance(split, Reply):
-            self._refuse(split)
+            if is_bdat_line(raw, 0):
+                self._close_unframed_bdat()
+            else:
+                self._refuse(split)
             return None
         verb, argument = split
         if verb == "BDAT":
@@ -536,8 +550,7 @@ class ServerConnection:
         arguments = parse_bdat(argument)
         if arguments is None:
             # Without a size nobody can tell where the next command starts.
-            self._emit(Reply(421, "4.5.4", "Bad BDAT syntax, closing connection"))
-            self._close(abort="bad BDAT syntax")
+            self._close_unframed_bdat()
             return None
         state = self.state
         refusal = arguments.refusal
