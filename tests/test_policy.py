@@ -11,6 +11,7 @@ import pytest
 
 from mailgate.config import Domain, Settings
 from mailgate.server import RecipientPolicy
+from mailgate.server._policy import MAX_ALIAS_DEPTH
 
 DOMAINS = (
     Domain("example.org", mailboxes=("alice", "Bob.Smith"), aliases={"team": ("alice", "x@y.z")}),
@@ -132,3 +133,45 @@ def test_vrfy_and_expn_off_and_noncommittal() -> None:
     assert policy(vrfy="off").vrfy("alice").code == 502
     assert policy().vrfy("alice").code == 252
     assert policy().expn("team").code == 502
+
+
+def test_an_alias_expands_to_its_members_each_once() -> None:
+    settings = Settings(
+        domains=(
+            Domain(
+                "example.org",
+                ("alice", "bob"),
+                {
+                    "team": ("alice", "Bob", "friend@example.net"),
+                    "all": ("team", "alice", "bob@example.org"),
+                    "loop": ("loop", "alice"),
+                },
+            ),
+        )
+    )
+    rules = RecipientPolicy(settings)
+    assert rules.expand("alice@example.org") == ("alice@example.org",)
+    assert rules.expand("remote@example.net") == ("remote@example.net",)
+    assert rules.expand("TEAM@example.org") == (
+        "alice@example.org",
+        "Bob@example.org",
+        "friend@example.net",
+    )
+    assert rules.expand('"all"@example.org') == (
+        "alice@example.org",
+        "Bob@example.org",
+        "friend@example.net",
+        "bob@example.org",
+    )
+    # An alias that names itself ends: its other members still receive the message.
+    assert rules.expand("loop@example.org") == ("loop@example.org", "alice@example.org")
+
+
+def test_aliases_deeper_than_the_limit_stop_at_the_limit() -> None:
+    chain = {f"a{n}": (f"a{n + 1}",) for n in range(MAX_ALIAS_DEPTH + 2)}
+    rules = RecipientPolicy(Settings(domains=(Domain("example.org", (), chain),)))
+    assert rules.expand("a0@example.org") == (f"a{MAX_ALIAS_DEPTH}@example.org",)
+
+
+def test_nothing_is_expanded_in_catch_all_mode() -> None:
+    assert RecipientPolicy(Settings()).expand("team@example.org") == ("team@example.org",)

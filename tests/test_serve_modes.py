@@ -340,11 +340,6 @@ def test_the_readme_config_file_with_a_relay_network_flag(
     served.stop_cleanly()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aliases only decide RCPT and EXPN: mail to team@ is stored with the envelope"
-    " recipient team@example.org and nothing names alice or bob",
-)
 def test_the_readme_config_file_expands_the_alias(
     launcher: Launcher,
     tmp_path: Path,

@@ -24,7 +24,7 @@ import ipaddress
 from mailgate.config import Domain, Settings
 from mailgate.protocol import Reply, dot_atom_local_part
 
-__all__ = ["RecipientPolicy"]
+__all__ = ["MAX_ALIAS_DEPTH", "RecipientPolicy"]
 
 ACCEPTED = Reply(250, "2.1.5", "Recipient OK")
 _RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
@@ -34,6 +34,8 @@ _VRFY_NONCOMMITTAL = Reply(
 )
 _DISABLED = Reply(502, "5.5.1", "Command disabled")
 _NO_LIST = Reply(550, "5.1.1", "No such mailing list")
+MAX_ALIAS_DEPTH = 8
+"""How deep aliases of aliases are followed."""
 
 
 def _split(address: str) -> tuple[str, str]:
@@ -79,6 +81,36 @@ class RecipientPolicy:
         if self.catch_all or "@" not in address:
             return True
         return _split(address)[1] in self._domains
+
+    def expand(self, address: str) -> tuple[str, ...]:
+        """Who mail to an accepted ``address`` goes to: an alias's members, or itself.
+
+        Members are expanded in turn (an alias of aliases), at most
+        ``MAX_ALIAS_DEPTH`` deep and each alias once, so a loop ends; a member
+        without a domain is at the alias's domain.  Each address appears once.
+        """
+        if self.catch_all or "@" not in address:
+            return (address,)
+        found: dict[str, None] = {}
+        self._expand_into(address, found, depth=0, expanded=set())
+        return tuple(found)
+
+    def _expand_into(
+        self, address: str, found: dict[str, None], *, depth: int, expanded: set[str]
+    ) -> None:
+        local, domain_name = _split(address)
+        domain = self._domains.get(domain_name)
+        key = dot_atom_local_part(local)
+        targets = domain.alias_targets(key) if domain is not None and key is not None else None
+        alias = f"{key}@{domain_name}".casefold()
+        if targets is None or depth >= MAX_ALIAS_DEPTH or alias in expanded:
+            found.setdefault(address)
+            return
+        expanded.add(alias)
+        assert domain is not None
+        for target in targets:
+            member = target if "@" in target else f"{target}@{domain.name}"
+            self._expand_into(member, found, depth=depth + 1, expanded=expanded)
 
     def check_recipient(self, address: str, *, may_relay: bool = False) -> Reply:
         """The reply to ``RCPT TO:<address>``.

@@ -404,8 +404,15 @@ class Session(asyncio.Protocol):
         may_relay = self.auth_user is not None or self._policy.trusts(self._peer[0])
         reply = self._policy.check_recipient(event.address, may_relay=may_relay)
         if reply.is_positive:
-            txn.recipients.append(event.address)
-            txn.rcpt_params.append(dict(event.params))
+            members = self._policy.expand(event.address)
+            if members == (event.address,):
+                txn.recipients.append(event.address)
+                txn.rcpt_params.append(dict(event.params))
+            else:  # an alias: its members receive the message, each once
+                for member in members:
+                    if member not in txn.recipients:
+                        txn.recipients.append(member)
+                        txn.rcpt_params.append(dict(event.params))
             conn.send(reply)
             return
         self._refuse(reply, txn.mail.address, (event.address,))
