@@ -3,6 +3,7 @@
     .venv/bin/python bench/ab.py HEAD~1 HEAD                # 1 KiB, 50 sessions, 5 runs each
     .venv/bin/python bench/ab.py main my-branch --workers 2 --runs 7
     .venv/bin/python bench/ab.py HEAD HEAD --workers 1 --workers-b 2   # one build, two settings
+    .venv/bin/python bench/ab.py HEAD HEAD --flags-b="--log-level warning"
 
 Each revision is built from git into the wheel a user would install (its hot
 path compiled, where that revision's build compiles it), then the two run one after
@@ -18,6 +19,7 @@ way bought.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import tempfile
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("b", help="a git revision: the build after")
     parser.add_argument("--workers", default="1", help="--workers for both (default 1)")
     parser.add_argument("--workers-b", help="--workers for B, when it differs")
+    parser.add_argument("--flags-a", default="", help="more serve flags for A")
+    parser.add_argument("--flags-b", default="", help="more serve flags for B")
     parser.add_argument("--runs", type=int, default=5, help="runs of each (default 5)")
     parser.add_argument("--messages", type=int, default=10_000, help="per run (default 10000)")
     parser.add_argument("--size", type=int, default=1024, help="octets a message (default 1024)")
@@ -47,12 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         builds: dict[str, Mailgate] = {}
         workers = {"A": args.workers, "B": args.workers_b or args.workers}
+        flags = {"A": tuple(shlex.split(args.flags_a)), "B": tuple(shlex.split(args.flags_b))}
         for name, revision in (("A", args.a), ("B", args.b)):
-            server = Mailgate(workers=workers[name])
+            server = Mailgate(workers=workers[name], flags=flags[name])
             server.snapshot(work / f"src-{name}", revision)
             builds[name] = server
             print(
-                f"{name}: {revision} = {server.source_note}, --workers {workers[name]}", flush=True
+                f"{name}: {revision} = {server.source_note}, --workers {workers[name]}"
+                + "".join(f" {flag}" for flag in flags[name]),
+                flush=True,
             )
         rates: dict[str, list[float]] = {name: [] for name in builds}
         cpu: dict[str, list[float]] = {name: [] for name in builds}

@@ -175,8 +175,10 @@ class Mailgate(Server):
 
     durable = True
 
-    def __init__(self, *, workers: str = "auto") -> None:
+    def __init__(self, *, workers: str = "auto", flags: tuple[str, ...] = ()) -> None:
         self.workers = workers
+        self.flags = flags
+        """More ``serve`` flags, for comparing settings of one build (bench/ab.py)."""
         if workers == "auto":
             self.key, self.label = "mailgate", "mailgate (one SMTP process per CPU)"
         else:
@@ -313,6 +315,7 @@ class Mailgate(Server):
         else:
             argv += ["--no-http"]
         argv += self.scenario_flags(run)
+        argv += self.flags
         if self.workers != "1" and self.supports("--workers"):
             argv += ["--workers", self.workers]
         return argv

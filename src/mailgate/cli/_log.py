@@ -9,14 +9,21 @@ fields as keys of the JSON object; its message is their text form.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import Literal, TextIO
 
-__all__ = ["JSONFormatter", "TextFormatter", "log_handler", "spare_record_details"]
+__all__ = [
+    "JSONFormatter",
+    "TextFormatter",
+    "TurnBufferedHandler",
+    "log_handler",
+    "spare_record_details",
+]
 
 _RESERVED = frozenset({"time", "level", "logger", "message", "process", "exception", "stack"})
 
@@ -56,10 +63,82 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self, label: str = "") -> None:
         super().__init__(f"%(asctime)s %(levelname)s %(name)s{label}: %(message)s")
+        self._label = label
         self._seconds = _SecondCache("%Y-%m-%d %H:%M:%S", time.localtime)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return f"{self._seconds.text(record.created)},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        # The same line as the pattern above, built directly: one is written per message.
+        line = (
+            f"{self.formatTime(record)} {record.levelname} {record.name}{self._label}: "
+            f"{record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+class TurnBufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes the lines of one turn of the event loop in one write.
+
+    A line logged on a thread running an event loop waits for the end of
+    that turn (``call_soon``), with every other line of the turn; under load
+    many messages finish in one turn, and one write serves them all.
+    Warnings and worse, and lines from threads without a loop, go out at once
+    with whatever is waiting.  ``flush`` (as at exit) writes everything.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._waiting: list[str] = []
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._waiting.append(line + self.terminator)
+        if record.levelno >= logging.WARNING:
+            self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        if self._scheduled_on is loop:
+            return
+        if self._scheduled_on is not None:  # another loop's turn (it may never end): now
+            self._write()
+        self._scheduled_on = loop
+        loop.call_soon(self._flush_turn, loop)
+
+    def _flush_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._scheduled_on is loop:
+                self._scheduled_on = None
+            self._write()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def _write(self) -> None:
+        if not self._waiting:
+            return
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr is gone (closed, or a pipe nobody reads): nowhere to say so
 
 
 class JSONFormatter(logging.Formatter):
@@ -103,7 +182,7 @@ def log_handler(log_format: Literal["text", "json"], label: str = "") -> logging
 
     Text lines are ``TIME LEVEL LOGGER[LABEL]: MESSAGE``.
     """
-    handler = logging.StreamHandler(sys.stderr)
+    handler = TurnBufferedHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JSONFormatter(label.strip("[]")))
     else:
