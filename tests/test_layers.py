@@ -4,7 +4,9 @@ Each module is parsed with ``ast`` (never imported), and every import it
 makes -- at the top, inside functions, under ``TYPE_CHECKING``, or through
 ``importlib.import_module("...")`` with a literal name -- is checked against
 the table.  A package missing from the table is itself a failure, so a new
-package has to be given a layer before it can land.
+package has to be given a layer before it can land.  No module imports
+another package's private (``_name``) module: what a package offers the
+others, its ``__init__`` exports.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ def check_tree(root: Path) -> list[str]:
             problems.append(f"{where}: mailgate.{package} has no layer in ARCHITECTURE.md")
             continue
         layer, allowed = LAYERS[package]
-        for imported in imports_of(root, path):
+        for imported in dict.fromkeys(imports_of(root, path)):  # once per line and module
             problem = _judge(package, layer, allowed, imported.module)
             if problem:
                 problems.append(
@@ -168,6 +170,11 @@ def _judge(package: str, layer: str, allowed: frozenset[str], imported: str) -> 
             return (
                 f"layer {layer} ({package or 'the root package'}) may not import mailgate.{target}"
             )
+        if target != package and any(_is_private(part) for part in imported.split(".")[2:]):
+            return (
+                f"a private module of mailgate.{target}: import it from mailgate.{target}"
+                " (which exports it)"
+            )
         return None
     if layer == "0" and imported not in PROTOCOL_STDLIB and top not in PROTOCOL_STDLIB:
         return "layer 0 imports only the pure standard library modules listed in test_layers.py"
@@ -179,6 +186,11 @@ def _judge(package: str, layer: str, allowed: frozenset[str], imported: str) -> 
     if layer == "3" and top in DATABASE_DRIVERS:
         return "layer 3 reaches stores only through mailgate.ports"
     return None
+
+
+def _is_private(name: str) -> bool:
+    """``_sasl`` is private; ``__init__`` and ``__main__`` are not."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
 def test_the_source_tree_keeps_the_layers() -> None:
@@ -275,6 +287,34 @@ def test_the_checker_sees_the_tree() -> None:
             "layer root (the root package) may not import mailgate.config",
         ),
         ({"extras/__init__.py": ""}, "mailgate.extras has no layer in ARCHITECTURE.md"),
+        (
+            {"server/_x.py": "from mailgate.protocol._sasl import SaslServer"},
+            "imports mailgate.protocol._sasl: a private module of mailgate.protocol",
+        ),
+        (
+            {"__init__.py": "from mailgate.protocol._errors import MailgateError"},
+            "mailgate imports mailgate.protocol._errors: a private module of mailgate.protocol",
+        ),
+        (
+            {"stores/_writer.py": "", "cli/_x.py": "from mailgate.stores import _writer"},
+            "imports mailgate.stores._writer: a private module of mailgate.stores",
+        ),
+        (
+            {"protocol/_y.py": "", "server/_x.py": "from ..protocol._y import Y"},
+            "imports mailgate.protocol._y: a private module of mailgate.protocol",
+        ),
+        (
+            {"cli/_x.py": "def f():\n    import mailgate.stores.sqlite._rows"},
+            "imports mailgate.stores.sqlite._rows: a private module of mailgate.stores",
+        ),
+        (
+            {"cli/_x.py": "import importlib\nt = importlib.import_module('mailgate.server._tls')"},
+            "imports mailgate.server._tls: a private module of mailgate.server",
+        ),
+        (
+            {"testing/_x.py": "from mailgate.server._tls import TLSLayer"},
+            "imports mailgate.server._tls: a private module of mailgate.server",
+        ),
     ],
 )
 def test_the_checker_catches(tmp_path: Path, files: dict[str, str], expected: str) -> None:
@@ -288,8 +328,9 @@ def test_the_checker_allows_what_the_table_allows(tmp_path: Path) -> None:
     write_tree(
         tmp_path,
         {
-            "__init__.py": "from mailgate.protocol._errors import MailgateError",
+            "__init__.py": "from mailgate.protocol import MailgateError",
             "protocol/_x.py": "import re\nfrom collections.abc import Iterator\nfrom . import _y",
+            "protocol/_z.py": "from mailgate.protocol._y import Y\nfrom ._y import Z",
             "protocol/_y.py": "from __future__ import annotations",
             "config/_x.py": "import tomllib\nfrom urllib.parse import quote\nfrom .. import model",
             "model.py": "from datetime import datetime\nfrom mailgate import MailgateError",
@@ -297,6 +338,8 @@ def test_the_checker_allows_what_the_table_allows(tmp_path: Path) -> None:
             "server/_x.py": "import asyncio\nimport ssl\nfrom mailgate.config import Settings",
             "server/_y.py": "import time\nnow = time.monotonic()",
             "cli/__init__.py": "from mailgate import server, stores, delivery, web, config",
+            "cli/_x.py": "from mailgate.cli._y import f\nfrom mailgate.stores.sqlite import S",
+            "cli/_y.py": "def f() -> None: ...",
             "__main__.py": "from mailgate.cli import main",
             "testing/__init__.py": "import pytest\nfrom . import _y\nimport mailgate.stores",
         },

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailgate.protocol._errors import LocalProtocolError, MailgateError, RemoteProtocolError
+from mailgate.protocol import LocalProtocolError, MailgateError, RemoteProtocolError
 
 __all__ = ["LocalProtocolError", "MailgateError", "RemoteProtocolError", "__version__"]
 

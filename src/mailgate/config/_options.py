@@ -29,7 +29,7 @@ from mailgate.config._values import (
     parse_store_url,
     parse_workers,
 )
-from mailgate.protocol._limits import MAX_TEXT_LINE_OCTETS, MIN_RECIPIENTS
+from mailgate.protocol import MAX_TEXT_LINE_OCTETS, MIN_RECIPIENTS
 
 __all__ = ["OPTIONS", "Option"]
 

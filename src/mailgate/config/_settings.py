@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Literal
 from urllib.parse import quote
 
-from mailgate.protocol._limits import (
+from mailgate.protocol import (
     DEFAULT_ERROR_BUDGET,
     DEFAULT_MAX_MESSAGE_OCTETS,
     DEFAULT_MAX_RECIPIENTS,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mailgate.config._settings import MAX_WORKERS, Domain, Listen
-from mailgate.protocol._limits import MAX_DOMAIN_OCTETS, MAX_LOCAL_PART_OCTETS
+from mailgate.protocol import MAX_DOMAIN_OCTETS, MAX_LOCAL_PART_OCTETS
 
 __all__ = [
     "InvalidValue",

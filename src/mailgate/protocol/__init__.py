@@ -28,19 +28,39 @@ from mailgate.protocol._events import (
     StartTLS,
     Vrfy,
 )
+from mailgate.protocol._limits import (
+    DEFAULT_ERROR_BUDGET,
+    DEFAULT_MAX_MESSAGE_OCTETS,
+    DEFAULT_MAX_RECIPIENTS,
+    MAX_DOMAIN_OCTETS,
+    MAX_LOCAL_PART_OCTETS,
+    MAX_TEXT_LINE_OCTETS,
+    MIN_RECIPIENTS,
+)
 from mailgate.protocol._replies import Reply
+from mailgate.protocol._sasl import MECHANISMS, Challenge, Credentials, SaslFailure, SaslServer
 from mailgate.protocol._server import NEED_DATA, ServerConnection
 from mailgate.protocol._settings import ConnectionSettings
 from mailgate.protocol._state import State
 
 __all__ = [
+    "DEFAULT_ERROR_BUDGET",
+    "DEFAULT_MAX_MESSAGE_OCTETS",
+    "DEFAULT_MAX_RECIPIENTS",
+    "MAX_DOMAIN_OCTETS",
+    "MAX_LOCAL_PART_OCTETS",
+    "MAX_TEXT_LINE_OCTETS",
+    "MECHANISMS",
+    "MIN_RECIPIENTS",
     "NEED_DATA",
     "AuthResponse",
     "AuthStart",
     "BdatChunk",
+    "Challenge",
     "Command",
     "ConnectionClosed",
     "ConnectionSettings",
+    "Credentials",
     "DataAborted",
     "DataChunk",
     "DataEnd",
@@ -56,6 +76,8 @@ __all__ = [
     "RemoteProtocolError",
     "Reply",
     "Rset",
+    "SaslFailure",
+    "SaslServer",
     "ServerConnection",
     "StartTLS",
     "State",

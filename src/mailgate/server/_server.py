@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from mailgate import MailgateError
 from mailgate.config import Listen, Settings
 from mailgate.ports import Authenticator, MailSink
-from mailgate.protocol import ConnectionSettings, Reply
-from mailgate.protocol._sasl import MECHANISMS
+from mailgate.protocol import MECHANISMS, ConnectionSettings, Reply
 from mailgate.server._log import RefusalLog
 from mailgate.server._policy import RecipientPolicy
 from mailgate.server._session import Session

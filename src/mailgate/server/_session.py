@@ -35,7 +35,9 @@ from mailgate.protocol import (
     AuthResponse,
     AuthStart,
     BdatChunk,
+    Challenge,
     ConnectionClosed,
+    Credentials,
     DataAborted,
     DataChunk,
     DataEnd,
@@ -48,12 +50,13 @@ from mailgate.protocol import (
     RcptTo,
     Reply,
     Rset,
+    SaslFailure,
+    SaslServer,
     ServerConnection,
     StartTLS,
     State,
     Vrfy,
 )
-from mailgate.protocol._sasl import Challenge, Credentials, SaslFailure, SaslServer
 from mailgate.server._log import LogFields, clean
 from mailgate.server._tls import TLSLayer
 
