@@ -117,7 +117,8 @@ class Serving:
         return self.ports["smtp"]
 
     def children(self, marker: str) -> list[int]:
-        """The serving process's children that run ``marker``: ``_worker``, ``_committer``."""
+        """The serving process's children whose command line holds ``marker``
+        (``server_helpers.WORKER``, ``server_helpers.COMMIT_SERVICE``)."""
         return children(self.process.pid, marker)
 
     def stderr(self) -> str:

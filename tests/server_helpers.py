@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+WORKER = "mailgate.runtime worker"
+"""In the command line of each SMTP worker process: ``python -m mailgate.runtime worker N``."""
+COMMIT_SERVICE = "mailgate.runtime commit-service"
+"""In the command line of the commit service: ``python -m mailgate.runtime commit-service``."""
+
 HAND_TYPED = (
     b"helo localhost.localdomain\r\n"
     b"MAIL From:myaddress@mydomain.com\r\n"
@@ -46,7 +51,7 @@ def body_of(raw: bytes) -> bytes:
 
 def children(pid: int, marker: str = "") -> list[int]:
     """The children of process ``pid`` (started by any of its threads) whose command line
-    holds ``marker``: ``_worker`` for SMTP workers, ``_committer`` for the commit process."""
+    holds ``marker``: ``WORKER`` for SMTP workers, ``COMMIT_SERVICE`` for the commit service."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile

@@ -51,7 +51,9 @@ CLOCK_CALLS = frozenset({"now", "utcnow", "today"})
 _LAYER_0 = frozenset({"", "protocol"})
 _LAYER_1 = _LAYER_0 | {"model", "ports", "config", "query"}
 _LAYER_2 = _LAYER_1 | {"delivery", "stores", "queue"}
-_LAYER_4 = _LAYER_2 | {"server", "web", "cli"}
+_LAYER_3 = _LAYER_2 | {"server", "web"}
+_LAYER_4 = _LAYER_3 | {"runtime"}
+_LAYER_5 = _LAYER_4 | {"cli"}
 LAYERS: dict[str, tuple[str, frozenset[str]]] = {
     "": ("root", _LAYER_0),
     "protocol": ("0", frozenset({"protocol"})),
@@ -64,9 +66,10 @@ LAYERS: dict[str, tuple[str, frozenset[str]]] = {
     "queue": ("2", _LAYER_2),
     "server": ("3", _LAYER_1 | {"server"}),
     "web": ("3", _LAYER_1 | {"web"}),
-    "cli": ("4", _LAYER_4),
-    "__main__": ("4", frozenset({"", "cli"})),
-    "testing": ("side", _LAYER_4 | {"testing"}),
+    "runtime": ("4", _LAYER_4),
+    "cli": ("5", _LAYER_5),
+    "__main__": ("5", frozenset({"", "cli"})),
+    "testing": ("side", _LAYER_4 | {"testing"}),  # the public API and runtime, never cli
 }
 
 
@@ -288,6 +291,37 @@ def test_the_checker_sees_the_tree() -> None:
         ),
         ({"extras/__init__.py": ""}, "mailgate.extras has no layer in ARCHITECTURE.md"),
         (
+            {"runtime/_x.py": "from mailgate.cli import main"},
+            "imports mailgate.cli: layer 4 (runtime) may not import mailgate.cli",
+        ),
+        (
+            {"server/_x.py": "from mailgate.runtime import Mailgate"},
+            "layer 3 (server) may not import mailgate.runtime",
+        ),
+        (
+            {"stores/_x.py": "import mailgate.runtime"},
+            "layer 2 (stores) may not import mailgate.runtime",
+        ),
+        (
+            {"testing/_server.py": "from mailgate.cli import main"},
+            "imports mailgate.cli: layer side (testing) may not import mailgate.cli",
+        ),
+        (
+            {"runtime/__init__.py": "from mailgate.testing import MailgateServer"},
+            "only tests may import mailgate.testing",
+        ),
+        (
+            {"__main__.py": "from mailgate.runtime import Mailgate"},
+            "layer 5 (__main__) may not import mailgate.runtime",
+        ),
+        (
+            {
+                "runtime/_node.py": "",
+                "cli/_serve.py": "from mailgate.runtime._node import Mailgate",
+            },
+            "imports mailgate.runtime._node: a private module of mailgate.runtime",
+        ),
+        (
             {"server/_x.py": "from mailgate.protocol._sasl import SaslServer"},
             "imports mailgate.protocol._sasl: a private module of mailgate.protocol",
         ),
@@ -337,11 +371,15 @@ def test_the_checker_allows_what_the_table_allows(tmp_path: Path) -> None:
             "stores/_x.py": "import sqlite3\nimport asyncio\nfrom mailgate.ports import Clock",
             "server/_x.py": "import asyncio\nimport ssl\nfrom mailgate.config import Settings",
             "server/_y.py": "import time\nnow = time.monotonic()",
-            "cli/__init__.py": "from mailgate import server, stores, delivery, web, config",
+            "runtime/__init__.py": "from mailgate import server, stores, delivery, web, config",
+            "runtime/_node.py": "from mailgate.runtime._workers import WorkerPool",
+            "runtime/_workers.py": "from mailgate.stores import SQLiteStore",
+            "cli/__init__.py": "from mailgate import server, stores, delivery, web, runtime",
             "cli/_x.py": "from mailgate.cli._y import f\nfrom mailgate.stores.sqlite import S",
             "cli/_y.py": "def f() -> None: ...",
             "__main__.py": "from mailgate.cli import main",
             "testing/__init__.py": "import pytest\nfrom . import _y\nimport mailgate.stores",
+            "testing/_server.py": "from mailgate.runtime import Mailgate",
         },
     )
     assert check_tree(tmp_path) == []

@@ -1,7 +1,7 @@
 """Every way the README starts the server, started as a user starts it.
 
 Each test runs the ``mailgate`` console script in a process of its own, with
-its default process layout (the serving process and its commit process;
+its default process layout (the serving process and its commit service;
 SMTP workers with ``--workers``), binds port 0 and reads the ports from the
 ready line, then sends with a real client and reads back what was stored.
 ``serve --domain`` once crashed at start while every domain test passed,
@@ -38,6 +38,7 @@ from process_helpers import (
     run_swaks,
     serving_pid,
 )
+from server_helpers import COMMIT_SERVICE, WORKER
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds a server's processes in /proc"
@@ -94,10 +95,10 @@ def recipients(summary: dict[str, Any]) -> list[str]:
     return [each["Address"] for each in summary["To"]]
 
 
-def commit_process_and_no_worker(served: Serving) -> None:
-    """The default layout: the serving process serves SMTP itself beside one commit process."""
-    assert len(served.children("_committer")) == 1
-    assert served.children("_worker") == []
+def commit_service_and_no_worker(served: Serving) -> None:
+    """The default layout: the serving process serves SMTP itself beside one commit service."""
+    assert len(served.children(COMMIT_SERVICE)) == 1
+    assert served.children(WORKER) == []
     assert served.smtp_processes == 1
 
 
@@ -114,7 +115,7 @@ def test_the_console_script_runs_the_build_under_test(tmp_path: Path) -> None:
 
 def test_catch_all_accepts_and_stores_every_recipient(launcher: Launcher, tmp_path: Path) -> None:
     served = launcher.serve(*ports_and_data(tmp_path))
-    commit_process_and_no_worker(served)
+    commit_service_and_no_worker(served)
     assert set(served.ports) == {"smtp"}
     addresses = ["bob@example.org", "x@elsewhere.example", "postmaster", "Odd.Name@EXAMPLE.NET"]
     with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
@@ -144,7 +145,7 @@ def test_a_local_domain(
     launcher: Launcher, tmp_path: Path, flags: list[str], env: dict[str, str]
 ) -> None:
     served = launcher.serve(*ports_and_data(tmp_path), *flags, env=env)
-    commit_process_and_no_worker(served)
+    commit_service_and_no_worker(served)
     with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
         client.ehlo("client.test")
         assert send(client, "anyone@example.org", "local").startswith("250 2.0.0 ")
@@ -219,7 +220,7 @@ def serve_readme_config(
         *("--submission", "127.0.0.1:0", "--users", str(users_file)),
         *("--tls-cert", str(cert), "--tls-key", str(key), *more),
     )
-    commit_process_and_no_worker(served)
+    commit_service_and_no_worker(served)
     assert set(served.ports) == {"smtp", "submission"}
     return served
 
@@ -384,7 +385,7 @@ def test_tls_submission_and_smtps(launcher: Launcher, tmp_path: Path, users_file
         *("--auth-failure-delay", "0"),  # the wrong password below need not cost a second
         *("--submission", "127.0.0.1:0", "--smtps", "127.0.0.1:0"),
     )
-    commit_process_and_no_worker(served)
+    commit_service_and_no_worker(served)
     assert set(served.ports) == {"smtp", "submission", "smtps"}
     made = tmp_path / "data" / "tls" / "self-signed.crt"
     context = ssl.create_default_context(cafile=str(made))  # the certificate serve made
@@ -492,9 +493,9 @@ def test_http_auth(launcher: Launcher, tmp_path: Path, source: str) -> None:
 def test_workers_with_a_domain(launcher: Launcher, tmp_path: Path) -> None:
     served = launcher.serve(*ports_and_data(tmp_path), "--workers", "2", "--domain", "example.org")
     assert served.smtp_processes == 2
-    workers = served.children("_worker")
+    workers = served.children(WORKER)
     assert len(workers) == 1
-    assert len(served.children("_committer")) == 1
+    assert len(served.children(COMMIT_SERVICE)) == 1
     processes = [served.process.pid, *workers]
     answered: dict[int, list[str]] = {pid: [] for pid in processes}
     sent = 0
@@ -518,7 +519,7 @@ def test_workers_with_a_domain(launcher: Launcher, tmp_path: Path) -> None:
 def test_ctrl_c_stops_every_process(launcher: Launcher, tmp_path: Path) -> None:
     """Ctrl-C in a terminal sends SIGINT to every process of the command at once."""
     served = launcher.serve(*ports_and_data(tmp_path), "--workers", "2", "--domain", "example.org")
-    assert len(served.children("_worker")) == 1
+    assert len(served.children(WORKER)) == 1
     with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
         client.ehlo("client.test")
         assert send(client, "someone@example.org", "before Ctrl-C")[:9] == "250 2.0.0"

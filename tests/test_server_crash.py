@@ -1,4 +1,4 @@
-"""Kill -9 the real ``mailgate serve``, or its commit process, under load: nothing
+"""Kill -9 the real ``mailgate serve``, or its commit service, under load: nothing
 acknowledged is lost.
 
 Clients send over SMTP and write down every id a ``250`` names.  The server,
@@ -24,7 +24,7 @@ import pytest
 
 from mailgate.model import MessageId
 from mailgate.stores import open_store
-from server_helpers import body_of, children
+from server_helpers import COMMIT_SERVICE, body_of, children
 
 SENDERS = 8
 KILL_AFTER = 150  # acknowledged messages before the kill
@@ -68,7 +68,7 @@ def message(sender: int, n: int) -> bytes:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("victim", ["server", "commit process"])
+@pytest.mark.parametrize("victim", ["server", "commit service"])
 def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path, victim: str) -> None:
     data = tmp_path / "data"
     process, port = start_server(data)
@@ -85,7 +85,7 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path, victim: s
                     client.mail(f"s{sender}@load.example")
                     client.rcpt("sink@crash.test")
                     code, text = client.data(body)
-                    if 400 <= code < 500:  # unconfirmed when the commit process died
+                    if 400 <= code < 500:  # unconfirmed when the commit service died
                         continue
                     if code != 250:
                         return
@@ -104,15 +104,15 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path, victim: s
     if victim == "server":
         os.kill(process.pid, signal.SIGKILL)
     else:
-        (commit_process,) = children(process.pid, "_committer")
-        os.kill(commit_process, signal.SIGKILL)
+        (commit_service,) = children(process.pid, COMMIT_SERVICE)
+        os.kill(commit_service, signal.SIGKILL)
         with lock:
             more = len(acknowledged) + KILL_AFTER
         # The SMTP process commits on its own meanwhile: the load goes on.
         deadline = time.monotonic() + 60
         while len(acknowledged) < more and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert len(acknowledged) >= more, "the load stopped with the commit process"
+        assert len(acknowledged) >= more, "the load stopped with the commit service"
         os.kill(process.pid, signal.SIGTERM)
     process.wait(30)
     for thread in threads:

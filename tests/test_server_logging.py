@@ -26,8 +26,8 @@ import pytest
 import trustme
 
 from mailgate.cli import main
-from mailgate.cli._log import JSONFormatter, TextFormatter
 from mailgate.config import ConfigError, Limits, Settings, load_settings
+from mailgate.runtime._logging import JSONFormatter, TextFormatter
 from mailgate.server._log import LogFields, RefusalLog, clean
 from mailgate.stores.users import UsersFile
 from mailgate.testing import MailgateServer

@@ -18,11 +18,11 @@ from typing import Any, Self, TypeVar
 
 import pytest
 
-from mailgate.cli._app import Mailgate
 from mailgate.config import Listen, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import Envelope, MessageId
 from mailgate.ports import MessageStore
+from mailgate.runtime import Mailgate
 from mailgate.web import HTTPService, WebSettings, create_app
 
 T = TypeVar("T")

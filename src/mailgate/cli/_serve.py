@@ -1,4 +1,4 @@
-"""``mailgate serve``: start everything ``Mailgate`` wires, run until a signal."""
+"""``mailgate serve``: start a node (``runtime.Mailgate``), say so, run until a signal."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailgate import __version__
-from mailgate.cli._app import Mailgate
 from mailgate.cli._exit import EXIT_OK, EXIT_USAGE, fail
-from mailgate.cli._process import configure_process, new_runner
-from mailgate.cli._workers import WorkerError
 from mailgate.config import Listen, Settings
 from mailgate.ports import StoreError
+from mailgate.runtime import ChildStartError, Mailgate, configure_process, new_runner
 from mailgate.server import ListenError, ServerConfigError, TLSConfigError
 from mailgate.stores import StoreURLError
 
@@ -40,7 +38,7 @@ def serve(settings: Settings) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    app = Mailgate(settings, commit_process=True)
+    app = Mailgate(settings, commit_service=True)
     try:
         await app.start()
     except StoreURLError as error:
@@ -49,7 +47,7 @@ async def _serve(settings: Settings) -> int:
         return fail(str(error))
     except ServerConfigError as error:
         return fail(str(error), EXIT_USAGE)
-    except (ListenError, WorkerError) as error:
+    except (ListenError, ChildStartError) as error:
         return fail(str(error))
     try:
         stop = asyncio.Event()

@@ -1,6 +1,6 @@
 """A real mailgate in a background thread, for tests of code that sends mail.
 
-``MailgateServer`` runs exactly what ``mailgate serve`` runs (``cli.Mailgate``:
+``MailgateServer`` runs exactly what ``mailgate serve`` runs (``runtime.Mailgate``:
 the SMTP server, the accept path, the SQLite store) on its own event loop
 in a thread, bound to a free port, so synchronous test code can send with
 ``smtplib`` and read back what arrived.
@@ -20,10 +20,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from mailgate.cli import Mailgate
 from mailgate.config import Domain, Limits, Listen, Settings
 from mailgate.model import MessageId, MessageSummary, StoredMessage
 from mailgate.ports import Authenticator, MessageStore
+from mailgate.runtime import Mailgate
 from mailgate.server import SMTPServer
 
 __all__ = ["MailgateServer"]

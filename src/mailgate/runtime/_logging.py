@@ -1,7 +1,7 @@
 """The two forms of mailgate's log lines on stderr: text, or JSON objects one a line.
 
 Every process of ``mailgate serve`` (the serving process, its SMTP workers,
-its commit process) sets up the same handler, so the chosen form holds for
+the commit service) sets up the same handler, so the chosen form holds for
 every line whichever process wrote it.  A record whose ``fields`` attribute
 holds a mapping (``mailgate.server`` logs messages and refusals so) gives its
 fields as keys of the JSON object; its message is their text form.
@@ -145,7 +145,7 @@ class JSONFormatter(logging.Formatter):
     """One JSON object a record: ``time``, ``level``, ``logger``, ``message``, then its fields.
 
     ``time`` is UTC (ISO 8601, milliseconds); ``process`` names the child
-    process (``worker 1``, ``commit``) when ``label`` is given; a traceback
+    process (``worker 1``, ``commit service``) when ``label`` is given; a traceback
     is ``exception``.  Field names never replace those keys.
     """
 

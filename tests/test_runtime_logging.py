@@ -6,7 +6,7 @@ import asyncio
 import io
 import logging
 
-from mailgate.cli._log import TextFormatter, TurnBufferedHandler
+from mailgate.runtime._logging import TextFormatter, TurnBufferedHandler
 
 
 class CountingStream(io.StringIO):

@@ -25,13 +25,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mailgate.cli._workers import WorkerError, WorkerPool
 from mailgate.config import Listen, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.runtime import ChildStartError
+from mailgate.runtime._workers import WorkerPool
 from mailgate.server import SMTPServer
 from mailgate.stores import SQLiteStore
 from mailgate.testing import MailgateServer
-from server_helpers import children
+from server_helpers import COMMIT_SERVICE, WORKER, children
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc to see which process serves"
@@ -70,14 +71,14 @@ class Served:
 
     def workers(self) -> list[int]:
         """The pids of the SMTP worker processes (the server's children but one)."""
-        return children(self.process.pid, "_worker")
+        return children(self.process.pid, WORKER)
 
-    def commit_processes(self) -> list[int]:
-        """The pids of the commit process (the server's other child): one, or none a while."""
-        return children(self.process.pid, "_committer")
+    def commit_services(self) -> list[int]:
+        """The pids of the commit service (the server's other child): one, or none a while."""
+        return children(self.process.pid, COMMIT_SERVICE)
 
-    def commit_process(self) -> int:
-        (pid,) = self.commit_processes()
+    def commit_service(self) -> int:
+        (pid,) = self.commit_services()
         return pid
 
     def total(self) -> int:
@@ -233,10 +234,10 @@ def test_a_dead_workers_spool_file_goes_when_it_is_started_again(
     assert "removed 1 spool files an earlier process left" in err, err
 
 
-def test_a_dead_commit_process_is_started_again_and_no_mail_is_refused(served: Served) -> None:
-    first = served.commit_process()
+def test_a_dead_commit_service_is_started_again_and_no_mail_is_refused(served: Served) -> None:
+    first = served.commit_service()
     os.kill(first, signal.SIGKILL)
-    wait_until(lambda: gone(first), "the commit process to die")
+    wait_until(lambda: gone(first), "the commit service to die")
     # Meanwhile each SMTP process commits on its own.  One that has not yet seen the
     # connection end sends there first, and answers 451, as for a message in flight:
     # a client sends it again, as clients do.
@@ -244,17 +245,17 @@ def test_a_dead_commit_process_is_started_again_and_no_mail_is_refused(served: S
     for number in range(10):
         refused += send_until_accepted(served.port, f"Subject: {number}\r\n\r\n.\r\n")
     assert refused <= 3  # at most once for each SMTP process
-    wait_until(lambda: served.commit_processes() not in ([], [first]), "a new commit process")
+    wait_until(lambda: served.commit_services() not in ([], [first]), "a new commit service")
     for number in range(10, 20):
         assert send_until_accepted(served.port, f"Subject: {number}\r\n\r\n.\r\n") == 0
     assert served.total() == 20
     status, err = served.stop()
     assert status == 0, err
-    assert "the commit process exited with status -9; starting it again" in err, err
+    assert "the commit service exited with status -9; starting it again" in err, err
 
 
-def test_the_commit_process_listens_privately_and_stops_last(served: Served) -> None:
-    commit = served.commit_process()
+def test_the_commit_service_listens_privately_and_stops_last(served: Served) -> None:
+    commit = served.commit_service()
     (path,) = unix_sockets_of(commit)
     directory = Path(path).parent
     assert directory.stat().st_mode & 0o777 == 0o700
@@ -298,14 +299,14 @@ def unix_sockets_of(pid: int) -> list[str]:
 
 
 def test_workers_stop_when_the_server_dies(served: Served) -> None:
-    commit = served.commit_process()
+    commit = served.commit_service()
     (socket_path,) = unix_sockets_of(commit)
     workers = [*served.workers(), commit]
     served.process.kill()
     served.process.communicate()
     # Their stdin, a pipe from the server, reaches its end: they stop by themselves.
     wait_until(lambda: all(gone(pid) for pid in workers), "the workers to stop")
-    assert not Path(socket_path).parent.exists()  # the commit process cleaned up
+    assert not Path(socket_path).parent.exists()  # the commit service cleaned up
 
 
 @pytest.mark.asyncio
@@ -319,17 +320,33 @@ async def test_a_worker_that_cannot_start_is_one_line(tmp_path: Path) -> None:
         workers=2,
     )
     pool = WorkerPool(settings, 1)
-    with pytest.raises(WorkerError, match=r"^SMTP worker 1 did not start: cannot open") as caught:
+    with pytest.raises(
+        ChildStartError, match=r"^SMTP worker 1 did not start: cannot open"
+    ) as caught:
         await pool.start()
     assert "\n" not in str(caught.value)
     assert pool.pids == []
     await asyncio.sleep(0)
 
 
+def test_a_child_process_started_by_hand_says_what_it_is() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mailgate.runtime", "worker"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(
+        "usage: python -m mailgate.runtime worker NUMBER | commit-service (started by mailgate"
+    )
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="auto starts no worker on one CPU")
 def test_the_test_helper_runs_workers_too() -> None:
     with MailgateServer(settings=Settings(workers=0)) as server:  # auto: one per CPU
-        assert len(children(os.getpid(), "_worker")) == (os.cpu_count() or 1) - 1
+        assert len(children(os.getpid(), WORKER)) == (os.cpu_count() or 1) - 1
         for number in range(20):
             with smtplib.SMTP(server.host, server.port, timeout=TIMEOUT) as client:
                 client.sendmail(
@@ -360,7 +377,7 @@ async def test_bound_ports_refuse_connections_until_they_serve(tmp_path: Path) -
         await store.aclose()
 
 
-def test_without_a_commit_process_each_process_commits_on_its_own(tmp_path: Path) -> None:
+def test_without_a_commit_service_each_process_commits_on_its_own(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 100)  # too deep a temporary directory for a Unix socket
     deep.mkdir()
     argv = ["serve", "--smtp", "127.0.0.1:0", "--no-http", "--data", str(tmp_path / "data")]
@@ -377,7 +394,7 @@ def test_without_a_commit_process_each_process_commits_on_its_own(tmp_path: Path
         line = process.stdout.readline() if ready else ""
         match = re.search(r"smtp 127\.0\.0\.1:(\d+)", line)
         assert match, line
-        assert not children(process.pid, "_committer")
+        assert not children(process.pid, COMMIT_SERVICE)
         for number in range(4):
             with smtplib.SMTP("127.0.0.1", int(match[1]), timeout=TIMEOUT) as client:
                 client.sendmail(
@@ -390,7 +407,7 @@ def test_without_a_commit_process_each_process_commits_on_its_own(tmp_path: Path
             process.kill()
             process.communicate()
     assert process.returncode == 0, err
-    assert "the commit process did not start" in err
+    assert "the commit service did not start" in err
     assert "each SMTP process commits on its own" in err
     connection = sqlite3.connect(tmp_path / "data" / "mail.db")
     try:

@@ -1,13 +1,13 @@
-"""The composition root: every concrete part of a running mailgate, wired once.
+"""A mailgate node: every concrete part of a running mailgate, wired once.
 
 ``Mailgate`` opens the store, builds the accept path, the TLS context and
-the authenticator the settings ask for, and starts the SMTP listeners and
-the web inbox; for ``mailgate serve``, with an SQLite store, also the commit
-process every SMTP process commits new mail in (``_commit_process``).
-Shutdown runs the other way: SMTP first (transactions in flight finish, in
-the workers too), then the commit process, the web service, the store.
-``mailgate serve`` and the test helper ``mailgate.testing.MailgateServer``
-both run exactly this.
+the authenticator the settings ask for, and starts the SMTP listeners, the
+SMTP workers (``_workers``) and the web inbox; for ``mailgate serve``, with
+an SQLite store, also the commit service every SMTP process commits new mail
+in (``_commit_service``).  Shutdown runs the other way: SMTP first
+(transactions in flight finish, in the workers too), then the commit
+service, the web service, the store.  ``mailgate serve`` and the test helper
+``mailgate.testing.MailgateServer`` both run exactly this.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import ssl
 from types import TracebackType
 from typing import Self
 
-from mailgate.cli._commit_process import CommitProcess
-from mailgate.cli._workers import WorkerError, WorkerPool, worker_settings
 from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.ports import Authenticator, MessageStore, StoreError
+from mailgate.runtime._commit_service import CommitService
+from mailgate.runtime._supervisor import ChildStartError
+from mailgate.runtime._workers import WorkerPool, worker_settings
 from mailgate.server import (
     ListenError,
     ServerConfigError,
@@ -75,9 +76,9 @@ class Mailgate:
     build (tests use throwaway certificates and cheap password hashes).
     With ``settings.workers`` above 1 it also starts that many SMTP worker
     processes less one (see ``_workers``); ``worker`` is the number of the
-    worker this is, which serves SMTP only.  ``commit_process`` starts the
-    commit process (when the store is SQLite) and commits new mail there;
-    a worker is given its socket as ``commit_socket``.
+    worker this is, which serves SMTP only.  ``commit_service`` starts the
+    commit service (when the store is SQLite) and commits new mail there;
+    a worker is given its socket as ``commit_service_socket``.
     ``start`` raises ``StoreError``, ``TLSConfigError``, ``ServerConfigError``
     or ``OSError`` (an address in use) with a one-line message.
     """
@@ -89,8 +90,8 @@ class Mailgate:
         tls_context: ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
         worker: int = 0,
-        commit_process: bool = False,
-        commit_socket: str | None = None,
+        commit_service: bool = False,
+        commit_service_socket: str | None = None,
     ) -> None:
         if settings.workers == 0:
             settings = dataclasses.replace(settings, workers=min(os.cpu_count() or 1, MAX_WORKERS))
@@ -101,9 +102,9 @@ class Mailgate:
             )
         self.settings = settings
         self.worker = worker
-        self._start_commit_process = commit_process
-        self._commit_socket = commit_socket
-        self._commits: CommitProcess | None = None
+        self._start_commit_service = commit_service
+        self._commit_service_socket = commit_service_socket
+        self._commit_service: CommitService | None = None
         self._workers: WorkerPool | None = None
         self._sink: Acceptor | None = None
         self._tls_context = tls_context
@@ -141,7 +142,7 @@ class Mailgate:
         authenticator = self._authenticator or authenticator_for(settings)
         self._store = await open_store(settings.store_url)
         try:
-            await self._commit_elsewhere(self._store)
+            await self._reach_commit_service(self._store)
             self._sink = sink = Acceptor(
                 self._store,
                 DeliverySettings(
@@ -161,7 +162,7 @@ class Mailgate:
                 self._workers = WorkerPool(
                     worker_settings(settings, self._server),
                     settings.workers - 1,
-                    self._commit_socket,
+                    self._commit_service_socket,
                 )
                 await self._workers.start()
                 await self._server.start_serving()
@@ -183,36 +184,36 @@ class Mailgate:
             await self.aclose()
             raise
 
-    async def _commit_elsewhere(self, store: MessageStore) -> None:
-        """Start the commit process, or reach a running one, as this process was told."""
+    async def _reach_commit_service(self, store: MessageStore) -> None:
+        """Start the commit service, or reach a running one, as this process was told."""
         if not isinstance(store, SQLiteStore):
             return
-        if self._start_commit_process:
-            commits = CommitProcess(self.settings)
+        if self._start_commit_service:
+            service = CommitService(self.settings)
             try:
-                await commits.start()
-            except WorkerError as error:  # e.g. a temporary directory too deep for a socket
+                await service.start()
+            except ChildStartError as error:  # e.g. a temporary directory too deep for a socket
                 log.warning("%s; each SMTP process commits on its own", error)
                 return
-            self._commits = commits
-            self._commit_socket = commits.socket_path
-            await store.connect_commit_process(self._commit_socket)
-        elif self._commit_socket is not None:
+            self._commit_service = service
+            self._commit_service_socket = service.socket_path
+            await store.connect_commit_process(self._commit_service_socket)
+        elif self._commit_service_socket is not None:
             try:
-                await store.connect_commit_process(self._commit_socket)
+                await store.connect_commit_process(self._commit_service_socket)
             except StoreError as error:  # it may be starting again: reached later
                 log.warning("%s; committing here for now", error)
 
     async def aclose(self) -> None:
-        """Stop the listeners and the workers gracefully, then the commit process, the store."""
+        """Stop the listeners and the workers gracefully, then the commit service, the store."""
         try:
             stopping = [part.aclose() for part in (self._server, self._workers) if part]
             await asyncio.gather(*stopping)
         finally:
             self._workers = None
-            if self._commits is not None:
-                await self._commits.aclose()
-                self._commits = None
+            if self._commit_service is not None:
+                await self._commit_service.aclose()
+                self._commit_service = None
             if self._sink is not None:
                 self._sink.close()
                 self._sink = None

@@ -1,4 +1,11 @@
-"""What every mailgate serving process sets up first: logging, the GIL, its event loop."""
+"""What every process of a node sets up first, and how a child talks to its parent.
+
+The serving process and each child (an SMTP worker, the commit service) set
+up logging, the GIL and their event loop the same way.  A child is
+``python -m mailgate.runtime KIND`` (``__main__``): it reads its payload from
+stdin, a pipe its parent keeps open, and answers ``READY`` or ``error: ...``
+on one line of stdout.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +15,41 @@ import os
 import sys
 from collections.abc import Callable
 
-from mailgate.cli._log import log_handler, spare_record_details
 from mailgate.config import Settings
+from mailgate.runtime._logging import log_handler, spare_record_details
 
-__all__ = ["READY", "answer_parent", "configure_process", "new_runner", "when_parent_gone"]
+__all__ = [
+    "COMMIT_SERVICE",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "READY",
+    "WORKER",
+    "answer_parent",
+    "child_command",
+    "configure_process",
+    "new_runner",
+    "when_parent_gone",
+]
 
 GIL_SWITCH_INTERVAL_SECONDS = 0.002
 STDIN = 0
 READY = "ready"
-"""What a child process (an SMTP worker, the commit process) answers once it serves."""
+"""What a child process (an SMTP worker, the commit service) answers once it serves."""
+EXIT_OK = 0
+EXIT_FAILURE = 1
+"""A child's exit status when it could not start (it told its parent why)."""
+
+WORKER = "worker"
+COMMIT_SERVICE = "commit-service"
+"""The kinds of child process: the first argument after ``python -m mailgate.runtime``."""
+
+
+def child_command(*arguments: str) -> list[str]:
+    """The command line of a child process: ``python -m mailgate.runtime KIND ...``.
+
+    The kind (and a worker's number) show in ``ps``.
+    """
+    return [sys.executable, "-m", "mailgate.runtime", *arguments]
 
 
 def configure_process(settings: Settings, label: str = "") -> None:

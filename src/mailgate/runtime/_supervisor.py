@@ -1,91 +1,73 @@
-"""SMTP worker processes: more event loops, and so more CPUs, on the same ports.
+"""Supervision of child processes: start them, start again those that die, stop them.
 
-With ``--workers N`` above 1 the serving process runs SMTP itself and
-starts N-1 workers.  A worker is a fresh interpreter that opens the store,
-binds every SMTP listener on the ports the serving process bound, with
-``SO_REUSEPORT`` so that the kernel spreads new connections among the
-processes, and serves SMTP only.  The web inbox stays in the serving
-process, which learns of mail the workers store through the store's live
-events.
-
-The serving process hands a worker its settings on the worker's stdin (a
-pickle; both ends are this program) and keeps that pipe open: a worker
-whose stdin reaches end-of-file has lost its parent and stops.  A worker
-answers ``ready``, or ``error: ...`` on one line, on its stdout.  SIGTERM
-and SIGINT stop a worker gracefully, as they stop ``mailgate serve``.  A
-worker that dies is started again, after a pause that grows with each
-failure in a row.
+The SMTP workers (``_workers``) and the commit service (``_commit_service``)
+are children of the serving process, each a fresh interpreter running
+``python -m mailgate.runtime KIND`` (``__main__``).  The parent hands a child
+its payload on the child's stdin (a pickle; both ends are this program) and
+keeps that pipe open: a child whose stdin reaches end-of-file has lost its
+parent and stops.  A child answers ``ready``, or ``error: ...`` on one line,
+on its stdout.  SIGTERM stops a child gracefully; one that takes too long is
+killed.  A child that dies is started again, after a pause that grows with
+each failure in a row.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import pickle
 import signal
-import sys
 from asyncio.subprocess import PIPE, Process
+from dataclasses import dataclass
 
 from mailgate import MailgateError
-from mailgate.cli._process import READY
-from mailgate.config import Listen, Settings
-from mailgate.server import SMTPServer
+from mailgate.runtime._process import READY, child_command
 
-__all__ = ["Children", "WorkerError", "WorkerPool", "worker_settings"]
+__all__ = ["Child", "ChildStartError", "Supervisor"]
 
 log = logging.getLogger("mailgate")
 
 START_TIMEOUT_SECONDS = 60.0
 RESTART_DELAYS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
-"""Pauses before starting a dead worker again, the n-th for the n-th failure in a row."""
+"""Pauses before starting a dead child again, the n-th for the n-th failure in a row."""
 HEALTHY_AFTER_SECONDS = 60.0
-"""A worker that ran this long before it died starts again at the shortest pause."""
+"""A child that ran this long before it died starts again at the shortest pause."""
 STOP_MARGIN_SECONDS = 5.0
-"""How much longer than the shutdown grace a worker may take to stop before it is killed."""
-
-_CHILD = "from mailgate.cli._worker import main; main()"
+"""How much longer than the shutdown grace a child may take to stop before it is killed."""
 
 
-class WorkerError(MailgateError):
-    """A worker process (or the commit process) could not start; one line."""
+class ChildStartError(MailgateError):
+    """A child process (an SMTP worker, the commit service) could not start; one line."""
 
 
-def worker_settings(settings: Settings, server: SMTPServer) -> Settings:
-    """What a worker runs with: the bound SMTP ports (port 0 resolved) and no web inbox."""
+@dataclass(frozen=True)
+class Child:
+    """What one child process runs."""
 
-    def bound(name: str, listen: Listen | None) -> Listen | None:
-        addresses = server.addresses_of(name)
-        if listen is None or not addresses:
-            return listen
-        return dataclasses.replace(listen, port=addresses[0][1])
-
-    return dataclasses.replace(
-        settings,
-        http=None,
-        smtp=bound("smtp", settings.smtp) or settings.smtp,
-        submission=bound("submission", settings.submission),
-        smtps=bound("smtps", settings.smtps),
-    )
+    arguments: tuple[str, ...]
+    """After ``python -m mailgate.runtime``: its kind, and a worker's number."""
+    payload: object
+    """Pickled to its stdin."""
+    name: str
+    """In messages: ``SMTP worker 2``, ``the commit service``."""
 
 
-class Children:
+class Supervisor:
     """Child processes numbered from 1, each started again when it dies.
 
-    A child is ``python -c CODE``; it gets a payload pickled on its stdin and
-    answers ``ready``, or ``error: ...`` on one line, on its stdout.
+    A subclass says what child ``number`` runs (``_child``).
     """
 
     def __init__(self, count: int, grace: float) -> None:
         self.count = count
         self._grace = grace
         self._processes: dict[int, Process] = {}
-        self._supervisors: set[asyncio.Task[None]] = set()
+        self._watchers: set[asyncio.Task[None]] = set()
         self._closing = False
 
-    def _child(self, number: int) -> tuple[str, object, str]:
-        """The code child ``number`` runs, its payload, and its name in messages."""
+    def _child(self, number: int) -> Child:
+        """What child ``number`` runs."""
         raise NotImplementedError
 
     @property
@@ -96,7 +78,7 @@ class Children:
     async def start(self) -> None:
         """Start every child and wait until each serves.
 
-        Raises ``WorkerError`` (one line) when one cannot start; then none is left running.
+        Raises ``ChildStartError`` (one line) when one cannot start; then none is left running.
         """
         numbers = range(1, self.count + 1)
         results = await asyncio.gather(*(self._spawn(n) for n in numbers), return_exceptions=True)
@@ -106,18 +88,18 @@ class Children:
             raise failure
         for number in numbers:
             task = asyncio.create_task(self._supervise(number), name=f"mailgate-child-{number}")
-            self._supervisors.add(task)
-            task.add_done_callback(self._supervisors.discard)
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
 
     async def _spawn(self, number: int) -> None:
-        code, payload, name = self._child(number)
+        child = self._child(number)
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", code, stdin=PIPE, stdout=PIPE
+            *child_command(*child.arguments), stdin=PIPE, stdout=PIPE
         )
         self._processes[number] = process
         assert process.stdin is not None
         assert process.stdout is not None
-        process.stdin.write(pickle.dumps(payload))
+        process.stdin.write(pickle.dumps(child.payload))
         try:
             await process.stdin.drain()
             line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_SECONDS)
@@ -127,8 +109,9 @@ class Children:
             return
         await _stop(process, STOP_MARGIN_SECONDS)
         reason = line.decode("utf-8", "replace").strip().removeprefix("error: ")
-        raise WorkerError(
-            f"{name} did not start: " + (reason or f"it exited with status {process.returncode}")
+        raise ChildStartError(
+            f"{child.name} did not start: "
+            + (reason or f"it exited with status {process.returncode}")
         )
 
     async def _supervise(self, number: int) -> None:
@@ -145,7 +128,7 @@ class Children:
             failures += 1
             log.error(
                 "%s exited with status %s; starting it again in %g s",
-                self._child(number)[2],
+                self._child(number).name,
                 status,
                 delay,
             )
@@ -155,32 +138,17 @@ class Children:
             started = loop.time()
             try:
                 await self._spawn(number)
-            except WorkerError as error:
+            except ChildStartError as error:
                 log.error("%s", error)
 
     async def aclose(self) -> None:
         """Stop every child gracefully (SIGTERM), killing those that take too long."""
         self._closing = True
-        for task in list(self._supervisors):
+        for task in list(self._watchers):
             task.cancel()
         grace = self._grace + STOP_MARGIN_SECONDS
         await asyncio.gather(*(_stop(p, grace) for p in self._processes.values()))
         self._processes.clear()
-
-
-class WorkerPool(Children):
-    """``count`` SMTP worker processes numbered from 1, started again when they die.
-
-    ``commit_socket`` is where the commit process listens, if there is one.
-    """
-
-    def __init__(self, settings: Settings, count: int, commit_socket: str | None = None) -> None:
-        super().__init__(count, settings.limits.shutdown_grace)
-        self.settings = settings
-        self.commit_socket = commit_socket
-
-    def _child(self, number: int) -> tuple[str, object, str]:
-        return _CHILD, (self.settings, number, self.commit_socket), f"SMTP worker {number}"
 
 
 async def _stop(process: Process, grace: float) -> None:

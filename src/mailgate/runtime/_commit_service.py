@@ -1,14 +1,23 @@
-"""The commit process: commits the new mail of every SMTP process of ``mailgate serve``.
+"""The commit service: one process that commits the new mail of every SMTP process.
 
-Run as ``python -c "from mailgate.cli._committer import main; main()"`` by
-the serving process (``_commit_process.CommitProcess``), which writes the
-settings and the socket path to its stdin.  It opens the store, listens on
-the Unix socket, answers ``ready``, and commits what the SMTP processes send
-(``mailgate.stores.sqlite.SQLiteStore.serve_commits``) until SIGTERM or until
-its stdin reaches end-of-file (the serving process is gone: then it removes
-the socket and its directory itself).  It ignores
-SIGINT: on Ctrl-C the SMTP processes finish their transactions first, and the
-serving process stops it last.
+With an SQLite store, ``mailgate serve`` commits new mail in a process of its
+own, which every SMTP process (the serving process and its workers) reaches
+over a Unix socket in a new directory only this user can enter.  Its two
+sides are here:
+
+- ``CommitService``, in the serving process: starts it, starts it again
+  when it dies (a ``_supervisor.Supervisor`` of one child), and stops it
+  last, after every SMTP process has finished its transactions.  Meanwhile,
+  and until they reach it again, the SMTP processes commit on their own
+  writer threads.
+- ``run_commit_service``, the service itself (``python -m mailgate.runtime
+  commit-service``): reads the settings and the socket path on its stdin,
+  opens the store, listens on the socket, answers ``ready``, and commits what
+  the SMTP processes send (``mailgate.stores.SQLiteStore.serve_commits``)
+  until SIGTERM or until its stdin reaches end-of-file (the serving process
+  is gone: then it removes the socket and its directory itself).  It ignores
+  SIGINT: on Ctrl-C the SMTP processes finish their transactions first, and
+  the serving process stops it last.
 """
 
 from __future__ import annotations
@@ -17,32 +26,63 @@ import asyncio
 import contextlib
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
+import tempfile
+from pathlib import Path
+from typing import NoReturn
 
 from mailgate import MailgateError
-from mailgate.cli._exit import EXIT_FAILURE, EXIT_OK
-from mailgate.cli._process import (
+from mailgate.config import Settings
+from mailgate.runtime._process import (
+    COMMIT_SERVICE,
+    EXIT_FAILURE,
+    EXIT_OK,
     READY,
     answer_parent,
     configure_process,
     new_runner,
     when_parent_gone,
 )
-from mailgate.config import Settings
+from mailgate.runtime._supervisor import Child, Supervisor
 from mailgate.stores import SQLiteStore, open_store
 
-__all__ = ["main"]
+__all__ = ["CommitService", "run_commit_service"]
 
 LISTEN_BACKLOG = 128
 
 
-def main() -> None:
-    """Read the settings and socket path from stdin, commit until stopped, exit."""
+class CommitService(Supervisor):
+    """The commit service of the store ``settings`` name, listening at ``socket_path``."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(1, settings.limits.shutdown_grace)
+        self.settings = settings
+        self._directory = Path(tempfile.mkdtemp(prefix="mailgate-"))  # mode 0700
+        self.socket_path = str(self._directory / "commit.sock")
+
+    def _child(self, number: int) -> Child:
+        return Child(
+            arguments=(COMMIT_SERVICE,),
+            payload=(self.settings, self.socket_path),
+            name="the commit service",
+        )
+
+    async def aclose(self) -> None:
+        """Stop the process, then remove its socket's directory."""
+        try:
+            await super().aclose()
+        finally:
+            shutil.rmtree(self._directory, ignore_errors=True)
+
+
+def run_commit_service() -> NoReturn:
+    """Be the commit service: read the settings and socket path from stdin, commit, exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings, socket_path = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent
-    configure_process(settings, "[commit]")
+    configure_process(settings, "[commit service]")
     with new_runner() as runner:
         status = runner.run(_commit(settings, socket_path))
     sys.exit(status)
