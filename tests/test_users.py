@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.stores.users import (
+from mailgate.auth import (
     AcceptAnyAuthenticator,
     UsersFile,
     UsersFileError,
