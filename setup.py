@@ -20,14 +20,15 @@ import sys
 from setuptools import setup
 
 # What every message passes through: the SMTP engine, the session that drives it,
-# the accept path (spool, summary, ids, trace header), the data it hands on and the
-# row the store makes of it.
+# the accept path (spool, summary, ids, trace header), the data it hands on, the
+# row the store makes of it and the record that carries it to the commit service.
 COMPILED = [
     "src/mailgate/model.py",
     "src/mailgate/protocol",
     "src/mailgate/server/_session.py",
     "src/mailgate/delivery",
-    "src/mailgate/stores/_sqlite_schema.py",
+    "src/mailgate/stores/sqlite/_schema.py",
+    "src/mailgate/stores/sqlite/_records.py",
 ]
 
 

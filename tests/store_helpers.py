@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+
+from mailgate.model import Address, MessageId, MessageSummary
+from mailgate.stores.sqlite._records import NewMessageRecord, QueuedRecipient
+from mailgate.stores.sqlite._schema import new_message_record
+from mailgate.testing.stores import make_envelope
 
 TIMEOUT = 10.0
 
@@ -28,3 +34,31 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert loop.time() < deadline, f"timed out waiting until {what}"
         await asyncio.sleep(0.005)
+
+
+def summary(number: int) -> MessageSummary:
+    """The summary of made-up message ``number``, subject ``ledger <number>``."""
+    return MessageSummary(
+        id=MessageId(f"01HX{number:022d}"),
+        received_at=datetime(2026, 12, 1, tzinfo=UTC),
+        size=100,
+        sender=Address("Alice", "alice@example.com"),
+        to=(Address("", "bob@example.org"),),
+        subject=f"ledger {number}",
+        message_id=f"{number}@example.com",
+        snippet="hello",
+    )
+
+
+def record(
+    number: int, *, origin: str = "origin", queued: tuple[QueuedRecipient, ...] = ()
+) -> NewMessageRecord:
+    """The record that stores made-up message ``number``, its content inline."""
+    return new_message_record(
+        summary(number),
+        make_envelope(),
+        body_file=None,
+        content=b"x",
+        origin=origin,
+        queued=queued,
+    )

@@ -1,9 +1,9 @@
-"""New mail committed by the commit process: real sockets, real threads, real SQLite.
+"""New mail stored by the commit service: real sockets, real threads, real SQLite.
 
-A store told ``connect_commit_process`` sends each new message to a server
-store's ``serve_commits`` loop and hears back once it is committed.  Nothing
-sleeps but to look again at the search index, which has no event: every wait
-has a time-out.
+A store told ``connect_commit_service`` sends each new message to a server
+store's ``serve_commit_service`` loop and hears back once it is committed.
+Nothing sleeps but to look again at the search index, which has no event:
+every wait has a time-out.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import marshal
 import socket
 import sqlite3
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,17 +27,18 @@ from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
 from mailgate.query import parse_query
 from mailgate.stores import SQLiteStore
-from mailgate.stores import _sqlite_commits as commits
-from mailgate.stores import sqlite as sqlite_module
-from mailgate.stores._sqlite_writer import Insert
+from mailgate.stores.sqlite import _commit_service as commit_service
+from mailgate.stores.sqlite import _store as store_module
+from mailgate.stores.sqlite._records import NewMessageRecord, QueuedRecipient
+from mailgate.stores.sqlite._store import Route
 from mailgate.testing.stores import make_envelope, make_message
-from store_helpers import index_state, until
+from store_helpers import index_state, record, until
 
 TIMEOUT = 10.0
 
 
 class Served:
-    """A server store's ``serve_commits`` on a thread, listening on a Unix socket."""
+    """A server store's ``serve_commit_service`` on a thread, listening on a Unix socket."""
 
     def __init__(self, database: Path, socket_path: str) -> None:
         self.store = SQLiteStore(database)
@@ -50,14 +53,14 @@ class Served:
 
     def _serve(self) -> None:
         try:
-            self.store.serve_commits(self.listener, self._stop_reader.fileno())
+            self.store.serve_commit_service(self.listener, self._stop_reader.fileno())
         except BaseException as error:
             self.failure = error
 
     async def stop(self) -> None:
         self._stop_writer.send(b"x")
         await asyncio.to_thread(self._thread.join, TIMEOUT)
-        assert not self._thread.is_alive(), "serve_commits did not stop"
+        assert not self._thread.is_alive(), "serve_commit_service did not stop"
         self.listener.close()
         self._stop_reader.close()
         self._stop_writer.close()
@@ -87,7 +90,7 @@ async def client_store(tmp_path: Path, socket_path: str | None) -> AsyncIterator
     store = SQLiteStore(tmp_path / "mail.db")
     try:
         if socket_path is not None:
-            await store.connect_commit_process(socket_path)
+            await store.connect_commit_service(socket_path)
         yield store
     finally:
         await store.aclose()
@@ -114,9 +117,7 @@ async def next_event(events: AsyncIterator[StoreEvent]) -> StoreEvent:
 
 
 @pytest.mark.asyncio
-async def test_new_mail_is_committed_by_the_commit_process(
-    tmp_path: Path, socket_path: str
-) -> None:
+async def test_new_mail_is_stored_by_the_commit_service(tmp_path: Path, socket_path: str) -> None:
     async with (
         serving(tmp_path, socket_path) as served,
         client_store(tmp_path, socket_path) as store,
@@ -143,13 +144,43 @@ async def test_larger_content_held_in_memory_is_committed_here(
 ) -> None:
     async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
         before = store.stats.transactions
-        at_limit = sqlite_module.MAX_CONTENT_SENT_OCTETS - 1000
+        at_limit = store_module.MAX_CONTENT_SENT_OCTETS - 1000
         sent = await deliver(store, tmp_path, "sent", size=at_limit)
         assert store.stats.transactions == before
-        kept = await deliver(store, tmp_path, "kept", size=sqlite_module.MAX_CONTENT_SENT_OCTETS)
+        kept = await deliver(store, tmp_path, "kept", size=store_module.MAX_CONTENT_SENT_OCTETS)
         assert store.stats.transactions == before + 1
         assert not list(store.bodies.iterdir())  # both inline
         assert [m.id for m in (await store.list()).messages] == [kept, sent]
+
+
+def held(size: int) -> SimpleNamespace:
+    """Enough of a ``ports.NewMessage`` to route: content of ``size`` octets held in memory."""
+    return SimpleNamespace(content=b"x" * size, path=None)
+
+
+@pytest.mark.asyncio
+async def test_the_route_of_new_mail(tmp_path: Path, socket_path: str) -> None:
+    limit = store_module.MAX_CONTENT_SENT_OCTETS
+    in_a_file = SimpleNamespace(content=None, path=str(tmp_path / "spooled"))
+    async with client_store(tmp_path, None) as alone:
+        assert alone._route(held(10)) is Route.OWN_WRITER  # type: ignore[arg-type]
+    async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
+        route = store._route
+        assert route(held(limit)) is Route.COMMIT_SERVICE  # type: ignore[arg-type]
+        assert route(in_a_file) is Route.COMMIT_SERVICE  # type: ignore[arg-type]
+        assert route(held(limit + 1)) is Route.OWN_WRITER  # type: ignore[arg-type]
+
+        def elsewhere() -> Route:  # another event loop than the one that connected
+            return asyncio.run(_route_on_this_loop(store, held(10)))
+
+        assert await asyncio.to_thread(elsewhere) is Route.OWN_WRITER
+        assert store._link is not None
+        store._link.close()
+        assert route(held(10)) is Route.OWN_WRITER  # type: ignore[arg-type]
+
+
+async def _route_on_this_loop(store: SQLiteStore, message: SimpleNamespace) -> Route:
+    return store._route(message)  # type: ignore[arg-type]
 
 
 @pytest.mark.asyncio
@@ -195,19 +226,19 @@ async def test_concurrent_commits_from_two_clients_each_get_their_own_id(
 
 
 @pytest.mark.asyncio
-async def test_the_commit_process_indexes_new_mail_when_idle(
+async def test_the_commit_service_indexes_new_mail_when_idle(
     tmp_path: Path, socket_path: str
 ) -> None:
     async with (
         serving(tmp_path, socket_path) as served,
         client_store(tmp_path, socket_path) as store,
     ):
-        writers = [s._writer._committer for s in (store, served.store)]
+        writers = [s._writer._connection for s in (store, served.store)]
         await until(lambda: not any(w.unindexed for w in writers), "both writers looked")
         ids = await asyncio.gather(*(deliver(store, tmp_path, f"ledger {n}") for n in range(50)))
         assert (await store.search(parse_query("ledger"))).total == len(ids)
         await until(lambda: index_state(tmp_path / "mail.db") == (50, 0), "all are indexed")
-        # By the commit process: neither store's own writer knew of this mail.
+        # By the commit service: neither store's own writer knew of this mail.
         assert store.stats.indexed == served.store.stats.indexed == 0
         assert (await store.search(parse_query('"ledger 7"'))).total == 1
 
@@ -216,20 +247,21 @@ async def test_the_commit_process_indexes_new_mail_when_idle(
 async def test_a_failed_message_fails_alone(
     tmp_path: Path, socket_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sent: list[Insert] = []
-    encode = commits.encode_insert
+    sent: list[NewMessageRecord] = []
+    frame = commit_service.frame
 
-    def recording(insert: Insert) -> tuple[bytes, bytes]:
-        sent.append(insert)
-        return encode(insert)
+    def recording(record: NewMessageRecord) -> tuple[bytes, bytes]:
+        sent.append(record)
+        return frame(record)
 
-    monkeypatch.setattr(commits, "encode_insert", recording)
+    monkeypatch.setattr(commit_service, "frame", recording)
     async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
         first = await deliver(store, tmp_path, "first")
-        client = store._commit_client
+        assert store._link is not None
+        client = store._link.client
         assert client is not None
         # The same message again breaks the unique id; sent with a good one, in one batch.
-        again = client.commit(sent[0])
+        again = client.submit(sent[0])
         good = asyncio.ensure_future(deliver(store, tmp_path, "good"))
         results = await asyncio.gather(again, good, return_exceptions=True)
         assert isinstance(results[0], StoreError)
@@ -237,27 +269,52 @@ async def test_a_failed_message_fails_alone(
 
 
 @pytest.mark.asyncio
-async def test_unreachable_commit_process_means_committing_here(
+async def test_a_message_with_queue_rows_is_refused_not_stored_without_them(
+    tmp_path: Path, socket_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The record carries queue rows to the commit service; no store keeps them yet."""
+    async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
+        assert store._link is not None
+        client = store._link.client
+        assert client is not None
+        queued = record(
+            7,
+            origin=store._origin,
+            queued=(QueuedRecipient("someone@elsewhere.test", 1_767_323_045_000),),
+        )
+        plain = record(8, origin=store._origin)
+        results = await asyncio.gather(
+            client.submit(queued), client.submit(plain), return_exceptions=True
+        )
+        assert isinstance(results[0], StoreError)
+        assert "keeps no outbound queue yet" in caplog.text  # the service says why
+        assert results[1] == plain.id
+        assert [m.id for m in (await store.list()).messages] == [plain.id]
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_commit_service_means_storing_here(
     tmp_path: Path, socket_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "RECONNECT_SECONDS", 0.0)
+    monkeypatch.setattr(commit_service, "RECONNECT_SECONDS", 0.0)
     async with client_store(tmp_path, None) as store:
-        with pytest.raises(StoreError, match="cannot reach the commit process"):
-            await store.connect_commit_process(socket_path)
+        with pytest.raises(StoreError, match="cannot reach the commit service"):
+            await store.connect_commit_service(socket_path)
         before = store.stats.transactions
         alone = await deliver(store, tmp_path, "while it is away")
         assert store.stats.transactions == before + 1
         async with serving(tmp_path, socket_path):
             await deliver(store, tmp_path, "reconnects, still here")
-            assert store._commit_client is not None
-            assert store._commit_client.connected
+            assert store._link is not None
+            assert store._link.client is not None
+            assert store._link.client.connected
             remote = await deliver(store, tmp_path, "there")
             assert store.stats.transactions == before + 2
         assert {m.id for m in (await store.list()).messages} >= {alone, remote}
 
 
 @pytest.mark.asyncio
-async def test_a_commit_process_that_ends_unanswered_fails_those_commits(
+async def test_a_commit_service_that_ends_unanswered_fails_those_messages(
     tmp_path: Path, socket_path: str
 ) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -277,8 +334,9 @@ async def test_a_commit_process_that_ends_unanswered_fails_those_commits(
         async with client_store(tmp_path, socket_path) as store:
             with pytest.raises(StoreError, match="ended before confirming"):
                 await deliver(store, tmp_path, "lost in flight")
-            assert store._commit_client is not None
-            assert not store._commit_client.connected
+            assert store._link is not None
+            assert store._link.client is not None
+            assert not store._link.client.connected
             # The next one is committed here (the reconnect waits RECONNECT_SECONDS).
             kept = await deliver(store, tmp_path, "kept")
             assert [m.id for m in (await store.list()).messages] == [kept]
@@ -298,11 +356,21 @@ async def test_a_garbled_frame_drops_that_client_only(tmp_path: Path, socket_pat
         assert await store.get(message_id) is not None
 
 
-def test_a_frame_round_trips() -> None:
-    insert = Insert(("id1", 1, 2, None), b"content", None, "origin")
-    header, payload = commits.encode_insert(insert)
+def test_a_record_round_trips_and_a_garbled_one_is_refused() -> None:
+    sent = record(1, queued=(QueuedRecipient("a@b.test", 5), QueuedRecipient("c@d.test", 6)))
+    header, payload = commit_service.frame(sent)
     assert int.from_bytes(header, "big") == len(payload)
-    assert commits._decode_insert(memoryview(payload)) == insert
-    for bad in (b"", b"\x00", commits.encode_insert(Insert((), None, None, "o"))[1]):
+    assert NewMessageRecord.from_wire(memoryview(payload)) == sent
+    assert NewMessageRecord.from_wire(record(2, origin="o").to_wire()) == record(2, origin="o")
+    fields = marshal.loads(payload)
+    garbled = [
+        b"",
+        b"\x00",
+        marshal.dumps(fields[:-1]),  # a field short
+        marshal.dumps((2, *fields[1:])),  # another wire version
+        marshal.dumps((*fields[:1], 7, *fields[2:])),  # an id that is not text
+        marshal.dumps((*fields[:-1], (("a@b.test",),))),  # a queue row without its due time
+    ]
+    for bad in garbled:
         with pytest.raises(ValueError, match="frame"):
-            commits._decode_insert(bad)
+            NewMessageRecord.from_wire(bad)

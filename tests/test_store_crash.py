@@ -39,7 +39,7 @@ async def main(directory, start):
     sink = Acceptor(store, settings)
     numbers = itertools.count(start)
 
-    async def committer():
+    async def sender():
         while True:
             n = next(numbers)
             content = body(n)
@@ -50,7 +50,7 @@ async def main(directory, start):
             sys.stdout.write(f"{{message_id}} {{n}}\\n")
             sys.stdout.flush()
 
-    await asyncio.gather(*(committer() for _ in range(20)))
+    await asyncio.gather(*(sender() for _ in range(20)))
 
 asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2])))
 """

@@ -21,8 +21,10 @@ import pytest
 
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import MessageId, StoreEvent, StoreEventKind
-from mailgate.stores import SQLiteStore, _sqlite_writer
-from mailgate.stores._sqlite_follow import ChangeReader
+from mailgate.stores import SQLiteStore
+from mailgate.stores.sqlite import _transactions as transactions
+from mailgate.stores.sqlite._follow import ChangeReader
+from mailgate.stores.sqlite._schema import MAX_ROWS_PER_INSERT
 from mailgate.testing.stores import make_envelope, make_message
 
 EVENT_TIMEOUT_SECONDS = 5
@@ -144,7 +146,7 @@ async def test_the_change_log_stays_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keep = 20
-    monkeypatch.setattr(_sqlite_writer, "CHANGE_LOG_KEEP", keep)
+    monkeypatch.setattr(transactions, "CHANGE_LOG_KEEP", keep)
     async with two_stores(tmp_path) as (a, b):
         for i in range(3 * keep):
             await deliver(a if i % 2 else b, tmp_path, f"m{i}")
@@ -166,7 +168,7 @@ async def test_a_reader_behind_the_pruned_log_gets_overflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     keep = 5
-    monkeypatch.setattr(_sqlite_writer, "CHANGE_LOG_KEEP", keep)
+    monkeypatch.setattr(transactions, "CHANGE_LOG_KEEP", keep)
     store = SQLiteStore(tmp_path / "mail.db")
     connection = sqlite3.connect(tmp_path / "mail.db", isolation_level=None)
     try:
@@ -256,7 +258,7 @@ async def test_what_queues_while_another_writer_has_its_turn_shares_one_transact
         stack.push_async_callback(store.aclose)
         before = store.stats.transactions
         # More than one INSERT statement carries, so the batch takes several.
-        count = _sqlite_writer.MAX_ROWS_PER_INSERT + 44
+        count = MAX_ROWS_PER_INSERT + 44
         with open(tmp_path / "mail.db-write-lock", "rb") as other:
             fcntl.flock(other, fcntl.LOCK_EX)
             first = asyncio.ensure_future(deliver(store, tmp_path, "first"))

@@ -1,7 +1,7 @@
 """New mail reaches the SQLite store's search index after its commit, not in it.
 
 The commit a client waits for only lists a new message in ``unindexed``; the
-writer (or the commit process) adds it to the index when idle.  Searches
+writer (or the commit service) adds it to the index when idle.  Searches
 find it either way (``test_query`` checks they answer alike).
 """
 
@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from mailgate.delivery import Acceptor, DeliverySettings
-from mailgate.model import Address, MessageId, MessageSummary
+from mailgate.model import MessageId
 from mailgate.query import parse_query
 from mailgate.stores import SQLiteStore
-from mailgate.stores import _sqlite_writer as writer_module
-from mailgate.stores import sqlite as sqlite_store
-from mailgate.stores._sqlite_query import MERGE_PAGES, _text
-from mailgate.stores._sqlite_schema import message_row
-from mailgate.stores._sqlite_writer import Committer, Insert, WriteTurns
+from mailgate.stores.sqlite import _transactions as transactions
+from mailgate.stores.sqlite._bodies import BodyFiles
+from mailgate.stores.sqlite._connection import connect
+from mailgate.stores.sqlite._search import MERGE_PAGES, _text
+from mailgate.stores.sqlite._transactions import Operation, WriteConnection, WriteTurns
 from mailgate.testing.stores import make_envelope, make_message
-from store_helpers import index_state, until
-from test_store_sqlite import commit_many, one_message_then
+from store_helpers import index_state, record, summary, until
+from test_store_sqlite import one_message_then, store_many
 
 
 @pytest.mark.asyncio
@@ -35,7 +34,7 @@ async def test_new_mail_is_found_at_once_and_indexed_when_the_writer_is_idle(
     path = tmp_path / "mail.db"
     store = SQLiteStore(path)
     try:
-        ids = await commit_many(store, tmp_path, 40)
+        ids = await store_many(store, tmp_path, 40)
         # Found whether or not the writer has indexed them yet.
         assert (await store.search(parse_query("m1"))).total == 11  # m1, m10 to m19
         await until(lambda: index_state(path) == (40, 0), "all 40 are indexed")
@@ -47,53 +46,37 @@ async def test_new_mail_is_found_at_once_and_indexed_when_the_writer_is_idle(
         await store.aclose()
 
 
-def summary(number: int) -> MessageSummary:
-    return MessageSummary(
-        id=MessageId(f"01HX{number:022d}"),
-        received_at=datetime(2026, 12, 1, tzinfo=UTC),
-        size=100,
-        sender=Address("Alice", "alice@example.com"),
-        to=(Address("", "bob@example.org"),),
-        subject=f"ledger {number}",
-        message_id=f"{number}@example.com",
-        snippet="hello",
-    )
-
-
-async def fresh_committer(tmp_path: Path) -> tuple[Path, Committer]:
-    """A new, empty store in ``tmp_path``, and a committer on a connection of its own to it."""
+async def fresh_connection(tmp_path: Path) -> tuple[Path, WriteConnection]:
+    """A new, empty store in ``tmp_path``, and a write connection of its own to it."""
     path = tmp_path / "mail.db"
     await SQLiteStore(path).aclose()
-    connection = sqlite_store._connect(path)  # as every store connection is made
     turns = WriteTurns(path.with_name(path.name + "-write-lock"))
-    return path, Committer(connection, path.with_name(path.name + "-bodies"), "origin", turns)
+    bodies = BodyFiles(path.with_name(path.name + "-bodies"))
+    return path, WriteConnection(connect(path), bodies, "origin", turns)
 
 
-def synchronous(c: Committer) -> int:
+def synchronous(c: WriteConnection) -> int:
     (level,) = c._connection.execute("PRAGMA synchronous").fetchone()
     return int(level)
 
 
 @pytest.mark.asyncio
-async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_is_done(
+async def test_a_write_connection_indexes_a_chunk_at_a_time_unsynced_and_knows_when_done(
     tmp_path: Path,
 ) -> None:
-    path, c = await fresh_committer(tmp_path)
+    path, c = await fresh_connection(tmp_path)
     statements: list[str] = []
     try:
         assert c.unindexed == 1  # it does not know yet: it looks, after a pause
-        assert c.index_wait() == writer_module.INDEX_PAUSE_SECONDS
+        assert c.index_wait() == transactions.INDEX_PAUSE_SECONDS
         assert c.index() == 0
         assert c.unindexed == 0
         assert c.index_wait() is None  # nothing to index: wait for work as long as it takes
-        chunk = writer_module.INDEX_CHUNK
+        chunk = transactions.INDEX_CHUNK
         count = chunk * 2 + 3
-        envelope = make_envelope()
-        inserts: list[writer_module.Operation] = [
-            Insert(message_row(summary(n), envelope, None), b"x", None) for n in range(count)
-        ]
+        records: list[Operation] = [record(n) for n in range(count)]
         with c.turns:
-            outcome = c.commit(inserts)
+            outcome = c.commit(records)
         assert len(outcome.results) == count
         assert c.unindexed == count
         assert c.index_wait() == 0  # a chunk is waiting: index at the first idle moment
@@ -104,7 +87,7 @@ async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_
         assert index_state(path) == (chunk, count - chunk)
         assert synchronous(c) == 2  # FULL again, for the commits that follow
         assert c.index() == chunk
-        assert c.index_wait() == writer_module.INDEX_PAUSE_SECONDS  # 3 left: after a pause
+        assert c.index_wait() == transactions.INDEX_PAUSE_SECONDS  # 3 left: after a pause
         assert c.index() == 3
         assert c.unindexed == 0
         assert index_state(path) == (count, 0)
@@ -127,10 +110,10 @@ async def test_a_committer_indexes_a_chunk_at_a_time_unsynced_and_knows_when_it_
 async def test_a_failed_index_is_logged_and_leaves_commits_synced(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path, c = await fresh_committer(tmp_path)
+    path, c = await fresh_connection(tmp_path)
     try:
         with c.turns:
-            c.commit([Insert(message_row(summary(1), make_envelope(), None), b"x", None)])
+            c.commit([record(1)])
         c._connection.execute("PRAGMA query_only = 1")
         with caplog.at_level(logging.WARNING):
             assert c.index() == 0
@@ -148,11 +131,10 @@ async def test_a_failed_index_is_logged_and_leaves_commits_synced(
 
 @pytest.mark.asyncio
 async def test_mail_deleted_before_it_was_indexed_is_forgotten(tmp_path: Path) -> None:
-    path, c = await fresh_committer(tmp_path)
+    path, c = await fresh_connection(tmp_path)
     try:
-        envelope = make_envelope()
         with c.turns:
-            c.commit([Insert(message_row(summary(n), envelope, None), b"x", None) for n in (1, 2)])
+            c.commit([record(1), record(2)])
         assert index_state(path) == (0, 2)
         store = SQLiteStore(path)  # its writer indexes on its own when idle: delete at once
         try:
@@ -196,7 +178,7 @@ async def test_a_version_4_database_is_indexed_again_and_indexes_new_mail_later(
     await one_message_then(path, tmp_path, _VERSION_4)
     store = SQLiteStore(path)
     try:
-        await commit_many(store, tmp_path, 3)
+        await store_many(store, tmp_path, 3)
         assert (await store.search(parse_query("sender@client.test"))).total == 4
         await until(lambda: index_state(path) == (4, 0), "the new mail is indexed")
     finally:
@@ -210,19 +192,17 @@ async def test_a_version_4_database_is_indexed_again_and_indexes_new_mail_later(
 
 
 @pytest.mark.asyncio
-async def test_a_committer_behind_by_more_than_the_backlog_catches_up_after_each_commit(
+async def test_a_write_connection_behind_the_backlog_catches_up_after_each_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(writer_module, "INDEX_BACKLOG", 40)
-    monkeypatch.setattr(writer_module, "INDEX_CHUNK", 4)
-    path, c = await fresh_committer(tmp_path)
-    envelope = make_envelope()
+    monkeypatch.setattr(transactions, "INDEX_BACKLOG", 40)
+    monkeypatch.setattr(transactions, "INDEX_CHUNK", 4)
+    path, c = await fresh_connection(tmp_path)
     numbers = iter(range(1000))
 
     def commit(count: int) -> None:
-        rows = [message_row(summary(next(numbers)), envelope, None) for _ in range(count)]
         with c.turns:
-            c.commit([Insert(row, b"x", None) for row in rows])
+            c.commit([record(next(numbers)) for _ in range(count)])
 
     try:
         c.index()  # it looks first: nothing yet
@@ -289,21 +269,15 @@ def segments(connection: sqlite3.Connection) -> int:
 async def test_the_index_merges_a_little_in_each_transaction_and_never_by_itself(
     tmp_path: Path,
 ) -> None:
-    path, c = await fresh_committer(tmp_path)
+    path, c = await fresh_connection(tmp_path)
     statements: list[str] = []
     most = 0
     try:
         assert automerge(c._connection) == 0  # FTS5 merges nothing of its own accord
-        envelope = make_envelope()
-        chunk = writer_module.INDEX_CHUNK
+        chunk = transactions.INDEX_CHUNK
         for n in range(0, 64 * chunk, chunk):
             with c.turns:
-                c.commit(
-                    [
-                        Insert(message_row(summary(n + k), envelope, None), b"x", None)
-                        for k in range(chunk)
-                    ]
-                )
+                c.commit([record(n + k) for k in range(chunk)])
             c._connection.set_trace_callback(statements.append)
             assert c.index() == chunk
             c._connection.set_trace_callback(None)

@@ -6,15 +6,22 @@ Every implementation passes the matching conformance suite in
 
 New mail takes one path: the server asks a ``MailSink`` (``delivery``) for a
 ``Spool``, streams the message into it and commits it; the sink parses a
-summary and hands a ``NewMessage`` to a ``MessageStore``, which returns only
-once the message is durable.
+summary and hands a ``NewMessage`` to ``MessageStore.store``, which returns
+only once the message is durable.
+
+A store's capabilities are defined here and nowhere else: ``MessageStore`` is
+the core every store keeps; ``SearchableStore`` and ``TaggableStore`` are
+``MessageStore`` and more, as go-smtp's ``AuthSession`` embeds ``Session``.
+A shell that needs a capability asks for it (``isinstance(store,
+SearchableStore)``: they are runtime-checkable) and does without, or says it
+cannot, when the store lacks it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from mailgate import MailgateError
 from mailgate.model import (
@@ -34,9 +41,11 @@ __all__ = [
     "MailSink",
     "MessageStore",
     "NewMessage",
+    "SearchableStore",
     "Spool",
     "StoreError",
     "StoreEvent",
+    "TaggableStore",
 ]
 
 
@@ -86,12 +95,12 @@ class Spool(Protocol):
 
 
 class NewMessage(Protocol):
-    """A fully received message, handed to ``MessageStore.commit``.
+    """A fully received message, handed to ``MessageStore.store``.
 
     Its content is either held in memory (``content``) or in a spool file
     (``path``), written and closed but not yet synced to disk.  A store may
     move that file into its own storage; whatever it leaves behind, the sink
-    removes after ``commit`` returns or fails.
+    removes after ``store`` returns or fails.
     """
 
     @property
@@ -147,9 +156,9 @@ class MailSink(Protocol):
 
 
 class MessageStore(Protocol):
-    """Durable storage of received messages."""
+    """Durable storage of received messages: the core every store keeps."""
 
-    async def commit(self, message: NewMessage) -> MessageId:
+    async def store(self, message: NewMessage) -> MessageId:
         """Store the message; return its id only once it is durable.
 
         Raises ``StoreError`` when it cannot be stored (then nothing of it
@@ -177,12 +186,34 @@ class MessageStore(Protocol):
         """Set the read flag on these messages, or all for ``None``; return how many changed."""
         ...
 
+    def subscribe(self) -> AsyncIterator[StoreEvent]:
+        """Live events: stored, read, unread, deleted; ends when the store closes.
+
+        Changes committed from now on by any process sharing the store are
+        reported, each once; those made through one store, in commit order.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Finish pending writes and release the store."""
+        ...
+
+
+@runtime_checkable
+class SearchableStore(MessageStore, Protocol):
+    """A store that runs a ``query.Query`` itself (with indexes, say)."""
+
     async def search(self, query: Query, *, offset: int = 0, limit: int = 50) -> MessagePage:
         """Messages matching ``query`` (``query.matches``), newest first.
 
         ``total`` and ``unread`` count the matches.
         """
         ...
+
+
+@runtime_checkable
+class TaggableStore(MessageStore, Protocol):
+    """A store that keeps tags on messages."""
 
     async def tags(self) -> dict[str, int]:
         """Every tag in use, with how many messages carry it."""
@@ -193,23 +224,12 @@ class MessageStore(Protocol):
         ...
 
     async def rename_tag(self, old: str, new: str) -> int:
-        """Rename a tag on every message; return on how many it was."""
+        """Rename a tag on every message (merging where both are set); return on how many
+        it was."""
         ...
 
     async def delete_tag(self, tag: str) -> int:
         """Remove a tag from every message; return from how many."""
-        ...
-
-    def subscribe(self) -> AsyncIterator[StoreEvent]:
-        """Live events: stored, read, unread, deleted; ends when the store closes.
-
-        Changes committed from now on by any process sharing the store are
-        reported, each once; those made through one store, in commit order.
-        """
-        ...
-
-    async def aclose(self) -> None:
-        """Finish pending commits and release the store."""
         ...
 
 

@@ -170,7 +170,7 @@ class Acceptor:
                 path=spool.path,
             )
             try:
-                return await self._store.commit(message)
+                return await self._store.store(message)
             except StoreError as error:
                 if isinstance(error, InsufficientStorageError):
                     raise

@@ -1,19 +1,27 @@
 """The message store conformance suite: what every ``ports.MessageStore`` must do.
 
 Each ``check_*`` is a plain async function taking a ``StoreUnderTest``; a
-store's test module runs them all, for instance::
+store's test module runs those of the capabilities it claims, for instance::
+
+    CHECKS = STORE_CHECKS + SEARCHABLE_STORE_CHECKS + TAGGABLE_STORE_CHECKS
 
     @pytest.mark.asyncio
-    @pytest.mark.parametrize("check", STORE_CHECKS, ids=lambda c: c.__name__)
+    @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
     async def test_conformance(check, tmp_path):
         await check(StoreUnderTest(open=lambda: SQLiteStore(tmp_path / "mail.db"),
                                    spool_dir=tmp_path / "spool"))
+
+``STORE_CHECKS`` hold every store to the core (``ports.MessageStore``),
+including that a subscriber sees the changes another store instance on the
+same data commits; ``SEARCHABLE_STORE_CHECKS`` to ``ports.SearchableStore``
+(the query language's forms, each answered as ``query.matches`` answers it);
+``TAGGABLE_STORE_CHECKS`` to ``ports.TaggableStore``.
 
 Messages go in the way they do in production, through
 ``delivery.Acceptor``, so the checks also cover the hand-over between
 delivery and the store.  The checks use only the public API and no clock:
 ids from one millisecond sort in no particular order, so ordering checks use
-a ``StepClock``.
+a ``StepClock``.  Waits for events from another store have a time-out.
 """
 
 from __future__ import annotations
@@ -27,22 +35,29 @@ from pathlib import Path
 
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import Envelope, MessageId, StoreEvent, StoreEventKind
-from mailgate.ports import MessageStore
+from mailgate.ports import MessageStore, SearchableStore, TaggableStore
+from mailgate.query import matches, parse_query
 
 __all__ = [
+    "SEARCHABLE_STORE_CHECKS",
     "STORE_CHECKS",
+    "TAGGABLE_STORE_CHECKS",
     "StepClock",
     "StoreUnderTest",
-    "check_commit_get_raw",
-    "check_concurrent_commits",
+    "check_concurrent_stores",
     "check_delete",
     "check_delete_all",
     "check_events",
+    "check_events_from_another_store",
     "check_large_body",
     "check_list_newest_first_and_paging",
     "check_mark_read",
     "check_missing_ids",
     "check_reopen_keeps_everything",
+    "check_search",
+    "check_search_paging",
+    "check_store_get_raw",
+    "check_tags",
     "make_envelope",
     "make_message",
 ]
@@ -50,6 +65,8 @@ __all__ = [
 EPOCH = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 SMALL_THRESHOLD_OCTETS = 4096
 """The spool's memory threshold in the checks, so a large body needs only a few KiB."""
+EVENT_TIMEOUT_SECONDS = 10.0
+"""How long a check waits for an event another store instance committed."""
 
 
 @dataclass
@@ -132,8 +149,8 @@ def _trace_and(raw: bytes | None, content: bytes) -> bool:
     )
 
 
-async def check_commit_get_raw(subject: StoreUnderTest) -> None:
-    """A committed message reads back: its summary, its envelope, its exact bytes."""
+async def check_store_get_raw(subject: StoreUnderTest) -> None:
+    """A stored message reads back: its summary, its envelope, its exact bytes."""
     async with subject.opened() as (store, acceptor):
         content = make_message("First")
         envelope = make_envelope("rcpt@mx.test")
@@ -236,8 +253,8 @@ async def check_large_body(subject: StoreUnderTest) -> None:
         assert list(subject.spool_dir.glob("*.spool")) == []
 
 
-async def check_concurrent_commits(subject: StoreUnderTest) -> None:
-    """Many commits at once all land, each with its own content."""
+async def check_concurrent_stores(subject: StoreUnderTest) -> None:
+    """Many messages stored at once all land, each with its own content."""
     async with subject.opened() as (store, acceptor):
         contents = [make_message(f"c{i}") for i in range(100)]
         ids = await asyncio.gather(*(_deliver(acceptor, c) for c in contents))
@@ -301,16 +318,263 @@ async def check_events(subject: StoreUnderTest) -> None:
     assert [event async for event in events] == []
 
 
+async def _next_event(events: AsyncIterator[StoreEvent]) -> StoreEvent:
+    return await asyncio.wait_for(anext(events), timeout=EVENT_TIMEOUT_SECONDS)
+
+
+async def check_events_from_another_store(subject: StoreUnderTest) -> None:
+    """A subscriber sees what another store instance on the same data commits, each once.
+
+    Another instance stands for another process or another node sharing the
+    store.  Its changes may reach the subscriber later than this instance's
+    own, so each is awaited before the next change is made.
+    """
+    async with subject.opened() as (store, acceptor), subject.opened() as (other, elsewhere):
+        events = store.subscribe()
+        theirs = await _deliver(elsewhere, make_message("theirs"))
+        assert await _next_event(events) == StoreEvent(StoreEventKind.STORED, (theirs,))
+        ours = await _deliver(acceptor, make_message("ours"))
+        assert await _next_event(events) == StoreEvent(StoreEventKind.STORED, (ours,))
+        assert await other.mark_read([theirs, ours], True) == 2
+        event = await _next_event(events)
+        assert event.kind == StoreEventKind.READ
+        assert sorted(event.message_ids) == sorted([theirs, ours])
+        assert await other.delete([theirs]) == 1
+        assert await _next_event(events) == StoreEvent(StoreEventKind.DELETED, (theirs,))
+        # A second event of any change above would come before this one.
+        last = await _deliver(elsewhere, make_message("last"))
+        assert await _next_event(events) == StoreEvent(StoreEventKind.STORED, (last,))
+        assert [m.id for m in (await store.list()).messages] == [last, ours]
+
+
+# -- search ----------------------------------------------------------------------------------
+
+_ATTACHED = (
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain\r\n\r\nThe numbers are attached.\r\n"
+    b"--b\r\nContent-Type: application/pdf\r\n"
+    b'Content-Disposition: attachment; filename="q3.pdf"\r\n\r\n%PDF-1.4\r\n--b--\r\n'
+)
+
+
+def _mail(subject: str, sender: str, to: str, body: bytes, *, cc: str = "") -> bytes:
+    """A message with these headers; ``body`` may open with MIME headers of its own."""
+    headers = [
+        f"From: {sender}",
+        f"To: {to}",
+        *([f"Cc: {cc}"] if cc else []),
+        f"Subject: {subject}",
+        f"Message-ID: <{subject.lower().replace(' ', '.')}@client.test>",
+        "Date: Fri, 02 Jan 2026 03:04:05 +0000",
+    ]
+    head = "\r\n".join(headers).encode()
+    return head + (b"\r\n" if body.startswith(b"MIME-Version:") else b"\r\n\r\n") + body
+
+
+async def _search_corpus(subject: StoreUnderTest, acceptor: Acceptor) -> dict[str, MessageId]:
+    """Six messages, received on two days, that the query language tells apart."""
+    clock = subject.clock
+    clock.now_value = datetime(2026, 1, 1, 9, tzinfo=UTC)
+    ids = {
+        "report": await _deliver(
+            acceptor,
+            _mail(
+                "Quarterly report",
+                "Alice Example <alice@example.com>",
+                "bob@example.org",
+                _ATTACHED,
+                cc="Carol <carol@example.net>",
+            ),
+        ),
+        "lunch": await _deliver(
+            acceptor,
+            _mail("Lunch on Friday", "Bob <bob@example.org>", "alice@example.com", b"Pizza?\r\n"),
+        ),
+    }
+    clock.now_value = datetime(2026, 1, 3, 9, tzinfo=UTC)
+    invoice = "Rechnung von Jörg Müller".encode()
+    ids["invoice"] = await _deliver(
+        acceptor,
+        _mail(
+            "Ärger mit der Rechnung",
+            "=?utf-8?q?J=C3=B6rg_M=C3=BCller?= <jm@example.de>",
+            "alice@example.com",
+            invoice + b"\r\n" + b"Posten 17 und folgende.\r\n" * 300,
+        ),
+    )
+    ids["reply"] = await _deliver(
+        acceptor,
+        _mail(
+            "Re: Quarterly report",
+            "Carol <carol@example.net>",
+            "Alice Example <alice@example.com>",
+            b"Looks fine.\r\n",
+        ),
+    )
+    ids["sale"] = await _deliver(
+        acceptor,
+        _mail("50% off everything", "Shop <shop@example.com>", "bob@example.org", b"Buy!\r\n"),
+    )
+    ids["plain"] = await _deliver(acceptor, make_message("Hello"))
+    return ids
+
+
+SEARCHES = (
+    "quarterly",
+    "QUARTERLY",
+    "re",
+    '"lunch on"',
+    "müller",
+    "MÜLLER",
+    "ärger",
+    "50%",
+    "example.org",
+    "from:alice",
+    "from:carol",
+    "to:alice@example.com",
+    "cc:carol",
+    "addressed:carol",
+    "subject:report",
+    'subject:"re: quarterly"',
+    "message-id:<lunch.on.friday@client.test>",
+    "message-id:lunch.on.friday@client.test",
+    "is:read",
+    "is:unread",
+    "has:attachment",
+    "before:2026-01-02",
+    "after:2026-01-02",
+    "larger:4K",
+    "smaller:4K",
+    "-quarterly",
+    "!is:read",
+    "-from:alice -from:carol",
+    "quarterly is:unread",
+    "from:carol after:2026-01-02 smaller:4K",
+    "no-such-text-anywhere",
+)
+"""Queries of each form of the language, alone and together, negated and not."""
+
+
+async def check_search(subject: StoreUnderTest) -> None:
+    """Each form of the query language finds what ``query.matches`` says it should."""
+    async with subject.opened() as (store, acceptor):
+        assert isinstance(store, SearchableStore)
+        ids = await _search_corpus(subject, acceptor)
+        await store.mark_read([ids["reply"], ids["sale"]], True)
+        everything = (await store.list(limit=100)).messages
+        assert len(everything) == len(ids)
+
+        async def found(text: str) -> list[MessageId]:
+            query = parse_query(text)
+            expected = [s for s in everything if matches(query, s)]
+            page = await store.search(query, limit=100)
+            assert [m.id for m in page.messages] == [s.id for s in expected], text
+            assert (page.total, page.unread) == (
+                len(expected),
+                sum(not s.read for s in expected),
+            ), text
+            assert page.messages == tuple(expected), text  # the same summaries as listed
+            return [m.id for m in page.messages]
+
+        for text in SEARCHES:
+            await found(text)
+        # The reference agrees with what the messages are, so the checks above are not idle.
+        assert await found("quarterly") == [ids["reply"], ids["report"]]
+        assert await found("müller") == [ids["invoice"]]
+        assert await found("has:attachment") == [ids["report"]]
+        assert await found("before:2026-01-02") == [ids["lunch"], ids["report"]]
+        assert await found("larger:4K") == [ids["invoice"]]
+        assert await found("is:read") == [ids["sale"], ids["reply"]]
+        assert await found("50%") == [ids["sale"]]
+        assert await found("message-id:<lunch.on.friday@client.test>") == [ids["lunch"]]
+        assert await found("no-such-text-anywhere") == []
+
+
+async def check_search_paging(subject: StoreUnderTest) -> None:
+    """A search pages its matches newest first, counting them all; a deleted match is gone."""
+    async with subject.opened() as (store, acceptor):
+        assert isinstance(store, SearchableStore)
+        matching = [await _deliver(acceptor, make_message(f"ledger {n}")) for n in range(5)]
+        await _deliver(acceptor, make_message("other"))
+        query = parse_query("ledger")
+        newest_first = matching[::-1]
+        page = await store.search(query, offset=1, limit=3)
+        assert [m.id for m in page.messages] == newest_first[1:4]
+        assert (page.total, page.unread, page.offset) == (5, 5, 1)
+        assert (await store.search(query, offset=5, limit=3)).messages == ()
+        await store.delete([matching[0]])
+        await store.mark_read([matching[1]], True)
+        page = await store.search(query)
+        assert [m.id for m in page.messages] == newest_first[:4]
+        assert (page.total, page.unread) == (4, 3)
+
+
+# -- tags ------------------------------------------------------------------------------------
+
+
+async def _tags_of(store: MessageStore, message_id: MessageId) -> tuple[str, ...]:
+    stored = await store.get(message_id)
+    assert stored is not None
+    return stored.summary.tags
+
+
+async def check_tags(subject: StoreUnderTest) -> None:
+    """Tags are set, replaced, counted, renamed (merging), deleted, and searched for."""
+    async with subject.opened() as (store, acceptor):
+        assert isinstance(store, TaggableStore)
+        a, b, c = [await _deliver(acceptor, make_message(f"m{n}")) for n in range(3)]
+        assert await store.tags() == {}
+        unknown = MessageId("0" * 26)
+        assert await store.set_tags([a, b, unknown], ["work", "urgent", "work"]) == 2
+        assert await store.tags() == {"urgent": 2, "work": 2}
+        assert await _tags_of(store, a) == ("urgent", "work")
+        listed = {m.id: m.tags for m in (await store.list()).messages}
+        assert listed == {a: ("urgent", "work"), b: ("urgent", "work"), c: ()}
+        assert await store.set_tags([b], ["home"]) == 1  # replaces, not adds
+        assert await store.tags() == {"home": 1, "urgent": 1, "work": 1}
+        # Renamed onto a tag the message has too: the two merge.
+        assert await store.set_tags([c], ["later", "home"]) == 1
+        assert await store.rename_tag("later", "home") == 1
+        assert await _tags_of(store, c) == ("home",)
+        assert await store.rename_tag("urgent", "Urgent") == 1
+        assert await store.tags() == {"Urgent": 1, "home": 2, "work": 1}
+        assert await store.rename_tag("absent", "anything") == 0
+        assert await store.delete_tag("work") == 1
+        assert await store.delete_tag("work") == 0
+        assert await _tags_of(store, a) == ("Urgent",)
+        if isinstance(store, SearchableStore):
+            page = await store.search(parse_query("tag:urgent"))
+            assert [m.id for m in page.messages] == [a]
+            page = await store.search(parse_query("is:tagged -tag:home"))
+            assert [m.id for m in page.messages] == [a]
+            page = await store.search(parse_query("tag:hom"))  # whole tags only
+            assert page.messages == ()
+        assert await store.set_tags([a], []) == 1
+        await store.delete([c])  # its tags go with it
+        assert await store.tags() == {"home": 1}
+        assert await store.set_tags([c], ["gone"]) == 0
+
+
 STORE_CHECKS: tuple[Callable[[StoreUnderTest], Awaitable[None]], ...] = (
-    check_commit_get_raw,
-    check_concurrent_commits,
+    check_concurrent_stores,
     check_delete,
     check_delete_all,
     check_events,
+    check_events_from_another_store,
     check_large_body,
     check_list_newest_first_and_paging,
     check_mark_read,
     check_missing_ids,
     check_reopen_keeps_everything,
+    check_store_get_raw,
 )
-"""Every check, for ``pytest.mark.parametrize``."""
+"""The checks of the core, ``ports.MessageStore``, for ``pytest.mark.parametrize``."""
+
+SEARCHABLE_STORE_CHECKS: tuple[Callable[[StoreUnderTest], Awaitable[None]], ...] = (
+    check_search,
+    check_search_paging,
+)
+"""The checks of ``ports.SearchableStore``."""
+
+TAGGABLE_STORE_CHECKS: tuple[Callable[[StoreUnderTest], Awaitable[None]], ...] = (check_tags,)
+"""The checks of ``ports.TaggableStore`` (with searches for tags if the store is searchable)."""

@@ -1,72 +1,64 @@
-"""The SQLite store's one writer thread, and group commit.
+"""The write transactions of the SQLite store, for whichever thread drives them.
 
-Every change a store makes goes through one thread that owns the store's
-write connection (new mail may instead go to the commit process, below).
-Callers enqueue an operation with a future and await it.  The thread takes
-everything queued, applies it all in ONE transaction and commits it (one
-fsync of the WAL, ``synchronous=FULL``), then resolves every future of the
-batch on its event loop.  While one batch is being synced, the next one
-gathers in the queue, so the busier the store, the more messages share an
-fsync.  With several processes on one database, writers take turns (see
-``WriteTurns``); what queued while this one waited for its turn joins its
-transaction too.
+A ``WriteConnection`` owns one write connection.  ``commit`` applies a list of
+operations (new messages as ``_records.NewMessageRecord``, ``Delete``,
+``MarkRead``, ``Apply``) in ONE transaction and commits it: one fsync of the
+WAL (``synchronous = FULL``) for all of them.  A store's writer thread drives
+one (``_writer``, group commit); so does the commit service
+(``_commit_service``), which stores the new mail of every SMTP process of
+``mailgate serve``.  Writers in this process or others take turns
+(``WriteTurns``).
 
 Invariants, so that a crash (SIGKILL, power loss) at any moment loses no
 acknowledged message and shows no partial one:
-- a future resolves only after the COMMIT holding its change returned;
-- a body file is synced, moved into the bodies directory, and the directory
-  synced, before the transaction whose row names it commits (the store
-  syncs the file; this thread syncs the directory, once per batch);
+- ``commit`` returns only after the COMMIT holding the operations returned;
+- a body file is synced and moved into the bodies directory before it is
+  submitted (``_bodies.BodyFiles.adopt``), and the directory is synced here,
+  once per transaction, before the COMMIT whose rows name it;
 - a body file is unlinked only after the transaction deleting its row
-  committed.  A body file without a row is garbage the store sweeps at open.
+  committed.  A body file without a row is garbage the store sweeps at open;
+- a message's outbound queue rows (``NewMessageRecord.queued``) are durable in
+  the same transaction as the message, or the message is not stored.  No
+  queue table exists yet: a record carrying any is refused, never stored
+  without them.
 
 Each transaction that changes messages also appends its events to the
-``changes`` log, tagged with this store's ``origin``, so that stores in other
-processes can follow them (``_sqlite_follow``); this thread publishes them
-itself, to its own store's subscribers, right after the commit.  Every
-``CHANGE_LOG_KEEP // 10`` rows this thread appended, and in its first
-transaction, it prunes the log to the newest ``CHANGE_LOG_KEEP`` rows, in the
-same transaction: a range delete on the primary key, about a millisecond
-every thousand rows.
-
-The transactions themselves are a ``Committer``'s, which has no thread: the
-writer thread drives one, and so does the commit process
-(``_sqlite_commits``), which commits new mail for the SMTP processes of
-``mailgate serve``.  An ``Insert`` may carry the ``origin`` of the store that
-submitted it elsewhere; its change-log row is then tagged with that origin,
-and that store, not this one, tells its subscribers.
+``changes`` log, each under the ``origin`` of the store whose subscribers hear
+of it: this connection's own, or, for a new message, the one its record names
+(another store when the commit service stores it: that store tells its
+subscribers itself).
+Stores in other processes follow the log (``_follow``).  Every
+``CHANGE_LOG_KEEP // 10`` rows appended, and in the first transaction, the
+log is pruned to the newest ``CHANGE_LOG_KEEP`` rows, in the same transaction:
+a range delete on the primary key, about a millisecond every thousand rows.
 
 A batch of new mail alone, the common case, is ONE statement outside any
 explicit transaction: an INSERT through the ``incoming`` view whose last row
-also logs the change.  SQLite commits it on its own, so the thread gives up
-the GIL (and, on a busy process, waits to get it back) once a transaction
-rather than four times (BEGIN, INSERT, change log, COMMIT).
+of each origin also logs the change (``_schema.incoming_values``).  SQLite
+commits it on its own, so the driving thread gives up the GIL (and, on a busy
+process, waits to get it back) once a transaction rather than four times
+(BEGIN, INSERT, change log, COMMIT).
 
-New mail reaches the search index later (``Committer.index``), in chunks:
-FTS5 costs about twice as much a message indexed four at a time as sixteen
-at a time.  Whoever drives a committer waits for work no longer than
-``Committer.index_wait`` says, and indexes when that wait ends with nothing
+New mail reaches the search index later (``WriteConnection.index``), in
+chunks: FTS5 costs about twice as much a message indexed four at a time as
+sixteen at a time.  Whoever drives a write connection waits for work no
+longer than ``index_wait`` says, and indexes when that wait ends with nothing
 to commit: at once once a chunk is waiting, after ``INDEX_PAUSE_SECONDS``
-with less.  After every commit it calls ``Committer.catch_up``, which, while
-more than ``INDEX_BACKLOG`` messages wait, indexes as many as that commit
-stored and a chunk more: so a server kept busy without a pause still gets
-its backlog down.
+with less.  After every commit it calls ``catch_up``, which, while more than
+``INDEX_BACKLOG`` messages wait, indexes as many as that commit stored and a
+chunk more: so a server kept busy without a pause still gets its backlog
+down.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 try:
     import fcntl
@@ -75,29 +67,33 @@ except ImportError:  # pragma: no cover - not POSIX
 
 from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
-from mailgate.stores._sqlite_query import index_unindexed, write_transaction
-from mailgate.stores._sqlite_schema import (
+from mailgate.stores.sqlite._bodies import BodyFiles
+from mailgate.stores.sqlite._connection import write_transaction
+from mailgate.stores.sqlite._records import NewMessageRecord
+from mailgate.stores.sqlite._schema import (
     INSERT_CHANGE,
     MAX_ROWS_PER_INSERT,
-    MessageRow,
     change_row,
     encode_ids,
+    incoming_values,
     insert_messages,
 )
+from mailgate.stores.sqlite._search import index_unindexed
 
 __all__ = [
     "CHANGE_LOG_KEEP",
     "INDEX_BACKLOG",
+    "INDEX_CHUNK",
+    "INDEX_PAUSE_SECONDS",
+    "MAX_BATCH_OPERATIONS",
     "Apply",
-    "Committer",
     "Delete",
-    "Insert",
     "MarkRead",
+    "Operation",
     "Outcome",
+    "WriteConnection",
     "WriteTurns",
-    "Writer",
     "WriterStats",
-    "sync_directory",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,7 +109,7 @@ message."""
 INDEX_PAUSE_SECONDS = 0.1
 """How long no work must come before fewer than ``INDEX_CHUNK`` new messages are indexed."""
 INDEX_BACKLOG = 512
-"""Messages waiting for the search index past which a committer indexes after every commit."""
+"""Messages waiting for the search index past which a writer indexes after every commit."""
 
 
 class WriteTurns:
@@ -149,29 +145,6 @@ class WriteTurns:
             self._fd = -1
 
 
-def sync_directory(path: Path) -> None:
-    """fsync a directory, making the entries renamed into it durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@dataclass(slots=True)
-class Insert:
-    """Store a new message: its row, and its content inline or as a file already in place.
-
-    ``origin`` is the store whose subscribers learn of it, when that is not the
-    writer's own (a message committed for another process).
-    """
-
-    row: MessageRow
-    content: bytes | None
-    body_file: str | None
-    origin: str | None = None
-
-
 @dataclass(slots=True)
 class Delete:
     """Delete these messages, or all for ``None``."""
@@ -197,19 +170,14 @@ class Apply:
     work: Callable[[sqlite3.Connection], object]
 
 
-Operation = Insert | Delete | MarkRead | Apply
-
-
-@dataclass(slots=True)
-class _Job:
-    operation: Operation
-    future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
+Operation = NewMessageRecord | Delete | MarkRead | Apply
+"""What one transaction applies: storing a new message (its result, the message's id),
+or a change to stored ones (its result, a count, or what an ``Apply`` returned)."""
 
 
 @dataclass(slots=True)
 class WriterStats:
-    """What the writer has done since the store opened: for tests and metrics.
+    """What a write connection has done since it opened: for tests and metrics.
 
     With ``synchronous=FULL`` each transaction is one fsync of the WAL.  Adding
     messages to the search index takes transactions of its own, not counted in
@@ -234,105 +202,25 @@ class _Batch:
 
 @dataclass(slots=True)
 class Outcome:
-    """What a ``Committer`` did with a list of operations.
+    """What a ``WriteConnection`` did with a list of operations.
 
     ``results`` has, for each operation in order, its result (the message id,
     a count, what an ``Apply`` returned) or the ``StoreError`` it failed with;
-    ``events`` is what committed, for the subscribers of the committer's store.
+    ``events`` is what committed, for the subscribers of the connection's store.
     """
 
     results: list[object]
     events: list[StoreEvent]
 
 
-class Writer:
-    """Owns the write connection; applies queued operations in group commits on its thread."""
-
-    def __init__(
-        self,
-        connection: sqlite3.Connection,
-        bodies: Path,
-        publish: Callable[[list[StoreEvent]], None],
-        origin: str,
-        turns: WriteTurns,
-    ) -> None:
-        self._committer = Committer(connection, bodies, origin, turns)
-        self._publish = publish
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self.stats = self._committer.stats
-        # A daemon, so a store never closed cannot hang the interpreter at exit; what it
-        # had not committed yet was never acknowledged either.
-        self._thread = threading.Thread(
-            target=self._run, name="mailgate-sqlite-writer", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, operation: Operation) -> asyncio.Future[Any]:
-        """Queue an operation; the future resolves once it is committed."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Job(operation, future, loop))
-        return future
-
-    def stop(self) -> None:
-        """Finish every queued operation, then close the connection and end the thread."""
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        get = self._queue.get
-        committer = self._committer
-        stopping = False
-        while not stopping:
-            try:
-                first = get(timeout=committer.index_wait())
-            except queue.Empty:  # idle: index what is new, then look again
-                committer.index()
-                continue
-            if first is None:
-                break
-            jobs = [first]
-            stopping = self._gather(jobs)
-            with committer.turns:
-                # What arrived while another writer had its turn joins this transaction.
-                if not stopping:
-                    stopping = self._gather(jobs)
-                outcome = committer.commit([job.operation for job in jobs])
-            self._finish(jobs, outcome)
-            committer.catch_up()
-        committer.close()
-
-    def _gather(self, jobs: list[_Job]) -> bool:
-        """Add what is queued to ``jobs``, up to the batch limit; True when told to stop."""
-        get_nowait = self._queue.get_nowait
-        while len(jobs) < MAX_BATCH_OPERATIONS:
-            try:
-                job = get_nowait()
-            except queue.Empty:
-                return False
-            if job is None:
-                return True
-            jobs.append(job)
-        return False
-
-    def _finish(self, jobs: list[_Job], outcome: Outcome) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
-        for job, result in zip(jobs, outcome.results, strict=True):
-            by_loop.setdefault(job.loop, []).append((job.future, result))
-        for loop, outcomes in by_loop.items():
-            _call_soon(loop, _resolve, outcomes)
-        if outcome.events:
-            self._publish(outcome.events)
-
-
-class Committer:
+class WriteConnection:
     """The write connection and its transactions, for whichever thread drives it.
 
     ``commit`` must be called with ``turns`` held, by one thread at a time.
     """
 
     def __init__(
-        self, connection: sqlite3.Connection, bodies: Path, origin: str, turns: WriteTurns
+        self, connection: sqlite3.Connection, bodies: BodyFiles, origin: str, turns: WriteTurns
     ) -> None:
         self._connection = connection
         self.turns = turns
@@ -341,7 +229,7 @@ class Committer:
         self._unpruned: int | None = None  # rows appended since the last prune; None: never
         self._last_stored = 0  # new messages in the last transaction
         self.unindexed = 1
-        """Messages waiting for the search index, as far as this committer knows: those
+        """Messages waiting for the search index, as far as this connection knows: those
         it stored, and at first one, so that it looks."""
         self.stats = WriterStats()
 
@@ -357,7 +245,7 @@ class Committer:
         """
         try:
             batch = self._transaction(operations)
-        except (sqlite3.Error, OSError) as error:
+        except (sqlite3.Error, OSError, StoreError) as error:
             if len(operations) == 1:
                 return Outcome([self._failed(operations[0], error)], [])
             results: list[object] = []
@@ -367,24 +255,23 @@ class Committer:
                 results += alone.results
                 events += alone.events
             return Outcome(results, events)
-        for name in batch.unlink:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._bodies / name)
+        self._bodies.unlink(batch.unlink)
         return Outcome(batch.results, batch.events)
 
     def _failed(self, operation: Operation, error: Exception) -> StoreError:
         log.error("store write failed: %s", error)
-        if isinstance(operation, Insert) and operation.body_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._bodies / operation.body_file)
+        if isinstance(operation, NewMessageRecord) and operation.body_file is not None:
+            self._bodies.unlink([operation.body_file])
+        if isinstance(error, StoreError):
+            return error
         failure = StoreError(f"could not write to the message store: {error}")
         failure.__cause__ = error
         return failure
 
     def _transaction(self, operations: list[Operation]) -> _Batch:
         """Apply the operations in one transaction and commit it; raise if any fails."""
-        if any(isinstance(op, Insert) and op.body_file is not None for op in operations):
-            sync_directory(self._bodies)
+        if any(isinstance(op, NewMessageRecord) and op.body_file is not None for op in operations):
+            self._bodies.sync()
             self.stats.directory_syncs += 1
         batch = self._transaction_in_turn(operations)
         self.stats.transactions += 1
@@ -432,20 +319,22 @@ class Committer:
         return count
 
     def _transaction_in_turn(self, operations: list[Operation]) -> _Batch:
-        inserts = [op for op in operations if isinstance(op, Insert)]
-        stored = self._stored_by_origin(inserts)
-        if len(inserts) == len(operations) <= MAX_ROWS_PER_INSERT and self._logged_without_pruning(
+        records = [op for op in operations if isinstance(op, NewMessageRecord)]
+        if any(record.queued for record in records):
+            raise StoreError("this message store keeps no outbound queue yet")
+        stored = self._stored_by_origin(records)
+        if len(records) == len(operations) <= MAX_ROWS_PER_INSERT and self._logged_without_pruning(
             len(stored)
         ):
-            return self._insert_alone(inserts, stored)
+            return self._insert_alone(records, stored)
         connection = self._connection
         batch = _Batch()
         with write_transaction(connection):
-            pending: list[Insert] = []  # inserted together, up to the next other operation
+            pending: list[NewMessageRecord] = []  # inserted together, up to the next other op
             for operation in operations:
-                if isinstance(operation, Insert):
+                if isinstance(operation, NewMessageRecord):
                     pending.append(operation)
-                    batch.results.append(operation.row[0])
+                    batch.results.append(operation.id)
                     continue
                 self._insert(pending, batch)
                 pending = []
@@ -466,12 +355,11 @@ class Committer:
                 self._log_changes(logged)
         return batch
 
-    def _stored_by_origin(self, inserts: list[Insert]) -> dict[str, list[MessageId]]:
+    def _stored_by_origin(self, records: list[NewMessageRecord]) -> dict[str, list[MessageId]]:
         """The ids of the new messages by the origin their change is logged under."""
         stored: dict[str, list[MessageId]] = {}
-        own = self._origin
-        for op in inserts:
-            stored.setdefault(op.origin or own, []).append(op.row[0])
+        for record in records:
+            stored.setdefault(record.origin, []).append(record.id)
         return stored
 
     def _log_changes(self, logged: list[tuple[str, StoreEvent]]) -> None:
@@ -496,29 +384,32 @@ class Committer:
         self._unpruned = unpruned + rows
         return True
 
-    def _insert_alone(self, inserts: list[Insert], stored: dict[str, list[MessageId]]) -> _Batch:
+    def _insert_alone(
+        self, records: list[NewMessageRecord], stored: dict[str, list[MessageId]]
+    ) -> _Batch:
         """New mail and nothing else: one statement, its own transaction.
 
-        The last row of each origin's messages logs their change.
+        The last record of each origin's messages logs their change.
         """
-        values = _insert_values(inserts)
-        per_row = len(values) // len(inserts)
-        last = {op.origin or self._origin: index for index, op in enumerate(inserts)}
-        for origin, index in last.items():
-            end = (index + 1) * per_row
-            values[end - 2 : end] = (origin, encode_ids(stored[origin]))
-        self._connection.execute(insert_messages(len(inserts)), values)
+        last = {record.origin: index for index, record in enumerate(records)}
+        change_logs = {
+            index: (origin, encode_ids(stored[origin])) for origin, index in last.items()
+        }
+        self._connection.execute(
+            insert_messages(len(records)), incoming_values(records, change_logs)
+        )
         own = stored.get(self._origin)
         events = [StoreEvent(StoreEventKind.STORED, tuple(own))] if own else []
-        return _Batch(results=[op.row[0] for op in inserts], events=events, stored=len(inserts))
+        return _Batch(results=[record.id for record in records], events=events, stored=len(records))
 
-    def _insert(self, inserts: list[Insert], batch: _Batch) -> None:
-        if not inserts:
+    def _insert(self, records: list[NewMessageRecord], batch: _Batch) -> None:
+        """Insert the records, logging no change (the transaction logs them all at its end)."""
+        if not records:
             return
-        for start in range(0, len(inserts), MAX_ROWS_PER_INSERT):
-            chunk = inserts[start : start + MAX_ROWS_PER_INSERT]
-            self._connection.execute(insert_messages(len(chunk)), _insert_values(chunk))
-        batch.stored += len(inserts)
+        for start in range(0, len(records), MAX_ROWS_PER_INSERT):
+            chunk = records[start : start + MAX_ROWS_PER_INSERT]
+            self._connection.execute(insert_messages(len(chunk)), incoming_values(chunk, {}))
+        batch.stored += len(records)
 
     def _delete(self, operation: Delete, batch: _Batch) -> int:
         connection = self._connection
@@ -563,33 +454,3 @@ class Committer:
         if rows:
             batch.events.append(StoreEvent(kind, tuple(MessageId(r[0]) for r in rows)))
         return len(rows)
-
-
-def _insert_values(inserts: list[Insert]) -> list[object]:
-    """The values of ``insert_messages`` for these messages, none of them logging the change."""
-    values: list[object] = []
-    for op in inserts:
-        values.extend(op.row)
-        values += (op.content, None, None)
-    return values
-
-
-def _resolve(outcomes: list[tuple[asyncio.Future[Any], object]]) -> None:
-    for future, outcome in outcomes:
-        if future.done():  # the awaiting task was cancelled; the change stands
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
-
-
-def _call_soon(
-    loop: asyncio.AbstractEventLoop,
-    callback: Callable[[list[tuple[asyncio.Future[Any], object]]], None],
-    outcomes: list[tuple[asyncio.Future[Any], object]],
-) -> None:
-    try:
-        loop.call_soon_threadsafe(callback, outcomes)
-    except RuntimeError:  # that event loop is closed: nobody is waiting any more
-        pass

@@ -7,22 +7,25 @@ pages through message content; larger bodies are files named by
 ``messages.body_file``.  ``counts`` keeps the totals a listing shows, up to
 date through triggers, so a listing never counts rows.  ``changes`` logs
 every committed change as the events ``subscribe`` reports, so that a store
-sees the changes other processes make too (see ``_sqlite_follow``).
+sees the changes other processes make too (see ``_follow``).
 
 New messages are inserted through the ``incoming`` view, whose trigger
 writes the row and, for inline content, its ``bodies`` row under the
 ``seq`` SQLite just gave it, and, for a row that carries them, the
-``changes`` row of the batch: so a batch of new mail is one statement.
+``changes`` row of the batch: so a batch of new mail is one statement.  A new
+message arrives as a ``_records.NewMessageRecord``; ``incoming_values`` lists
+its fields in the view's column order, which ``_INCOMING_COLUMNS`` names beside
+it, and nothing else knows that order.
 
 ``unindexed`` lists the new messages not yet in the search index: a
 trigger adds each new row there, and the writer moves them into the index
-in transactions of their own when it is idle (``_sqlite_query``), so that
+in transactions of their own when it is idle (``_search``), so that
 the commit a client waits for does not also tokenize the message.
 
 Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``; 4 let
 ``incoming`` write the change log; 5 added ``unindexed``, in place of indexing
 each new message in the transaction that stores it; 6 keeps the search index in
-lower case beyond ASCII (``_sqlite_query``), so an older one is rebuilt.  Opening
+lower case beyond ASCII (``_search``), so an older one is rebuilt.  Opening
 a database of an older version runs ``UPGRADE``, then ``SCHEMA`` (every
 statement ``IF NOT EXISTS``), on it.
 """
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +48,7 @@ from mailgate.model import (
     StoreEventKind,
     TLSInfo,
 )
+from mailgate.stores.sqlite._records import NewMessageRecord, QueuedRecipient
 
 __all__ = [
     "INSERT_CHANGE",
@@ -57,15 +61,17 @@ __all__ = [
     "encode_ids",
     "envelope_from_json",
     "event_from_change",
+    "incoming_values",
     "insert_messages",
-    "message_row",
     "millis",
+    "new_message_record",
     "stored_message",
     "summary_from_row",
 ]
 
 SCHEMA_VERSION = 6
 
+# The columns of a new message's row, in the order ``incoming_values`` lists them.
 _INCOMING_COLUMNS = (
     "id, received_at, size, sender, recipients, subject, date, message_id,"
     " attachments, snippet, envelope, body_file"
@@ -163,11 +169,9 @@ MAX_ROWS_PER_INSERT = 256
 
 @functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
 def insert_messages(rows: int) -> str:
-    """An INSERT of ``rows`` new messages.
+    """An INSERT of ``rows`` new messages, with the values ``incoming_values`` lists.
 
-    Each row's values are its ``MessageRow``, its inline content, then the
-    ``changes`` row's origin and ids JSON (``encode_ids``) for the row that logs
-    the batch, ``NULL`` for the others.  It goes through the ``incoming`` view,
+    It goes through the ``incoming`` view,
     whose trigger stores each row, its content and the change: one statement
     for many messages is one step of the SQLite engine, so the writer thread
     gives up the GIL once for all of them, or, outside a transaction, once
@@ -187,8 +191,38 @@ SELECT id, received_at, size, read, sender, recipients, subject, date, message_i
 FROM messages
 """
 
-MessageRow = tuple[Any, ...]
-"""A new row of ``messages`` for ``insert_messages``: its columns but ``seq`` and ``read``."""
+_NO_CHANGE: tuple[None, None] = (None, None)
+
+
+def incoming_values(
+    records: Sequence[NewMessageRecord], change_logs: Mapping[int, tuple[str, str]]
+) -> list[object]:
+    """The values of ``insert_messages(len(records))``, in the ``incoming`` view's order.
+
+    ``change_logs`` maps the index of a record that logs a change to that
+    change's origin and ids (``encode_ids``); the other records log none.
+    """
+    values: list[object] = []
+    for index, record in enumerate(records):
+        change_origin, change_ids = change_logs.get(index, _NO_CHANGE)
+        values += (
+            record.id,
+            record.received_at_ms,
+            record.size,
+            record.sender_json,
+            record.recipients_json,
+            record.subject,
+            record.date_iso,
+            record.header_message_id,
+            record.attachments,
+            record.snippet,
+            record.envelope_json,
+            record.body_file,
+            record.content,
+            change_origin,
+            change_ids,
+        )
+    return values
 
 
 # Made once: json.dumps with any option builds a new encoder for every call.
@@ -250,8 +284,17 @@ def envelope_from_json(text: str) -> Envelope:
     )
 
 
-def message_row(summary: MessageSummary, envelope: Envelope, body_file: str | None) -> MessageRow:
-    """The ``messages`` row for a new message, but for its ``seq``."""
+def new_message_record(
+    summary: MessageSummary,
+    envelope: Envelope,
+    *,
+    body_file: str | None,
+    content: bytes | None,
+    origin: str,
+    queued: tuple[QueuedRecipient, ...] = (),
+) -> NewMessageRecord:
+    """The record that stores a new message: its ``messages`` row but ``seq`` and ``read``,
+    its content or body file, the origin its change is logged under, its queue rows."""
     recipients = _COMPACT.encode(
         {
             "to": _pairs(summary.to),
@@ -261,19 +304,22 @@ def message_row(summary: MessageSummary, envelope: Envelope, body_file: str | No
         }
     )
     sender = summary.sender
-    return (
-        summary.id,
-        millis(summary.received_at),
-        summary.size,
-        _SPACED.encode([sender.name, sender.address]) if sender else None,
-        recipients,
-        summary.subject,
-        summary.date.isoformat() if summary.date else None,
-        summary.message_id,
-        summary.attachments,
-        summary.snippet,
-        _envelope_json(envelope),
-        body_file,
+    return NewMessageRecord(
+        id=summary.id,
+        received_at_ms=millis(summary.received_at),
+        size=summary.size,
+        sender_json=_SPACED.encode([sender.name, sender.address]) if sender else None,
+        recipients_json=recipients,
+        subject=summary.subject,
+        date_iso=summary.date.isoformat() if summary.date else None,
+        header_message_id=summary.message_id,
+        attachments=summary.attachments,
+        snippet=summary.snippet,
+        envelope_json=_envelope_json(envelope),
+        body_file=body_file,
+        content=content,
+        origin=origin,
+        queued=queued,
     )
 
 

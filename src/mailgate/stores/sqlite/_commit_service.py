@@ -1,36 +1,40 @@
-"""The commit process: one writer of new mail for every SMTP process of a server.
+"""The commit service: one writer of new mail for every SMTP process of a server.
 
 A store's writer thread shares its process's GIL with the event loop.  After
-each step of a commit it waits for the GIL while a busy loop runs compiled
-code that never offers it, and with several SMTP processes each commit also
-waits for the other processes' turns on the write lock.  Both add
-milliseconds to the reply after the final dot at moderate load.  So
-``mailgate serve`` runs the commits of new mail in a process of their own:
-the SMTP processes send each message's row there (``CommitClient``, on their
-event loop, with no thread), and one single-threaded loop (``CommitServer``)
-commits what every process sent in one group commit, then answers.
+each step of a transaction it waits for the GIL while a busy loop runs
+compiled code that never offers it, and with several SMTP processes each
+transaction also waits for the other processes' turns on the write lock.
+Both add milliseconds to the reply after the final dot at moderate load.  So
+``mailgate serve`` stores the new mail of its SMTP processes in a process of
+its own, the commit service: each SMTP process's store sends every new
+message's ``NewMessageRecord`` there (``CommitServiceClient``, on its event
+loop, with no thread), and one single-threaded loop (``CommitService``)
+commits what every process sent in one transaction, then answers.  A store
+reaches the service through a ``CommitServiceLink``, which also says when it
+cannot (then the store's own writer takes the message: see
+``_store.SQLiteStore._route``).
 
 Wire protocol, over a Unix stream socket in a directory only this user can
 enter:
 
-- client to server: frames, each a 4-byte big-endian length and then the
-  ``marshal`` of ``(origin, row, content, body_file)`` (an ``Insert``);
-- server to client: one byte a frame, in the order the frames came:
-  ``COMMITTED``, or ``FAILED`` (the server logs why).
+- client to service: frames, each a 4-byte big-endian length and then a
+  ``NewMessageRecord.to_wire`` payload;
+- service to client: one byte a frame, in the order the frames came:
+  ``COMMITTED``, or ``FAILED`` (the service logs why).
 
 Invariants:
 
 - a frame is answered only after the COMMIT holding it returned;
 - the body file a frame names was synced and moved into the bodies
-  directory by the client; the server syncs the directory before the commit
-  (``Committer``);
+  directory by the client; the service syncs the directory before the commit
+  (``WriteConnection``);
 - each change is logged under the sending store's origin, and that store
   tells its own subscribers when the answer arrives, so its follower skips
   it and every other store's follower publishes it once;
-- a client whose connection ends fails every unanswered commit with
+- a client whose connection ends fails every unanswered message with
   ``StoreError``: the message may or may not be stored, and the SMTP client,
-  told ``451``, sends it again.  Until it connects again its store commits
-  on its own writer thread.
+  told ``451``, sends it again.  Until the link connects again its store
+  writes on its own writer thread.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import marshal
 import selectors
 import socket
 import struct
@@ -47,9 +50,18 @@ from collections.abc import Callable
 
 from mailgate.model import MessageId
 from mailgate.ports import StoreError
-from mailgate.stores._sqlite_writer import MAX_BATCH_OPERATIONS, Committer, Insert
+from mailgate.stores.sqlite._records import NewMessageRecord
+from mailgate.stores.sqlite._transactions import MAX_BATCH_OPERATIONS, WriteConnection
 
-__all__ = ["COMMITTED", "FAILED", "CommitClient", "CommitServer", "encode_insert"]
+__all__ = [
+    "COMMITTED",
+    "FAILED",
+    "RECONNECT_SECONDS",
+    "CommitService",
+    "CommitServiceClient",
+    "CommitServiceLink",
+    "frame",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,35 +73,21 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 _READ_BYTES = 256 * 1024
 
 
-def encode_insert(insert: Insert) -> tuple[bytes, bytes]:
-    """The frame that carries ``insert``: its header and its payload."""
-    payload = marshal.dumps((insert.origin, insert.row, insert.content, insert.body_file))
+RECONNECT_SECONDS = 1.0
+"""How long a link waits, after failing to reach the commit service, before it tries again."""
+
+
+def frame(record: NewMessageRecord) -> tuple[bytes, bytes]:
+    """The frame that carries ``record``: its header and its payload."""
+    payload = record.to_wire()
     return _HEADER.pack(len(payload)), payload
 
 
-def _decode_insert(payload: bytes | memoryview) -> Insert:
-    """The ``Insert`` a frame's payload carries; ``ValueError`` when it carries none."""
-    try:
-        origin, row, content, body_file = marshal.loads(payload)  # noqa: S302 - our own peer
-    except (EOFError, TypeError, ValueError) as error:
-        raise ValueError(f"undecodable frame: {error}") from error
-    if not (
-        isinstance(origin, str)
-        and isinstance(row, tuple)
-        and row
-        and isinstance(row[0], str)
-        and (content is None or isinstance(content, bytes))
-        and (body_file is None or isinstance(body_file, str))
-    ):
-        raise ValueError("a frame that is not a new message")
-    return Insert(row, content, body_file, origin)
-
-
-class CommitClient(asyncio.Protocol):
-    """One event loop's connection to the commit process.
+class CommitServiceClient(asyncio.Protocol):
+    """One event loop's connection to the commit service.
 
     ``on_stored`` is called on the loop with the ids of the messages the
-    server committed, in the order they were sent.  Made on that loop.
+    service committed, in the order they were sent.  Made on that loop.
     """
 
     def __init__(self, on_stored: Callable[[list[MessageId]], None]) -> None:
@@ -109,18 +107,23 @@ class CommitClient(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
-    def commit(self, insert: Insert) -> asyncio.Future[MessageId]:
-        """Send the new message; the future resolves to its id once it is committed."""
+    def submit(self, record: NewMessageRecord) -> asyncio.Future[MessageId]:
+        """Send the new message; the future resolves to its id once it is committed.
+
+        Raises ``StoreError`` when the connection has ended; the future fails
+        with ``StoreError`` when the service fails the message or the
+        connection ends before the answer.
+        """
         transport = self._transport
         if transport is None:
-            raise StoreError("the commit process is not connected")
+            raise StoreError("the commit service is not connected")
         loop = self._loop
         future: asyncio.Future[MessageId] = loop.create_future()
         if not self._unsent:
             # One write for every message this turn of the loop ends: one wake-up there.
             loop.call_soon(self._send)
-        self._unsent += encode_insert(insert)
-        self._waiting.append((future, MessageId(insert.row[0])))
+        self._unsent += frame(record)
+        self._waiting.append((future, record.id))
         return future
 
     def _send(self) -> None:
@@ -131,7 +134,7 @@ class CommitClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         waiting = self._waiting
         if len(data) > len(waiting):
-            log.error("the commit process answered more than it was sent: disconnecting")
+            log.error("the commit service answered more than it was sent: disconnecting")
             self.close()
             return
         stored: list[MessageId] = []
@@ -143,7 +146,7 @@ class CommitClient(asyncio.Protocol):
                     future.set_result(message_id)
             elif not future.done():
                 future.set_exception(
-                    StoreError("could not write to the message store (the commit process says why)")
+                    StoreError("could not write to the message store (the commit service says why)")
                 )
         if stored:
             self._on_stored(stored)
@@ -153,22 +156,22 @@ class CommitClient(asyncio.Protocol):
         waiting, self._waiting = self._waiting, collections.deque()
         if waiting:
             log.error(
-                "lost the commit process with %d commits unconfirmed: they fail", len(waiting)
+                "lost the commit service with %d messages unconfirmed: they fail", len(waiting)
             )
         for future, _ in waiting:
             if not future.done():
                 future.set_exception(
-                    StoreError("the commit process ended before confirming the message")
+                    StoreError("the commit service ended before confirming the message")
                 )
 
     def close(self) -> None:
-        """End the connection; unconfirmed commits fail."""
+        """End the connection; unconfirmed messages fail."""
         if self._transport is not None:
             self._transport.close()
 
 
 class _Peer:
-    """One connected client, as the server sees it."""
+    """One connected client, as the service sees it."""
 
     __slots__ = ("inbox", "outbox", "sock", "writing")
 
@@ -183,18 +186,18 @@ _ACCEPT = object()
 _STOP = object()
 
 
-class CommitServer:
-    """Commits new mail its clients send, until ``stop_fd`` is readable or reaches its end.
+class CommitService:
+    """Commits the new mail its clients send, until ``stop_fd`` is readable or reaches its end.
 
     Single-threaded: it reads every frame that is ready, commits them all in
     one transaction, answers, and reads again; what arrives during a commit
     makes the next one.  When no frame is ready it adds new mail to the search
-    index, a chunk at a time (``Committer.index_wait``).  Run ``serve`` on
-    one thread.
+    index, a chunk at a time (``WriteConnection.index_wait``).  Run ``serve``
+    on one thread.
     """
 
-    def __init__(self, committer: Committer, listener: socket.socket, stop_fd: int) -> None:
-        self._committer = committer
+    def __init__(self, connection: WriteConnection, listener: socket.socket, stop_fd: int) -> None:
+        self._connection = connection
         self._listener = listener
         self._stop_fd = stop_fd
         self._selector = selectors.DefaultSelector()
@@ -206,14 +209,14 @@ class CommitServer:
         self._listener.setblocking(False)
         selector.register(self._listener, selectors.EVENT_READ, _ACCEPT)
         selector.register(self._stop_fd, selectors.EVENT_READ, _STOP)
-        committer = self._committer
+        connection = self._connection
         stopping = False
         try:
             while not stopping:
-                received: list[tuple[_Peer, Insert]] = []
-                ready = selector.select(committer.index_wait())
+                received: list[tuple[_Peer, NewMessageRecord]] = []
+                ready = selector.select(connection.index_wait())
                 if not ready:  # idle: index what is new, then look again
-                    committer.index()
+                    connection.index()
                     continue
                 for key, mask in ready:
                     if key.data is _STOP:
@@ -227,8 +230,8 @@ class CommitServer:
                         if mask & selectors.EVENT_READ:
                             self._receive(peer, received)
                 for start in range(0, len(received), MAX_BATCH_OPERATIONS):
-                    self._commit(received[start : start + MAX_BATCH_OPERATIONS])
-                committer.catch_up()
+                    self._commit_and_answer(received[start : start + MAX_BATCH_OPERATIONS])
+                connection.catch_up()
         finally:
             for peer in list(self._peers.values()):
                 self._drop(peer)
@@ -244,7 +247,7 @@ class CommitServer:
         self._peers[sock] = peer
         self._selector.register(sock, selectors.EVENT_READ, peer)
 
-    def _receive(self, peer: _Peer, received: list[tuple[_Peer, Insert]]) -> None:
+    def _receive(self, peer: _Peer, received: list[tuple[_Peer, NewMessageRecord]]) -> None:
         """Read what ``peer`` sent, adding each whole frame to ``received``."""
         inbox = peer.inbox
         while True:
@@ -273,20 +276,21 @@ class CommitServer:
                     break
                 start = position + _HEADER.size
                 try:
-                    with view[start : start + length] as frame:
-                        insert = _decode_insert(frame)
+                    with view[start : start + length] as payload:
+                        record = NewMessageRecord.from_wire(payload)
                 except ValueError as error:
                     log.error("a commit client sent %s: disconnecting it", error)
                     self._drop(peer)
                     return
-                received.append((peer, insert))
+                received.append((peer, record))
                 position = start + length
         del inbox[:position]
 
-    def _commit(self, received: list[tuple[_Peer, Insert]]) -> None:
-        committer = self._committer
-        with committer.turns:
-            outcome = committer.commit([insert for _, insert in received])
+    def _commit_and_answer(self, received: list[tuple[_Peer, NewMessageRecord]]) -> None:
+        """Commit what was received in one transaction; answer each message's sender."""
+        connection = self._connection
+        with connection.turns:
+            outcome = connection.commit([record for _, record in received])
         for (peer, _), result in zip(received, outcome.results, strict=True):
             peer.outbox.append(FAILED if isinstance(result, BaseException) else COMMITTED)
         for peer in {peer for peer, _ in received}:
@@ -318,3 +322,58 @@ class CommitServer:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(peer.sock)
         peer.sock.close()
+
+
+class CommitServiceLink:
+    """A store's way to the commit service: the connection of one event loop, and reconnecting.
+
+    The connection belongs to the loop that called ``connect``; a message from
+    another loop, or sent while the service cannot be reached, is not the
+    link's (``usable``).  ``on_stored`` is called on that loop with the ids of
+    the messages the service committed.
+    """
+
+    def __init__(self, socket_path: str, on_stored: Callable[[list[MessageId]], None]) -> None:
+        self.socket_path = socket_path
+        self._on_stored = on_stored
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.client: CommitServiceClient | None = None
+        self._reconnect_at = 0.0
+
+    async def connect(self) -> None:
+        """Connect on the running loop, which the link then belongs to.
+
+        Raises ``OSError`` when the service cannot be reached.
+        """
+        self._loop = loop = asyncio.get_running_loop()
+        client = CommitServiceClient(self._on_stored)
+        await loop.create_unix_connection(lambda: client, self.socket_path)
+        self.client = client
+
+    def usable(self) -> CommitServiceClient | None:
+        """The client to send to, if connected, from the loop it belongs to; else ``None``."""
+        client = self.client
+        if client is None or not client.connected:
+            return None
+        if self._loop is not asyncio.get_running_loop():
+            return None
+        return client
+
+    async def reconnect_when_due(self) -> None:
+        """Try to reach the service again, at most once a ``RECONNECT_SECONDS``, on its loop."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop or loop.time() < self._reconnect_at:
+            return
+        self._reconnect_at = loop.time() + RECONNECT_SECONDS
+        try:
+            await self.connect()
+        except OSError as error:
+            log.warning("cannot reach the commit service; storing here: %s", error)
+        else:
+            log.info("reached the commit service again")
+
+    def close(self) -> None:
+        """End the connection; unconfirmed messages fail."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None

@@ -25,21 +25,22 @@ own.  Until then a free word is matched against them with ``instr``, so a
 search finds a message from the moment it is stored.  A trigger removes a
 deleted message from the index.
 
-Tag changes are functions of the write connection, run by the store's
-writer thread inside its transaction.
+Searches and tag counts run on the read pool's connections (``_reads``); tag
+changes are functions of the write connection, run by the store's writer
+thread inside its transaction.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from mailgate.model import MessageId, MessagePage
 from mailgate.query import Bound, BoundTerm, Field, Flag, FlagTerm, Query, Term, TextTerm
-from mailgate.stores._sqlite_schema import SELECT_SUMMARY, millis, summary_from_row
+from mailgate.stores.sqlite._connection import write_transaction
+from mailgate.stores.sqlite._schema import SELECT_SUMMARY, millis, summary_from_row
 
 __all__ = [
     "MERGE_PAGES",
@@ -47,13 +48,11 @@ __all__ = [
     "delete_tag",
     "ensure_search_schema",
     "index_unindexed",
-    "register_functions",
     "rename_tag",
     "search_page",
     "set_tags",
     "tag_counts",
     "where_clause",
-    "write_transaction",
 ]
 
 MIN_TRIGRAM_CHARS = 3
@@ -109,18 +108,6 @@ _MATCH_UNINDEXED = (  # constants only
 )
 
 
-_SQLValue = str | bytes | int | float | None
-
-
-def _lower(value: _SQLValue) -> _SQLValue:
-    return value.lower() if isinstance(value, str) else value
-
-
-def register_functions(connection: sqlite3.Connection) -> None:
-    """Give ``connection`` the SQL functions the search index and searches use."""
-    connection.create_function("mailgate_lower", 1, _lower, deterministic=True)
-
-
 def ensure_search_schema(connection: sqlite3.Connection) -> None:
     """Create the search index if the database lacks it, and index what is there; turn
     off FTS5's own merging in an index made before mailgate merged by hand (``MERGE_PAGES``).
@@ -142,20 +129,6 @@ def ensure_search_schema(connection: sqlite3.Connection) -> None:
     elif connection.execute(_AUTOMERGE).fetchone() != (0,):
         with write_transaction(connection):
             connection.execute(_MERGE_BY_HAND)
-
-
-@contextlib.contextmanager
-def write_transaction(connection: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction: ``BEGIN IMMEDIATE``, then ``COMMIT`` when the block ends,
-    or ``ROLLBACK`` when it (or the commit) raises."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
 
 
 def index_unindexed(connection: sqlite3.Connection, limit: int) -> int:

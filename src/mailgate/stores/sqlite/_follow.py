@@ -1,7 +1,7 @@
 """Following the changes other processes commit to the SQLite store.
 
 Every writer appends the events of each transaction to the ``changes`` log,
-tagged with its store's random ``origin`` (see ``_sqlite_writer``), and
+tagged with its store's random ``origin`` (see ``_transactions``), and
 publishes them to its own store's subscribers itself.  While a store has
 subscribers, a ``Follower`` thread with its own read connection polls
 ``PRAGMA data_version`` every ``FOLLOW_INTERVAL_SECONDS``; the number moves
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailgate.model import StoreEvent, StoreEventKind
-from mailgate.stores._sqlite_schema import event_from_change
+from mailgate.stores.sqlite._schema import event_from_change
 
 __all__ = ["FOLLOW_INTERVAL_SECONDS", "ChangeReader", "Follower"]
 

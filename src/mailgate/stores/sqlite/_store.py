@@ -1,0 +1,286 @@
+"""``SQLiteStore``: the store's public face, handing each job to the part that owns it.
+
+Opening is ``_open``'s; new messages and changes are written by ``_writer``'s
+thread (or, for new mail, by the commit service: ``SQLiteStore._route``); reads are
+``_reads``'; large bodies are ``_bodies``'; subscribers are ``_events``'.
+This class only holds the parts together, checks that the store is open,
+and decides which writer stores a new message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import os
+import socket
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from mailgate.model import MessageId, MessagePage, StoredMessage, StoreEvent, StoreEventKind
+from mailgate.ports import NewMessage, StoreError
+from mailgate.query import Query
+from mailgate.stores.sqlite._bodies import BodyFiles
+from mailgate.stores.sqlite._commit_service import CommitService, CommitServiceLink
+from mailgate.stores.sqlite._events import Subscriptions
+from mailgate.stores.sqlite._open import StorePaths, open_database, open_write_connection
+from mailgate.stores.sqlite._reads import Reads
+from mailgate.stores.sqlite._schema import new_message_record
+from mailgate.stores.sqlite._search import delete_tag, rename_tag, set_tags
+from mailgate.stores.sqlite._transactions import (
+    Apply,
+    Delete,
+    MarkRead,
+    WriteConnection,
+    WriterStats,
+)
+from mailgate.stores.sqlite._writer import Writer
+
+__all__ = ["MAX_CONTENT_SENT_OCTETS", "Route", "SQLiteStore"]
+
+MAX_CONTENT_SENT_OCTETS = 16 * 1024
+"""Larger content kept in memory is stored by the store's own writer, not copied to the
+commit service and through the kernel twice more: for such a message that costs more than
+it saves."""
+
+
+class Route(enum.Enum):
+    """Which writer stores a new message (``SQLiteStore._route``)."""
+
+    COMMIT_SERVICE = "commit service"
+    OWN_WRITER = "own writer"
+
+
+class SQLiteStore:
+    """A ``ports.SearchableStore`` and ``ports.TaggableStore`` in one SQLite database.
+
+    Opening creates the database, its schema and the bodies directory as
+    needed.  Use it from asyncio; one store may serve several event loops.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        """Open (creating if need be) the store at ``path``.
+
+        Raises ``StoreError`` (one line) when the database cannot be opened:
+        a missing or unwritable directory, a file that is not a database, a
+        schema from a newer mailgate.
+        """
+        self._paths = paths = StorePaths(Path(path))
+        self.path = paths.database
+        self.bodies = paths.bodies
+        self._origin = os.urandom(8).hex()
+        self._closed = False
+        self._link: CommitServiceLink | None = None
+        self._bodies = BodyFiles(paths.bodies)
+        connection, self._open_lock, turns = open_database(paths, self._bodies)
+        self._subscriptions = Subscriptions(self.path, self._origin)
+        self._reads = Reads(self.path, self._bodies)
+        self._writer = Writer(
+            WriteConnection(connection, self._bodies, self._origin, turns),
+            self._subscriptions.publish,
+        )
+
+    @property
+    def stats(self) -> WriterStats:
+        """A snapshot of what the store's own writer has done since the store opened."""
+        return dataclasses.replace(self._writer.stats)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"message store {self.path} is closed")
+
+    # New mail
+
+    def _route(self, message: NewMessage) -> Route:
+        """Which writer stores ``message``, from the running event loop.
+
+        - ``COMMIT_SERVICE`` when this store was told ``connect_commit_service``,
+          the link is up, this is the loop that connected it, and the content
+          is in a body file or no larger than ``MAX_CONTENT_SENT_OCTETS``: one
+          single-threaded process then stores the mail of every SMTP process,
+          so neither this loop's GIL nor the other processes' write turns delay
+          the transaction (see ``_commit_service``);
+        - ``OWN_WRITER`` otherwise: with no commit service (the store of a
+          command, a test, the commit service's own store), from another event
+          loop (the link belongs to one), while the service cannot be reached
+          (rather than answering ``451`` to every client), and for larger
+          content held in memory, which costs more to copy over than to store
+          here.
+        """
+        link = self._link
+        if link is None or link.usable() is None:
+            return Route.OWN_WRITER
+        content = message.content
+        if content is not None and len(content) > MAX_CONTENT_SENT_OCTETS:
+            return Route.OWN_WRITER
+        return Route.COMMIT_SERVICE
+
+    async def store(self, message: NewMessage) -> MessageId:
+        """Store the message; return its id only once it is durable.
+
+        Raises ``StoreError`` when it cannot be stored; then no trace of it
+        remains, now or after a crash.
+        """
+        self._check_open()
+        content = message.content
+        body_file: str | None = None
+        if content is None:
+            body_file = self._bodies.name_for(message.id)
+            try:
+                await asyncio.to_thread(self._bodies.adopt, message, body_file)
+            except OSError as error:
+                raise StoreError(f"could not store the body of {message.id}: {error}") from error
+        record = new_message_record(
+            message.summary,
+            message.envelope,
+            body_file=body_file,
+            content=content,
+            origin=self._origin,
+        )
+        link = self._link
+        if self._route(message) is Route.COMMIT_SERVICE:
+            client = link.usable() if link is not None else None
+            assert client is not None  # as _route found it, on this loop, a moment ago
+            return await client.submit(record)
+        if link is not None:
+            await link.reconnect_when_due()
+        stored: MessageId = await self._writer.submit(record)
+        return stored
+
+    # The commit service
+
+    async def connect_commit_service(self, socket_path: str) -> None:
+        """Send new mail to the commit service listening at ``socket_path`` (a Unix socket).
+
+        The connection belongs to the running event loop; new mail from other
+        loops, and all new mail while the service cannot be reached, goes to
+        this store's own writer (``_route``).  Raises ``StoreError`` when it
+        cannot connect now; it tries again later.
+        """
+        self._check_open()
+        link = CommitServiceLink(socket_path, self._stored_elsewhere)
+        self._link = link
+        try:
+            await link.connect()
+        except OSError as error:
+            raise StoreError(
+                f"cannot reach the commit service at {socket_path}: {error}"
+            ) from error
+
+    def _stored_elsewhere(self, message_ids: list[MessageId]) -> None:
+        """The commit service stored these messages of this store's."""
+        self._subscriptions.publish([StoreEvent(StoreEventKind.STORED, tuple(message_ids))])
+
+    def serve_commit_service(self, listener: socket.socket, stop_fd: int) -> None:
+        """Be the commit service: store the new mail clients send to ``listener``.
+
+        Blocks until ``stop_fd`` is readable; run it on a thread of its own.  It
+        writes on a connection of its own, taking turns with every other writer.
+        Raises ``StoreError`` when it cannot open that connection.
+        """
+        self._check_open()
+        connection = open_write_connection(self._paths, self._bodies, self._origin)
+        try:
+            CommitService(connection, listener, stop_fd).serve()
+        finally:
+            connection.close()
+
+    # Until the runtime calls them by their new names.
+    connect_commit_process = connect_commit_service
+    serve_commits = serve_commit_service
+
+    # Changes
+
+    async def delete(self, message_ids: Sequence[MessageId] | None = None) -> int:
+        """Delete these messages, or all of them for ``None``; return how many."""
+        self._check_open()
+        count: int = await self._writer.submit(
+            Delete(None if message_ids is None else list(message_ids))
+        )
+        return count
+
+    async def mark_read(self, message_ids: Sequence[MessageId] | None, read: bool) -> int:
+        """Set the read flag on these messages, or all for ``None``; return how many changed."""
+        self._check_open()
+        count: int = await self._writer.submit(
+            MarkRead(None if message_ids is None else list(message_ids), read)
+        )
+        return count
+
+    async def set_tags(self, message_ids: Sequence[MessageId], tags: Sequence[str]) -> int:
+        """Replace the tags of these messages; return how many of them exist."""
+        self._check_open()
+        ids, wanted = list(message_ids), list(tags)
+        count: int = await self._writer.submit(Apply(lambda c: set_tags(c, ids, wanted)))
+        return count
+
+    async def rename_tag(self, old: str, new: str) -> int:
+        """Rename a tag on every message; return on how many it was."""
+        self._check_open()
+        count: int = await self._writer.submit(Apply(lambda c: rename_tag(c, old, new)))
+        return count
+
+    async def delete_tag(self, tag: str) -> int:
+        """Remove a tag from every message; return from how many."""
+        self._check_open()
+        count: int = await self._writer.submit(Apply(lambda c: delete_tag(c, tag)))
+        return count
+
+    # Reads
+
+    async def list(self, *, offset: int = 0, limit: int = 50) -> MessagePage:
+        """A page of summaries, newest first, with the store's totals."""
+        self._check_open()
+        return await self._reads.list(offset=offset, limit=limit)
+
+    async def get(self, message_id: MessageId) -> StoredMessage | None:
+        """One message's summary and envelope, or ``None``."""
+        self._check_open()
+        return await self._reads.get(message_id)
+
+    async def raw(self, message_id: MessageId) -> bytes | None:
+        """The exact stored bytes (trace header included), or ``None``."""
+        self._check_open()
+        return await self._reads.raw(message_id)
+
+    async def search(self, query: Query, *, offset: int = 0, limit: int = 50) -> MessagePage:
+        """Messages matching ``query``, newest first; ``total`` and ``unread`` count matches."""
+        self._check_open()
+        return await self._reads.search(query, offset=offset, limit=limit)
+
+    async def tags(self) -> dict[str, int]:
+        """Every tag in use, with how many messages carry it."""
+        self._check_open()
+        return await self._reads.tags()
+
+    # Events
+
+    def subscribe(self) -> AsyncIterator[StoreEvent]:
+        """Live events from now on, on the calling event loop; ends when the store closes.
+
+        Every change committed to the database after this returns is seen,
+        whichever process or store committed it: this store's own at once,
+        others' within about 50 ms (``_follow.FOLLOW_INTERVAL_SECONDS``).
+        A change committed just before may be seen too.
+
+        Raises ``StoreError`` when the store is closed or cannot be read.
+        """
+        self._check_open()
+        return self._subscriptions.subscribe()
+
+    # Closing
+
+    async def aclose(self) -> None:
+        """Finish pending writes, end subscriptions, and close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        followers = self._subscriptions.stop_following()
+        if self._link is not None:
+            self._link.close()
+        await asyncio.to_thread(self._writer.stop)
+        for follower in followers:
+            await asyncio.to_thread(follower.join)
+        self._reads.close()
+        self._subscriptions.end()
+        self._open_lock.release()
