@@ -1,15 +1,18 @@
 """Message stores, chosen by URL.
 
 ``open_store("sqlite:///var/lib/mailgate/mail.db")`` opens the embedded
-default (``mailgate.stores.sqlite.SQLiteStore``).  ``maildir://`` and
-``postgresql://`` are planned and rejected for now.
+default (``mailgate.stores.sqlite.SQLiteStore``).  Each URL scheme a store
+answers to has an opener in ``_OPENERS``; ``maildir://`` and
+``postgresql://`` are planned, and refused with a clear message until their
+stores exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from mailgate.ports import MessageStore, StoreError
 from mailgate.stores.sqlite import SQLiteStore
@@ -17,6 +20,8 @@ from mailgate.stores.sqlite import SQLiteStore
 __all__ = ["SQLiteStore", "StoreError", "StoreURLError", "open_store"]
 
 SQLITE_URL_EXAMPLE = "sqlite:///path/to/mail.db"
+PLANNED_SCHEMES = frozenset({"maildir", "postgresql", "postgres"})
+"""Schemes of stores to come: refused as not supported yet rather than unknown."""
 
 
 class StoreURLError(StoreError):
@@ -35,23 +40,37 @@ async def open_store(url: str) -> MessageStore:
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme != "sqlite":
+    opener = _OPENERS.get(scheme)
+    if opener is None:
         raise StoreURLError(
-            f"unknown message store URL {url!r}: expected {SQLITE_URL_EXAMPLE}"
-            if scheme not in ("maildir", "postgresql", "postgres")
-            else f"{scheme} message stores are not supported yet: use {SQLITE_URL_EXAMPLE}"
+            f"{scheme} message stores are not supported yet: use {SQLITE_URL_EXAMPLE}"
+            if scheme in PLANNED_SCHEMES
+            else f"unknown message store URL {url!r}: expected {SQLITE_URL_EXAMPLE}"
         )
+    return await opener(url, parts)
+
+
+async def _open_sqlite(url: str, parts: SplitResult) -> MessageStore:
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise StoreURLError(f"bad message store URL {url!r}: expected {SQLITE_URL_EXAMPLE}")
     path = Path(unquote(parts.path))
     if not parts.path or path.name in ("", ".", "..") or parts.path.endswith("/"):
         raise StoreURLError(f"message store URL {url!r} names no database file")
-    return await asyncio.to_thread(_open_sqlite, path)
+    return await asyncio.to_thread(_sqlite_store, path)
 
 
-def _open_sqlite(path: Path) -> SQLiteStore:
+def _sqlite_store(path: Path) -> SQLiteStore:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise StoreError(f"cannot create directory for message store {path}: {error}") from error
     return SQLiteStore(path)
+
+
+_OPENERS: dict[str, Callable[[str, SplitResult], Awaitable[MessageStore]]] = {
+    "sqlite": _open_sqlite,
+}
+"""The opener of each URL scheme (lower case): given the URL and its parts, the open store.
+
+An opener raises ``StoreURLError`` for a URL it cannot read, ``StoreError``
+when the store cannot be opened."""
