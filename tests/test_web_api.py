@@ -18,9 +18,10 @@ import pytest_asyncio
 
 from mailgate.config import Listen
 from mailgate.model import MessageId
-from mailgate.ports import MessageStore
+from mailgate.ports import MessageStore, SearchableStore, TaggableStore
 from mailgate.stores import open_store
 from mailgate.web import EVENTS_VERSION, HTTPService, WebSettings, create_app
+from mailgate.web import _search as web_search
 from web_helpers import deliver, email
 
 PDF = b"%PDF-1.4 not really a pdf\x00\xff"
@@ -302,6 +303,50 @@ async def test_tags(inbox: Inbox) -> None:
     info = (await inbox.client.get("/api/v1/info")).json()
     assert info["Tags"] == {"Later": 2}
     assert (await inbox.client.put("/api/v1/tags", json={"Tags": ["a"]})).status_code == 400
+
+
+class CoreOnly:
+    """A store with the core of ``ports.MessageStore`` and nothing more: no search, no tags."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self.store = store.store
+        self.list = store.list
+        self.get = store.get
+        self.raw = store.raw
+        self.delete = store.delete
+        self.mark_read = store.mark_read
+        self.subscribe = store.subscribe
+        self.aclose = store.aclose
+
+
+@pytest.mark.asyncio
+async def test_a_store_with_only_the_core_is_searched_by_scanning_and_keeps_no_tags(
+    inbox: Inbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(web_search, "SCAN_PAGE", 2)  # so the scan reads several pages
+    core = CoreOnly(inbox.store)
+    assert not isinstance(core, SearchableStore)
+    assert not isinstance(core, TaggableStore)
+    assert isinstance(inbox.store, SearchableStore)
+    assert isinstance(inbox.store, TaggableStore)
+    for subject in ("alpha one", "beta", "alpha two", "gamma", "alpha three"):
+        await inbox.send(email(subject))
+    app = create_app(core, settings=WebSettings(label="core", database="mail.db"))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://inbox.test") as client:
+        found = (
+            await client.get("/api/v1/search", params={"query": "alpha", "start": 1, "limit": 1})
+        ).json()
+        assert [m["Subject"] for m in found["messages"]] == ["alpha two"]
+        assert (found["messages_count"], found["total"]) == (3, 5)
+        await client.put("/api/v1/messages", json={"Search": "alpha", "Read": True})
+        assert (await client.get("/api/v1/messages")).json()["unread"] == 2
+        await client.request("DELETE", "/api/v1/search", params={"query": "-alpha"})
+        left = (await client.get("/api/v1/messages")).json()
+        assert [m["Subject"] for m in left["messages"]] == ["alpha three", "alpha two", "alpha one"]
+        assert (await client.get("/api/v1/tags")).json() == []
+        refused = await client.put("/api/v1/tags", json={"IDs": ["x"], "Tags": ["a"]})
+        assert refused.status_code == 501
 
 
 # -- application ---------------------------------------------------------------------------

@@ -15,15 +15,12 @@ from mailgate.web._app import BasicAuth, create_app, inbox_of
 from mailgate.web._context import WebSettings
 from mailgate.web._events import EVENTS_VERSION
 from mailgate.web._openapi import openapi_document
-from mailgate.web._search import SearchableStore, TaggableStore
 from mailgate.web._service import HTTPService
 
 __all__ = [
     "EVENTS_VERSION",
     "BasicAuth",
     "HTTPService",
-    "SearchableStore",
-    "TaggableStore",
     "WebSettings",
     "create_app",
     "inbox_of",

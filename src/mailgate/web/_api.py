@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route
 
 from mailgate import __version__
 from mailgate.model import MessageId, MessagePage
+from mailgate.ports import TaggableStore
 from mailgate.web._context import (
     DEFAULT_PAGE,
     BadRequest,
@@ -35,7 +36,7 @@ from mailgate.web._context import (
     text_error,
 )
 from mailgate.web._json import message_json, messages_json
-from mailgate.web._search import TaggableStore, all_matching_ids, search_page
+from mailgate.web._search import all_matching_ids, search_page
 
 __all__ = ["api_routes", "sandbox_headers"]
 

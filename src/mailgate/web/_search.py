@@ -1,55 +1,21 @@
-"""What the web layer asks of a store beyond ``ports.MessageStore``: search and tags.
+"""Searching whatever store the web inbox has: by the store when it can, else by a scan.
 
-A store that can run a ``query.Query`` itself (the SQLite store does, with
-indexes) implements ``SearchableStore``; one that can keep tags implements
-``TaggableStore``.  For a store that cannot search, ``search_page`` falls
-back to reading every summary and filtering with ``query.matches``: right,
-but linear in the size of the store.
+A ``ports.SearchableStore`` runs a query itself (the SQLite store does, with
+indexes).  A store that keeps only the core ``ports.MessageStore`` is searched
+by reading every summary, a page at a time, and filtering with
+``query.matches``: the same answers, but linear in the size of the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
-
 from mailgate.model import MessageId, MessagePage, MessageSummary
-from mailgate.ports import MessageStore
+from mailgate.ports import MessageStore, SearchableStore
 from mailgate.query import Query, matches
 
-__all__ = ["SearchableStore", "TaggableStore", "all_matching_ids", "search_page"]
+__all__ = ["all_matching_ids", "search_page"]
 
 SCAN_PAGE = 1000
-"""Summaries read at a time by the fallback search."""
-
-
-@runtime_checkable
-class SearchableStore(Protocol):
-    """A store that runs queries itself."""
-
-    async def search(self, query: Query, *, offset: int = 0, limit: int = 50) -> MessagePage:
-        """Matching messages, newest first; ``total`` and ``unread`` count the matches."""
-        ...
-
-
-@runtime_checkable
-class TaggableStore(Protocol):
-    """A store that keeps tags on messages."""
-
-    async def tags(self) -> dict[str, int]:
-        """Every tag in use, with how many messages carry it."""
-        ...
-
-    async def set_tags(self, message_ids: Sequence[MessageId], tags: Sequence[str]) -> int:
-        """Replace the tags of these messages; return how many messages exist of them."""
-        ...
-
-    async def rename_tag(self, old: str, new: str) -> int:
-        """Rename a tag on every message; return how many messages changed."""
-        ...
-
-    async def delete_tag(self, tag: str) -> int:
-        """Remove a tag from every message; return how many messages changed."""
-        ...
+"""Summaries (or matches) read at a time."""
 
 
 async def _scan(store: MessageStore, query: Query) -> list[MessageSummary]:
