@@ -7,6 +7,7 @@ events are information: message content, an aborted transfer, the end.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -34,14 +35,15 @@ __all__ = [
 ]
 
 
-class _NeedData:
-    __slots__ = ()
+class _NeedData(enum.Enum):
+    # An enum of one, so that ``event is NEED_DATA`` narrows the type.
+    NEED_DATA = enum.auto()
 
     def __repr__(self) -> str:
         return "NEED_DATA"
 
 
-NEED_DATA: Final = _NeedData()
+NEED_DATA: Final = _NeedData.NEED_DATA
 """``next_event`` has nothing to return until more data arrives."""
 
 
