@@ -5,9 +5,9 @@ from __future__ import annotations
 import getpass
 import sys
 
+from mailgate.auth import UsersFile, UsersFileError
 from mailgate.cli._exit import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, fail
 from mailgate.config import Settings
-from mailgate.stores.users import UsersFile, UsersFileError
 
 __all__ = ["users_command"]
 

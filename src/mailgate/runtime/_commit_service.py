@@ -13,7 +13,7 @@ sides are here:
 - ``run_commit_service``, the service itself (``python -m mailgate.runtime
   commit-service``): reads the settings and the socket path on its stdin,
   opens the store, listens on the socket, answers ``ready``, and commits what
-  the SMTP processes send (``mailgate.stores.SQLiteStore.serve_commits``)
+  the SMTP processes send (``mailgate.stores.SQLiteStore.serve_commit_service``)
   until SIGTERM or until its stdin reaches end-of-file (the serving process
   is gone: then it removes the socket and its directory itself).  It ignores
   SIGINT: on Ctrl-C the SMTP processes finish their transactions first, and
@@ -120,7 +120,7 @@ async def _commit(settings: Settings, socket_path: str) -> int:
         when_parent_gone(loop, parent_gone)
         answer_parent(READY)
         with listener:
-            await asyncio.to_thread(store.serve_commits, listener, stop_reader.fileno())
+            await asyncio.to_thread(store.serve_commit_service, listener, stop_reader.fileno())
         if orphaned:  # nobody else is left to remove the socket and its directory
             with contextlib.suppress(OSError):
                 os.unlink(socket_path)

@@ -20,6 +20,7 @@ import ssl
 from types import TracebackType
 from typing import Self
 
+from mailgate.auth import AcceptAnyAuthenticator, UsersFile
 from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.ports import Authenticator, MessageStore, StoreError
@@ -34,7 +35,6 @@ from mailgate.server import (
     server_context,
 )
 from mailgate.stores import SQLiteStore, open_store
-from mailgate.stores.users import AcceptAnyAuthenticator, UsersFile
 from mailgate.web import HTTPService, WebSettings, create_app
 
 __all__ = ["Mailgate"]
@@ -197,10 +197,10 @@ class Mailgate:
                 return
             self._commit_service = service
             self._commit_service_socket = service.socket_path
-            await store.connect_commit_process(self._commit_service_socket)
+            await store.connect_commit_service(self._commit_service_socket)
         elif self._commit_service_socket is not None:
             try:
-                await store.connect_commit_process(self._commit_service_socket)
+                await store.connect_commit_service(self._commit_service_socket)
             except StoreError as error:  # it may be starting again: reached later
                 log.warning("%s; committing here for now", error)
 
