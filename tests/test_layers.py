@@ -50,7 +50,7 @@ CLOCK_CALLS = frozenset({"now", "utcnow", "today"})
 # package -> (layer, the mailgate packages it may import).  "" is the root package.
 _LAYER_0 = frozenset({"", "protocol"})
 _LAYER_1 = _LAYER_0 | {"model", "ports", "config", "query"}
-_LAYER_2 = _LAYER_1 | {"delivery", "stores", "queue"}
+_LAYER_2 = _LAYER_1 | {"auth", "delivery", "stores", "queue"}
 _LAYER_3 = _LAYER_2 | {"server", "web"}
 _LAYER_4 = _LAYER_3 | {"runtime"}
 _LAYER_5 = _LAYER_4 | {"cli"}
@@ -61,6 +61,7 @@ LAYERS: dict[str, tuple[str, frozenset[str]]] = {
     "ports": ("1", _LAYER_1),
     "config": ("1", _LAYER_1),
     "query": ("1", _LAYER_1),
+    "auth": ("2", _LAYER_2),
     "delivery": ("2", _LAYER_2),
     "stores": ("2", _LAYER_2),
     "queue": ("2", _LAYER_2),
