@@ -185,10 +185,6 @@ class SQLiteStore:
         finally:
             connection.close()
 
-    # Until the runtime calls them by their new names.
-    connect_commit_process = connect_commit_service
-    serve_commits = serve_commit_service
-
     # Changes
 
     async def delete(self, message_ids: Sequence[MessageId] | None = None) -> int:
