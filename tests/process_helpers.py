@@ -1,7 +1,7 @@
 """``mailgate`` as a user runs it: the console script, in processes of its own.
 
 ``Launcher`` starts ``mailgate serve`` with the default process layout (the
-serving process, its commit process, SMTP workers with ``--workers``), reads
+serving process, the commit service, SMTP workers with ``--workers``), reads
 the ports it bound from its ready line, and stops it with SIGTERM as a
 service manager would.  Each server runs in a session of its own, so a test
 that fails half-way leaves no process behind: ``Launcher.close`` kills the
