@@ -35,7 +35,6 @@ that events (with adjacent ``DataChunk``s joined) and output are identical.
 
 from __future__ import annotations
 
-import base64
 import random
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -44,8 +43,7 @@ from pathlib import Path
 
 from mailgate.protocol import (
     NEED_DATA,
-    AuthResponse,
-    AuthStart,
+    AuthCredentials,
     BdatChunk,
     Command,
     ConnectionClosed,
@@ -67,7 +65,6 @@ from mailgate.protocol import (
     State,
     Vrfy,
 )
-from mailgate.protocol._sasl import Challenge, Credentials, SaslServer
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
 HOSTNAME = "mx.test"
@@ -179,7 +176,6 @@ class ReferenceApp:
     _sender: str | None = None
     _recipients: list[str] = field(default_factory=list)
     _content: bytearray = field(default_factory=bytearray)
-    _sasl: SaslServer | None = None
 
     def greet(self) -> None:
         self.conn.send(Reply(220, None, f"{HOSTNAME} ESMTP mailgate ready"))
@@ -249,23 +245,10 @@ class ReferenceApp:
         if isinstance(event, StartTLS):
             self.handshake_pending = True
             return Reply(220, "2.0.0", "Ready to start TLS")
-        if isinstance(event, AuthStart):
-            self._sasl = SaslServer(event.mechanism)
-            return self._sasl_reply(self._sasl.start(event.initial_response))
-        assert isinstance(event, AuthResponse)
-        assert self._sasl is not None
-        return self._sasl_reply(self._sasl.step(event.data))
-
-    def _sasl_reply(self, result: object) -> Reply:
-        if isinstance(result, Challenge):
-            return Reply(334, None, base64.b64encode(result.data).decode("ascii"))
-        if isinstance(result, Credentials):
-            if result.password == PASSWORD:
-                return Reply(235, "2.7.0", "Authentication successful")
-            return Reply(535, "5.7.8", "Authentication credentials invalid")
-        reply = getattr(result, "reply", None)
-        assert isinstance(reply, Reply)
-        return reply
+        assert isinstance(event, AuthCredentials)
+        if event.password == PASSWORD:
+            return Reply(235, "2.7.0", "Authentication successful")
+        return Reply(535, "5.7.8", "Authentication credentials invalid")
 
     def _store(self) -> Reply:
         assert self._sender is not None

@@ -1,4 +1,4 @@
-"""STARTTLS (RFC 3207), AUTH framing (RFC 4954), and driving the engine wrongly."""
+"""STARTTLS (RFC 3207), AUTH's exchange (RFC 4954), and driving the engine wrongly."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 
 from mailgate.protocol import (
     NEED_DATA,
-    AuthResponse,
-    AuthStart,
+    AuthCredentials,
     Command,
     ConnectionClosed,
     ConnectionSettings,
@@ -129,7 +128,7 @@ PLAIN_BAD = b64(b"\x00alice\x00wrong")
 def test_auth_plain_with_initial_response() -> None:
     dialogue = check([EHLO + b"AUTH PLAIN " + PLAIN_OK + b"\r\n"], AUTH)
     assert dialogue.codes[1:] == [250, 235]
-    assert dialogue.events[-1] == AuthStart("PLAIN", b"\x00alice\x00secret")
+    assert dialogue.events[-1] == AuthCredentials("PLAIN", "alice", "secret")
     assert dialogue.conn.authenticated
     assert dialogue.conn.state is State.READY
 
@@ -138,7 +137,7 @@ def test_auth_plain_with_a_challenge() -> None:
     dialogue = check([EHLO + b"auth plain\r\n", PLAIN_OK + b"\r\n"], AUTH)
     assert dialogue.replies[-2].endswith(b"334 \r\n")
     assert dialogue.codes[1:] == [250, 334, 235]
-    assert dialogue.events[-1] == AuthResponse(b"\x00alice\x00secret")
+    assert dialogue.events[-1] == AuthCredentials("PLAIN", "alice", "secret")
 
 
 def test_auth_login_in_steps() -> None:
@@ -146,6 +145,16 @@ def test_auth_login_in_steps() -> None:
     dialogue = check(flights, AUTH)
     assert dialogue.codes[1:] == [250, 334, 334, 235]
     assert b"334 VXNlcm5hbWU6\r\n" in dialogue.output
+    assert b"334 UGFzc3dvcmQ6\r\n" in dialogue.output
+    # The application sees one event, once the exchange is complete.
+    assert dialogue.events[1:] == [AuthCredentials("LOGIN", "alice", "secret")]
+
+
+def test_auth_login_with_the_username_as_initial_response() -> None:
+    flights = [EHLO + b"AUTH LOGIN " + b64(b"alice") + b"\r\n", b64(b"secret") + b"\r\n"]
+    dialogue = check(flights, AUTH)
+    assert dialogue.codes[1:] == [250, 334, 235]
+    assert dialogue.events[-1] == AuthCredentials("LOGIN", "alice", "secret")
 
 
 def test_auth_failure_allows_another_try() -> None:
@@ -155,14 +164,66 @@ def test_auth_failure_allows_another_try() -> None:
 
 
 def test_auth_empty_initial_response() -> None:
-    dialogue = check([EHLO + b"AUTH PLAIN =\r\n"], AUTH)
-    assert dialogue.events[-1] == AuthStart("PLAIN", b"")
-    assert dialogue.codes[-1] == 501  # PLAIN refuses an empty message
+    dialogue = check([EHLO + b"AUTH PLAIN =\r\nNOOP\r\n"], AUTH)
+    assert dialogue.codes[1:] == [250, 501, 250]  # PLAIN refuses an empty message
+    assert b"501 5.5.2 Malformed authentication response\r\n" in dialogue.output
+    assert not any(isinstance(e, AuthCredentials) for e in dialogue.events)
+    assert dialogue.conn.state is State.READY
 
 
 def test_auth_empty_response_line() -> None:
-    dialogue = check([EHLO + b"AUTH LOGIN\r\n", b"\r\n"], AUTH)
-    assert dialogue.events[-1] == AuthResponse(b"")
+    # An empty LOGIN user name is the application's to refuse.
+    flights = [EHLO + b"AUTH LOGIN\r\n", b"\r\n", b64(b"pw") + b"\r\n"]
+    dialogue = check(flights, AUTH)
+    assert dialogue.codes[1:] == [250, 334, 334, 535]
+    assert dialogue.events[-1] == AuthCredentials("LOGIN", "", "pw")
+
+
+@pytest.mark.parametrize(
+    ("flights", "code", "text"),
+    [
+        ([EHLO + b"AUTH PLAIN " + b64(b"root\x00alice\x00secret") + b"\r\n"], 535, b"5.7.8"),
+        ([EHLO + b"AUTH PLAIN " + b64(b"alice\x00secret") + b"\r\n"], 501, b"Malformed"),
+        ([EHLO + b"AUTH PLAIN\r\n", b64(b"\xff\x00a\x00b") + b"\r\n"], 501, b"Malformed"),
+        ([EHLO + b"AUTH LOGIN\r\n", b64(b"a\x00b") + b"\r\n"], 501, b"Malformed"),
+    ],
+)
+def test_auth_responses_the_mechanism_refuses(flights: list[bytes], code: int, text: bytes) -> None:
+    dialogue = check([*flights, b"NOOP\r\n"], AUTH)
+    assert dialogue.codes[-2:] == [code, 250]
+    assert text in dialogue.output
+    assert not any(isinstance(e, AuthCredentials) for e in dialogue.events)
+    assert dialogue.conn.state is State.READY
+    assert not dialogue.conn.authenticated
+
+
+def test_auth_credentials_hide_the_password() -> None:
+    assert "secret" not in repr(AuthCredentials("PLAIN", "alice", "secret"))
+
+
+@pytest.mark.parametrize("code", [454, 535])
+def test_auth_refused_by_the_application_allows_another_try(code: int) -> None:
+    def refuse_once(event: object) -> Reply | None:
+        if isinstance(event, AuthCredentials) and event.username == "alice":
+            return Reply(code, f"{code // 100}.7.0", "No")
+        return None
+
+    flights = [
+        EHLO + b"AUTH PLAIN " + PLAIN_OK + b"\r\n",
+        b"AUTH PLAIN " + b64(b"\x00bob\x00secret") + b"\r\n",
+    ]
+    dialogue = check(flights, AUTH, policy=refuse_once)
+    assert dialogue.codes[1:] == [250, code, 235]
+    assert dialogue.conn.errors == (code >= 500)
+
+
+def test_auth_reply_421_closes() -> None:
+    def bye(event: object) -> Reply | None:
+        return Reply(421, "4.3.2", "Bye") if isinstance(event, AuthCredentials) else None
+
+    dialogue = check([EHLO + b"AUTH PLAIN " + PLAIN_OK + b"\r\nNOOP\r\n"], AUTH, policy=bye)
+    assert dialogue.codes[1:] == [250, 421]
+    assert dialogue.conn.state is State.CLOSED
 
 
 def test_auth_cancelled() -> None:
@@ -189,7 +250,7 @@ def test_auth_bare_line_ending_in_a_response_ends_the_exchange(ending: bytes) ->
     assert dialogue.codes[1:] == [250, 334, 500, 250]
     assert b"500 5.5.2 Bare " in dialogue.output
     assert dialogue.conn.state is State.READY
-    assert not any(isinstance(e, AuthResponse) for e in dialogue.events)
+    assert not any(isinstance(e, AuthCredentials) for e in dialogue.events)
 
 
 def test_auth_over_long_response_line() -> None:
@@ -322,14 +383,15 @@ def test_impossible_replies(line: bytes, reply: Reply) -> None:
         conn.send(reply)
 
 
-def test_250_to_auth() -> None:
+@pytest.mark.parametrize("reply", [Reply(250, "2.0.0", "OK"), Reply(334, None, "")])
+def test_auth_credentials_take_235_or_an_error(reply: Reply) -> None:
     conn = ServerConnection(AUTH)
     conn.send(Reply(220, None, "hi"))
     next_command(conn, EHLO)
     conn.send(conn.ehlo_reply("hi"))
-    next_command(conn, b"AUTH PLAIN\r\n")
-    with pytest.raises(LocalProtocolError, match="AUTH takes"):
-        conn.send(Reply(250, "2.0.0", "OK"))
+    next_command(conn, b"AUTH PLAIN " + PLAIN_OK + b"\r\n")
+    with pytest.raises(LocalProtocolError, match="AuthCredentials takes 235"):
+        conn.send(reply)
 
 
 def test_send_after_close() -> None:

@@ -54,9 +54,10 @@ def test_reply_validation(code: int, enhanced: str | None, text: str) -> None:
         {"max_message_size": -1},
         {"max_recipients": 0},
         {"error_budget": 0},
+        {"auth_mechanisms": ("PLAIN", "CRAM-MD5")},  # the engine runs PLAIN and LOGIN
     ],
 )
-def test_settings_validation(kwargs: dict[str, int]) -> None:
+def test_settings_validation(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         ConnectionSettings(**kwargs)  # type: ignore[arg-type]
 

@@ -56,6 +56,29 @@ def test_login_malformed(response: bytes) -> None:
     assert result.reply.code == 501
 
 
+@pytest.mark.parametrize(
+    ("line", "code", "text"),
+    [
+        ("*", 501, "Authentication cancelled"),  # RFC 4954 4
+        ("not base64!", 501, "Cannot decode response"),
+        ("YQ", 501, "Cannot decode response"),
+        ("\xff", 501, "Cannot decode response"),
+    ],
+)
+def test_a_response_line_that_ends_the_exchange(line: str, code: int, text: str) -> None:
+    sasl = SaslServer("LOGIN")
+    sasl.start(None)
+    result = sasl.receive_line(line)
+    assert isinstance(result, SaslFailure)
+    assert (result.reply.code, result.reply.text) == (code, text)
+
+
+def test_response_lines_are_base64() -> None:
+    sasl = SaslServer("LOGIN")
+    assert sasl.receive_line("YWxpY2U=") == Challenge(b"Password:")
+    assert sasl.receive_line("") == Credentials("alice", "")
+
+
 def test_unknown_mechanism() -> None:
     with pytest.raises(ValueError):
         SaslServer("CRAM-MD5")

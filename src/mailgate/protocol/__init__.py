@@ -9,8 +9,9 @@ from __future__ import annotations
 from mailgate.protocol._address import dot_atom_local_part
 from mailgate.protocol._errors import LocalProtocolError, MailgateError, RemoteProtocolError
 from mailgate.protocol._events import (
-    AuthResponse,
-    AuthStart,
+    AnyCommand,
+    AnyEvent,
+    AuthCredentials,
     BdatChunk,
     Command,
     ConnectionClosed,
@@ -38,7 +39,7 @@ from mailgate.protocol._limits import (
     MIN_RECIPIENTS,
 )
 from mailgate.protocol._replies import Reply
-from mailgate.protocol._sasl import MECHANISMS, Challenge, Credentials, SaslFailure, SaslServer
+from mailgate.protocol._sasl import MECHANISMS
 from mailgate.protocol._server import NEED_DATA, ServerConnection
 from mailgate.protocol._settings import ConnectionSettings
 from mailgate.protocol._state import State
@@ -53,14 +54,13 @@ __all__ = [
     "MECHANISMS",
     "MIN_RECIPIENTS",
     "NEED_DATA",
-    "AuthResponse",
-    "AuthStart",
+    "AnyCommand",
+    "AnyEvent",
+    "AuthCredentials",
     "BdatChunk",
-    "Challenge",
     "Command",
     "ConnectionClosed",
     "ConnectionSettings",
-    "Credentials",
     "DataAborted",
     "DataChunk",
     "DataEnd",
@@ -76,8 +76,6 @@ __all__ = [
     "RemoteProtocolError",
     "Reply",
     "Rset",
-    "SaslFailure",
-    "SaslServer",
     "ServerConnection",
     "StartTLS",
     "State",

@@ -1,14 +1,16 @@
-"""Command arguments: everything after the verb, checked against its grammar.
+"""Command lines: the verb's kind, and the arguments checked against their grammar.
 
-Strategy.  One function per command that takes an argument.  Each gets the
+Strategy.  ``command_verbs`` maps each verb to its ``Verb`` as configured.
+Then one function per command that takes an argument.  Each gets the
 argument text (verb removed, surrounding blanks stripped) and the session
 facts its grammar depends on, and returns the event to hand the application
 or raises ``ArgumentError`` carrying the reply: 501 for bad syntax, 555 for
 an unknown MAIL/RCPT parameter (RFC 5321 4.1.1.11), 552 for a declared size
 over the limit (RFC 1870 6.1), 504 for an unknown SASL mechanism.
 
-Whether the command may come now at all (503) is not decided here:
-``ServerConnection`` checks the sequence first (RFC 5321 4.1.4).
+Whether the command may come now at all (503) is not decided here: the
+tables of ``_state`` say, and ``ServerConnection`` asks them first (RFC
+5321 4.1.4).
 
 No argument holds a control character (``require_printable``, which
 ``ServerConnection`` calls before a command's own checks; BDAT's chunk is
@@ -19,28 +21,21 @@ means no reply ever echoes one back.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from dataclasses import dataclass
 
 from mailgate.protocol._address import ArgumentError, parse_params, parse_path
-from mailgate.protocol._events import (
-    AuthResponse,
-    AuthStart,
-    Ehlo,
-    Expn,
-    Helo,
-    MailFrom,
-    RcptTo,
-    Vrfy,
-)
+from mailgate.protocol._events import Ehlo, Expn, Helo, MailFrom, RcptTo, Vrfy
 from mailgate.protocol._limits import MAX_SIZE_DIGITS
 from mailgate.protocol._replies import Reply
+from mailgate.protocol._sasl import decode_response
+from mailgate.protocol._settings import ConnectionSettings
+from mailgate.protocol._state import Verb
 
 __all__ = [
+    "AuthArguments",
     "BdatArguments",
-    "decode_sasl",
+    "command_verbs",
     "has_prefix",
     "parse_auth",
     "parse_bdat",
@@ -48,7 +43,6 @@ __all__ = [
     "parse_lookup",
     "parse_mail",
     "parse_rcpt",
-    "parse_sasl_response",
     "require_no_argument",
     "require_printable",
     "split_path",
@@ -61,12 +55,29 @@ _NON_ASCII_SENDER = Reply(550, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 _NON_ASCII_RECIPIENT = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 # RFC 5321 4.5.3.1.10: 452, so the client sends the rest later (flow control).
 _TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
-# RFC 4954 4: "*" cancels the exchange; the AUTH command fails with 501.
-_AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
 # C0 controls (tab included), DEL, C1 controls, and the Unicode line and
 # paragraph separators some software splits lines at.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_CHARACTER = Reply(501, SYNTAX, "Control character in command arguments")
+_VERBS: dict[str, Verb] = {
+    v.name: v for v in Verb if v not in (Verb.UNRECOGNIZED, Verb.UNIMPLEMENTED)
+}
+# RFC 5321 4.2.4: known commands we do not implement get 502, not 500.
+_VERBS.update(dict.fromkeys(("TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML"), Verb.UNIMPLEMENTED))
+
+
+def command_verbs(settings: ConnectionSettings) -> dict[str, Verb]:
+    """Each verb the server knows (upper case), as configured.
+
+    STARTTLS and AUTH are ``UNIMPLEMENTED`` unless the settings offer them.
+    A verb missing here is ``UNRECOGNIZED``.
+    """
+    verbs = dict(_VERBS)
+    if not settings.starttls:
+        verbs["STARTTLS"] = Verb.UNIMPLEMENTED
+    if not settings.auth_mechanisms:
+        verbs["AUTH"] = Verb.UNIMPLEMENTED
+    return verbs
 
 
 def has_prefix(text: str, keyword: str) -> bool:
@@ -237,30 +248,16 @@ def parse_rcpt(argument: str, *, smtputf8: bool, full: bool = False) -> RcptTo:
     return RcptTo(parsed.address, params)
 
 
-def decode_sasl(text: str) -> bytes:
-    """Strict base64 (RFC 4954 4), as in a response line; ``""`` is empty.
+@dataclass(frozen=True, slots=True)
+class AuthArguments:
+    """``AUTH mechanism [initial-response]``; the response is ``None`` when absent."""
 
-    Raises ``ArgumentError`` (501 5.5.2) for anything else.
-    """
-    try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise ArgumentError(Reply(501, "5.5.2", "Cannot decode response")) from None
+    mechanism: str
+    initial_response: bytes | None
 
 
-def parse_sasl_response(text: str) -> AuthResponse:
-    """One SASL response line (RFC 4954 4), surrounding blanks removed.
-
-    Raises ``ArgumentError``: 501 5.0.0 for ``*`` (the client cancelled),
-    501 5.5.2 for anything but strict base64.
-    """
-    if text == "*":
-        raise ArgumentError(_AUTH_CANCELLED)
-    return AuthResponse(decode_sasl(text))
-
-
-def parse_auth(argument: str, *, mechanisms: tuple[str, ...]) -> AuthStart:
-    """``AUTH mechanism [initial-response]`` (RFC 4954 4).
+def parse_auth(argument: str, *, mechanisms: tuple[str, ...]) -> AuthArguments:
+    """``AUTH mechanism [initial-response]`` (RFC 4954 4), the response decoded.
 
     ``=`` stands for an empty initial response.
 
@@ -274,11 +271,11 @@ def parse_auth(argument: str, *, mechanisms: tuple[str, ...]) -> AuthStart:
     if mechanism not in mechanisms:
         raise ArgumentError(Reply(504, "5.5.4", "Unrecognized authentication type"))
     if len(words) == 1:
-        return AuthStart(mechanism, None)
+        return AuthArguments(mechanism, None)
     initial = words[1]
     if initial == "=":
-        return AuthStart(mechanism, b"")
-    return AuthStart(mechanism, decode_sasl(initial))
+        return AuthArguments(mechanism, b"")
+    return AuthArguments(mechanism, decode_response(initial))
 
 
 @dataclass(frozen=True, slots=True)

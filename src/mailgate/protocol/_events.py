@@ -3,6 +3,10 @@
 Every subclass of ``Command`` needs exactly one reply from the application
 through ``ServerConnection.send`` before the engine reads further.  The other
 events are information: message content, an aborted transfer, the end.
+
+``AnyCommand`` and ``AnyEvent`` name the closed sets of them, so that a
+``match`` over what ``next_event`` returns ends in ``assert_never`` and the
+type checker proves every event handled.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeAlias
 
 __all__ = [
     "NEED_DATA",
-    "AuthResponse",
-    "AuthStart",
+    "AnyCommand",
+    "AnyEvent",
+    "AuthCredentials",
     "BdatChunk",
     "Command",
     "ConnectionClosed",
@@ -160,23 +165,40 @@ class StartTLS(Command):
 
 
 @dataclass(frozen=True, slots=True)
-class AuthStart(Command):
-    """``AUTH mechanism [initial-response]``, the response base64-decoded.
+class AuthCredentials(Command):
+    """``AUTH``'s SASL exchange is complete: check ``password`` for ``username``.
 
-    ``initial_response`` is ``None`` when absent and ``b""`` for ``=``.
+    The engine has run the exchange (RFC 4954 4: the ``334`` challenges, the
+    base64, a ``*`` cancelling it) and the mechanism (``PLAIN``, ``LOGIN``).
+    Reply ``235`` to let the client in, ``535`` for wrong credentials,
+    ``454`` when they cannot be checked now.
     """
 
     mechanism: str
-    initial_response: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class AuthResponse(Command):
-    """A base64-decoded client line answering a ``334`` challenge."""
-
-    data: bytes
+    username: str
+    password: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed(Event):
     """The session is over: flush ``data_to_send`` and close the transport."""
+
+
+AnyCommand: TypeAlias = (
+    Helo
+    | Ehlo
+    | MailFrom
+    | RcptTo
+    | DataStart
+    | DataEnd
+    | BdatChunk
+    | Rset
+    | Vrfy
+    | Expn
+    | StartTLS
+    | AuthCredentials
+)
+"""Every ``Command`` the engine emits."""
+
+AnyEvent: TypeAlias = AnyCommand | DataChunk | DataAborted | ConnectionClosed
+"""Every ``Event`` the engine emits."""

@@ -1,19 +1,30 @@
 """Server side of the SASL mechanisms PLAIN (RFC 4616) and LOGIN, sans I/O.
 
-A ``SaslServer`` is fed the client's decoded responses and answers with a
-challenge to send (base64-encoded by the shell in a ``334``), the
-credentials to check, or a failure reply.  It never sees a password store:
-checking credentials is the application's job, so that it can be done in
-constant time and off the event loop.
+The engine runs AUTH's exchange (RFC 4954 4) with a ``SaslServer``: it is
+fed the client's responses, from the AUTH command or from a line of their
+own, and answers with a challenge to send (base64-encoded by the engine in
+a ``334``), the credentials to check, or a failure reply.  It never sees a
+password store: checking credentials is the application's job, so that it
+can be done in constant time and off the event loop.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import binascii
+from dataclasses import dataclass, field
 
+from mailgate.protocol._address import ArgumentError
 from mailgate.protocol._replies import Reply
 
-__all__ = ["MECHANISMS", "Challenge", "Credentials", "SaslFailure", "SaslServer"]
+__all__ = [
+    "MECHANISMS",
+    "Challenge",
+    "Credentials",
+    "SaslFailure",
+    "SaslServer",
+    "decode_response",
+]
 
 MECHANISMS = ("PLAIN", "LOGIN")
 
@@ -30,7 +41,7 @@ class Credentials:
     """The client has said who it is; check ``password`` for ``username``."""
 
     username: str
-    password: str = ""
+    password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +52,19 @@ class SaslFailure:
 
 
 _MALFORMED = SaslFailure(Reply(501, "5.5.2", "Malformed authentication response"))
+# RFC 4954 4: "*" cancels the exchange; the AUTH command fails with 501.
+_CANCELLED = SaslFailure(Reply(501, "5.0.0", "Authentication cancelled"))
+
+
+def decode_response(text: str) -> bytes:
+    """Strict base64 (RFC 4954 4), as in a response line; ``""`` is empty.
+
+    Raises ``ArgumentError`` (501 5.5.2) for anything else.
+    """
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise ArgumentError(Reply(501, "5.5.2", "Cannot decode response")) from None
 
 
 def _text(data: bytes) -> str | None:
@@ -68,8 +92,18 @@ class SaslServer:
             return Challenge(b"" if self.mechanism == "PLAIN" else b"Username:")
         return self.step(initial_response)
 
+    def receive_line(self, text: str) -> Challenge | Credentials | SaslFailure:
+        """Take one response line, surrounding blanks removed: ``*`` cancels."""
+        if text == "*":
+            return _CANCELLED
+        try:
+            response = decode_response(text)
+        except ArgumentError as error:
+            return SaslFailure(error.reply)
+        return self.step(response)
+
     def step(self, response: bytes) -> Challenge | Credentials | SaslFailure:
-        """Take one client response."""
+        """Take one decoded client response."""
         if self.mechanism == "PLAIN":
             return self._plain(response)
         text = _text(response)

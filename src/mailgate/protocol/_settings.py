@@ -12,6 +12,7 @@ from mailgate.protocol._limits import (
     MAX_COMMAND_LINE_OCTETS,
     MAX_TEXT_LINE_OCTETS,
 )
+from mailgate.protocol._sasl import MECHANISMS
 
 __all__ = ["ConnectionSettings"]
 
@@ -26,6 +27,8 @@ class ConnectionSettings:
     CRLF and stores CRLF, ``"reject"`` refuses the message after its
     terminator.  Neither ever ends DATA.  ``error_budget``: how many 5xx
     replies a session may earn before it is closed with 421.
+    ``auth_mechanisms``: the SASL mechanisms AUTH offers, from ``MECHANISMS``
+    (the engine runs the exchange); none means no AUTH.
     """
 
     hostname: str = "localhost"
@@ -48,3 +51,5 @@ class ConnectionSettings:
             raise ValueError(f"max_text_line must be >= {MAX_TEXT_LINE_OCTETS}")
         if self.max_message_size < 0 or self.max_recipients < 1 or self.error_budget < 1:
             raise ValueError("limits must be positive")
+        if not set(self.auth_mechanisms) <= set(MECHANISMS):
+            raise ValueError(f"auth_mechanisms must be among {', '.join(MECHANISMS)}")

@@ -5,6 +5,9 @@ errors; the session decides policy (who may send to whom), streams content
 into a spool and commits it through the ``MailSink`` port.  Only the shell
 knows about time: the idle timeout lives here.
 
+AUTH reaches the session as the credentials to check, the engine having
+run the SASL exchange.
+
 Replies to pipelined commands are collected and written once the engine
 needs more input (RFC 2920 3.2).  While a commit is in flight the session
 stops reading if much input piles up, so a flooding client costs bounded
@@ -21,7 +24,6 @@ otherwise choose how much is logged.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import ssl
 from collections.abc import Sequence
@@ -32,12 +34,9 @@ from mailgate.model import Envelope, TLSInfo
 from mailgate.ports import InsufficientStorageError, MailSink, Spool
 from mailgate.protocol import (
     NEED_DATA,
-    AuthResponse,
-    AuthStart,
+    AuthCredentials,
     BdatChunk,
-    Challenge,
     ConnectionClosed,
-    Credentials,
     DataAborted,
     DataChunk,
     DataEnd,
@@ -50,8 +49,6 @@ from mailgate.protocol import (
     RcptTo,
     Reply,
     Rset,
-    SaslFailure,
-    SaslServer,
     ServerConnection,
     StartTLS,
     State,
@@ -132,7 +129,6 @@ class Session(asyncio.Protocol):
         self._tls: TLSInfo | None = None
         self._tls_layer: TLSLayer | None = None
         self._handshake_handle: asyncio.TimerHandle | None = None
-        self._sasl: SaslServer | None = None
         self._auth_failures = 0
         self.auth_user: str | None = None
         # The loop that made the session runs it; asked once, as asking costs a getpid().
@@ -368,7 +364,7 @@ class Session(asyncio.Protocol):
             conn.send(self._policy.expn(event.argument))
         elif isinstance(event, StartTLS):
             return self._start_tls()
-        elif isinstance(event, (AuthStart, AuthResponse)):
+        elif isinstance(event, AuthCredentials):
             return self._authenticate(event)
         else:  # pragma: no cover - every Command is handled above
             raise AssertionError(f"unhandled event {event!r}")
@@ -534,27 +530,13 @@ class Session(asyncio.Protocol):
 
     # ---------------------------------------------------------- AUTH
 
-    def _authenticate(self, event: AuthStart | AuthResponse) -> bool:
-        conn = self._conn
-        if isinstance(event, AuthStart):
-            self._sasl = SaslServer(event.mechanism)
-            step = self._sasl.start(event.initial_response)
-        else:
-            assert self._sasl is not None
-            step = self._sasl.step(event.data)
-        if isinstance(step, Challenge):
-            conn.send(Reply(334, None, base64.b64encode(step.data).decode("ascii")))
-            return False
-        self._sasl = None
-        if isinstance(step, SaslFailure):
-            conn.send(step.reply)
-            return False
+    def _authenticate(self, credentials: AuthCredentials) -> bool:
         self._busy = True
-        task = self._loop.create_task(self._check_credentials(step))
+        task = self._loop.create_task(self._check_credentials(credentials))
         self._server.track(task)
         return True
 
-    async def _check_credentials(self, credentials: Credentials) -> None:
+    async def _check_credentials(self, credentials: AuthCredentials) -> None:
         authenticator = self._server.authenticator
         assert authenticator is not None
         try:
