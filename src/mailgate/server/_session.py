@@ -28,12 +28,13 @@ import logging
 import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, assert_type, cast
 
 from mailgate.model import Envelope, TLSInfo
 from mailgate.ports import InsufficientStorageError, MailSink, Spool
 from mailgate.protocol import (
     NEED_DATA,
+    AnyEvent,
     AuthCredentials,
     BdatChunk,
     ConnectionClosed,
@@ -42,7 +43,6 @@ from mailgate.protocol import (
     DataEnd,
     DataStart,
     Ehlo,
-    Event,
     Expn,
     Helo,
     MailFrom,
@@ -311,16 +311,9 @@ class Session(asyncio.Protocol):
         try:
             while not self._closed:
                 event = conn.next_event()
-                if event is NEED_DATA:
-                    break
-                if isinstance(event, ConnectionClosed):
-                    self._end = _why_closed(self._flush())
-                    self._abort_transaction()
-                    self._close_transport()
-                    return
-                assert isinstance(event, Event)
-                if self._handle(event):
-                    # An asynchronous step took over; it resumes the pump.
+                if event is NEED_DATA or self._handle(event):
+                    # Input ran dry, or an asynchronous step took over (it resumes
+                    # the pump), or the session is over.
                     break
         except Exception:
             log.exception("session with %s failed", self._peer[0])
@@ -331,44 +324,51 @@ class Session(asyncio.Protocol):
         if self._server.closing and not self.in_transaction and not self._closed:
             self.shutdown(self._server.shutdown_reply)
 
-    def _handle(self, event: Event) -> bool:
-        """React to one event; return True when an async step took over."""
+    def _handle(self, event: AnyEvent) -> bool:
+        """React to one event; return True when the pump must stop for it."""
         conn = self._conn
-        if isinstance(event, DataChunk):
-            self._spool().write(event.data)
-            return False
-        if isinstance(event, DataEnd):
-            self._start_commit()
-            return True
-        if isinstance(event, DataAborted):
-            self._content_refused(event)
-            return False
-        self._commands += 1
-        if isinstance(event, (MailFrom, RcptTo)):
-            self._envelope_command(event)
-        elif isinstance(event, DataStart):
-            conn.send(_START_DATA)
-            self._spool()
-        elif isinstance(event, BdatChunk):
-            self._spool()
-            if event.last:
+        took_over = False
+        match event:
+            case DataChunk():
+                self._spool().write(event.data)
+                return False
+            case DataEnd():
                 self._start_commit()
                 return True
-            conn.send(Reply(250, "2.0.0", f"{event.size} octets received"))
-        elif isinstance(event, (Helo, Ehlo, Rset)):
-            self._abort_transaction()
-            self._greet_or_reset(event)
-        elif isinstance(event, Vrfy):
-            conn.send(self._policy.vrfy(event.argument))
-        elif isinstance(event, Expn):
-            conn.send(self._policy.expn(event.argument))
-        elif isinstance(event, StartTLS):
-            return self._start_tls()
-        elif isinstance(event, AuthCredentials):
-            return self._authenticate(event)
-        else:  # pragma: no cover - every Command is handled above
-            raise AssertionError(f"unhandled event {event!r}")
-        return False
+            case DataAborted():
+                self._content_refused(event)
+                return False
+            case ConnectionClosed():
+                self._end = _why_closed(self._flush())
+                self._abort_transaction()
+                self._close_transport()
+                return True
+            case MailFrom() | RcptTo():
+                self._envelope_command(event)
+            case DataStart():
+                conn.send(_START_DATA)
+                self._spool()
+            case BdatChunk():
+                self._spool()
+                if event.last:
+                    self._start_commit()
+                    took_over = True
+                else:
+                    conn.send(Reply(250, "2.0.0", f"{event.size} octets received"))
+            case Helo() | Ehlo() | Rset():
+                self._abort_transaction()
+                self._greet_or_reset(event)
+            case Vrfy():
+                conn.send(self._policy.vrfy(event.argument))
+            case Expn():
+                conn.send(self._policy.expn(event.argument))
+            case StartTLS():
+                took_over = self._start_tls()
+            case _:  # the type checker proves no other is left
+                assert_type(event, AuthCredentials)
+                took_over = self._authenticate(event)
+        self._commands += 1
+        return took_over
 
     def _greet_or_reset(self, event: Helo | Ehlo | Rset) -> None:
         conn = self._conn
@@ -611,11 +611,8 @@ class Session(asyncio.Protocol):
         self._pump()
 
     def _start_tls(self) -> bool:
-        # STARTTLS is only offered when the server has a TLS context.
         context = self._server.tls_context
-        if context is None:  # pragma: no cover - the engine refuses it first
-            self._conn.send(Reply(454, "4.7.0", "TLS not available"))
-            return False
+        assert context is not None  # STARTTLS is offered only with one (SMTPServer)
         self._conn.send(Reply(220, "2.0.0", "Ready to start TLS"))
         self._flush()
         # From here every byte received is TLS; the engine has dropped what was
