@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from mailgate.server._context import Listener, SessionContext, SessionHost
 from mailgate.server._policy import RecipientPolicy
-from mailgate.server._server import Listener, ListenError, ServerConfigError, SMTPServer
+from mailgate.server._server import ListenError, ServerConfigError, SMTPServer
 from mailgate.server._session import Session
 from mailgate.server._tls import TLSConfigError, ensure_self_signed, server_context
 
@@ -14,6 +15,8 @@ __all__ = [
     "SMTPServer",
     "ServerConfigError",
     "Session",
+    "SessionContext",
+    "SessionHost",
     "TLSConfigError",
     "ensure_self_signed",
     "server_context",

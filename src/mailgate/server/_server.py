@@ -16,12 +16,12 @@ import os
 import socket
 import ssl
 from collections import Counter
-from dataclasses import dataclass
 
 from mailgate import MailgateError
 from mailgate.config import Listen, Settings
 from mailgate.ports import Authenticator, MailSink
 from mailgate.protocol import MECHANISMS, ConnectionSettings, Reply
+from mailgate.server._context import Listener, ServedSession, SessionContext
 from mailgate.server._log import RefusalLog
 from mailgate.server._policy import RecipientPolicy
 from mailgate.server._session import Session
@@ -44,23 +44,6 @@ class ListenError(MailgateError):
         # asyncio's message repeats the address; the errno says what went wrong.
         problem = os.strerror(error.errno) if error.errno else str(error)
         return cls(f"cannot listen for {name} on {listen}: {problem}")
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    """One listening address and the rules of its port.
-
-    ``smtp`` (port 25 style: STARTTLS offered, AUTH optional, relaying only
-    for authenticated users and trusted networks), ``submission`` (RFC 6409:
-    AUTH required before MAIL, and TLS before AUTH) and ``smtps`` (RFC 8314:
-    TLS from the first byte, AUTH required).
-    """
-
-    name: str
-    listen: Listen
-    connection: ConnectionSettings
-    require_auth: bool = False
-    implicit_tls: bool = False
 
 
 class SMTPServer:
@@ -124,7 +107,7 @@ class SMTPServer:
         self.closing = False
         self.shutdown_reply = Reply(421, "4.3.2", f"{self.hostname} Shutting down")
         """What every session is told when the server stops."""
-        self._sessions: set[Session] = set()
+        self._sessions: set[ServedSession] = set()
         self._per_address: Counter[str] = Counter()
         self._refusal_log = RefusalLog(log)
         self._bound: dict[str, asyncio.Server] = {}
@@ -154,9 +137,24 @@ class SMTPServer:
         for server in self._bound.values():
             await server.start_serving()
 
+    def session_context(self, listener: Listener) -> SessionContext:
+        """What each session accepted on ``listener`` is given."""
+        return SessionContext(
+            listener=listener,
+            hostname=self.hostname,
+            policy=self.policy,
+            sink=self.sink,
+            authenticator=self.authenticator,
+            tls_context=self.tls_context,
+            limits=self.settings.limits,
+            host=self,
+            shutdown_reply=self.shutdown_reply,
+        )
+
     async def _bind(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
+        context = self.session_context(listener)
         return await loop.create_server(
-            lambda listener=listener: Session(self, listener),
+            lambda: Session(context),
             host=listener.listen.host or None,
             port=listener.listen.port,
             reuse_address=True,
@@ -187,7 +185,7 @@ class SMTPServer:
         """Sessions currently connected."""
         return len(self._sessions)
 
-    def register(self, session: Session) -> str | None:
+    def register(self, session: ServedSession) -> str | None:
         """Admit a new session, or say why not (sent with a 421)."""
         limits = self.settings.limits
         address = session.peer[0]
@@ -207,7 +205,7 @@ class SMTPServer:
         self._per_address[address] += 1
         return None
 
-    def unregister(self, session: Session) -> bool:
+    def unregister(self, session: ServedSession) -> bool:
         """Forget a session whose connection is gone; say whether it had been admitted."""
         if session not in self._sessions:
             return False
