@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -193,3 +194,19 @@ def test_every_reply_is_written_after_a_half_close_inside_tls(
         replies = client.read_to_the_end()
     assert codes(replies) == [*expected, b"221"], replies
     assert len(tls_server.wait_for_messages(before + 1)) == before + 1
+
+
+def test_after_its_221_the_server_lingers_for_the_clients_end(server: MailgateServer) -> None:
+    """Octets that arrive after the server's close (a close_notify, say) draw no reset.
+
+    A reset can destroy replies still on their way to the client, so the
+    server ends its side and reads on until the client ends too.
+    """
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        greet(sock)
+        sock.sendall(b"QUIT\r\n")
+        assert read_until(sock, b"\r\n").startswith(b"221 ")
+        sock.sendall(b"late octets\r\n")
+        time.sleep(0.2)  # time for a reset to come back, if one would
+        sock.shutdown(socket.SHUT_WR)  # raises ENOTCONN after a reset
+        assert read_all(sock) == b""
