@@ -5,8 +5,10 @@ errors; the session decides policy (who may send to whom), streams content
 into a spool and commits it through the ``MailSink`` port.  Only the shell
 knows about time: the idle timeout lives here.
 
-AUTH reaches the session as the credentials to check, the engine having
-run the SASL exchange.
+The session is made with a ``SessionContext`` (``server._context``): what
+it needs of the server that accepted it, and nothing more.  AUTH reaches
+the session as the credentials to check, the engine having run the SASL
+exchange.
 
 Replies to pipelined commands are collected and written once the engine
 needs more input (RFC 2920 3.2).  While a commit is in flight the session
@@ -28,10 +30,10 @@ import logging
 import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, assert_type, cast
+from typing import assert_type, cast
 
 from mailgate.model import Envelope, TLSInfo
-from mailgate.ports import InsufficientStorageError, MailSink, Spool
+from mailgate.ports import InsufficientStorageError, Spool
 from mailgate.protocol import (
     NEED_DATA,
     AnyEvent,
@@ -54,11 +56,9 @@ from mailgate.protocol import (
     State,
     Vrfy,
 )
+from mailgate.server._context import SessionContext
 from mailgate.server._log import LogFields, clean
 from mailgate.server._tls import TLSLayer
-
-if TYPE_CHECKING:
-    from mailgate.server._server import Listener, SMTPServer
 
 __all__ = ["Session"]
 
@@ -112,12 +112,13 @@ def _refusal_in(replies: bytes, reason: str) -> str | None:
 class Session(asyncio.Protocol):
     """The server side of one connection."""
 
-    def __init__(self, server: SMTPServer, listener: Listener) -> None:
-        self._server = server
-        self._listener = listener
-        self._sink: MailSink = server.sink
-        self._policy = server.policy
-        self._conn = ServerConnection(listener.connection)
+    def __init__(self, context: SessionContext) -> None:
+        self._context = context
+        self._listener = context.listener
+        self._host = context.host
+        self._sink = context.sink
+        self._policy = context.policy
+        self._conn = ServerConnection(context.listener.connection)
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] = ("", 0)
         self._txn: _Transaction | None = None
@@ -155,16 +156,16 @@ class Session(asyncio.Protocol):
             self._peer = (str(peer[0]), int(peer[1]))
         if self._listener.implicit_tls:
             # RFC 8314 3.3: the greeting comes inside TLS, once the handshake is done.
-            context = self._server.tls_context
-            assert context is not None  # an implicit-TLS listener needs one (SMTPServer)
-            self._begin_tls(context)
+            tls_context = self._context.tls_context
+            assert tls_context is not None  # an implicit-TLS listener needs one (SMTPServer)
+            self._begin_tls(tls_context)
             return
         self._admit()
 
     def _admit(self) -> None:
         """Greet the client, or refuse it when the server is full or closing."""
-        refusal = self._server.register(self)
-        hostname = self._server.hostname
+        refusal = self._host.register(self)
+        hostname = self._context.hostname
         if refusal is not None:
             self._conn.send(Reply(421, "4.7.0", f"{hostname} {refusal}"))
             self._flush()
@@ -183,7 +184,7 @@ class Session(asyncio.Protocol):
             self._handshake_handle.cancel()
         if self._linger_handle is not None:
             self._linger_handle.cancel()
-        if self._server.unregister(self) and log.isEnabledFor(logging.DEBUG):
+        if self._host.unregister(self) and log.isEnabledFor(logging.DEBUG):
             self._log_summary(exc)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -254,11 +255,11 @@ class Session(asyncio.Protocol):
         loop = self._loop
         self._last_activity = loop.time()
         if self._idle_handle is None:
-            self._idle_handle = loop.call_later(self._server.idle_timeout, self._check_idle)
+            self._idle_handle = loop.call_later(self._context.limits.idle_timeout, self._check_idle)
 
     def _check_idle(self) -> None:
         loop = self._loop
-        remaining = self._last_activity + self._server.idle_timeout - loop.time()
+        remaining = self._last_activity + self._context.limits.idle_timeout - loop.time()
         if remaining > 0:
             self._idle_handle = loop.call_later(remaining, self._check_idle)
             return
@@ -268,7 +269,7 @@ class Session(asyncio.Protocol):
             return
         log.info("idle timeout for %s", self._peer[0])
         self._end = "timeout"
-        self.shutdown(Reply(421, "4.4.2", f"{self._server.hostname} Idle timeout, closing"))
+        self.shutdown(Reply(421, "4.4.2", f"{self._context.hostname} Idle timeout, closing"))
 
     def shutdown(self, reply: Reply) -> None:
         """Say ``reply`` (a 421) and close, abandoning any open transaction."""
@@ -336,11 +337,11 @@ class Session(asyncio.Protocol):
         except Exception:
             log.exception("session with %s failed", self._peer[0])
             self._end = "error"
-            self.shutdown(Reply(421, "4.3.0", f"{self._server.hostname} Internal error, closing"))
+            self.shutdown(Reply(421, "4.3.0", f"{self._context.hostname} Internal error, closing"))
             return
         self._flush()
-        if self._server.closing and not self.in_transaction and not self._closed:
-            self.shutdown(self._server.shutdown_reply)
+        if self._host.closing and not self.in_transaction and not self._closed:
+            self.shutdown(self._context.shutdown_reply)
 
     def _handle(self, event: AnyEvent) -> bool:
         """React to one event; return True when the pump must stop for it."""
@@ -390,7 +391,7 @@ class Session(asyncio.Protocol):
 
     def _greet_or_reset(self, event: Helo | Ehlo | Rset) -> None:
         conn = self._conn
-        hostname = self._server.hostname
+        hostname = self._context.hostname
         if isinstance(event, Ehlo):
             conn.send(conn.ehlo_reply(f"{hostname} Hello {self._greeting_name(event.name)}"))
         elif isinstance(event, Helo):
@@ -551,12 +552,12 @@ class Session(asyncio.Protocol):
     def _authenticate(self, credentials: AuthCredentials) -> bool:
         self._busy = True
         task = self._loop.create_task(self._check_credentials(credentials))
-        self._server.track(task)
+        self._host.track(task)
         return True
 
     async def _check_credentials(self, credentials: AuthCredentials) -> None:
-        authenticator = self._server.authenticator
-        assert authenticator is not None
+        authenticator = self._context.authenticator
+        assert authenticator is not None  # AUTH is offered only with one (SMTPServer)
         try:
             ok = await authenticator.authenticate(credentials.username, credentials.password)
         except Exception:
@@ -569,7 +570,7 @@ class Session(asyncio.Protocol):
             self._resume(_AUTH_OK)
             return
         self._auth_failures += 1
-        limits = self._server.settings.limits
+        limits = self._context.limits
         # The address and user name are logged, never the password.
         log.warning(
             "authentication failure %d from %s for user %r",
@@ -585,7 +586,7 @@ class Session(asyncio.Protocol):
             if not self._closed:
                 self._conn.send(_AUTH_FAILED)
             self.shutdown(
-                Reply(421, "4.7.0", f"{self._server.hostname} Too many authentication failures")
+                Reply(421, "4.7.0", f"{self._context.hostname} Too many authentication failures")
             )
             return
         self._resume(_AUTH_FAILED)
@@ -598,7 +599,7 @@ class Session(asyncio.Protocol):
         assert txn.spool is not None
         self._busy = True
         task = self._loop.create_task(self._commit(txn, txn.spool))
-        self._server.track(task)
+        self._host.track(task)
 
     async def _commit(self, txn: _Transaction, spool: Spool) -> None:
         try:
@@ -629,19 +630,19 @@ class Session(asyncio.Protocol):
         self._pump()
 
     def _start_tls(self) -> bool:
-        context = self._server.tls_context
-        assert context is not None  # STARTTLS is offered only with one (SMTPServer)
+        tls_context = self._context.tls_context
+        assert tls_context is not None  # STARTTLS is offered only with one (SMTPServer)
         self._conn.send(Reply(220, "2.0.0", "Ready to start TLS"))
         self._flush()
         # From here every byte received is TLS; the engine has dropped what was
         # pipelined behind STARTTLS, and hears nothing until the handshake is done.
         self._busy = True
-        self._begin_tls(context)
+        self._begin_tls(tls_context)
         return True
 
     def _begin_tls(self, context: ssl.SSLContext) -> None:
         self._tls_layer = TLSLayer(context)
-        timeout = min(TLS_HANDSHAKE_TIMEOUT_SECONDS, self._server.idle_timeout)
+        timeout = min(TLS_HANDSHAKE_TIMEOUT_SECONDS, self._context.limits.idle_timeout)
         self._handshake_handle = self._loop.call_later(timeout, self._handshake_timed_out)
 
     def _handshake_timed_out(self) -> None:
