@@ -3,7 +3,8 @@
 A ``Session`` never reaches into ``SMTPServer``.  It is made with one
 ``SessionContext``, frozen and shared by every session of a listener: the
 listener's rules, the policy, the ports it works through (the sink, the
-authenticator), the limits, and ``SessionHost``, the few calls back into the server (admission,
+authenticator, the one clock that stamps a message's received time), the
+limits, and ``SessionHost``, the few calls back into the server (admission,
 background tasks, whether it is shutting down).  The server in turn sees a
 session only as a ``ServedSession``.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailgate.config import Limits, Listen
-from mailgate.ports import Authenticator, MailSink
+from mailgate.ports import Authenticator, Clock, MailSink
 from mailgate.protocol import ConnectionSettings, Reply
 from mailgate.server._policy import RecipientPolicy
 
@@ -95,6 +96,7 @@ class SessionContext:
     authenticator: Authenticator | None
     tls_context: ssl.SSLContext | None
     limits: Limits
+    clock: Clock
     host: SessionHost
     shutdown_reply: Reply
     """What the session says when the server stops."""

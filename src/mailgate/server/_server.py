@@ -16,10 +16,11 @@ import os
 import socket
 import ssl
 from collections import Counter
+from datetime import UTC, datetime
 
 from mailgate import MailgateError
 from mailgate.config import Listen, Settings
-from mailgate.ports import Authenticator, MailSink
+from mailgate.ports import Authenticator, Clock, MailSink
 from mailgate.protocol import MECHANISMS, ConnectionSettings, Reply
 from mailgate.server._context import Listener, ServedSession, SessionContext
 from mailgate.server._log import RefusalLog
@@ -46,12 +47,20 @@ class ListenError(MailgateError):
         return cls(f"cannot listen for {name} on {listen}: {problem}")
 
 
+class _WallClock:
+    """The real time, as a ``ports.Clock``: the default when none is injected."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
 class SMTPServer:
     """mailgate's SMTP service on one or more listeners.
 
     ``sink`` receives every accepted message; ``tls_context``, when given,
     makes STARTTLS (and the ``smtps`` listener) available; ``authenticator``
-    makes AUTH available, after TLS.
+    makes AUTH available, after TLS; ``clock`` stamps each message's received
+    time (give the one the sink uses, so that a message has one).
 
     Raises ``ServerConfigError`` when a listener cannot work as configured
     (submission without TLS or users, say).
@@ -64,6 +73,7 @@ class SMTPServer:
         sink: MailSink,
         tls_context: ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
+        clock: Clock | None = None,
     ) -> None:
         limits = settings.limits
         self.settings = settings
@@ -73,6 +83,7 @@ class SMTPServer:
         self.hostname = settings.hostname or socket.getfqdn()
         self.idle_timeout = limits.idle_timeout
         self.tls_context = tls_context
+        self.clock: Clock = clock if clock is not None else _WallClock()
         base = ConnectionSettings(
             hostname=self.hostname,
             max_message_size=limits.max_message_size,
@@ -147,6 +158,7 @@ class SMTPServer:
             authenticator=self.authenticator,
             tls_context=self.tls_context,
             limits=self.settings.limits,
+            clock=self.clock,
             host=self,
             shutdown_reply=self.shutdown_reply,
         )

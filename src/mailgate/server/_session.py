@@ -6,9 +6,10 @@ into a spool and commits it through the ``MailSink`` port.  Only the shell
 knows about time: the idle timeout lives here.
 
 The session is made with a ``SessionContext`` (``server._context``): what
-it needs of the server that accepted it, and nothing more.  AUTH reaches
-the session as the credentials to check, the engine having run the SASL
-exchange.
+it needs of the server that accepted it, and nothing more.  The received
+time of a message comes from the context's clock, the one the rest of the
+node uses.  AUTH reaches the session as the credentials to check, the
+engine having run the SASL exchange.
 
 Replies to pipelined commands are collected and written once the engine
 needs more input (RFC 2920 3.2).  While a commit is in flight the session
@@ -29,7 +30,6 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import assert_type, cast
 
 from mailgate.model import Envelope, TLSInfo
@@ -118,6 +118,7 @@ class Session(asyncio.Protocol):
         self._host = context.host
         self._sink = context.sink
         self._policy = context.policy
+        self._clock = context.clock
         self._conn = ServerConnection(context.listener.connection)
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] = ("", 0)
@@ -461,7 +462,7 @@ class Session(asyncio.Protocol):
         return Envelope(
             mail_from=mail.address,
             rcpt_to=tuple(txn.recipients),
-            received_at=datetime.now(UTC),
+            received_at=self._clock.now(),
             helo_name=conn.helo_name,
             client_address=self._peer[0],
             client_port=self._peer[1],
