@@ -12,8 +12,9 @@ loopback, so that a busy spell of a shared machine falls on both alike.
 Every run counts what the store kept; a run that lost mail is reported and
 left out.  Each run also gives the server's CPU time a message (all its
 processes), which a busy machine disturbs less than throughput.  Prints each
-run and the medians; docs/performance.md records what changes measured this
-way bought.
+run and the medians.  What changes measured this way bought is recorded in the
+dated logs under docs/log/; docs/design/performance.md says what each mechanism
+kept buys and costs.
 """
 
 from __future__ import annotations
