@@ -31,6 +31,9 @@ __all__ = ["ListenError", "Listener", "SMTPServer", "ServerConfigError"]
 
 log = logging.getLogger("mailgate.smtp")
 
+CUT_OFF_SECONDS = 1.0
+"""How long ``aclose`` waits for the connections it cut off last to end."""
+
 
 class ServerConfigError(MailgateError):
     """The settings ask for something the server cannot do; one line, naming the flag."""
@@ -250,6 +253,8 @@ class SMTPServer:
             await asyncio.wait(pending, timeout=self.settings.limits.shutdown_grace)
         for session in list(self._sessions):
             session.shutdown(bye)
+        if self._sessions:  # cut off just now, or lingering: their connections end soon
+            await asyncio.wait([s.closed for s in self._sessions], timeout=CUT_OFF_SECONDS)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.settings.limits.shutdown_grace)
         for listener in self._bound.values():

@@ -170,7 +170,8 @@ class Session(asyncio.Protocol):
         if refusal is not None:
             self._conn.send(Reply(421, "4.7.0", f"{hostname} {refusal}"))
             self._flush()
-            self._close_transport()
+            # Never admitted, so unknown to the server's shutdown: no lingering.
+            self._close_transport(linger=False)
             return
         self._conn.send(Reply(220, None, f"{hostname} ESMTP mailgate ready"))
         self._flush()
@@ -273,8 +274,16 @@ class Session(asyncio.Protocol):
         self.shutdown(Reply(421, "4.4.2", f"{self._context.hostname} Idle timeout, closing"))
 
     def shutdown(self, reply: Reply) -> None:
-        """Say ``reply`` (a 421) and close, abandoning any open transaction."""
-        if self._closed or self._transport is None:
+        """Say ``reply`` (a 421) and close, abandoning any open transaction.
+
+        A session closed already, lingering for the client's end, is cut off.
+        """
+        transport = self._transport
+        if transport is None:
+            return
+        if self._closed:
+            if self._linger_handle is not None:
+                transport.close()
             return
         self._end = self._end or str(reply.code)
         if self._conn.state is not State.CLOSED:
@@ -306,7 +315,7 @@ class Session(asyncio.Protocol):
             self._transport.write(out)
         return replies
 
-    def _close_transport(self) -> None:
+    def _close_transport(self, *, linger: bool = True) -> None:
         """Close the connection once what was written is sent (with close_notify under TLS)."""
         transport = self._transport
         layer = self._tls_layer
@@ -314,14 +323,18 @@ class Session(asyncio.Protocol):
             if layer is not None:
                 layer.close()
                 transport.write(layer.data_to_send())
-            if self._client_done or not transport.can_write_eof():
+            if self._client_done or not linger or not transport.can_write_eof():
                 transport.close()
             else:
                 # A close with input unread (a close_notify, or more, sent after QUIT)
                 # makes the kernel answer with a reset, which can destroy replies still
                 # on their way: end our side instead, and close when the client does.
-                transport.write_eof()
-                self._linger_handle = self._loop.call_later(LINGER_SECONDS, transport.close)
+                try:
+                    transport.write_eof()
+                except OSError:  # the client is gone already: nothing to linger for
+                    transport.close()
+                else:
+                    self._linger_handle = self._loop.call_later(LINGER_SECONDS, transport.close)
         self._closed = True
 
     # ------------------------------------------------------------ the pump
