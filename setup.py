@@ -26,6 +26,7 @@ COMPILED = [
     "src/mailgate/model.py",
     "src/mailgate/protocol",
     "src/mailgate/server/_session.py",
+    "src/mailgate/server/_transaction.py",
     "src/mailgate/delivery",
     "src/mailgate/stores/sqlite/_schema.py",
     "src/mailgate/stores/sqlite/_records.py",

@@ -21,22 +21,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
+
+from mailgate.protocol import Reply
 
 __all__ = [
     "MAX_LOGGED_VALUE_CHARS",
     "REFUSAL_LOG_INTERVAL_SECONDS",
     "LogFields",
     "RefusalLog",
+    "SessionLog",
     "clean",
+    "refusal_in",
+    "why_closed",
 ]
+
+log = logging.getLogger("mailgate.smtp")
 
 MAX_LOGGED_VALUE_CHARS = 256
 """Longest client-chosen value written to the log (an address may have 254 octets,
 RFC 5321 4.5.3.1.3, and an SMTPUTF8 one a few more); longer values are cut."""
 REFUSAL_LOG_INTERVAL_SECONDS = 60.0
 """At most one line per client address in this time for refused connections."""
+MAX_LOGGED_RECIPIENTS = 100
+"""Recipients named in a message's log line; ``nrcpt=`` counts them all when there are more."""
 MAX_REFUSAL_ADDRESSES = 1024
 """Client addresses whose refused connections are counted apart; the rest share one count."""
 
@@ -186,3 +195,108 @@ class RefusalLog:
             interval = self._interval
             fields["interval"] = int(interval) if interval.is_integer() else interval
         self._log.warning("connection refused %s", fields, extra={"fields": fields})
+
+
+def why_closed(replies: bytes) -> str:
+    """How the engine ended a session, told by its last replies: QUIT, 421 or EOF."""
+    if replies.startswith(b"221 ") or b"\n221 " in replies:
+        return "QUIT"
+    if replies.startswith(b"421") or b"\n421" in replies:
+        return "421"  # its error budget was spent, or BDAT was unreadable
+    return "EOF"
+
+
+def refusal_in(replies: bytes, reason: str) -> str | None:
+    """The line of ``replies`` that refused a message for ``reason`` (``DataAborted``)."""
+    wanted = reason.encode("utf-8", "replace")
+    for line in reversed(replies.split(b"\r\n")):
+        if line[3:4] == b" " and line[:3].isdigit() and line.endswith(wanted):
+            return line.decode("utf-8", "replace")
+    return None
+
+
+class SessionLog:
+    """What one session logs: a line per message and per refusal (info), a summary (debug).
+
+    The session counts into it as it goes (``commands``, ``messages``, and
+    ``end``: how the connection ended); refusals count themselves.
+    """
+
+    __slots__ = ("_started", "commands", "end", "messages", "refusals")
+
+    def __init__(self, started: float) -> None:
+        self._started = started
+        self.commands = 0
+        self.messages = 0
+        self.refusals = 0
+        self.end = ""
+
+    def refused(
+        self,
+        reply: Reply | str,
+        sender: str,
+        recipients: Sequence[str],
+        client: str,
+        helo: str,
+    ) -> None:
+        """Count a refusal; log it at info with ``reply`` (a ``Reply``, or its first line)."""
+        self.refusals += 1
+        if not log.isEnabledFor(logging.INFO):
+            return
+        fields = _client_fields(_address_fields(LogFields(), sender, recipients), client, helo)
+        fields["reply"] = reply if isinstance(reply, str) else f"{reply.code} {reply.lines[0]}"
+        log.info("refused %s", fields, extra={"fields": fields})
+
+    def accepted(
+        self,
+        message_id: str,
+        sender: str,
+        recipients: Sequence[str],
+        size: int,
+        *,
+        client: str,
+        helo: str,
+        proto: str,
+        tls: str | None,
+        auth: str | None,
+    ) -> None:
+        """Log a stored message at info: the line operators know from Postfix."""
+        fields = _address_fields(LogFields(id=message_id), sender, recipients)
+        fields["size"] = size
+        _client_fields(fields, client, helo)
+        fields["proto"] = proto
+        if tls is not None:
+            fields["tls"] = tls
+        if auth is not None:
+            fields["auth"] = clean(auth)
+        log.info("%s", fields, extra={"fields": fields})
+
+    def summary(self, client: str, helo: str, errors: int, exc: BaseException | None) -> None:
+        """Log the connection's summary at debug, as it closes."""
+        end = self.end or ("error" if exc is not None else "closed")
+        fields = _client_fields(LogFields(), client, helo)
+        fields["duration"] = round(asyncio.get_running_loop().time() - self._started, 3)
+        fields["commands"] = self.commands + (end == "QUIT")
+        fields["messages"] = self.messages
+        fields["refused"] = self.refusals
+        fields["errors"] = errors
+        fields["end"] = end
+        log.debug("disconnect %s", fields, extra={"fields": fields})
+
+
+def _address_fields(fields: LogFields, sender: str, recipients: Sequence[str]) -> LogFields:
+    """Add ``from`` and ``to`` (when there are recipients), cleaned, to ``fields``."""
+    fields["from"] = clean(sender)
+    if recipients:
+        fields["to"] = [clean(r) for r in recipients[:MAX_LOGGED_RECIPIENTS]]
+        if len(recipients) > MAX_LOGGED_RECIPIENTS:
+            fields["nrcpt"] = len(recipients)
+    return fields
+
+
+def _client_fields(fields: LogFields, client: str, helo: str) -> LogFields:
+    """Add ``client`` and ``helo`` (when given), cleaned, to ``fields``."""
+    fields["client"] = client
+    if helo:
+        fields["helo"] = clean(helo)
+    return fields

@@ -56,9 +56,11 @@ from mailgate.protocol import (
     State,
     Vrfy,
 )
+from mailgate.server._auth import AuthAttempts
 from mailgate.server._context import SessionContext
-from mailgate.server._log import LogFields, clean
+from mailgate.server._log import SessionLog, clean, refusal_in, why_closed
 from mailgate.server._tls import TLSLayer
+from mailgate.server._transaction import Transaction, protocol_name
 
 __all__ = ["Session"]
 
@@ -71,42 +73,9 @@ _MAIL_OK = Reply(250, "2.1.0", "Sender OK")
 _RSET_OK = Reply(250, "2.0.0", "Flushed")
 _START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 _AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
-_AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
-_AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
-_MAX_AUTH_DELAY_SECONDS = 10.0
-MAX_LOGGED_RECIPIENTS = 100
-"""Recipients named in a message's log line; ``nrcpt=`` counts them all when there are more."""
 TLS_HANDSHAKE_TIMEOUT_SECONDS = 30.0
 LINGER_SECONDS = 1.0
 """How long a closed session waits for the client to close too, reading and dropping."""
-
-
-class _Transaction:
-    __slots__ = ("mail", "rcpt_params", "recipients", "spool")
-
-    def __init__(self, mail: MailFrom) -> None:
-        self.mail = mail
-        self.recipients: list[str] = []
-        self.rcpt_params: list[dict[str, str | None]] = []
-        self.spool: Spool | None = None
-
-
-def _why_closed(replies: bytes) -> str:
-    """How the engine ended a session, told by its last replies: QUIT, 421 or EOF."""
-    if replies.startswith(b"221 ") or b"\n221 " in replies:
-        return "QUIT"
-    if replies.startswith(b"421") or b"\n421" in replies:
-        return "421"  # its error budget was spent, or BDAT was unreadable
-    return "EOF"
-
-
-def _refusal_in(replies: bytes, reason: str) -> str | None:
-    """The line of ``replies`` that refused a message for ``reason`` (``DataAborted``)."""
-    wanted = reason.encode("utf-8", "replace")
-    for line in reversed(replies.split(b"\r\n")):
-        if line[3:4] == b" " and line[:3].isdigit() and line.endswith(wanted):
-            return line.decode("utf-8", "replace")
-    return None
 
 
 class Session(asyncio.Protocol):
@@ -122,7 +91,7 @@ class Session(asyncio.Protocol):
         self._conn = ServerConnection(context.listener.connection)
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[str, int] = ("", 0)
-        self._txn: _Transaction | None = None
+        self._txn: Transaction | None = None
         self._busy = False
         self._backlog = 0
         self._paused = False
@@ -135,17 +104,12 @@ class Session(asyncio.Protocol):
         self._handshake_handle: asyncio.TimerHandle | None = None
         self._linger_handle: asyncio.TimerHandle | None = None
         self._client_done = False
-        self._auth_failures = 0
+        self._auth: AuthAttempts | None = None
         self.auth_user: str | None = None
         # The loop that made the session runs it; asked once, as asking costs a getpid().
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
-        # What the connection summary counts (debug): see _log_summary.
-        self._started = self._loop.time()
-        self._commands = 0
-        self._messages = 0
-        self._refusals = 0
-        self._end = ""
+        self._log = SessionLog(self._loop.time())
 
     # ------------------------------------------------------------ lifecycle
 
@@ -187,7 +151,7 @@ class Session(asyncio.Protocol):
         if self._linger_handle is not None:
             self._linger_handle.cancel()
         if self._host.unregister(self) and log.isEnabledFor(logging.DEBUG):
-            self._log_summary(exc)
+            self._log.summary(self._peer[0], self._conn.helo_name, self._conn.errors, exc)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -270,7 +234,7 @@ class Session(asyncio.Protocol):
             self._touch()
             return
         log.info("idle timeout for %s", self._peer[0])
-        self._end = "timeout"
+        self._log.end = "timeout"
         self.shutdown(Reply(421, "4.4.2", f"{self._context.hostname} Idle timeout, closing"))
 
     def shutdown(self, reply: Reply) -> None:
@@ -285,7 +249,7 @@ class Session(asyncio.Protocol):
             if self._linger_handle is not None:
                 transport.close()
             return
-        self._end = self._end or str(reply.code)
+        self._log.end = self._log.end or str(reply.code)
         if self._conn.state is not State.CLOSED:
             self._conn.send(reply)
         self._flush()
@@ -350,7 +314,7 @@ class Session(asyncio.Protocol):
                     break
         except Exception:
             log.exception("session with %s failed", self._peer[0])
-            self._end = "error"
+            self._log.end = "error"
             self.shutdown(Reply(421, "4.3.0", f"{self._context.hostname} Internal error, closing"))
             return
         self._flush()
@@ -372,7 +336,7 @@ class Session(asyncio.Protocol):
                 self._content_refused(event)
                 return False
             case ConnectionClosed():
-                self._end = _why_closed(self._flush())
+                self._log.end = why_closed(self._flush())
                 self._abort_transaction()
                 self._close_transport()
                 return True
@@ -400,7 +364,7 @@ class Session(asyncio.Protocol):
             case _:  # the type checker proves no other is left
                 assert_type(event, AuthCredentials)
                 took_over = self._authenticate(event)
-        self._commands += 1
+        self._log.commands += 1
         return took_over
 
     def _greet_or_reset(self, event: Helo | Ehlo | Rset) -> None:
@@ -428,7 +392,7 @@ class Session(asyncio.Protocol):
                 log.warning("refusing a sender from %s: too little free disk space", self._peer[0])
                 self._refuse(_NO_ROOM, event.address)
                 return
-            self._txn = _Transaction(event)
+            self._txn = Transaction(event)
             conn.send(_MAIL_OK)
             return
         txn = self._txn
@@ -436,15 +400,7 @@ class Session(asyncio.Protocol):
         may_relay = self.auth_user is not None or self._policy.trusts(self._peer[0])
         reply = self._policy.check_recipient(event.address, may_relay=may_relay)
         if reply.is_positive:
-            members = self._policy.expand(event.address)
-            if members == (event.address,):
-                txn.recipients.append(event.address)
-                txn.rcpt_params.append(dict(event.params))
-            else:  # an alias: its members receive the message, each once
-                for member in members:
-                    if member not in txn.recipients:
-                        txn.recipients.append(member)
-                        txn.rcpt_params.append(dict(event.params))
+            txn.add(event.address, self._policy.expand(event.address), event.params)
             conn.send(reply)
             return
         self._refuse(reply, txn.mail.address, (event.address,))
@@ -457,34 +413,23 @@ class Session(asyncio.Protocol):
         return txn.spool
 
     def _protocol(self, mail: MailFrom) -> str:
-        """The protocol the trace header names (RFC 3848, RFC 6531 4.3)."""
         conn = self._conn
-        protocol = "ESMTP" if conn.extended else "SMTP"
-        if mail.smtputf8:
-            protocol = "UTF8SMTP"
-        if conn.tls_active:
-            protocol += "S"
-        if self.auth_user is not None:
-            protocol += "A"
-        return protocol
+        return protocol_name(
+            extended=conn.extended,
+            smtputf8=mail.smtputf8,
+            tls=conn.tls_active,
+            authenticated=self.auth_user is not None,
+        )
 
-    def _envelope(self, txn: _Transaction) -> Envelope:
-        conn = self._conn
-        mail = txn.mail
-        protocol = self._protocol(mail)
-        return Envelope(
-            mail_from=mail.address,
-            rcpt_to=tuple(txn.recipients),
+    def _envelope(self, txn: Transaction) -> Envelope:
+        return txn.envelope(
             received_at=self._clock.now(),
-            helo_name=conn.helo_name,
-            client_address=self._peer[0],
-            client_port=self._peer[1],
-            protocol=protocol,
-            mail_params=dict(mail.params),
-            rcpt_params=tuple(txn.rcpt_params),
+            helo_name=self._conn.helo_name,
+            client=self._peer,
+            protocol=self._protocol(txn.mail),
             auth_user=self.auth_user,
             tls=self._tls,
-            outbound=tuple(r for r in txn.recipients if not self._policy.is_local(r)),
+            is_local=self._policy.is_local,
         )
 
     def _abort_transaction(self) -> None:
@@ -497,7 +442,7 @@ class Session(asyncio.Protocol):
         txn = self._txn
         # The refusal is among the replies not yet written (before a 421, if
         # that was the client's last error): written now, a little early.
-        reply = _refusal_in(self._flush(), event.reason)
+        reply = refusal_in(self._flush(), event.reason)
         if reply is not None and txn is not None:
             self._log_refusal(reply, txn.mail.address, txn.recipients)
         elif log.isEnabledFor(logging.DEBUG):
@@ -512,54 +457,7 @@ class Session(asyncio.Protocol):
         self._log_refusal(reply, sender, recipients)
 
     def _log_refusal(self, reply: Reply | str, sender: str, recipients: Sequence[str]) -> None:
-        """Count a refusal; log it at info with ``reply`` (a ``Reply``, or its first line)."""
-        self._refusals += 1
-        if not log.isEnabledFor(logging.INFO):
-            return
-        fields = self._address_fields(LogFields(), sender, recipients)
-        self._client_fields(fields)
-        fields["reply"] = reply if isinstance(reply, str) else f"{reply.code} {reply.lines[0]}"
-        log.info("refused %s", fields, extra={"fields": fields})
-
-    def _log_accepted(self, message_id: str, txn: _Transaction, size: int) -> None:
-        fields = self._address_fields(LogFields(id=message_id), txn.mail.address, txn.recipients)
-        fields["size"] = size
-        self._client_fields(fields)
-        fields["proto"] = self._protocol(txn.mail)
-        if self._tls is not None:
-            fields["tls"] = self._tls.version
-        if self.auth_user is not None:
-            fields["auth"] = clean(self.auth_user)
-        log.info("%s", fields, extra={"fields": fields})
-
-    @staticmethod
-    def _address_fields(fields: LogFields, sender: str, recipients: Sequence[str]) -> LogFields:
-        """Add ``from`` and ``to`` (when there are recipients), cleaned, to ``fields``."""
-        fields["from"] = clean(sender)
-        if recipients:
-            fields["to"] = [clean(r) for r in recipients[:MAX_LOGGED_RECIPIENTS]]
-            if len(recipients) > MAX_LOGGED_RECIPIENTS:
-                fields["nrcpt"] = len(recipients)
-        return fields
-
-    def _client_fields(self, fields: LogFields) -> LogFields:
-        """Add ``client`` and ``helo`` (when given), cleaned, to ``fields``."""
-        fields["client"] = self._peer[0]
-        helo = self._conn.helo_name
-        if helo:
-            fields["helo"] = clean(helo)
-        return fields
-
-    def _log_summary(self, exc: Exception | None) -> None:
-        end = self._end or ("error" if exc is not None else "closed")
-        fields = self._client_fields(LogFields())
-        fields["duration"] = round(self._loop.time() - self._started, 3)
-        fields["commands"] = self._commands + (end == "QUIT")
-        fields["messages"] = self._messages
-        fields["refused"] = self._refusals
-        fields["errors"] = self._conn.errors
-        fields["end"] = end
-        log.debug("disconnect %s", fields, extra={"fields": fields})
+        self._log.refused(reply, sender, recipients, self._peer[0], self._conn.helo_name)
 
     # ---------------------------------------------------------- AUTH
 
@@ -570,40 +468,22 @@ class Session(asyncio.Protocol):
         return True
 
     async def _check_credentials(self, credentials: AuthCredentials) -> None:
-        authenticator = self._context.authenticator
-        assert authenticator is not None  # AUTH is offered only with one (SMTPServer)
-        try:
-            ok = await authenticator.authenticate(credentials.username, credentials.password)
-        except Exception:
-            log.exception("authenticating %s failed", self._peer[0])
-            self._resume(Reply(454, "4.7.0", "Temporary authentication failure"))
-            return
-        if ok:
-            self.auth_user = credentials.username
-            log.info("%s authenticated as %s", self._peer[0], credentials.username)
-            self._resume(_AUTH_OK)
-            return
-        self._auth_failures += 1
-        limits = self._context.limits
-        # The address and user name are logged, never the password.
-        log.warning(
-            "authentication failure %d from %s for user %r",
-            self._auth_failures,
-            self._peer[0],
-            credentials.username[:64],
-        )
-        delay = min(limits.auth_failure_delay * self._auth_failures, _MAX_AUTH_DELAY_SECONDS)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if self._auth_failures >= max(limits.max_auth_failures, 3):  # RFC 4954 9
+        if self._auth is None:
+            authenticator = self._context.authenticator
+            assert authenticator is not None  # AUTH is offered only with one (SMTPServer)
+            self._auth = AuthAttempts(authenticator, self._context.limits, self._peer[0])
+        outcome = await self._auth.check(credentials)
+        if outcome.user is not None:
+            self.auth_user = outcome.user
+        if outcome.give_up:
             self._busy = False
             if not self._closed:
-                self._conn.send(_AUTH_FAILED)
+                self._conn.send(outcome.reply)
             self.shutdown(
                 Reply(421, "4.7.0", f"{self._context.hostname} Too many authentication failures")
             )
             return
-        self._resume(_AUTH_FAILED)
+        self._resume(outcome.reply)
 
     # ------------------------------------------------------- async steps
 
@@ -615,7 +495,7 @@ class Session(asyncio.Protocol):
         task = self._loop.create_task(self._commit(txn, txn.spool))
         self._host.track(task)
 
-    async def _commit(self, txn: _Transaction, spool: Spool) -> None:
+    async def _commit(self, txn: Transaction, spool: Spool) -> None:
         try:
             message_id = await self._sink.commit(spool)
         except InsufficientStorageError as error:
@@ -626,9 +506,19 @@ class Session(asyncio.Protocol):
             reply = _TEMPORARY_FAILURE
         else:
             reply = Reply(250, "2.0.0", f"Ok: queued as {message_id}")
-            self._messages += 1
+            self._log.messages += 1
             if log.isEnabledFor(logging.INFO):
-                self._log_accepted(message_id, txn, spool.size)
+                self._log.accepted(
+                    message_id,
+                    txn.mail.address,
+                    txn.recipients,
+                    spool.size,
+                    client=self._peer[0],
+                    helo=self._conn.helo_name,
+                    proto=self._protocol(txn.mail),
+                    tls=self._tls.version if self._tls is not None else None,
+                    auth=self.auth_user,
+                )
             self._resume(reply)
             return
         self._log_refusal(reply, txn.mail.address, txn.recipients)
