@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
+from mailgate.auth import UsersFile
 from mailgate.cli import main
 from mailgate.config import OPTIONS, Domain, Listen, Settings
-from mailgate.stores.users import UsersFile
 
 STARTUP_TIMEOUT_SECONDS = 30.0
 

@@ -25,11 +25,11 @@ import httpx
 import pytest
 import trustme
 
+from mailgate.auth import UsersFile
 from mailgate.cli import main
 from mailgate.config import ConfigError, Limits, Settings, load_settings
 from mailgate.runtime._logging import JSONFormatter, TextFormatter
 from mailgate.server._log import LogFields, RefusalLog, clean
-from mailgate.stores.users import UsersFile
 from mailgate.testing import MailgateServer
 from test_server_tls_auth import CHEAP, PASSWORD, make_server
 

@@ -21,10 +21,10 @@ import aiosmtplib
 import pytest
 import trustme
 
+from mailgate.auth import UsersFile
 from mailgate.config import Domain, Limits, Listen, Settings
 from mailgate.server import ServerConfigError, SMTPServer
 from mailgate.server._tls import TLSConfigError, ensure_self_signed, server_context
-from mailgate.stores.users import UsersFile
 from mailgate.testing import MailgateServer
 from server_helpers import require_tool
 
