@@ -18,7 +18,9 @@ import smtplib
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +70,14 @@ class Served:
         self.port = int(match[1])
         assert int(match[2]) == workers
         self.http_url = match[3]
+        # Drained as it comes, so that a server logging much never blocks on a full pipe.
+        self._err: list[str] = []
+        self._draining = threading.Thread(target=self._drain, daemon=True)
+        self._draining.start()
+
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        self._err.extend(self.process.stderr)
 
     def workers(self) -> list[int]:
         """The pids of the SMTP worker processes (the server's children but one)."""
@@ -86,9 +96,21 @@ class Served:
         return total
 
     def stop(self) -> tuple[int, str]:
+        """SIGTERM, then the exit status and everything the server wrote on stderr."""
         self.process.send_signal(signal.SIGTERM)
-        _, err = self.process.communicate(timeout=TIMEOUT)
-        return self.process.returncode, err
+        return self._ended()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self._ended()
+
+    def _ended(self) -> tuple[int, str]:
+        status = self.process.wait(TIMEOUT)
+        self._draining.join(TIMEOUT)
+        for pipe in (self.process.stdout, self.process.stderr):
+            assert pipe is not None
+            pipe.close()
+        return status, "".join(self._err)
 
 
 def wait_until(condition: object, what: str) -> None:
@@ -136,8 +158,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     server = Served(tmp_path, workers=3)
     yield server
     if server.process.poll() is None:
-        server.process.kill()
-        server.process.communicate()
+        server.kill()
 
 
 def test_workers_share_the_port_and_the_store(served: Served) -> None:
@@ -234,24 +255,47 @@ def test_a_dead_workers_spool_file_goes_when_it_is_started_again(
     assert "removed 1 spool files an earlier process left" in err, err
 
 
-def test_a_dead_commit_service_is_started_again_and_no_mail_is_refused(served: Served) -> None:
+def test_a_dead_commit_service_means_451_until_it_is_started_again(
+    served: Served, tmp_path: Path
+) -> None:
+    # The one writer of new mail is gone: every SMTP process refuses new mail with 451
+    # (no second route), and takes it again as soon as the service is back.
     first = served.commit_service()
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: gone(first), "the commit service to die")
-    # Meanwhile each SMTP process commits on its own.  One that has not yet seen the
-    # connection end sends there first, and answers 451, as for a message in flight:
-    # a client sends it again, as clients do.
-    refused = 0
-    for number in range(10):
-        refused += send_until_accepted(served.port, f"Subject: {number}\r\n\r\n.\r\n")
-    assert refused <= 3  # at most once for each SMTP process
-    wait_until(lambda: served.commit_services() not in ([], [first]), "a new commit service")
-    for number in range(10, 20):
-        assert send_until_accepted(served.port, f"Subject: {number}\r\n\r\n.\r\n") == 0
-    assert served.total() == 20
+    outcomes: dict[str, str] = {}
+    deadline = time.monotonic() + TIMEOUT
+    in_a_row = 0
+    while in_a_row < 20:  # every SMTP process reached the new service
+        assert time.monotonic() < deadline, f"not accepted again: {outcomes}"
+        subject = f"message {len(outcomes)}"
+        outcomes[subject] = code = send_once(served.port, f"Subject: {subject}\r\n\r\n.\r\n")
+        in_a_row = in_a_row + 1 if code == "250" else 0
+    assert set(outcomes.values()) == {"250", "451 4.3.0"}, "none refused, or not with 451"
+    assert served.commit_services() not in ([], [first])
     status, err = served.stop()
     assert status == 0, err
     assert "the commit service exited with status -9; starting it again" in err, err
+    assert "lost the commit service: new mail gets 451 until it is back" in err, err
+    # Nothing was in flight at the kill: what got 250 is stored once, what got 451 not at all.
+    connection = sqlite3.connect(tmp_path / "data" / "mail.db")
+    try:
+        stored = Counter(
+            subject for (subject,) in connection.execute("SELECT subject FROM messages")
+        )
+    finally:
+        connection.close()
+    assert stored == Counter(subject for subject, code in outcomes.items() if code == "250")
+
+
+def send_once(port: int, message: str) -> str:
+    """Send ``message`` once: ``"250"``, or the code and enhanced code it was refused with."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
+        try:
+            client.sendmail("a@example.com", ["b@example.org"], message)
+        except smtplib.SMTPDataError as error:
+            return f"{error.smtp_code} {error.smtp_error[:5].decode()}"
+    return "250"
 
 
 def test_the_commit_service_listens_privately_and_stops_last(served: Served) -> None:
@@ -265,20 +309,6 @@ def test_the_commit_service_listens_privately_and_stops_last(served: Served) -> 
     assert status == 0, err
     assert gone(commit)
     assert not directory.exists()
-
-
-def send_until_accepted(port: int, message: str) -> int:
-    """Send ``message`` until it is accepted; return how many times it got a 4xx."""
-    for refused in range(5):
-        with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
-            try:
-                client.sendmail("a@example.com", ["b@example.org"], message)
-            except smtplib.SMTPDataError as error:
-                if not 400 <= error.smtp_code < 500:
-                    raise
-                continue
-            return refused
-    raise AssertionError(f"not accepted in 5 tries: {message!r}")
 
 
 def unix_sockets_of(pid: int) -> list[str]:
@@ -302,8 +332,7 @@ def test_workers_stop_when_the_server_dies(served: Served) -> None:
     commit = served.commit_service()
     (socket_path,) = unix_sockets_of(commit)
     workers = [*served.workers(), commit]
-    served.process.kill()
-    served.process.communicate()
+    served.kill()
     # Their stdin, a pipe from the server, reaches its end: they stop by themselves.
     wait_until(lambda: all(gone(pid) for pid in workers), "the workers to stop")
     assert not Path(socket_path).parent.exists()  # the commit service cleaned up
@@ -355,6 +384,21 @@ def test_the_test_helper_runs_workers_too() -> None:
         assert len(server.messages()) == 20
 
 
+def test_the_test_helper_stores_new_mail_in_the_commit_service_as_serve_does() -> None:
+    with MailgateServer() as server:
+        (service,) = children(os.getpid(), COMMIT_SERVICE)
+        for number in range(5):
+            with smtplib.SMTP(server.host, server.port, timeout=TIMEOUT) as client:
+                client.sendmail(
+                    "a@example.com", ["b@example.org"], f"Subject: {number}\r\n\r\n.\r\n"
+                )
+        assert len(server.messages()) == 5
+        store = server.store
+        assert isinstance(store, SQLiteStore)
+        assert store.stats.transactions == 0  # none by the test process's own writer
+    assert gone(service)
+
+
 @pytest.mark.asyncio
 async def test_bound_ports_refuse_connections_until_they_serve(tmp_path: Path) -> None:
     # The first process binds before its workers start, and serves once they all do.
@@ -377,40 +421,23 @@ async def test_bound_ports_refuse_connections_until_they_serve(tmp_path: Path) -
         await store.aclose()
 
 
-def test_without_a_commit_service_each_process_commits_on_its_own(tmp_path: Path) -> None:
+def test_serve_does_not_start_without_its_commit_service(tmp_path: Path) -> None:
+    # There is no other writer of new mail to fall back on: a one-line error, not a server.
     deep = tmp_path / ("d" * 100)  # too deep a temporary directory for a Unix socket
     deep.mkdir()
     argv = ["serve", "--smtp", "127.0.0.1:0", "--no-http", "--data", str(tmp_path / "data")]
-    process = subprocess.Popen(
+    done = subprocess.run(
         [sys.executable, "-m", "mailgate", *argv, "--workers", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         env={**os.environ, "TMPDIR": str(deep)},
+        timeout=TIMEOUT,
+        check=False,
     )
-    try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], TIMEOUT)
-        line = process.stdout.readline() if ready else ""
-        match = re.search(r"smtp 127\.0\.0\.1:(\d+)", line)
-        assert match, line
-        assert not children(process.pid, COMMIT_SERVICE)
-        for number in range(4):
-            with smtplib.SMTP("127.0.0.1", int(match[1]), timeout=TIMEOUT) as client:
-                client.sendmail(
-                    "a@example.com", ["b@example.org"], f"Subject: {number}\r\n\r\n.\r\n"
-                )
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
-    assert "the commit service did not start" in err
-    assert "each SMTP process commits on its own" in err
-    connection = sqlite3.connect(tmp_path / "data" / "mail.db")
-    try:
-        assert connection.execute("SELECT count(*) FROM messages").fetchone() == (4,)
-    finally:
-        connection.close()
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert re.fullmatch(
+        r"mailgate: error: the commit service did not start: cannot listen on \S+: .*too long\n",
+        done.stderr,
+    ), done.stderr
+    assert not list(deep.iterdir())  # its socket's directory is gone too

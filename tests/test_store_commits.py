@@ -1,9 +1,10 @@
 """New mail stored by the commit service: real sockets, real threads, real SQLite.
 
 A store told ``connect_commit_service`` sends each new message to a server
-store's ``serve_commit_service`` loop and hears back once it is committed.
-Nothing sleeps but to look again at the search index, which has no event:
-every wait has a time-out.
+store's ``serve_commit_service`` loop and hears back once it is committed;
+while it cannot reach the service it refuses new mail, and it reconnects in
+the background.  Nothing sleeps but to look again at the search index or the
+link, which have no event: every wait has a time-out.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -28,9 +28,7 @@ from mailgate.ports import StoreError
 from mailgate.query import parse_query
 from mailgate.stores import SQLiteStore
 from mailgate.stores.sqlite import _commit_service as commit_service
-from mailgate.stores.sqlite import _store as store_module
 from mailgate.stores.sqlite._records import NewMessageRecord, QueuedRecipient
-from mailgate.stores.sqlite._store import Route
 from mailgate.testing.stores import make_envelope, make_message
 from store_helpers import index_state, record, until
 
@@ -62,6 +60,7 @@ class Served:
         await asyncio.to_thread(self._thread.join, TIMEOUT)
         assert not self._thread.is_alive(), "serve_commit_service did not stop"
         self.listener.close()
+        Path(self.socket_path).unlink()
         self._stop_reader.close()
         self._stop_writer.close()
         await self.store.aclose()
@@ -139,48 +138,47 @@ async def test_new_mail_is_stored_by_the_commit_service(tmp_path: Path, socket_p
 
 
 @pytest.mark.asyncio
-async def test_larger_content_held_in_memory_is_committed_here(
+async def test_content_held_in_memory_is_sent_whatever_its_size(
     tmp_path: Path, socket_path: str
 ) -> None:
     async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
         before = store.stats.transactions
-        at_limit = store_module.MAX_CONTENT_SENT_OCTETS - 1000
-        sent = await deliver(store, tmp_path, "sent", size=at_limit)
-        assert store.stats.transactions == before
-        kept = await deliver(store, tmp_path, "kept", size=store_module.MAX_CONTENT_SENT_OCTETS)
-        assert store.stats.transactions == before + 1
-        assert not list(store.bodies.iterdir())  # both inline
-        assert [m.id for m in (await store.list()).messages] == [kept, sent]
-
-
-def held(size: int) -> SimpleNamespace:
-    """Enough of a ``ports.NewMessage`` to route: content of ``size`` octets held in memory."""
-    return SimpleNamespace(content=b"x" * size, path=None)
+        # Up to the accept path's memory threshold (256 KiB) content stays in memory.
+        sizes = (1_000, 16 * 1024, 100 * 1024, 250 * 1024)
+        ids = [await deliver(store, tmp_path, f"{size} octets", size=size) for size in sizes]
+        assert store.stats.transactions == before  # none by this store's own writer
+        assert not list(store.bodies.iterdir())  # all inline
+        assert [m.id for m in (await store.list()).messages] == ids[::-1]
+        for message_id, size in zip(ids, sizes, strict=True):
+            raw = await store.raw(message_id)
+            assert raw is not None
+            assert raw.count(b"x" * 76) == size // 78
 
 
 @pytest.mark.asyncio
 async def test_the_route_of_new_mail(tmp_path: Path, socket_path: str) -> None:
-    limit = store_module.MAX_CONTENT_SENT_OCTETS
-    in_a_file = SimpleNamespace(content=None, path=str(tmp_path / "spooled"))
     async with client_store(tmp_path, None) as alone:
-        assert alone._route(held(10)) is Route.OWN_WRITER  # type: ignore[arg-type]
+        assert alone._route() is None  # its own writer
     async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
-        route = store._route
-        assert route(held(limit)) is Route.COMMIT_SERVICE  # type: ignore[arg-type]
-        assert route(in_a_file) is Route.COMMIT_SERVICE  # type: ignore[arg-type]
-        assert route(held(limit + 1)) is Route.OWN_WRITER  # type: ignore[arg-type]
+        client = store._route()
+        assert client is not None
+        assert client.connected
 
-        def elsewhere() -> Route:  # another event loop than the one that connected
-            return asyncio.run(_route_on_this_loop(store, held(10)))
+        def elsewhere() -> None:  # another event loop than the one that connected
+            asyncio.run(_route_on_this_loop(store))
 
-        assert await asyncio.to_thread(elsewhere) is Route.OWN_WRITER
-        assert store._link is not None
-        store._link.close()
-        assert route(held(10)) is Route.OWN_WRITER  # type: ignore[arg-type]
+        with pytest.raises(StoreError, match="another event loop"):
+            await asyncio.to_thread(elsewhere)
+        client.close()
+        link = store._link
+        assert link is not None
+        await until(lambda: not link.connected, "the connection ends")
+        with pytest.raises(StoreError, match="cannot be reached"):
+            store._route()
 
 
-async def _route_on_this_loop(store: SQLiteStore, message: SimpleNamespace) -> Route:
-    return store._route(message)  # type: ignore[arg-type]
+async def _route_on_this_loop(store: SQLiteStore) -> None:
+    store._route()
 
 
 @pytest.mark.asyncio
@@ -257,8 +255,7 @@ async def test_a_failed_message_fails_alone(
     monkeypatch.setattr(commit_service, "frame", recording)
     async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
         first = await deliver(store, tmp_path, "first")
-        assert store._link is not None
-        client = store._link.client
+        client = store._route()
         assert client is not None
         # The same message again breaks the unique id; sent with a good one, in one batch.
         again = client.submit(sent[0])
@@ -274,8 +271,7 @@ async def test_a_message_with_queue_rows_is_refused_not_stored_without_them(
 ) -> None:
     """The record carries queue rows to the commit service; no store keeps them yet."""
     async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
-        assert store._link is not None
-        client = store._link.client
+        client = store._route()
         assert client is not None
         queued = record(
             7,
@@ -292,25 +288,56 @@ async def test_a_message_with_queue_rows_is_refused_not_stored_without_them(
         assert [m.id for m in (await store.list()).messages] == [plain.id]
 
 
+def nothing_left(tmp_path: Path, store: SQLiteStore) -> bool:
+    """No body file and no spool file: what a refused message leaves."""
+    return not list(store.bodies.iterdir()) and not list((tmp_path / "spool").glob("*.spool"))
+
+
 @pytest.mark.asyncio
-async def test_an_unreachable_commit_service_means_storing_here(
+async def test_an_unreachable_commit_service_means_451_until_it_is_reached(
     tmp_path: Path, socket_path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(commit_service, "RECONNECT_SECONDS", 0.0)
+    monkeypatch.setattr(commit_service, "RECONNECT_SECONDS", 0.01)
     async with client_store(tmp_path, None) as store:
         with pytest.raises(StoreError, match="cannot reach the commit service"):
             await store.connect_commit_service(socket_path)
         before = store.stats.transactions
-        alone = await deliver(store, tmp_path, "while it is away")
-        assert store.stats.transactions == before + 1
+        for subject, size in (("small", 0), ("in memory", 100_000), ("spooled", 3_000_000)):
+            with pytest.raises(StoreError, match="cannot be reached"):
+                await deliver(store, tmp_path, subject, size=size)
+        # Refused, not stored here: the SMTP client is told 451 and sends it again.
+        assert store.stats.transactions == before
+        assert (await store.list()).total == 0
+        assert nothing_left(tmp_path, store)
         async with serving(tmp_path, socket_path):
-            await deliver(store, tmp_path, "reconnects, still here")
-            assert store._link is not None
-            assert store._link.client is not None
-            assert store._link.client.connected
-            remote = await deliver(store, tmp_path, "there")
-            assert store.stats.transactions == before + 2
-        assert {m.id for m in (await store.list()).messages} >= {alone, remote}
+            link = store._link
+            assert link is not None
+            await until(lambda: link.connected, "the link reconnects by itself")
+            small = await deliver(store, tmp_path, "small, again")
+            large = await deliver(store, tmp_path, "a body file, again", size=3_000_000)
+            assert store.stats.transactions == before  # by the commit service
+        assert [m.id for m in (await store.list()).messages] == [large, small]
+
+
+@pytest.mark.asyncio
+async def test_a_commit_service_started_again_is_used_again(
+    tmp_path: Path, socket_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(commit_service, "RECONNECT_SECONDS", 0.01)
+    async with client_store(tmp_path, None) as store:
+        async with serving(tmp_path, socket_path):
+            await store.connect_commit_service(socket_path)
+            first = await deliver(store, tmp_path, "first")
+        link = store._link
+        assert link is not None
+        await until(lambda: not link.connected, "the link sees the service go")
+        with pytest.raises(StoreError, match="cannot be reached"):
+            await deliver(store, tmp_path, "while it is away")
+        async with serving(tmp_path, socket_path):
+            await until(lambda: link.connected, "the link reconnects by itself")
+            second = await deliver(store, tmp_path, "second")
+        assert store.stats.transactions == 0
+        assert [m.id for m in (await store.list()).messages] == [second, first]
 
 
 @pytest.mark.asyncio
@@ -335,11 +362,11 @@ async def test_a_commit_service_that_ends_unanswered_fails_those_messages(
             with pytest.raises(StoreError, match="ended before confirming"):
                 await deliver(store, tmp_path, "lost in flight")
             assert store._link is not None
-            assert store._link.client is not None
-            assert not store._link.client.connected
-            # The next one is committed here (the reconnect waits RECONNECT_SECONDS).
-            kept = await deliver(store, tmp_path, "kept")
-            assert [m.id for m in (await store.list()).messages] == [kept]
+            assert not store._link.connected
+            # The next one is refused too, until the link reaches a service again.
+            with pytest.raises(StoreError, match="cannot be reached"):
+                await deliver(store, tmp_path, "refused")
+            assert (await store.list()).total == 0
     finally:
         thread.join(TIMEOUT)
         listener.close()

@@ -38,7 +38,7 @@ def serve(settings: Settings) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    app = Mailgate(settings, commit_service=True)
+    app = Mailgate(settings)
     try:
         await app.start()
     except StoreURLError as error:

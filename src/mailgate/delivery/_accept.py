@@ -1,10 +1,16 @@
-"""The accept path: the one writer of new mail.
+"""The accept path: the one way in for new mail, from every session to the store.
 
 ``Acceptor.begin`` gives each message its id and a spool that starts with
 ``Return-Path:`` and the ``Received:`` trace header; ``Acceptor.commit`` summarizes the message
 and hands it to the store, returning the id only once the store says it is
 durable.  Whatever happens, the spool's file is gone once ``commit`` returns
 or raises: either the store took it, or it is removed.
+
+Writing is the store's: in a node with the SQLite store, every SMTP
+process's store sends the message to the commit service, the node's one
+writer of new mail (as Postfix's smtpd hands mail to cleanup).  While that
+service cannot be reached the store raises ``StoreError``, and the session
+answers ``451``.
 
 A crash can still leave spool files behind.  Every acceptor holds a shared
 ``flock`` on ``<spool>/.lock`` while it lives; the first to start when no

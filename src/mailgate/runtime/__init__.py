@@ -1,9 +1,9 @@
 """How a mailgate node runs: its processes, their supervision, the services they run.
 
 ``Mailgate`` is a running node: the store, the accept path, the SMTP
-listeners, the web inbox and, for ``mailgate serve``, the SMTP workers
-(``--workers``) and the commit service, the one process that commits the
-new mail of every SMTP process.  ``mailgate serve`` (``mailgate.cli``) and
+listeners, the web inbox, the SMTP workers (``--workers``) and, with an
+SQLite store, the commit service, the one process that commits the new mail
+of every SMTP process.  ``mailgate serve`` (``mailgate.cli``) and
 ``mailgate.testing.MailgateServer`` both run it.  Every process of a node
 starts with ``configure_process`` and runs its event loop from
 ``new_runner``; the children are ``python -m mailgate.runtime KIND``.

@@ -1,15 +1,19 @@
 """The commit service: one process that commits the new mail of every SMTP process.
 
-With an SQLite store, ``mailgate serve`` commits new mail in a process of its
+With an SQLite store, a mailgate node (``mailgate serve``, and so
+``mailgate.testing.MailgateServer``) commits new mail in a process of its
 own, which every SMTP process (the serving process and its workers) reaches
-over a Unix socket in a new directory only this user can enter.  Its two
-sides are here:
+over a Unix socket in a new directory only this user can enter.  It is the
+node's one writer of new mail, as Postfix's cleanup is.  Its two sides are
+here:
 
-- ``CommitService``, in the serving process: starts it, starts it again
-  when it dies (a ``_supervisor.Supervisor`` of one child), and stops it
-  last, after every SMTP process has finished its transactions.  Meanwhile,
-  and until they reach it again, the SMTP processes commit on their own
-  writer threads.
+- ``CommitService``, in the serving process: starts it (the node does not
+  start without it), starts it again when it dies (a
+  ``_supervisor.Supervisor`` of one child), and stops it last, after every
+  SMTP process has finished its transactions.  While it is being started
+  again the SMTP processes answer new mail with ``451`` and reach it again
+  as soon as it listens (``mailgate.stores.SQLiteStore``'s route for new
+  mail): clients send again, as they do.
 - ``run_commit_service``, the service itself (``python -m mailgate.runtime
   commit-service``): reads the settings and the socket path on its stdin,
   opens the store, listens on the socket, answers ``ready``, and commits what

@@ -2,12 +2,13 @@
 
 ``Mailgate`` opens the store, builds the accept path, the TLS context and
 the authenticator the settings ask for, and starts the SMTP listeners, the
-SMTP workers (``_workers``) and the web inbox; for ``mailgate serve``, with
-an SQLite store, also the commit service every SMTP process commits new mail
-in (``_commit_service``).  Shutdown runs the other way: SMTP first
-(transactions in flight finish, in the workers too), then the commit
-service, the web service, the store.  ``mailgate serve`` and the test helper
-``mailgate.testing.MailgateServer`` both run exactly this.
+SMTP workers (``_workers``) and the web inbox; with an SQLite store, first
+the commit service (``_commit_service``), the one writer of the node's new
+mail, which every SMTP process sends its new mail to.  Shutdown runs the
+other way: SMTP first (transactions in flight finish, in the workers too),
+then the web service, the store and, last, the commit service.  ``mailgate
+serve`` and the test helper ``mailgate.testing.MailgateServer`` both run
+exactly this.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.ports import Authenticator, MessageStore, StoreError
 from mailgate.runtime._commit_service import CommitService
-from mailgate.runtime._supervisor import ChildStartError
 from mailgate.runtime._workers import WorkerPool, worker_settings
 from mailgate.server import (
     ListenError,
@@ -76,11 +76,12 @@ class Mailgate:
     build (tests use throwaway certificates and cheap password hashes).
     With ``settings.workers`` above 1 it also starts that many SMTP worker
     processes less one (see ``_workers``); ``worker`` is the number of the
-    worker this is, which serves SMTP only.  ``commit_service`` starts the
-    commit service (when the store is SQLite) and commits new mail there;
-    a worker is given its socket as ``commit_service_socket``.
-    ``start`` raises ``StoreError``, ``TLSConfigError``, ``ServerConfigError``
-    or ``OSError`` (an address in use) with a one-line message.
+    worker this is, which serves SMTP only.  With an SQLite store the node
+    starts the commit service and sends it all new mail; a worker is given
+    its socket as ``commit_service_socket``.  ``start`` raises
+    ``StoreError``, ``TLSConfigError``, ``ServerConfigError``,
+    ``ChildStartError`` (a worker or the commit service could not start) or
+    ``OSError`` (an address in use) with a one-line message.
     """
 
     def __init__(
@@ -90,7 +91,6 @@ class Mailgate:
         tls_context: ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
         worker: int = 0,
-        commit_service: bool = False,
         commit_service_socket: str | None = None,
     ) -> None:
         if settings.workers == 0:
@@ -102,7 +102,6 @@ class Mailgate:
             )
         self.settings = settings
         self.worker = worker
-        self._start_commit_service = commit_service
         self._commit_service_socket = commit_service_socket
         self._commit_service: CommitService | None = None
         self._workers: WorkerPool | None = None
@@ -185,44 +184,48 @@ class Mailgate:
             raise
 
     async def _reach_commit_service(self, store: MessageStore) -> None:
-        """Start the commit service, or reach a running one, as this process was told."""
+        """Start the commit service (a worker: reach the serving process's) and send it new mail.
+
+        A worker that cannot reach it now starts all the same: its store
+        refuses new mail (``451``) until it has (``SQLiteStore._route``).
+        """
         if not isinstance(store, SQLiteStore):
             return
-        if self._start_commit_service:
-            service = CommitService(self.settings)
-            try:
-                await service.start()
-            except ChildStartError as error:  # e.g. a temporary directory too deep for a socket
-                log.warning("%s; each SMTP process commits on its own", error)
-                return
-            self._commit_service = service
-            self._commit_service_socket = service.socket_path
-            await store.connect_commit_service(self._commit_service_socket)
-        elif self._commit_service_socket is not None:
+        if self.worker:
+            assert self._commit_service_socket is not None, "a worker is given the socket"
             try:
                 await store.connect_commit_service(self._commit_service_socket)
             except StoreError as error:  # it may be starting again: reached later
-                log.warning("%s; committing here for now", error)
+                log.warning("%s; new mail gets 451 until it is reached", error)
+            return
+        service = CommitService(self.settings)
+        await service.start()
+        self._commit_service = service
+        self._commit_service_socket = service.socket_path
+        await store.connect_commit_service(service.socket_path)
 
     async def aclose(self) -> None:
-        """Stop the listeners and the workers gracefully, then the commit service, the store."""
+        """Stop the listeners and the workers gracefully, then the web service, the store and,
+        last, the commit service (this process's store has let go of it by then)."""
         try:
             stopping = [part.aclose() for part in (self._server, self._workers) if part]
             await asyncio.gather(*stopping)
         finally:
             self._workers = None
-            if self._commit_service is not None:
-                await self._commit_service.aclose()
-                self._commit_service = None
-            if self._sink is not None:
-                self._sink.close()
-                self._sink = None
-            if self._http is not None:
-                await self._http.aclose()
-                self._http = None
-            if self._store is not None:
-                await self._store.aclose()
-                self._store = None
+            try:
+                if self._sink is not None:
+                    self._sink.close()
+                    self._sink = None
+                if self._http is not None:
+                    await self._http.aclose()
+                    self._http = None
+                if self._store is not None:
+                    await self._store.aclose()
+                    self._store = None
+            finally:
+                if self._commit_service is not None:
+                    await self._commit_service.aclose()
+                    self._commit_service = None
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -63,10 +63,11 @@ def configure_process(settings: Settings, label: str = "") -> None:
     logging.basicConfig(
         handlers=[log_handler(settings.log_format, label)], level=settings.log_level.upper()
     )
-    # The store's writer thread waits for the GIL after each statement of a commit; by
-    # default a busy event loop keeps it for up to 5 ms, which would add to latency.
-    # Shorter than 2 ms, the two threads trade it so often that both spend more CPU a
-    # message (docs/performance.md).
+    # A thread beside a busy event loop (adopting a large message's body file, a store's
+    # writer thread) waits for the GIL after each blocking call; by default a busy loop
+    # keeps it for up to 5 ms, which would add to latency.  Shorter than 2 ms, the
+    # threads trade it so often that both spend more CPU a message
+    # (docs/design/performance.md).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
 
 

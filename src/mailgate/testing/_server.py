@@ -1,9 +1,10 @@
 """A real mailgate in a background thread, for tests of code that sends mail.
 
 ``MailgateServer`` runs exactly what ``mailgate serve`` runs (``runtime.Mailgate``:
-the SMTP server, the accept path, the SQLite store) on its own event loop
-in a thread, bound to a free port, so synchronous test code can send with
-``smtplib`` and read back what arrived.
+the SMTP server, the accept path, the SQLite store, and the commit service, a
+child process that stores all new mail) on its own event loop in a thread,
+bound to a free port, so synchronous test code can send with ``smtplib`` and
+read back what arrived.
 """
 
 from __future__ import annotations

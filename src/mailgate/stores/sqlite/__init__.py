@@ -5,7 +5,8 @@ durable once ``COMMIT`` returns.  Each part of the store is a module of its
 own:
 
 - ``_store``: ``SQLiteStore``, the public face, which holds the parts
-  together and decides which writer stores a new message (``_route``);
+  together and decides which writer stores a new message (``_route``): the
+  commit service, for a store connected to one, else its own writer;
 - ``_open``: the files, the schema and its upgrades, the open lock, and the
   sweep of body files no row names;
 - ``_schema``: the tables, and the mapping between rows and the model
@@ -17,10 +18,11 @@ own:
   commit of a batch, the change log, the search index's catching up), and
   ``WriteTurns`` between writers;
 - ``_writer``: the store's own writer thread, which batches what is
-  submitted into those transactions;
-- ``_commit_service``: the commit service, which stores the new mail of
-  every SMTP process of ``mailgate serve`` in one process, and the client
-  and link a store reaches it by;
+  submitted into those transactions: every change, and the new mail of a
+  store that sends none to a commit service (a command's, the service's own);
+- ``_commit_service``: the commit service, the one writer of new mail for
+  every SMTP process of a node (``mailgate serve``), and the client and link
+  a store reaches it by;
 - ``_reads``: the pool of read connections and the queries;
 - ``_search``: search (``query.Query`` as SQL over a trigram index) and tags;
 - ``_bodies``: adopting spool files as body files, reading and removing them;

@@ -1,18 +1,20 @@
-"""The commit service: one writer of new mail for every SMTP process of a server.
+"""The commit service: the one writer of new mail for every SMTP process of a node.
 
 A store's writer thread shares its process's GIL with the event loop.  After
 each step of a transaction it waits for the GIL while a busy loop runs
 compiled code that never offers it, and with several SMTP processes each
 transaction also waits for the other processes' turns on the write lock.
 Both add milliseconds to the reply after the final dot at moderate load.  So
-``mailgate serve`` stores the new mail of its SMTP processes in a process of
-its own, the commit service: each SMTP process's store sends every new
-message's ``NewMessageRecord`` there (``CommitServiceClient``, on its event
-loop, with no thread), and one single-threaded loop (``CommitService``)
-commits what every process sent in one transaction, then answers.  A store
-reaches the service through a ``CommitServiceLink``, which also says when it
-cannot (then the store's own writer takes the message: see
-``_store.SQLiteStore._route``).
+a mailgate node stores the new mail of its SMTP processes in a process of its
+own, the commit service, as Postfix's smtpd hands every message to cleanup:
+each SMTP process's store sends every new message's ``NewMessageRecord``
+there (``CommitServiceClient``, on its event loop, with no thread), and one
+single-threaded loop (``CommitService``) commits what every process sent in
+one transaction, then answers.  A store reaches the service through a
+``CommitServiceLink``, which keeps the connection up; while the service
+cannot be reached the store refuses new mail (``StoreError``, so the SMTP
+client is told ``451`` and sends it again): there is no second route for new
+mail (``_store.SQLiteStore._route``).
 
 Wire protocol, over a Unix stream socket in a directory only this user can
 enter:
@@ -33,8 +35,8 @@ Invariants:
   it and every other store's follower publishes it once;
 - a client whose connection ends fails every unanswered message with
   ``StoreError``: the message may or may not be stored, and the SMTP client,
-  told ``451``, sends it again.  Until the link connects again its store
-  writes on its own writer thread.
+  told ``451``, sends it again.  Until the link connects again (it tries every
+  ``RECONNECT_SECONDS``) every new message is refused the same way.
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 _READ_BYTES = 256 * 1024
 
 
-RECONNECT_SECONDS = 1.0
-"""How long a link waits, after failing to reach the commit service, before it tries again."""
+RECONNECT_SECONDS = 0.1
+"""How long a link waits, after losing or failing to reach the commit service, before it
+tries again: a failed try is one ``connect`` on a Unix socket."""
 
 
 def frame(record: NewMessageRecord) -> tuple[bytes, bytes]:
@@ -87,12 +90,16 @@ class CommitServiceClient(asyncio.Protocol):
     """One event loop's connection to the commit service.
 
     ``on_stored`` is called on the loop with the ids of the messages the
-    service committed, in the order they were sent.  Made on that loop.
+    service committed, in the order they were sent; ``on_lost`` once the
+    connection has ended.  Made on that loop.
     """
 
-    def __init__(self, on_stored: Callable[[list[MessageId]], None]) -> None:
+    def __init__(
+        self, on_stored: Callable[[list[MessageId]], None], on_lost: Callable[[], None]
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_stored = on_stored
+        self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self._waiting: collections.deque[tuple[asyncio.Future[MessageId], MessageId]] = (
             collections.deque()
@@ -163,6 +170,7 @@ class CommitServiceClient(asyncio.Protocol):
                 future.set_exception(
                     StoreError("the commit service ended before confirming the message")
                 )
+        self._on_lost()
 
     def close(self) -> None:
         """End the connection; unconfirmed messages fail."""
@@ -325,55 +333,100 @@ class CommitService:
 
 
 class CommitServiceLink:
-    """A store's way to the commit service: the connection of one event loop, and reconnecting.
+    """A store's way to the commit service: one event loop's connection, kept up.
 
-    The connection belongs to the loop that called ``connect``; a message from
-    another loop, or sent while the service cannot be reached, is not the
-    link's (``usable``).  ``on_stored`` is called on that loop with the ids of
-    the messages the service committed.
+    The connection belongs to the loop that called ``connect``.  When it ends
+    (the service died, or is being started again) or cannot be made, the link
+    tries again every ``RECONNECT_SECONDS`` in the background, on that loop,
+    until it is closed: meanwhile ``client`` raises ``StoreError``, and the
+    service takes new mail again as soon as it is back.  ``on_stored`` is
+    called on that loop with the ids of the messages the service committed.
     """
 
     def __init__(self, socket_path: str, on_stored: Callable[[list[MessageId]], None]) -> None:
         self.socket_path = socket_path
         self._on_stored = on_stored
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.client: CommitServiceClient | None = None
-        self._reconnect_at = 0.0
+        self._client: CommitServiceClient | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def connect(self) -> None:
         """Connect on the running loop, which the link then belongs to.
 
-        Raises ``OSError`` when the service cannot be reached.
+        Raises ``OSError`` when the service cannot be reached now; the link
+        then keeps trying in the background.
         """
-        self._loop = loop = asyncio.get_running_loop()
-        client = CommitServiceClient(self._on_stored)
-        await loop.create_unix_connection(lambda: client, self.socket_path)
-        self.client = client
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._connect()
+        except OSError:
+            self._reconnect_later()
+            raise
 
-    def usable(self) -> CommitServiceClient | None:
-        """The client to send to, if connected, from the loop it belongs to; else ``None``."""
-        client = self.client
+    async def _connect(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        client = CommitServiceClient(self._on_stored, self._lost)
+        await loop.create_unix_connection(lambda: client, self.socket_path)
+        if self._closed:
+            client.close()
+            return
+        self._client = client
+
+    def client(self) -> CommitServiceClient:
+        """The connection to send new mail on, from the loop the link belongs to.
+
+        Raises ``StoreError`` while the service cannot be reached (the link is
+        trying again meanwhile), and on any other event loop.
+        """
+        client = self._client
         if client is None or not client.connected:
-            return None
-        if self._loop is not asyncio.get_running_loop():
-            return None
+            raise StoreError("the commit service cannot be reached now; it is starting again")
+        if asyncio.get_running_loop() is not self._loop:
+            raise StoreError("new mail for the commit service comes from another event loop")
         return client
 
-    async def reconnect_when_due(self) -> None:
-        """Try to reach the service again, at most once a ``RECONNECT_SECONDS``, on its loop."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop or loop.time() < self._reconnect_at:
-            return
-        self._reconnect_at = loop.time() + RECONNECT_SECONDS
-        try:
-            await self.connect()
-        except OSError as error:
-            log.warning("cannot reach the commit service; storing here: %s", error)
-        else:
-            log.info("reached the commit service again")
+    @property
+    def connected(self) -> bool:
+        """Whether new mail can be sent now."""
+        return self._client is not None and self._client.connected
 
-    def close(self) -> None:
-        """End the connection; unconfirmed messages fail."""
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+    def _lost(self) -> None:
+        """The connection ended: new mail is refused until the link connects again."""
+        if not self._closed:
+            log.warning("lost the commit service: new mail gets 451 until it is back")
+            self._reconnect_later()
+
+    def _reconnect_later(self) -> None:
+        if self._closed or (self._reconnecting is not None and not self._reconnecting.done()):
+            return
+        assert self._loop is not None
+        self._reconnecting = self._loop.create_task(
+            self._reconnect(), name="mailgate-commit-service-reconnect"
+        )
+
+    async def _reconnect(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(RECONNECT_SECONDS)
+            try:
+                await self._connect()
+            except OSError:
+                continue
+            log.info("reached the commit service again")
+            return
+
+    async def aclose(self) -> None:
+        """End the connection (unconfirmed messages fail) and stop trying to reconnect."""
+        self._closed = True
+        reconnecting, self._reconnecting = self._reconnecting, None
+        if reconnecting is not None and not reconnecting.done():
+            if self._loop is asyncio.get_running_loop():
+                reconnecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconnecting
+            elif self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(reconnecting.cancel)
+        if self._client is not None:
+            self._client.close()
+            self._client = None

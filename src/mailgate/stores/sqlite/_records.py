@@ -4,9 +4,9 @@
 the columns of its ``messages`` row (see ``_schema``), its content when it is
 held in memory, the origin whose subscribers hear of it, and the outbound
 queue rows (``QueuedRecipient``) that must be durable in the same transaction
-as the message.  The SMTP processes send it to the commit service, and a
-store's own writer thread takes the very same record: one record, one route
-for queue rows whichever writer commits it.
+as the message.  The SMTP processes of a node send it to the commit service;
+a store with no commit service (a command's) gives the very same record to
+its own writer thread: one record, whichever writer commits it.
 
 Wire format, one encoder (``to_wire``) and one decoder (``from_wire``): the
 ``marshal`` of a flat tuple, ``WIRE_VERSION`` first, then the fields in the

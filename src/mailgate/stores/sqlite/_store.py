@@ -1,17 +1,17 @@
 """``SQLiteStore``: the store's public face, handing each job to the part that owns it.
 
-Opening is ``_open``'s; new messages and changes are written by ``_writer``'s
-thread (or, for new mail, by the commit service: ``SQLiteStore._route``); reads are
-``_reads``'; large bodies are ``_bodies``'; subscribers are ``_events``'.
-This class only holds the parts together, checks that the store is open,
-and decides which writer stores a new message.
+Opening is ``_open``'s; changes are written by ``_writer``'s thread, and so is
+new mail, unless the store sends it to the commit service
+(``SQLiteStore._route``); reads are ``_reads``'; large bodies are
+``_bodies``'; subscribers are ``_events``'.  This class only holds the parts
+together, checks that the store is open, and decides which writer stores a
+new message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -21,7 +21,11 @@ from mailgate.model import MessageId, MessagePage, StoredMessage, StoreEvent, St
 from mailgate.ports import NewMessage, StoreError
 from mailgate.query import Query
 from mailgate.stores.sqlite._bodies import BodyFiles
-from mailgate.stores.sqlite._commit_service import CommitService, CommitServiceLink
+from mailgate.stores.sqlite._commit_service import (
+    CommitService,
+    CommitServiceClient,
+    CommitServiceLink,
+)
 from mailgate.stores.sqlite._events import Subscriptions
 from mailgate.stores.sqlite._open import StorePaths, open_database, open_write_connection
 from mailgate.stores.sqlite._reads import Reads
@@ -36,19 +40,7 @@ from mailgate.stores.sqlite._transactions import (
 )
 from mailgate.stores.sqlite._writer import Writer
 
-__all__ = ["MAX_CONTENT_SENT_OCTETS", "Route", "SQLiteStore"]
-
-MAX_CONTENT_SENT_OCTETS = 16 * 1024
-"""Larger content kept in memory is stored by the store's own writer, not copied to the
-commit service and through the kernel twice more: for such a message that costs more than
-it saves."""
-
-
-class Route(enum.Enum):
-    """Which writer stores a new message (``SQLiteStore._route``)."""
-
-    COMMIT_SERVICE = "commit service"
-    OWN_WRITER = "own writer"
+__all__ = ["SQLiteStore"]
 
 
 class SQLiteStore:
@@ -91,37 +83,40 @@ class SQLiteStore:
 
     # New mail
 
-    def _route(self, message: NewMessage) -> Route:
-        """Which writer stores ``message``, from the running event loop.
+    def _route(self) -> CommitServiceClient | None:
+        """The writer of new mail: the commit service's client, or ``None`` for this store's own.
 
-        - ``COMMIT_SERVICE`` when this store was told ``connect_commit_service``,
-          the link is up, this is the loop that connected it, and the content
-          is in a body file or no larger than ``MAX_CONTENT_SENT_OCTETS``: one
-          single-threaded process then stores the mail of every SMTP process,
-          so neither this loop's GIL nor the other processes' write turns delay
-          the transaction (see ``_commit_service``);
-        - ``OWN_WRITER`` otherwise: with no commit service (the store of a
-          command, a test, the commit service's own store), from another event
-          loop (the link belongs to one), while the service cannot be reached
-          (rather than answering ``451`` to every client), and for larger
-          content held in memory, which costs more to copy over than to store
-          here.
+        One writer of new mail a node, as Postfix's cleanup is for its smtpd:
+
+        - a store told ``connect_commit_service`` (each SMTP process's store in
+          a node: ``mailgate serve``, ``mailgate.testing.MailgateServer``) sends
+          all its new mail to the commit service, whatever its size.  While the
+          service cannot be reached (it died and is being started again) this
+          raises ``StoreError``: the SMTP client is told ``451`` and sends the
+          message again, and the link reconnects in the background meanwhile.
+          It raises too on another event loop than the one that connected (the
+          connection belongs to that loop), which a node never does;
+        - any other store (a command's, the commit service's own) is the one
+          writer of its database's new mail and stores it on its own writer
+          thread.
+
+        Changes to stored mail (delete, read flags, tags) always take this
+        store's own writer: they are not new mail.
         """
         link = self._link
-        if link is None or link.usable() is None:
-            return Route.OWN_WRITER
-        content = message.content
-        if content is not None and len(content) > MAX_CONTENT_SENT_OCTETS:
-            return Route.OWN_WRITER
-        return Route.COMMIT_SERVICE
+        if link is None:
+            return None
+        return link.client()
 
     async def store(self, message: NewMessage) -> MessageId:
         """Store the message; return its id only once it is durable.
 
-        Raises ``StoreError`` when it cannot be stored; then no trace of it
-        remains, now or after a crash.
+        Raises ``StoreError`` when it cannot be stored (among other reasons,
+        while the commit service this store sends new mail to cannot be
+        reached); then no trace of it remains, now or after a crash.
         """
         self._check_open()
+        client = self._route()  # before any work: refused at once while the service is away
         content = message.content
         body_file: str | None = None
         if content is None:
@@ -130,6 +125,12 @@ class SQLiteStore:
                 await asyncio.to_thread(self._bodies.adopt, message, body_file)
             except OSError as error:
                 raise StoreError(f"could not store the body of {message.id}: {error}") from error
+            if client is not None:
+                try:
+                    client = self._route()  # it may have gone meanwhile
+                except StoreError:
+                    self._bodies.unlink([body_file])  # no row names it, and none will
+                    raise
         record = new_message_record(
             message.summary,
             message.envelope,
@@ -137,25 +138,20 @@ class SQLiteStore:
             content=content,
             origin=self._origin,
         )
-        link = self._link
-        if self._route(message) is Route.COMMIT_SERVICE:
-            client = link.usable() if link is not None else None
-            assert client is not None  # as _route found it, on this loop, a moment ago
+        if client is not None:
             return await client.submit(record)
-        if link is not None:
-            await link.reconnect_when_due()
         stored: MessageId = await self._writer.submit(record)
         return stored
 
     # The commit service
 
     async def connect_commit_service(self, socket_path: str) -> None:
-        """Send new mail to the commit service listening at ``socket_path`` (a Unix socket).
+        """Send all new mail to the commit service listening at ``socket_path`` (a Unix socket).
 
-        The connection belongs to the running event loop; new mail from other
-        loops, and all new mail while the service cannot be reached, goes to
-        this store's own writer (``_route``).  Raises ``StoreError`` when it
-        cannot connect now; it tries again later.
+        The connection belongs to the running event loop, and new mail must
+        come from that loop.  Raises ``StoreError`` when it cannot connect
+        now; the store keeps trying in the background, and refuses new mail
+        with ``StoreError`` until it has reached the service (``_route``).
         """
         self._check_open()
         link = CommitServiceLink(socket_path, self._stored_elsewhere)
@@ -273,7 +269,7 @@ class SQLiteStore:
         self._closed = True
         followers = self._subscriptions.stop_following()
         if self._link is not None:
-            self._link.close()
+            await self._link.aclose()
         await asyncio.to_thread(self._writer.stop)
         for follower in followers:
             await asyncio.to_thread(follower.join)

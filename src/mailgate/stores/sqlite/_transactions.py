@@ -5,9 +5,8 @@ operations (new messages as ``_records.NewMessageRecord``, ``Delete``,
 ``MarkRead``, ``Apply``) in ONE transaction and commits it: one fsync of the
 WAL (``synchronous = FULL``) for all of them.  A store's writer thread drives
 one (``_writer``, group commit); so does the commit service
-(``_commit_service``), which stores the new mail of every SMTP process of
-``mailgate serve``.  Writers in this process or others take turns
-(``WriteTurns``).
+(``_commit_service``), the one writer of new mail for every SMTP process of
+a node.  Writers in this process or others take turns (``WriteTurns``).
 
 Invariants, so that a crash (SIGKILL, power loss) at any moment loses no
 acknowledged message and shows no partial one:

@@ -1,8 +1,9 @@
 """The SQLite store's one writer thread, and group commit.
 
 Every change a store makes goes through one thread that drives the store's
-``_transactions.WriteConnection`` (new mail may instead go to the commit
-service: see ``_store.SQLiteStore._route``).  Callers submit an operation and
+``_transactions.WriteConnection``; so does its new mail, unless the store
+sends it to the commit service (every SMTP process's store in a node: see
+``_store.SQLiteStore._route``).  Callers submit an operation and
 await the future it returns.  The thread takes everything queued, commits it
 all in ONE transaction (one fsync of the WAL), then resolves every future of
 the batch on its event loop.  While one batch is being synced, the next one
