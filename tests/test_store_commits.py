@@ -28,6 +28,7 @@ from mailgate.ports import StoreError
 from mailgate.query import parse_query
 from mailgate.stores import SQLiteStore
 from mailgate.stores.sqlite import _commit_service as commit_service
+from mailgate.stores.sqlite import _store as store_module
 from mailgate.stores.sqlite._records import NewMessageRecord, QueuedRecipient
 from mailgate.testing.stores import make_envelope, make_message
 from store_helpers import index_state, record, until
@@ -138,16 +139,17 @@ async def test_new_mail_is_stored_by_the_commit_service(tmp_path: Path, socket_p
 
 
 @pytest.mark.asyncio
-async def test_content_held_in_memory_is_sent_whatever_its_size(
+async def test_larger_content_held_in_memory_goes_to_the_commit_service_in_a_body_file(
     tmp_path: Path, socket_path: str
 ) -> None:
     async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
         before = store.stats.transactions
         # Up to the accept path's memory threshold (256 KiB) content stays in memory.
-        sizes = (1_000, 16 * 1024, 100 * 1024, 250 * 1024)
+        limit = store_module.MAX_INLINE_CONTENT_OCTETS
+        sizes = (1_000, limit - 1_000, limit + 1_000, 100 * 1024, 250 * 1024)
         ids = [await deliver(store, tmp_path, f"{size} octets", size=size) for size in sizes]
-        assert store.stats.transactions == before  # none by this store's own writer
-        assert not list(store.bodies.iterdir())  # all inline
+        assert store.stats.transactions == before  # all by the commit service
+        assert {path.name for path in store.bodies.iterdir()} == {f"{i}.eml" for i in ids[2:]}
         assert [m.id for m in (await store.list()).messages] == ids[::-1]
         for message_id, size in zip(ids, sizes, strict=True):
             raw = await store.raw(message_id)

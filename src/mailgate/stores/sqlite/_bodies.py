@@ -1,10 +1,11 @@
-"""The bodies directory: the content of messages too large to stay in memory, one file each.
+"""The bodies directory: the content of large messages, one file each.
 
-A message whose content rolled over to a spool file while it was received
+A message whose content rolled over to a spool file while it was received, or
+whose content held in memory is over ``_store.MAX_INLINE_CONTENT_OCTETS``,
 keeps it in ``<database>-bodies/<id>.eml``; smaller ones are stored inline in
 the database.  The store adopts the spool file (``adopt``): syncs it and moves
-it in, or, from another file system, copies it in under a ``.partial`` name
-first.  The directory entry is synced once per transaction, before the COMMIT
+it in, or, from another file system or from memory, writes it in under a
+``.partial`` name first.  The directory entry is synced once per transaction, before the COMMIT
 whose rows name the files (``sync``, by whoever commits); a file is unlinked
 only after the transaction deleting its row committed.  So a crash leaves at
 worst a file no row names, which the first store to open removes

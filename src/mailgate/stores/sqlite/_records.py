@@ -1,12 +1,13 @@
 """What crosses to the commit service: one new message, as a named, typed record.
 
 ``NewMessageRecord`` is everything a transaction needs to store a new message:
-the columns of its ``messages`` row (see ``_schema``), its content when it is
-held in memory, the origin whose subscribers hear of it, and the outbound
-queue rows (``QueuedRecipient``) that must be durable in the same transaction
-as the message.  The SMTP processes of a node send it to the commit service;
-a store with no commit service (a command's) gives the very same record to
-its own writer thread: one record, whichever writer commits it.
+the columns of its ``messages`` row (see ``_schema``), its content when the
+row keeps it (``_store.MAX_INLINE_CONTENT_OCTETS``), the origin whose
+subscribers hear of it, and the outbound queue rows (``QueuedRecipient``)
+that must be durable in the same transaction as the message.  The SMTP
+processes of a node send it to the commit service; a store with no commit
+service (a command's) gives the very same record to its own writer thread:
+one record, whichever writer commits it.
 
 Wire format, one encoder (``to_wire``) and one decoder (``from_wire``): the
 ``marshal`` of a flat tuple, ``WIRE_VERSION`` first, then the fields in the
