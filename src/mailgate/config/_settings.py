@@ -71,7 +71,7 @@ class Domain:
     def __reduce__(
         self,
     ) -> tuple[type[Domain], tuple[str, tuple[str, ...], dict[str, tuple[str, ...]]]]:
-        # Settings cross to the commit process and SMTP workers as a pickle;
+        # Settings cross to the commit service and SMTP workers as a pickle;
         # a mappingproxy cannot be pickled, so a Domain travels as its arguments.
         return (Domain, (self.name, self.mailboxes, dict(self.aliases)))
 
