@@ -24,7 +24,7 @@ async function main() {
   assert.equal(latest.ID, summary.ID);
 
   const source = await mailpit.getMessageSource(summary.ID);
-  assert.match(source, /^Received: /);
+  assert.match(source, /^Return-Path: <[^>]*>\r\nReceived: /);
   assert.match(source, /Subject: Password reset/);
 
   const headers = await mailpit.getMessageHeaders(summary.ID);
