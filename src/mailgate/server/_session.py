@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import assert_type, cast
 
 from mailgate.model import Envelope, TLSInfo
-from mailgate.ports import InsufficientStorageError, Spool
+from mailgate.ports import InsufficientStorageError, Spool, StoreError
 from mailgate.protocol import (
     NEED_DATA,
     AnyEvent,
@@ -498,9 +498,9 @@ class Session(asyncio.Protocol):
     async def _commit(self, txn: Transaction, spool: Spool) -> None:
         try:
             message_id = await self._sink.commit(spool)
-        except InsufficientStorageError as error:
+        except StoreError as error:  # the store says why in one line: no traceback a message
             log.error("could not store a message from %s: %s", self._peer[0], error)
-            reply = _NO_ROOM
+            reply = _NO_ROOM if isinstance(error, InsufficientStorageError) else _TEMPORARY_FAILURE
         except Exception:
             log.exception("could not store a message from %s", self._peer[0])
             reply = _TEMPORARY_FAILURE
