@@ -23,7 +23,7 @@ from typing import Self
 
 from mailgate.auth import AcceptAnyAuthenticator, UsersFile
 from mailgate.config import MAX_WORKERS, Settings
-from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.delivery import Acceptor, DeliverySettings, SystemClock
 from mailgate.ports import Authenticator, MessageStore, StoreError
 from mailgate.runtime._commit_service import CommitService
 from mailgate.runtime._workers import WorkerPool, worker_settings
@@ -142,6 +142,7 @@ class Mailgate:
         self._store = await open_store(settings.store_url)
         try:
             await self._reach_commit_service(self._store)
+            clock = SystemClock()  # one clock for the node: a message has one received time
             self._sink = sink = Acceptor(
                 self._store,
                 DeliverySettings(
@@ -149,9 +150,14 @@ class Mailgate:
                     spool_dir=settings.data_dir / "spool",
                     min_free_space=settings.limits.free_space_floor,
                 ),
+                clock=clock,
             )
             self._server = SMTPServer(
-                settings, sink=sink, tls_context=tls_context, authenticator=authenticator
+                settings,
+                sink=sink,
+                tls_context=tls_context,
+                authenticator=authenticator,
+                clock=clock,
             )
             # With workers, accept only once they are all serving too (see SMTPServer.start).
             await self._server.start(serve=settings.workers <= 1 or bool(self.worker))
