@@ -10,7 +10,6 @@ Python's ``smtplib`` with LF line endings is stored with CRLF.
 from __future__ import annotations
 
 import smtplib
-import socket
 from collections.abc import Iterator
 from email.message import EmailMessage
 
@@ -18,36 +17,15 @@ import pytest
 
 from mailgate.config import Domain, Settings
 from mailgate.testing import MailgateServer
+from test_server_sessions import Client as SessionClient
 
 
-class Client:
-    """Just enough of an SMTP client over a raw socket."""
+class Client(SessionClient):
+    """The raw-socket client of the live session tests, sending and reading in one call."""
 
-    def __init__(self, server: MailgateServer) -> None:
-        self.sock = socket.create_connection((server.host, server.port), timeout=10)
-        self.buffer = b""
-        assert self.reply().startswith(b"220 ")
-
-    def reply(self) -> bytes:
-        """One whole reply, continuation lines included."""
-        lines = []
-        while True:
-            while b"\r\n" not in self.buffer:
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise ConnectionError(f"closed after {b''.join(lines)!r}{self.buffer!r}")
-                self.buffer += chunk
-            line, self.buffer = self.buffer.split(b"\r\n", 1)
-            lines.append(line + b"\r\n")
-            if line[3:4] != b"-":
-                return b"".join(lines)
-
-    def send(self, data: bytes, replies: int = 1) -> list[bytes]:
-        self.sock.sendall(data)
-        return [self.reply() for _ in range(replies)]
-
-    def close(self) -> None:
-        self.sock.close()
+    def exchange(self, data: bytes, replies: int = 1) -> list[bytes]:
+        self.send(data)
+        return self.replies(replies)
 
 
 @pytest.fixture(scope="module")
@@ -80,16 +58,16 @@ NASTY = [
 
 
 def test_nasty_lines_get_syntax_errors_and_the_session_goes_on(client: Client) -> None:
-    replies = [client.send(line)[0] for line in NASTY]
+    replies = [client.exchange(line)[0] for line in NASTY]
     codes = [int(reply[:3]) for reply in replies]
     assert codes == [501, 501, 501, 250, 501, 501, 500, 500, 500, 501, 501, 500], replies
     for reply in replies:
         assert all(0x20 <= byte < 0x7F for byte in reply.replace(b"\r\n", b"")), reply
-    assert client.send(b"MAIL FROM:<a@b.example>\r\nNOOP\r\n", 2) == [
+    assert client.exchange(b"MAIL FROM:<a@b.example>\r\nNOOP\r\n", 2) == [
         b"250 2.1.0 Sender OK\r\n",
         b"250 2.0.0 OK\r\n",
     ]
-    assert client.send(b"QUIT\r\n")[0].startswith(b"221 ")
+    assert client.exchange(b"QUIT\r\n")[0].startswith(b"221 ")
 
 
 def test_recipients_past_the_limit_are_flow_control(server: MailgateServer, client: Client) -> None:
@@ -97,10 +75,10 @@ def test_recipients_past_the_limit_are_flow_control(server: MailgateServer, clie
     # accepted, 100 told 452, then DATA; no 421, as the 452s cost nothing.
     rcpts = b"".join(b"RCPT TO:<r%d@example.com>\r\n" % i for i in range(1100))
     flight = b"EHLO c.example\r\nMAIL FROM:<a@example.org>\r\n" + rcpts + b"DATA\r\n"
-    replies = client.send(flight, 1103)
+    replies = client.exchange(flight, 1103)
     assert [int(reply[:3]) for reply in replies[1:]] == [250] * 1001 + [452] * 100 + [354]
     assert replies[-2] == b"452 4.5.3 Too many recipients\r\n"
-    [queued] = client.send(b"Subject: many\r\n\r\nhi\r\n.\r\n")
+    [queued] = client.exchange(b"Subject: many\r\n\r\nhi\r\n.\r\n")
     assert queued.startswith(b"250 2.0.0 ")
     message_id = queued.split()[-1].decode()
     stored = server.get(message_id)
@@ -153,7 +131,7 @@ def test_quoted_local_parts_and_source_routes(local_server: MailgateServer) -> N
         ]
         flight = b"EHLO c\r\nMAIL FROM:<x@remote.example>\r\n"
         flight += b"".join(b"RCPT TO:" + rcpt + b"\r\n" for rcpt in rcpts)
-        replies = client.send(flight + b'VRFY "alice"\r\n', 2 + len(rcpts) + 1)
+        replies = client.exchange(flight + b'VRFY "alice"\r\n', 2 + len(rcpts) + 1)
         assert [reply[:9] for reply in replies[2:-1]] == [
             b"250 2.1.5",
             b"250 2.1.5",
