@@ -18,6 +18,7 @@ import sqlite3
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -268,10 +269,10 @@ async def test_a_failed_message_fails_alone(
 
 
 @pytest.mark.asyncio
-async def test_a_message_with_queue_rows_is_refused_not_stored_without_them(
-    tmp_path: Path, socket_path: str, caplog: pytest.LogCaptureFixture
+async def test_a_message_and_its_queue_rows_commit_together_in_the_commit_service(
+    tmp_path: Path, socket_path: str
 ) -> None:
-    """The record carries queue rows to the commit service; no store keeps them yet."""
+    """The record carries its queue rows to the commit service, which stores both at once."""
     async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
         client = store._route()
         assert client is not None
@@ -281,13 +282,13 @@ async def test_a_message_with_queue_rows_is_refused_not_stored_without_them(
             queued=(QueuedRecipient("someone@elsewhere.test", 1_767_323_045_000),),
         )
         plain = record(8, origin=store._origin)
-        results = await asyncio.gather(
-            client.submit(queued), client.submit(plain), return_exceptions=True
-        )
-        assert isinstance(results[0], StoreError)
-        assert "keeps no outbound queue yet" in caplog.text  # the service says why
-        assert results[1] == plain.id
-        assert [m.id for m in (await store.list()).messages] == [plain.id]
+        results = await asyncio.gather(client.submit(queued), client.submit(plain))
+        assert results == [queued.id, plain.id]
+        rows = await store.queued()
+        assert [(r.message_id, r.recipient) for r in rows] == [
+            (queued.id, "someone@elsewhere.test")
+        ]
+        assert rows[0].next_attempt == datetime.fromtimestamp(1_767_323_045, UTC)
 
 
 def nothing_left(tmp_path: Path, store: SQLiteStore) -> bool:

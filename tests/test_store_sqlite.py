@@ -21,6 +21,7 @@ from mailgate.stores.sqlite._schema import (
     SCHEMA_VERSION,
     new_message_record,
 )
+from mailgate.testing.queues import QUEUE_STORE_CHECKS
 from mailgate.testing.stores import (
     SEARCHABLE_STORE_CHECKS,
     STORE_CHECKS,
@@ -401,3 +402,11 @@ async def test_each_field_of_a_new_message_record_lands_in_its_column(tmp_path: 
         "envelope": expected.envelope_json,
         "body_file": None,
     }
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("check", QUEUE_STORE_CHECKS, ids=lambda check: check.__name__)
+async def test_queue_conformance(
+    check: Callable[[StoreUnderTest], Awaitable[None]], tmp_path: Path
+) -> None:
+    await check(under_test(tmp_path))

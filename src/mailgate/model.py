@@ -14,10 +14,13 @@ from typing import NewType
 
 __all__ = [
     "Address",
+    "DeliveryOutcome",
+    "DeliveryState",
     "Envelope",
     "MessageId",
     "MessagePage",
     "MessageSummary",
+    "QueuedDelivery",
     "StoreEvent",
     "StoreEventKind",
     "StoredMessage",
@@ -115,6 +118,8 @@ class StoreEventKind(enum.StrEnum):
     READ = "read"
     UNREAD = "unread"
     DELETED = "deleted"
+    QUEUE = "queue"
+    """The outbound queue rows of these messages changed (queued, attempted, held...)."""
     OVERFLOW = "overflow"
     """The subscriber fell behind and events were dropped: list again."""
 
@@ -129,3 +134,68 @@ class StoreEvent:
 
     kind: StoreEventKind
     message_ids: tuple[MessageId, ...] = ()
+
+
+class DeliveryState(enum.StrEnum):
+    """Where one recipient of an outbound message stands.
+
+    ``QUEUED`` and ``DEFERRED`` are pending (due at ``next_attempt``);
+    ``HELD`` waits for a person to release it; ``DELIVERED`` and ``BOUNCED``
+    are final.  A message is done when every recipient is final.
+    """
+
+    QUEUED = "queued"
+    DEFERRED = "deferred"
+    HELD = "held"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+
+    @property
+    def pending(self) -> bool:
+        """Whether a delivery attempt is still to come (or a person must release it)."""
+        return self in (DeliveryState.QUEUED, DeliveryState.DEFERRED, DeliveryState.HELD)
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedDelivery:
+    """One recipient of an outbound message, as the queue keeps it.
+
+    ``last_reply`` is the last remote reply (or the reason mailgate gave
+    itself, such as a DNS failure) as ``"450 4.2.1 text"``; ``relay`` names
+    the host it came from, ``mx.example.net[192.0.2.1]:25``.
+    """
+
+    message_id: MessageId
+    recipient: str
+    sender: str
+    state: DeliveryState
+    queued_at: datetime
+    attempts: int = 0
+    next_attempt: datetime | None = None
+    last_attempt: datetime | None = None
+    last_reply: str = ""
+    relay: str = ""
+    bounce_requested: bool = False
+    """A person asked for it to be bounced: the queue runner bounces it without trying."""
+    delay_notified: bool = False
+    """A delay notice has been sent for it (RFC 3461 NOTIFY=DELAY)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """What one delivery attempt (or a decision not to try) did for one recipient.
+
+    ``state`` is ``DELIVERED``, ``DEFERRED`` (then ``next_attempt`` says
+    when to try again) or ``BOUNCED``.  ``attempted`` is False when no
+    connection was tried (bounced by a person, expired).
+    """
+
+    message_id: MessageId
+    recipient: str
+    state: DeliveryState
+    at: datetime
+    reply: str
+    relay: str = ""
+    next_attempt: datetime | None = None
+    attempted: bool = True
+    delay_notified: bool = False

@@ -20,15 +20,17 @@ cannot, when the store lacks it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from mailgate import MailgateError
 from mailgate.model import (
+    DeliveryOutcome,
     Envelope,
     MessageId,
     MessagePage,
     MessageSummary,
+    QueuedDelivery,
     StoredMessage,
     StoreEvent,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "MailSink",
     "MessageStore",
     "NewMessage",
+    "QueueStore",
     "SearchableStore",
     "Spool",
     "StoreError",
@@ -230,6 +233,75 @@ class TaggableStore(MessageStore, Protocol):
 
     async def delete_tag(self, tag: str) -> int:
         """Remove a tag from every message; return from how many."""
+        ...
+
+
+@runtime_checkable
+class QueueStore(MessageStore, Protocol):
+    """A store that keeps the outbound queue: one row per recipient to relay to.
+
+    Rows are written with their message (``store`` queues a message's
+    ``Envelope.outbound`` recipients in the same transaction), then claimed
+    by a queue runner under a lease, so that two runners never attempt the
+    same recipient at once, and a runner that dies has its claims taken over
+    once the lease runs out.  Outcomes are written only by the lease holder.
+    Every change to a message's rows is reported to subscribers as a
+    ``QUEUE`` event.
+    """
+
+    async def claim(
+        self, owner: str, *, now: datetime, lease: timedelta, limit: int
+    ) -> list[QueuedDelivery]:
+        """Lease up to ``limit`` due recipients (``QUEUED`` or ``DEFERRED``, due by ``now``,
+        unleased or with an expired lease) to ``owner`` until ``now + lease``.
+
+        Every pending recipient of a claimed message that is due is claimed
+        with it, so that one connection can carry them all.
+        """
+        ...
+
+    async def record(self, owner: str, outcomes: Sequence[DeliveryOutcome]) -> int:
+        """Write outcomes of recipients ``owner`` holds the lease of, and release the lease.
+
+        Outcomes for recipients whose lease another runner now holds are
+        dropped (it is fenced off); returns how many were written.
+        """
+        ...
+
+    async def release_claims(self, owner: str) -> int:
+        """Drop every lease ``owner`` holds (a runner starting again); return how many."""
+        ...
+
+    async def queued(
+        self, message_id: MessageId | None = None, *, pending_only: bool = True
+    ) -> list[QueuedDelivery]:
+        """The queue's rows, oldest message first: all, or one message's; pending ones only
+        unless ``pending_only`` is False."""
+        ...
+
+    async def enqueue(self, message_id: MessageId, recipients: Sequence[str], now: datetime) -> int:
+        """Queue a stored message for delivery to ``recipients`` (a release); return how many
+        rows were added.  A recipient already pending for it is left as it is."""
+        ...
+
+    async def retry(self, message_id: MessageId | None, now: datetime) -> int:
+        """Make pending recipients (of one message, or all) due at ``now``; return how many."""
+        ...
+
+    async def hold(self, message_id: MessageId) -> int:
+        """Hold a message's pending recipients: no attempt until released; return how many."""
+        ...
+
+    async def release(self, message_id: MessageId, now: datetime) -> int:
+        """Release a message's held recipients, due at ``now``; return how many."""
+        ...
+
+    async def request_bounce(self, message_id: MessageId, now: datetime) -> int:
+        """Have a message's pending recipients bounced at the next run; return how many."""
+        ...
+
+    async def dequeue(self, message_id: MessageId) -> int:
+        """Remove a message's pending recipients from the queue (no bounce); return how many."""
         ...
 
 

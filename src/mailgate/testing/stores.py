@@ -39,6 +39,7 @@ from mailgate.ports import MessageStore, SearchableStore, TaggableStore
 from mailgate.query import matches, parse_query
 
 __all__ = [
+    "EPOCH",
     "SEARCHABLE_STORE_CHECKS",
     "STORE_CHECKS",
     "TAGGABLE_STORE_CHECKS",
@@ -60,6 +61,7 @@ __all__ = [
     "check_tags",
     "make_envelope",
     "make_message",
+    "next_event",
 ]
 
 EPOCH = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -318,7 +320,8 @@ async def check_events(subject: StoreUnderTest) -> None:
     assert [event async for event in events] == []
 
 
-async def _next_event(events: AsyncIterator[StoreEvent]) -> StoreEvent:
+async def next_event(events: AsyncIterator[StoreEvent]) -> StoreEvent:
+    """The next event, waited for up to ``EVENT_TIMEOUT_SECONDS``."""
     return await asyncio.wait_for(anext(events), timeout=EVENT_TIMEOUT_SECONDS)
 
 
@@ -332,18 +335,18 @@ async def check_events_from_another_store(subject: StoreUnderTest) -> None:
     async with subject.opened() as (store, acceptor), subject.opened() as (other, elsewhere):
         events = store.subscribe()
         theirs = await _deliver(elsewhere, make_message("theirs"))
-        assert await _next_event(events) == StoreEvent(StoreEventKind.STORED, (theirs,))
+        assert await next_event(events) == StoreEvent(StoreEventKind.STORED, (theirs,))
         ours = await _deliver(acceptor, make_message("ours"))
-        assert await _next_event(events) == StoreEvent(StoreEventKind.STORED, (ours,))
+        assert await next_event(events) == StoreEvent(StoreEventKind.STORED, (ours,))
         assert await other.mark_read([theirs, ours], True) == 2
-        event = await _next_event(events)
+        event = await next_event(events)
         assert event.kind == StoreEventKind.READ
         assert sorted(event.message_ids) == sorted([theirs, ours])
         assert await other.delete([theirs]) == 1
-        assert await _next_event(events) == StoreEvent(StoreEventKind.DELETED, (theirs,))
+        assert await next_event(events) == StoreEvent(StoreEventKind.DELETED, (theirs,))
         # A second event of any change above would come before this one.
         last = await _deliver(elsewhere, make_message("last"))
-        assert await _next_event(events) == StoreEvent(StoreEventKind.STORED, (last,))
+        assert await next_event(events) == StoreEvent(StoreEventKind.STORED, (last,))
         assert [m.id for m in (await store.list()).messages] == [last, ours]
 
 

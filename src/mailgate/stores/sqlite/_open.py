@@ -13,7 +13,7 @@ moving a file in and committing its row.  A store that finds another open
 skips that sweep, as the other may be between those two steps.  Without
 ``fcntl`` (not POSIX) there is no lock and no sweep.
 
-Upgrades: a database of an older ``SCHEMA_VERSION`` runs ``UPGRADE`` then
+Upgrades: a database of an older ``SCHEMA_VERSION`` runs ``upgrade(version)`` then
 ``SCHEMA`` in one transaction, so a second store opening at once sees all
 of it or nothing; one of a newer version is refused.
 """
@@ -28,7 +28,7 @@ from typing import IO
 from mailgate.ports import StoreError
 from mailgate.stores.sqlite._bodies import BodyFiles
 from mailgate.stores.sqlite._connection import connect
-from mailgate.stores.sqlite._schema import SCHEMA, SCHEMA_VERSION, UPGRADE
+from mailgate.stores.sqlite._schema import SCHEMA, SCHEMA_VERSION, upgrade
 from mailgate.stores.sqlite._search import ensure_search_schema
 from mailgate.stores.sqlite._transactions import WriteConnection, WriteTurns
 
@@ -119,7 +119,8 @@ def _prepare(paths: StorePaths, connection: sqlite3.Connection) -> None:
     if version < SCHEMA_VERSION:
         # One transaction, so a second store opening at once sees all or nothing.
         connection.executescript(
-            f"BEGIN IMMEDIATE; {UPGRADE} {SCHEMA}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            f"BEGIN IMMEDIATE; {upgrade(version)} {SCHEMA};"
+            f" PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
         )
 
 

@@ -25,8 +25,9 @@ the commit a client waits for does not also tokenize the message.
 Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``; 4 let
 ``incoming`` write the change log; 5 added ``unindexed``, in place of indexing
 each new message in the transaction that stores it; 6 keeps the search index in
-lower case beyond ASCII (``_search``), so an older one is rebuilt.  Opening
-a database of an older version runs ``UPGRADE``, then ``SCHEMA`` (every
+lower case beyond ASCII (``_search``), so an older one is rebuilt; 7 added the
+outbound queue, ``deliveries`` (``_queue``).  Opening
+a database of an older version runs ``upgrade(version)``, then ``SCHEMA`` (every
 statement ``IF NOT EXISTS``), on it.
 """
 
@@ -48,6 +49,7 @@ from mailgate.model import (
     StoreEventKind,
     TLSInfo,
 )
+from mailgate.stores.sqlite._queue import QUEUE_SCHEMA
 from mailgate.stores.sqlite._records import NewMessageRecord, QueuedRecipient
 
 __all__ = [
@@ -56,7 +58,6 @@ __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "SELECT_SUMMARY",
-    "UPGRADE",
     "change_row",
     "encode_ids",
     "envelope_from_json",
@@ -67,9 +68,10 @@ __all__ = [
     "new_message_record",
     "stored_message",
     "summary_from_row",
+    "upgrade",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # The columns of a new message's row, in the order ``incoming_values`` lists them.
 _INCOMING_COLUMNS = (
@@ -122,6 +124,7 @@ CREATE TRIGGER IF NOT EXISTS message_deleted AFTER DELETE ON messages BEGIN
     DELETE FROM bodies WHERE seq = OLD.seq;
     DELETE FROM tags WHERE seq = OLD.seq;
     DELETE FROM unindexed WHERE seq = OLD.seq;
+    DELETE FROM deliveries WHERE message_id = OLD.id;
 END;
 CREATE TRIGGER IF NOT EXISTS message_read AFTER UPDATE OF read ON messages
 WHEN OLD.read != NEW.read BEGIN
@@ -134,6 +137,7 @@ CREATE TABLE IF NOT EXISTS changes (
     ids TEXT NOT NULL              -- JSON array of message ids; [] for all messages
 );
 """
+SCHEMA = QUEUE_SCHEMA + SCHEMA  # the message_deleted trigger names deliveries
 _NEW_COLUMNS = ", ".join("NEW." + column.strip() for column in _INCOMING_COLUMNS.split(","))
 SCHEMA += f"""
 CREATE VIEW IF NOT EXISTS incoming AS
@@ -149,19 +153,29 @@ CREATE TRIGGER IF NOT EXISTS incoming_inserted INSTEAD OF INSERT ON incoming BEG
 END;
 """  # noqa: S608 - column names only
 
-UPGRADE = (
-    "DROP VIEW IF EXISTS incoming;"
-    " DROP TRIGGER IF EXISTS message_inserted;"
-    " DROP TRIGGER IF EXISTS message_deleted;"
-    " DROP TRIGGER IF EXISTS message_search_inserted;"
-    " DROP TRIGGER IF EXISTS message_search_deleted;"
-    " DROP TABLE IF EXISTS message_search;"
-)
-"""Run before ``SCHEMA`` on a database of an older version: views and triggers are
-created anew (``DROP VIEW`` drops the view's triggers too).  Up to version 4 a trigger,
-``message_search_inserted``, indexed each new message as it was stored.  The search
-index is dropped, and built again when the store opens (``ensure_search_schema``): up to
-version 5 it folded case for ASCII letters only."""
+
+def upgrade(version: int) -> str:
+    """What runs before ``SCHEMA`` on a database of an older ``version``: views and triggers
+    are created anew (``DROP VIEW`` drops the view's triggers too).
+
+    Up to version 4 a trigger, ``message_search_inserted``, indexed each new
+    message as it was stored.  Below version 6 the search index is dropped,
+    and built again when the store opens (``ensure_search_schema``): up to
+    version 5 it folded case for ASCII letters only.
+    """
+    statements = (
+        "DROP VIEW IF EXISTS incoming;"
+        " DROP TRIGGER IF EXISTS message_inserted;"
+        " DROP TRIGGER IF EXISTS message_deleted;"
+    )
+    if version < 6:
+        statements += (
+            " DROP TRIGGER IF EXISTS message_search_inserted;"
+            " DROP TRIGGER IF EXISTS message_search_deleted;"
+            " DROP TABLE IF EXISTS message_search;"
+        )
+    return statements
+
 
 MAX_ROWS_PER_INSERT = 256
 """Rows one INSERT statement carries at most (15 variables each; SQLite allows 32766)."""

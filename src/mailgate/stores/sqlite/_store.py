@@ -15,11 +15,21 @@ import dataclasses
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from mailgate.model import MessageId, MessagePage, StoredMessage, StoreEvent, StoreEventKind
+from mailgate.model import (
+    DeliveryOutcome,
+    MessageId,
+    MessagePage,
+    QueuedDelivery,
+    StoredMessage,
+    StoreEvent,
+    StoreEventKind,
+)
 from mailgate.ports import NewMessage, StoreError
 from mailgate.query import Query
+from mailgate.stores.sqlite import _queue
 from mailgate.stores.sqlite._bodies import BodyFiles
 from mailgate.stores.sqlite._commit_service import (
     CommitService,
@@ -29,10 +39,12 @@ from mailgate.stores.sqlite._commit_service import (
 from mailgate.stores.sqlite._events import Subscriptions
 from mailgate.stores.sqlite._open import StorePaths, open_database, open_write_connection
 from mailgate.stores.sqlite._reads import Reads
-from mailgate.stores.sqlite._schema import new_message_record
+from mailgate.stores.sqlite._records import QueuedRecipient
+from mailgate.stores.sqlite._schema import millis, new_message_record
 from mailgate.stores.sqlite._search import delete_tag, rename_tag, set_tags
 from mailgate.stores.sqlite._transactions import (
     Apply,
+    ChangeQueue,
     Delete,
     MarkRead,
     WriteConnection,
@@ -55,7 +67,8 @@ times the CPU a message at 32 KiB, 0.82 and 1.35 at 64 KiB, 1.19 and 0.99 at
 
 
 class SQLiteStore:
-    """A ``ports.SearchableStore`` and ``ports.TaggableStore`` in one SQLite database.
+    """A ``ports.SearchableStore``, ``ports.TaggableStore`` and ``ports.QueueStore`` in one
+    SQLite database.
 
     Opening creates the database, its schema and the bodies directory as
     needed.  Use it from asyncio; one store may serve several event loops.
@@ -144,12 +157,15 @@ class SQLiteStore:
                 except StoreError:
                     self._bodies.unlink([body_file])  # no row names it, and none will
                     raise
+        envelope = message.envelope
+        due = millis(envelope.received_at)
         record = new_message_record(
             message.summary,
-            message.envelope,
+            envelope,
             body_file=body_file,
             content=content,
             origin=self._origin,
+            queued=tuple(QueuedRecipient(r, due) for r in envelope.outbound),
         )
         if client is not None:
             return await client.submit(record)
@@ -230,6 +246,70 @@ class SQLiteStore:
         self._check_open()
         count: int = await self._writer.submit(Apply(lambda c: delete_tag(c, tag)))
         return count
+
+    # The outbound queue (``_queue``)
+
+    async def _change_queue(self, work: ChangeQueue) -> int:
+        self._check_open()
+        count: int = await self._writer.submit(work)
+        return count
+
+    async def claim(
+        self, owner: str, *, now: datetime, lease: timedelta, limit: int
+    ) -> list[QueuedDelivery]:
+        """Lease up to ``limit`` messages' due recipients to ``owner`` (``ports.QueueStore``)."""
+        self._check_open()
+        until = now + lease
+        claimed: list[QueuedDelivery] = await self._writer.submit(
+            ChangeQueue(lambda c: _queue.claim(c, owner, now, until, limit))
+        )
+        return claimed
+
+    async def record(self, owner: str, outcomes: Sequence[DeliveryOutcome]) -> int:
+        """Write the outcomes of recipients ``owner`` holds; return how many were written."""
+        done = list(outcomes)
+        return await self._change_queue(ChangeQueue(lambda c: _queue.record(c, owner, done)))
+
+    async def release_claims(self, owner: str) -> int:
+        """Drop every lease ``owner`` holds; return how many."""
+        return await self._change_queue(ChangeQueue(lambda c: _queue.release_claims(c, owner)))
+
+    async def queued(
+        self, message_id: MessageId | None = None, *, pending_only: bool = True
+    ) -> list[QueuedDelivery]:
+        """The queue's rows, oldest message first (pending ones only, unless told)."""
+        self._check_open()
+        return await self._reads.run(lambda c: _queue.queued(c, message_id, pending_only))
+
+    async def enqueue(self, message_id: MessageId, recipients: Sequence[str], now: datetime) -> int:
+        """Queue a stored message for delivery to ``recipients``; return how many rows were
+        added (or queued again after they were done)."""
+        wanted = list(recipients)
+        return await self._change_queue(
+            ChangeQueue(lambda c: _queue.enqueue(c, message_id, wanted, now))
+        )
+
+    async def retry(self, message_id: MessageId | None, now: datetime) -> int:
+        """Make pending recipients (of one message, or all) due at ``now``."""
+        return await self._change_queue(ChangeQueue(lambda c: _queue.retry(c, message_id, now)))
+
+    async def hold(self, message_id: MessageId) -> int:
+        """Hold a message's pending recipients until released."""
+        return await self._change_queue(ChangeQueue(lambda c: _queue.hold(c, message_id)))
+
+    async def release(self, message_id: MessageId, now: datetime) -> int:
+        """Release a message's held recipients, due at ``now``."""
+        return await self._change_queue(ChangeQueue(lambda c: _queue.release(c, message_id, now)))
+
+    async def request_bounce(self, message_id: MessageId, now: datetime) -> int:
+        """Have a message's pending recipients bounced at the next run."""
+        return await self._change_queue(
+            ChangeQueue(lambda c: _queue.request_bounce(c, message_id, now))
+        )
+
+    async def dequeue(self, message_id: MessageId) -> int:
+        """Remove a message's pending recipients from the queue (no bounce)."""
+        return await self._change_queue(ChangeQueue(lambda c: _queue.dequeue(c, message_id)))
 
     # Reads
 

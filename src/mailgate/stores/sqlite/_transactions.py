@@ -17,9 +17,7 @@ acknowledged message and shows no partial one:
 - a body file is unlinked only after the transaction deleting its row
   committed.  A body file without a row is garbage the store sweeps at open;
 - a message's outbound queue rows (``NewMessageRecord.queued``) are durable in
-  the same transaction as the message, or the message is not stored.  No
-  queue table exists yet: a record carrying any is refused, never stored
-  without them.
+  the same transaction as the message (``_queue.insert_queued``).
 
 Each transaction that changes messages also appends its events to the
 ``changes`` log, each under the ``origin`` of the store whose subscribers hear
@@ -68,6 +66,7 @@ from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
 from mailgate.stores.sqlite._bodies import BodyFiles
 from mailgate.stores.sqlite._connection import write_transaction
+from mailgate.stores.sqlite._queue import insert_queued
 from mailgate.stores.sqlite._records import NewMessageRecord
 from mailgate.stores.sqlite._schema import (
     INSERT_CHANGE,
@@ -86,6 +85,7 @@ __all__ = [
     "INDEX_PAUSE_SECONDS",
     "MAX_BATCH_OPERATIONS",
     "Apply",
+    "ChangeQueue",
     "Delete",
     "MarkRead",
     "Operation",
@@ -169,7 +169,19 @@ class Apply:
     work: Callable[[sqlite3.Connection], object]
 
 
-Operation = NewMessageRecord | Delete | MarkRead | Apply
+@dataclass(slots=True)
+class ChangeQueue:
+    """Run ``work`` on the write connection inside the batch's transaction.
+
+    ``work`` changes outbound queue rows and returns its result and the ids
+    of the messages whose rows it changed; the transaction logs a ``QUEUE``
+    event for those.  ``work`` must not commit.
+    """
+
+    work: Callable[[sqlite3.Connection], tuple[object, Sequence[MessageId]]]
+
+
+Operation = NewMessageRecord | Delete | MarkRead | Apply | ChangeQueue
 """What one transaction applies: storing a new message (its result, the message's id),
 or a change to stored ones (its result, a count, or what an ``Apply`` returned)."""
 
@@ -319,11 +331,11 @@ class WriteConnection:
 
     def _transaction_in_turn(self, operations: list[Operation]) -> _Batch:
         records = [op for op in operations if isinstance(op, NewMessageRecord)]
-        if any(record.queued for record in records):
-            raise StoreError("this message store keeps no outbound queue yet")
         stored = self._stored_by_origin(records)
-        if len(records) == len(operations) <= MAX_ROWS_PER_INSERT and self._logged_without_pruning(
-            len(stored)
+        if (
+            len(records) == len(operations) <= MAX_ROWS_PER_INSERT
+            and not any(record.queued for record in records)
+            and self._logged_without_pruning(len(stored))
         ):
             return self._insert_alone(records, stored)
         connection = self._connection
@@ -341,6 +353,11 @@ class WriteConnection:
                     batch.results.append(self._delete(operation, batch))
                 elif isinstance(operation, Apply):
                     batch.results.append(operation.work(connection))
+                elif isinstance(operation, ChangeQueue):
+                    result, changed = operation.work(connection)
+                    batch.results.append(result)
+                    if changed:
+                        batch.events.append(StoreEvent(StoreEventKind.QUEUE, tuple(changed)))
                 else:
                     batch.results.append(self._mark_read(operation, batch))
             self._insert(pending, batch)
@@ -408,6 +425,7 @@ class WriteConnection:
         for start in range(0, len(records), MAX_ROWS_PER_INSERT):
             chunk = records[start : start + MAX_ROWS_PER_INSERT]
             self._connection.execute(insert_messages(len(chunk)), incoming_values(chunk, {}))
+        insert_queued(self._connection, records)
         batch.stored += len(records)
 
     def _delete(self, operation: Delete, batch: _Batch) -> int:
