@@ -341,10 +341,10 @@ def test_durations(text: str, seconds: float) -> None:
     assert load({"idle_timeout": text}).limits.idle_timeout == seconds
 
 
-@pytest.mark.parametrize("text", ["soon", "5 minutes", "-1", "", "1d"])
+@pytest.mark.parametrize("text", ["soon", "5 minutes", "-1", "", "1w"])
 def test_bad_durations(text: str) -> None:
     assert error_of({"idle_timeout": text}) == (
-        f"--idle-timeout: {text!r} is not a duration: give seconds, or use s, m or h"
+        f"--idle-timeout: {text!r} is not a duration: give seconds, or use s, m, h or d"
     )
 
 
@@ -794,3 +794,38 @@ def test_auth_accept_any_is_refused_with_local_domains() -> None:
         "--auth-accept-any: is for development only and cannot go with --domain"
     )
     assert load({"auth_accept_any": "on"}).auth_accept_any
+
+
+def test_outbound_settings_from_flags_environment_and_toml(tmp_path: Path) -> None:
+    settings = load(
+        {"resolver": "127.0.0.1:5353", "outbound_tls": "verify", "tls_policy": ["a.test=none"]},
+        {"MAILGATE_RELAY_AUTH": "me:secret", "MAILGATE_QUEUE_LIFETIME": "2d"},
+        '[outbound]\nrelay_host = "smtp.example.net:587"\nretry_schedule = ["1m", "1h"]\n'
+        'port = 2525\ntls_policy = { "b.test" = "encrypt" }\n',
+        tmp_path,
+    )
+    outbound = settings.outbound
+    assert outbound.resolver == "127.0.0.1:5353"
+    assert outbound.relay_host == "smtp.example.net:587"
+    assert outbound.relay_auth == ("me", "secret")
+    assert outbound.tls == "verify"
+    assert outbound.tls_policies == (("a.test", "none"),)  # the flag wins over the file
+    assert outbound.retry_schedule == (60.0, 3600.0)
+    assert outbound.queue_lifetime == 2 * 86400
+    assert outbound.port == 2525
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ({"resolver": "dns.example.net"}, {}, "--resolver: 'dns.example.net': the resolver must"),
+        ({"relay_host": "smtp:x"}, {}, "--relay-host: 'smtp:x': the port must be a number"),
+        ({"tls_policy": ["a.test=maybe"]}, {}, "--tls-policy: 'maybe' for a.test is not a TLS"),
+        ({"retry_schedule": "1m,,1h"}, {}, "--retry-schedule: '' is not a duration"),
+        ({}, {"MAILGATE_RELAY_AUTH": "me:pw"}, "MAILGATE_RELAY_AUTH: needs --relay-host too"),
+    ],
+)
+def test_bad_outbound_settings_name_their_key(
+    argv: dict[str, object], env: dict[str, str], expected: str
+) -> None:
+    assert error_of(argv, env).startswith(expected)

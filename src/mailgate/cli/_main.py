@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="receive mail", description="Receive mail over SMTP.")
     for option in OPTIONS:
+        if option.secret:
+            continue
         if option.switch:
             serve.add_argument(
                 option.flag, dest=option.dest, action="store_const", const="on", help=option.help

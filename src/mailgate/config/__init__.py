@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from mailgate.config._load import ConfigError, load_settings
 from mailgate.config._options import OPTIONS, Option
-from mailgate.config._settings import MAX_WORKERS, TLS, Domain, Limits, Listen, Settings
+from mailgate.config._settings import (
+    MAX_WORKERS,
+    TLS,
+    Domain,
+    Limits,
+    Listen,
+    Outbound,
+    Settings,
+)
 
 __all__ = [
     "MAX_WORKERS",
@@ -22,6 +30,7 @@ __all__ = [
     "Limits",
     "Listen",
     "Option",
+    "Outbound",
     "Settings",
     "load_settings",
 ]

@@ -116,6 +116,9 @@ def _check_together(settings: Settings, keys: Mapping[str, str]) -> Settings:
         raise ConfigError(
             keys["smtps"], "implicit TLS needs --tls-cert and --tls-key, or --tls-self-signed"
         )
+    outbound = settings.outbound
+    if outbound.relay_auth is not None and outbound.relay_host is None:
+        raise ConfigError(keys["outbound.relay_auth"], "needs --relay-host too")
     if settings.auth_accept_any and settings.domains:
         # Accepting any password on a real mail server would make it an open relay.
         raise ConfigError(

@@ -17,16 +17,20 @@ from mailgate.config._values import (
     parse_domain_names,
     parse_domain_table,
     parse_duration,
+    parse_durations,
     parse_flag,
     parse_hostname,
     parse_int,
     parse_listen,
+    parse_nameserver,
     parse_networks,
+    parse_optional_host_port,
     parse_optional_listen,
     parse_optional_path,
     parse_path,
     parse_size,
     parse_store_url,
+    parse_tls_policies,
     parse_workers,
 )
 from mailgate.protocol import MAX_TEXT_LINE_OCTETS, MIN_RECIPIENTS
@@ -44,7 +48,9 @@ class Option:
     A ``repeatable`` option takes its flag several times and a
     comma-separated list in the environment.  A ``switch`` is a flag without
     a value that means ``on``; its variable and TOML key take on or off.  ``parse_toml``, when set,
-    replaces ``parse`` for values from the TOML file.
+    replaces ``parse`` for values from the TOML file.  A ``secret`` (a password) has no flag:
+    a command line is visible to every user of the machine, so it is read from the
+    environment or the TOML file only.
     """
 
     field: str
@@ -57,6 +63,7 @@ class Option:
     parse_toml: Callable[[object], object] | None = None
     repeatable: bool = False
     switch: bool = False
+    secret: bool = False
 
     @property
     def dest(self) -> str:
@@ -213,5 +220,54 @@ OPTIONS: tuple[Option, ...] = (
         "limits.auth_failure_delay", "--auth-failure-delay", "MAILGATE_AUTH_FAILURE_DELAY",
         "limits.auth_failure_delay", parse_duration(least=0), "SECONDS",
         "pause before answering a failed AUTH (default 1)",
+    ),
+    Option(
+        "outbound.resolver", "--resolver", "MAILGATE_RESOLVER", "outbound.resolver",
+        parse_nameserver, "IP:PORT",
+        "the DNS server outbound delivery asks for MX records (default: the system's)",
+    ),
+    Option(
+        "outbound.relay_host", "--relay-host", "MAILGATE_RELAY_HOST", "outbound.relay_host",
+        parse_optional_host_port, "HOST:PORT",
+        "send all outbound mail through this smarthost instead of by MX",
+    ),
+    Option(
+        "outbound.relay_auth", "--relay-auth", "MAILGATE_RELAY_AUTH", "outbound.relay_auth",
+        parse_credentials, "USER:PASSWORD",
+        "AUTH credentials for --relay-host (environment or TOML file only)", secret=True,
+    ),
+    Option(
+        "outbound.tls", "--outbound-tls", "MAILGATE_OUTBOUND_TLS", "outbound.tls",
+        parse_choice(("none", "may", "encrypt", "verify")), "none|may|encrypt|verify",
+        "TLS for outbound delivery (default may: STARTTLS when offered)",
+    ),
+    Option(
+        "outbound.tls_policies", "--tls-policy", "MAILGATE_TLS_POLICY", "outbound.tls_policy",
+        parse_tls_policies, "DOMAIN=POLICY",
+        "the TLS policy for one destination domain; repeat for several", repeatable=True,
+    ),
+    Option(
+        "outbound.ca_file", "--outbound-ca", "MAILGATE_OUTBOUND_CA", "outbound.ca_file",
+        parse_optional_path, "FILE",
+        "CA certificates (PEM) that TLS policy verify trusts (default: the system's)",
+    ),
+    Option(
+        "outbound.port", "--outbound-port", "MAILGATE_OUTBOUND_PORT", "outbound.port",
+        parse_int(least=1), "PORT", "the SMTP port of remote mail servers (default 25)",
+    ),
+    Option(
+        "outbound.retry_schedule", "--retry-schedule", "MAILGATE_RETRY_SCHEDULE",
+        "outbound.retry_schedule", parse_durations(least=1), "LIST",
+        "waits between delivery attempts, the last repeating (default 1m,5m,10m,30m,1h,2h,4h)",
+    ),
+    Option(
+        "outbound.queue_lifetime", "--queue-lifetime", "MAILGATE_QUEUE_LIFETIME",
+        "outbound.queue_lifetime", parse_duration(least=1), "DURATION",
+        "how long a recipient is retried before it bounces (default 5d)",
+    ),
+    Option(
+        "outbound.destination_concurrency", "--destination-concurrency",
+        "MAILGATE_DESTINATION_CONCURRENCY", "outbound.destination_concurrency",
+        parse_int(least=1), "N", "connections to one destination domain at once (default 5)",
     ),
 )  # fmt: skip

@@ -22,7 +22,7 @@ from mailgate.protocol import (
     MAX_TEXT_LINE_OCTETS,
 )
 
-__all__ = ["MAX_WORKERS", "TLS", "Domain", "Limits", "Listen", "Settings"]
+__all__ = ["MAX_WORKERS", "TLS", "Domain", "Limits", "Listen", "Outbound", "Settings"]
 
 MAX_WORKERS = 64
 """The most SMTP processes ``Settings.workers`` may ask for."""
@@ -134,6 +134,37 @@ class TLS:
         return self.self_signed or self.cert is not None
 
 
+DEFAULT_RETRY_SCHEDULE_SECONDS = (60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0)
+DEFAULT_QUEUE_LIFETIME_SECONDS = 5 * 86400.0  # RFC 5321 4.5.4.1: give up after 4-5 days
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """How mail for other domains leaves: routes, TLS, retries.
+
+    ``resolver`` is a DNS server's ``IP[:PORT]`` (``None``: the system's);
+    ``relay_host`` a smarthost's ``HOST[:PORT]`` that takes all outbound mail
+    (``None``: deliver by MX), with ``relay_auth`` as its AUTH credentials;
+    ``tls`` the policy for every destination but those ``tls_policies``
+    names; ``ca_file`` the CAs ``verify`` trusts (``None``: the system's);
+    ``port`` the SMTP port of MX hosts (25; tests and non-root developers
+    change it).  ``retry_schedule`` lists the seconds between attempts (the
+    last repeats); ``queue_lifetime`` is how long a recipient is tried
+    before it bounces.
+    """
+
+    resolver: str | None = None
+    relay_host: str | None = None
+    relay_auth: tuple[str, str] | None = None
+    tls: Literal["none", "may", "encrypt", "verify"] = "may"
+    tls_policies: tuple[tuple[str, str], ...] = ()
+    ca_file: Path | None = None
+    port: int = 25
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE_SECONDS
+    queue_lifetime: float = DEFAULT_QUEUE_LIFETIME_SECONDS
+    destination_concurrency: int = 5
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``mailgate serve`` is configured with.
@@ -166,6 +197,7 @@ class Settings:
     http_auth: tuple[str, str] | None = None
     workers: int = 1
     """SMTP processes; above 1 they share the ports through ``SO_REUSEPORT``; 0: one per CPU."""
+    outbound: Outbound = Outbound()
 
     @property
     def store_url(self) -> str:

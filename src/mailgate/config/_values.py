@@ -42,8 +42,8 @@ MAX_PORT = 65535
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _SIZE = re.compile(r"(\d+)\s*([KMG]?)(?:I?B)?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)", re.IGNORECASE)
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _OFF = frozenset({"off", "false", "no", "none"})
 _ON = frozenset({"on", "true", "yes"})
 _STORE_URL = re.compile(r"[a-z][a-z0-9+.-]*:\S+", re.IGNORECASE)
@@ -180,7 +180,7 @@ def parse_size(*, least: int, reason: str = "") -> Callable[[object], int]:
 
 
 def parse_duration(*, least: float) -> Callable[[object], float]:
-    """A parser of seconds: ``300``, ``2.5``, ``90s``, ``5m``, ``1h``."""
+    """A parser of seconds: ``300``, ``2.5``, ``90s``, ``5m``, ``1h``, ``5d``."""
 
     def parse(value: object) -> float:
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -189,7 +189,7 @@ def parse_duration(*, least: float) -> Callable[[object], float]:
             text = _text(value).strip()
             match = _DURATION.fullmatch(text)
             if match is None or not match[1].isascii():
-                raise InvalidValue(f"{text!r} is not a duration: give seconds, or use s, m or h")
+                raise InvalidValue(f"{text!r} is not a duration: give seconds, or use s, m, h or d")
             seconds = float(match[1]) * _DURATION_UNITS[match[2].lower()]
         if not math.isfinite(seconds) or seconds < least:
             raise InvalidValue(f"must be at least {least:g} seconds, got {seconds:g}")
@@ -386,3 +386,89 @@ def parse_domain_names(values: object) -> tuple[Domain, ...]:
     """Domain names from flags or the environment: catch-all mailboxes each."""
     names = values if isinstance(values, list | tuple) else [values]
     return tuple(Domain(name) for name in dict.fromkeys(parse_domain_name(n) for n in names))
+
+
+TLS_POLICIES = ("none", "may", "encrypt", "verify")
+"""How outbound connections use TLS: never; when offered, unverified; always, unverified;
+always, with the certificate verified against the host name."""
+
+
+def parse_durations(*, least: float) -> Callable[[object], tuple[float, ...]]:
+    """A parser of a list of durations: ``1m,5m,1h`` or a TOML array of them."""
+    one = parse_duration(least=least)
+
+    def parse(value: object) -> tuple[float, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not items:
+            raise InvalidValue(f"expected a list of durations, got {_describe(value)}")
+        return tuple(one(item) for item in items)
+
+    return parse
+
+
+def parse_host_port(value: object) -> str:
+    """``HOST`` or ``HOST:PORT`` (an IPv6 address in brackets), checked, kept as written."""
+    text = _text(value).strip()
+    host, port = text, ""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise InvalidValue(f"{text!r} is not HOST:PORT")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    if port and (not port.isdigit() or not 1 <= int(port) <= MAX_PORT):
+        raise InvalidValue(f"{text!r}: the port must be a number from 1 to {MAX_PORT}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _is_hostname(host):
+            raise InvalidValue(f"{text!r} is not HOST:PORT") from None
+    return text
+
+
+def parse_nameserver(value: object) -> str | None:
+    """A DNS server's ``IP`` or ``IP:PORT`` (``[IPv6]:PORT``), or none for the system's."""
+    text = _text(value).strip()
+    if text.lower() in _OFF | {"", "system"}:
+        return None
+    checked = parse_host_port(text)
+    host = checked[1:].partition("]")[0] if checked.startswith("[") else checked.partition(":")[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidValue(f"{text!r}: the resolver must be an IP address") from None
+    return checked
+
+
+def parse_optional_host_port(value: object) -> str | None:
+    """``HOST:PORT``, or none for ``""``/``off``."""
+    text = _text(value).strip()
+    return None if text.lower() in _OFF | {""} else parse_host_port(text)
+
+
+def parse_tls_policies(value: object) -> tuple[tuple[str, str], ...]:
+    """Per-domain outbound TLS policies: ``example.com=verify`` (repeatable) or a TOML table."""
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise InvalidValue(f"expected DOMAIN=POLICY, got {_describe(value)}")
+        pairs = []
+        for item in items:
+            domain, sep, policy = _text(item).partition("=")
+            if not sep:
+                raise InvalidValue(f"{item!r} is not DOMAIN=POLICY")
+            pairs.append((domain, policy))
+    policies: dict[str, str] = {}
+    for domain, policy in pairs:
+        name = parse_domain_name(domain)
+        text = _text(policy).strip().lower()
+        if text not in TLS_POLICIES:
+            raise InvalidValue(
+                f"{policy!r} for {name} is not a TLS policy: {', '.join(TLS_POLICIES)}",
+                at=f".{_toml_key(name)}" if isinstance(value, dict) else "",
+            )
+        policies[name] = text
+    return tuple(policies.items())
