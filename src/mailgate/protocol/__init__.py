@@ -1,12 +1,33 @@
 """The sans-I/O SMTP engine: bytes in, events and replies out.
 
 Nothing here touches sockets, clocks, files or the event loop; the shells
-in ``mailgate.server`` pump bytes through ``ServerConnection``.
+in ``mailgate.server`` pump bytes through ``ServerConnection``, and the
+outbound queue's through ``ClientConnection``.
 """
 
 from __future__ import annotations
 
 from mailgate.protocol._address import dot_atom_local_part
+from mailgate.protocol._client import ClientConnection
+from mailgate.protocol._client_events import (
+    AnyClientEvent,
+    AuthReply,
+    ClientSettings,
+    ContentRequest,
+    Envelope,
+    Greeting,
+    HelloReply,
+    MailReply,
+    MessageRefused,
+    MessageReply,
+    QuitReply,
+    RcptReply,
+    Recipient,
+    ResetReply,
+    ServerClosing,
+    StartTLSReply,
+)
+from mailgate.protocol._client_state import ClientState, TranscriptLine
 from mailgate.protocol._errors import LocalProtocolError, MailgateError, RemoteProtocolError
 from mailgate.protocol._events import (
     AnyCommand,
@@ -54,31 +75,50 @@ __all__ = [
     "MECHANISMS",
     "MIN_RECIPIENTS",
     "NEED_DATA",
+    "AnyClientEvent",
     "AnyCommand",
     "AnyEvent",
     "AuthCredentials",
+    "AuthReply",
     "BdatChunk",
+    "ClientConnection",
+    "ClientSettings",
+    "ClientState",
     "Command",
     "ConnectionClosed",
     "ConnectionSettings",
+    "ContentRequest",
     "DataAborted",
     "DataChunk",
     "DataEnd",
     "DataStart",
     "Ehlo",
+    "Envelope",
     "Event",
     "Expn",
+    "Greeting",
+    "HelloReply",
     "Helo",
     "LocalProtocolError",
     "MailFrom",
+    "MailReply",
     "MailgateError",
+    "MessageRefused",
+    "MessageReply",
+    "QuitReply",
+    "RcptReply",
     "RcptTo",
+    "Recipient",
     "RemoteProtocolError",
     "Reply",
+    "ResetReply",
     "Rset",
+    "ServerClosing",
     "ServerConnection",
     "StartTLS",
+    "StartTLSReply",
     "State",
+    "TranscriptLine",
     "Vrfy",
     "dot_atom_local_part",
 ]
