@@ -28,6 +28,19 @@ from mailgate.protocol._client_events import (
     StartTLSReply,
 )
 from mailgate.protocol._client_state import ClientState, TranscriptLine
+from mailgate.protocol._dsn import (
+    Notify,
+    OriginalRecipient,
+    Ret,
+    parse_envid,
+    parse_notify,
+    parse_orcpt,
+    parse_ret,
+    utf8_addr_decode,
+    utf8_addr_encode,
+    xtext_decode,
+    xtext_encode,
+)
 from mailgate.protocol._errors import LocalProtocolError, MailgateError, RemoteProtocolError
 from mailgate.protocol._events import (
     AnyCommand,
@@ -105,6 +118,8 @@ __all__ = [
     "MailgateError",
     "MessageRefused",
     "MessageReply",
+    "Notify",
+    "OriginalRecipient",
     "QuitReply",
     "RcptReply",
     "RcptTo",
@@ -112,6 +127,7 @@ __all__ = [
     "RemoteProtocolError",
     "Reply",
     "ResetReply",
+    "Ret",
     "Rset",
     "ServerClosing",
     "ServerConnection",
@@ -121,4 +137,12 @@ __all__ = [
     "TranscriptLine",
     "Vrfy",
     "dot_atom_local_part",
+    "parse_envid",
+    "parse_notify",
+    "parse_orcpt",
+    "parse_ret",
+    "utf8_addr_decode",
+    "utf8_addr_encode",
+    "xtext_decode",
+    "xtext_encode",
 ]

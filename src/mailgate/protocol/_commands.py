@@ -4,9 +4,10 @@ Strategy.  ``command_verbs`` maps each verb to its ``Verb`` as configured.
 Then one function per command that takes an argument.  Each gets the
 argument text (verb removed, surrounding blanks stripped) and the session
 facts its grammar depends on, and returns the event to hand the application
-or raises ``ArgumentError`` carrying the reply: 501 for bad syntax, 555 for
-an unknown MAIL/RCPT parameter (RFC 5321 4.1.1.11), 552 for a declared size
-over the limit (RFC 1870 6.1), 504 for an unknown SASL mechanism.
+or raises ``ArgumentError`` carrying the reply: 501 for bad syntax (a bad
+DSN parameter value among it, RFC 3461 4), 555 for an unknown MAIL/RCPT
+parameter (RFC 5321 4.1.1.11), 552 for a declared size over the limit (RFC
+1870 6.1), 504 for an unknown SASL mechanism.
 
 Whether the command may come now at all (503) is not decided here: the
 tables of ``_state`` say, and ``ServerConnection`` asks them first (RFC
@@ -22,9 +23,21 @@ means no reply ever echoes one back.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from mailgate.protocol._address import ArgumentError, parse_params, parse_path
+from mailgate.protocol._dsn import (
+    Notify,
+    OriginalRecipient,
+    Ret,
+    parse_envid,
+    parse_notify,
+    parse_orcpt,
+    parse_ret,
+)
 from mailgate.protocol._events import Ehlo, Expn, Helo, MailFrom, RcptTo, Vrfy
 from mailgate.protocol._limits import MAX_SIZE_DIGITS
 from mailgate.protocol._replies import Reply
@@ -48,6 +61,7 @@ __all__ = [
     "split_path",
 ]
 
+_T = TypeVar("_T")
 SYNTAX = "5.5.4"  # RFC 3463 3.6: invalid command arguments
 # ASCII digits only: str.isdigit() also takes "³" and "٣", and int() reads some.
 _SIZE_VALUE = re.compile(rf"[0-9]{{1,{MAX_SIZE_DIGITS}}}\Z")
@@ -173,9 +187,10 @@ def parse_mail(
     ``smtputf8``: SMTPUTF8 is offered.  ``auth``: AUTH is offered, so the
     AUTH parameter must be accepted (RFC 4954 5).
 
-    Raises ``ArgumentError``: 501 syntax, 555 unknown or premature
-    parameter, 552 SIZE over ``max_message_size``, 550 5.6.7 for a non-ASCII
-    address without SMTPUTF8 (RFC 6531 3.5).
+    Raises ``ArgumentError``: 501 syntax (a bad RET or ENVID among it, RFC
+    3461 4.3, 4.4), 555 unknown or premature parameter, 552 SIZE over
+    ``max_message_size``, 550 5.6.7 for a non-ASCII address without SMTPUTF8
+    (RFC 6531 3.5).
     """
     if not has_prefix(argument, "FROM:"):
         raise ArgumentError(Reply(501, SYNTAX, "Syntax: MAIL FROM:<address>"))
@@ -186,6 +201,8 @@ def parse_mail(
     size: int | None = None
     body: str | None = None
     utf8 = False
+    ret: Ret | None = None
+    envid: str | None = None
     for key, value in params.items():
         if key == "SIZE":
             # RFC 1870 3: size-value ::= 1*20DIGIT
@@ -205,6 +222,10 @@ def parse_mail(
         elif key == "AUTH" and auth:
             if value is None:
                 raise ArgumentError(Reply(501, SYNTAX, "Syntax: AUTH=<mailbox>"))
+        elif key == "RET":
+            ret = _dsn_value(parse_ret, value)
+        elif key == "ENVID":
+            envid = _dsn_value(parse_envid, value)
         else:
             raise ArgumentError(Reply(555, SYNTAX, f"Unsupported parameter {key}"))
     parsed = parse_path(
@@ -215,26 +236,46 @@ def parse_mail(
         non_ascii_reply=_NON_ASCII_SENDER,
         enhanced="5.1.7",
     )
-    return MailFrom(parsed.address, params, size, body, utf8)
+    return MailFrom(parsed.address, params, size, body, utf8, ret, envid)
 
 
-def parse_rcpt(argument: str, *, smtputf8: bool, full: bool = False) -> RcptTo:
+def _dsn_value(parse: Callable[[str | None], _T], value: str | None) -> _T:
+    """A DSN parameter's value parsed; raises ``ArgumentError`` (501) saying why not."""
+    try:
+        return parse(value)
+    except ValueError as error:
+        raise ArgumentError(Reply(501, SYNTAX, str(error))) from None
+
+
+def parse_rcpt(argument: str, *, extended: bool, smtputf8: bool, full: bool = False) -> RcptTo:
     """``RCPT TO:<forward-path> [params]`` (RFC 5321 4.1.1.3).
 
-    ``smtputf8``: the transaction declared SMTPUTF8.  No RCPT parameter is
-    offered, so any is refused.  ``full``: the transaction has as many
-    recipients as it may.
+    ``extended``: the session began with EHLO, so parameters are allowed.
+    ``smtputf8``: the transaction declared SMTPUTF8.  The parameters are
+    DSN's NOTIFY and ORCPT (RFC 3461 4.1, 4.2); ORCPT's ``utf-8`` address
+    type needs ``smtputf8`` (RFC 6533 3).  ``full``: the transaction has as
+    many recipients as it may.
 
-    Raises ``ArgumentError``: 501 syntax, 555 for a parameter, 553 5.6.7 for
-    a non-ASCII address without SMTPUTF8 (RFC 6531 3.5), then 452 4.5.3 when
-    ``full`` (RFC 5321 4.5.3.1.10).
+    Raises ``ArgumentError``: 501 syntax (a bad NOTIFY or ORCPT among it),
+    555 for an unknown or premature parameter, 553 5.6.7 for a non-ASCII
+    address without SMTPUTF8 (RFC 6531 3.5), then 452 4.5.3 when ``full``
+    (RFC 5321 4.5.3.1.10).
     """
     if not has_prefix(argument, "TO:"):
         raise ArgumentError(Reply(501, SYNTAX, "Syntax: RCPT TO:<address>"))
     path, words = split_path(argument[3:], enhanced="5.1.3")
     params = parse_params(words, utf8=smtputf8)
-    if params:
-        raise ArgumentError(Reply(555, SYNTAX, f"Unsupported parameter {next(iter(params))}"))
+    if params and not extended:
+        raise ArgumentError(Reply(555, SYNTAX, "Parameters need EHLO"))
+    notify: Notify | None = None
+    orcpt: OriginalRecipient | None = None
+    for key, value in params.items():
+        if key == "NOTIFY":
+            notify = _dsn_value(parse_notify, value)
+        elif key == "ORCPT":
+            orcpt = _dsn_value(partial(parse_orcpt, utf8=smtputf8), value)
+        else:
+            raise ArgumentError(Reply(555, SYNTAX, f"Unsupported parameter {key}"))
     parsed = parse_path(
         path,
         allow_null=False,
@@ -245,7 +286,7 @@ def parse_rcpt(argument: str, *, smtputf8: bool, full: bool = False) -> RcptTo:
     )
     if full:
         raise ArgumentError(_TOO_MANY_RECIPIENTS)
-    return RcptTo(parsed.address, params)
+    return RcptTo(parsed.address, params, notify, orcpt)
 
 
 @dataclass(frozen=True, slots=True)

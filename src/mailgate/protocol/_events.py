@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
+from mailgate.protocol._dsn import Notify, OriginalRecipient, Ret
+
 __all__ = [
     "NEED_DATA",
     "AnyCommand",
@@ -82,9 +84,11 @@ class Ehlo(Command):
 class MailFrom(Command):
     """``MAIL FROM:<address>``; ``address`` is ``""`` for the null sender.
 
-    ``params`` holds every ESMTP parameter, keys upper-cased, ``None`` for a
-    parameter without a value.  ``size``, ``body`` and ``smtputf8`` are the
-    validated SIZE, BODY and SMTPUTF8 parameters.
+    ``params`` holds every ESMTP parameter as the client sent it, keys
+    upper-cased, ``None`` for a parameter without a value.  ``size``,
+    ``body`` and ``smtputf8`` are the validated SIZE, BODY and SMTPUTF8
+    parameters; ``ret`` and ``envid`` the DSN parameters RET and ENVID (RFC
+    3461 4.3, 4.4), the envelope id decoded from its xtext.
     """
 
     address: str
@@ -92,14 +96,23 @@ class MailFrom(Command):
     size: int | None = None
     body: str | None = None
     smtputf8: bool = False
+    ret: Ret | None = None
+    envid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RcptTo(Command):
-    """``RCPT TO:<address>``; a source route, if any, is already stripped."""
+    """``RCPT TO:<address>``; a source route, if any, is already stripped.
+
+    ``params`` holds every ESMTP parameter as the client sent it (as
+    ``MailFrom.params``); ``notify`` and ``orcpt`` are the validated DSN
+    parameters NOTIFY and ORCPT (RFC 3461 4.1, 4.2), the latter decoded.
+    """
 
     address: str
     params: Mapping[str, str | None] = field(default_factory=dict)
+    notify: Notify | None = None
+    orcpt: OriginalRecipient | None = None
 
 
 @dataclass(frozen=True, slots=True)

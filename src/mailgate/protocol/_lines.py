@@ -24,6 +24,8 @@ from __future__ import annotations
 from mailgate.protocol._content import Frame
 from mailgate.protocol._limits import (
     MAX_AUTH_PARAM_EXTRA_OCTETS,
+    MAX_DSN_MAIL_EXTRA_OCTETS,
+    MAX_DSN_RCPT_EXTRA_OCTETS,
     MAX_MAIL_LINE_EXTRA_OCTETS,
     MAX_SASL_LINE_OCTETS,
 )
@@ -43,15 +45,20 @@ _NOT_UTF8 = Reply(500, "5.5.2", "Command is not valid UTF-8")
 
 
 def mail_line_limit(settings: ConnectionSettings, *, auth: bool) -> int:
-    """The longest MAIL line, CRLF excluded: SIZE (and AUTH=) lengthen it."""
-    limit = settings.max_command_line - 2 + MAX_MAIL_LINE_EXTRA_OCTETS
+    """The longest MAIL line, CRLF excluded: SIZE, RET and ENVID (and AUTH=) lengthen it."""
+    limit = settings.max_command_line - 2 + MAX_MAIL_LINE_EXTRA_OCTETS + MAX_DSN_MAIL_EXTRA_OCTETS
     return limit + MAX_AUTH_PARAM_EXTRA_OCTETS if auth else limit
+
+
+def rcpt_line_limit(settings: ConnectionSettings) -> int:
+    """The longest RCPT line, CRLF excluded: NOTIFY and ORCPT lengthen it."""
+    return settings.max_command_line - 2 + MAX_DSN_RCPT_EXTRA_OCTETS
 
 
 def command_line_cap(settings: ConnectionSettings) -> int:
     """The longest command line worth reading to its end, LF excluded."""
     auth = bool(settings.auth_mechanisms)
-    cap = mail_line_limit(settings, auth=auth)
+    cap = max(mail_line_limit(settings, auth=auth), rcpt_line_limit(settings))
     if auth:
         cap = max(cap, MAX_SASL_LINE_OCTETS - 2)
     return cap + 1  # the CR of the CRLF
@@ -85,6 +92,8 @@ def split_command(raw: bytes, settings: ConnectionSettings) -> tuple[str, str] |
     limit = settings.max_command_line - 2
     if verb == "MAIL":
         limit = mail_line_limit(settings, auth=bool(settings.auth_mechanisms))
+    elif verb == "RCPT":
+        limit = rcpt_line_limit(settings)
     elif verb == "AUTH" and settings.auth_mechanisms:
         limit = MAX_SASL_LINE_OCTETS - 2
     if len(raw) > limit:

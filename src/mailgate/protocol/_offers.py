@@ -48,6 +48,7 @@ def keywords(settings: ConnectionSettings, *, tls_active: bool) -> tuple[str, ..
         "PIPELINING",
         "CHUNKING",
         "ENHANCEDSTATUSCODES",
+        "DSN",  # RFC 3461 4
     ]
     if settings.smtputf8:
         offered.append("SMTPUTF8")

@@ -260,7 +260,9 @@ class ServerConnection(Dialogue):
                 )
             case Verb.RCPT:
                 full = self.recipients >= self.settings.max_recipients
-                return parse_rcpt(argument, smtputf8=self.smtputf8, full=full)
+                return parse_rcpt(
+                    argument, extended=self.extended, smtputf8=self.smtputf8, full=full
+                )
             case Verb.DATA:
                 require_no_argument(argument, "DATA")
                 return DataStart()

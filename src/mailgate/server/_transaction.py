@@ -13,9 +13,16 @@ from datetime import datetime
 
 from mailgate.model import Envelope, TLSInfo
 from mailgate.ports import Spool
-from mailgate.protocol import MailFrom
+from mailgate.protocol import MailFrom, utf8_addr_encode, xtext_encode
 
-__all__ = ["Transaction", "protocol_name"]
+__all__ = ["Transaction", "original_recipient", "protocol_name"]
+
+
+def original_recipient(address: str) -> str:
+    """An ``ORCPT`` value naming ``address`` (RFC 3461 4.2, RFC 6533 3 when not ASCII)."""
+    if address.isascii():
+        return "rfc822;" + xtext_encode(address)
+    return "utf-8;" + utf8_addr_encode(address)
 
 
 def protocol_name(*, extended: bool, smtputf8: bool, tls: bool, authenticated: bool) -> str:
@@ -45,16 +52,23 @@ class Transaction:
         """Add an accepted ``RCPT``: ``members`` is who receives mail to ``address``.
 
         An address that is its own member is added as given, every time (a client
-        may name one twice); an alias's members are added once each.
+        may name one twice); an alias's members are added once each.  Each keeps
+        the parameters as the client sent them (NOTIFY, ORCPT), to be relayed
+        verbatim (RFC 3461 5.2.1); an alias's members that came without ORCPT get
+        one naming ``address``, so that a report about them names the address the
+        sender used (RFC 3461 4.2: an added ORCPT MUST hold the RCPT address).
         """
         if len(members) == 1 and members[0] == address:
             self.recipients.append(address)
             self.rcpt_params.append(dict(params))
             return
+        member_params = dict(params)
+        if "ORCPT" not in member_params:
+            member_params["ORCPT"] = original_recipient(address)
         for member in members:
             if member not in self.recipients:
                 self.recipients.append(member)
-                self.rcpt_params.append(dict(params))
+                self.rcpt_params.append(dict(member_params))
 
     def envelope(
         self,
