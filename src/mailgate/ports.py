@@ -268,6 +268,10 @@ class QueueStore(MessageStore, Protocol):
         """
         ...
 
+    async def renew_claims(self, owner: str, until: datetime) -> int:
+        """Extend every lease ``owner`` holds to ``until`` (deliveries still running)."""
+        ...
+
     async def release_claims(self, owner: str) -> int:
         """Drop every lease ``owner`` holds (a runner starting again); return how many."""
         ...

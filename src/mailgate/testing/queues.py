@@ -87,6 +87,8 @@ async def check_claims_are_leased_and_fenced(subject: StoreUnderTest) -> None:
         claimed = await store.claim("a", now=now, lease=LEASE, limit=10)
         assert sorted(r.recipient for r in claimed) == [FAR, OTHER]
         assert await store.claim("b", now=now + LEASE / 2, lease=LEASE, limit=10) == []
+        assert await store.renew_claims("a", now + LEASE / 2) == 2  # renewed, still a's
+        assert await store.claim("b", now=now + LEASE / 2, lease=LEASE, limit=10) == []
         second = await _relay(acceptor, FAR)
         limited = await store.claim("b", now=now + LEASE / 2, lease=LEASE, limit=1)
         assert [(r.message_id, r.recipient) for r in limited] == [(second, FAR)]

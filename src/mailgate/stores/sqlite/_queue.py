@@ -40,6 +40,7 @@ __all__ = [
     "record",
     "release",
     "release_claims",
+    "renew_claims",
     "request_bounce",
     "retry",
 ]
@@ -191,6 +192,16 @@ def record(
             written += 1
             changed[outcome.message_id] = None
     return written, list(changed)
+
+
+def renew_claims(
+    connection: sqlite3.Connection, owner: str, until: datetime
+) -> tuple[int, list[MessageId]]:
+    """Extend every lease ``owner`` holds to ``until``."""
+    count = connection.execute(
+        "UPDATE deliveries SET lease_until = ? WHERE lease_owner = ?", (_millis(until), owner)
+    ).rowcount
+    return count, []
 
 
 def release_claims(connection: sqlite3.Connection, owner: str) -> tuple[int, list[MessageId]]:

@@ -270,6 +270,10 @@ class SQLiteStore:
         done = list(outcomes)
         return await self._change_queue(ChangeQueue(lambda c: _queue.record(c, owner, done)))
 
+    async def renew_claims(self, owner: str, until: datetime) -> int:
+        """Extend every lease ``owner`` holds to ``until``; return how many."""
+        return await self._change_queue(ChangeQueue(lambda c: _queue.renew_claims(c, owner, until)))
+
     async def release_claims(self, owner: str) -> int:
         """Drop every lease ``owner`` holds; return how many."""
         return await self._change_queue(ChangeQueue(lambda c: _queue.release_claims(c, owner)))
