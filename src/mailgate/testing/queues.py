@@ -87,19 +87,21 @@ async def check_claims_are_leased_and_fenced(subject: StoreUnderTest) -> None:
         claimed = await store.claim("a", now=now, lease=LEASE, limit=10)
         assert sorted(r.recipient for r in claimed) == [FAR, OTHER]
         assert await store.claim("b", now=now + LEASE / 2, lease=LEASE, limit=10) == []
-        assert await store.renew_claims("a", now + LEASE / 2) == 2  # renewed, still a's
-        assert await store.claim("b", now=now + LEASE / 2, lease=LEASE, limit=10) == []
+        assert await store.renew_claims("a", now + 2 * LEASE) == 2  # a delivery runs long
+        assert await store.claim("b", now=now + LEASE, lease=LEASE, limit=10) == []
         second = await _relay(acceptor, FAR)
         limited = await store.claim("b", now=now + LEASE / 2, lease=LEASE, limit=1)
         assert [(r.message_id, r.recipient) for r in limited] == [(second, FAR)]
-        taken_over = await store.claim("b", now=now + LEASE, lease=LEASE, limit=10)
-        assert sorted(r.recipient for r in taken_over) == [FAR, OTHER]
+        taken_over = await store.claim("b", now=now + 2 * LEASE, lease=LEASE, limit=10)
+        assert sorted((r.message_id, r.recipient) for r in taken_over) == sorted(
+            [(first, FAR), (first, OTHER), (second, FAR)]  # b's own lease ran out too
+        )
         late = DeliveryOutcome(first, FAR, DeliveryState.DELIVERED, now + LEASE, "250 2.0.0 ok")
         assert await store.record("a", [late]) == 0  # fenced: "b" holds it now
         assert await store.record("b", [late]) == 1
         assert await store.record("b", [late]) == 0  # the lease went with the outcome
         assert await store.release_claims("b") == 2  # OTHER and the second message's FAR
-        again = await store.claim("c", now=now + LEASE, lease=LEASE, limit=10)
+        again = await store.claim("c", now=now + 2 * LEASE, lease=LEASE, limit=10)
         assert sorted((r.message_id, r.recipient) for r in again) == sorted(
             [(first, OTHER), (second, FAR)]
         )
