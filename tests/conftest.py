@@ -10,3 +10,6 @@ from hypothesis import settings
 settings.register_profile("ci", deadline=None, print_blob=True)
 settings.register_profile("dev", max_examples=100)
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
+
+# The loopback internet of delivery tests: DNS and receiving MTAs (see loopback.py).
+from loopback import dns_zone, receiving_mta  # noqa: E402, F401
