@@ -61,7 +61,10 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_no_command(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = run(capsys)
     assert (status, out) == (2, "")
-    assert one_error_line(err) == "choose a command: serve, messages or users (see mailgate --help)"
+    assert (
+        one_error_line(err)
+        == "choose a command: serve, messages, queue or users (see mailgate --help)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--raw", action="store_true", help="write the exact stored bytes")
     _add_store_flags(show)
 
+    queue = commands.add_parser(
+        "queue",
+        help="show and manage the outbound queue",
+        description="Show and manage the outbound queue: one row per recipient waiting.",
+    )
+    from mailgate.cli._queue import QUEUE_ACTIONS  # noqa: PLC0415 - its text only
+
+    queue_actions = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    for action, text in QUEUE_ACTIONS.items():
+        sub = queue_actions.add_parser(
+            action, help=text, description=text[0].upper() + text[1:] + "."
+        )
+        if action in {"list", "show"}:
+            sub.add_argument("--json", action="store_true", help="print JSON, one object a row")
+        if action == "retry":
+            target = sub.add_mutually_exclusive_group(required=True)
+            target.add_argument("id", metavar="ID", nargs="?", help="the message id")
+            target.add_argument("--all", action="store_true", help="every waiting message")
+        elif action != "list":
+            sub.add_argument("id", metavar="ID", help="the message id, as listed")
+        _add_store_flags(sub)
+
     users = commands.add_parser(
         "users",
         help="manage who may authenticate",
@@ -148,7 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # --help, --version, or a usage error already reported
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     if args.command is None:
-        return fail("choose a command: serve, messages or users (see mailgate --help)", EXIT_USAGE)
+        return fail(
+            "choose a command: serve, messages, queue or users (see mailgate --help)", EXIT_USAGE
+        )
 
     try:
         settings = _settings(args, os.environ)
@@ -159,6 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mailgate.cli._serve import serve  # noqa: PLC0415 - the server loads only to serve
 
         return serve(settings)
+    if args.command == "queue":
+        from mailgate.cli._queue import queue_command  # noqa: PLC0415
+
+        return queue_command(
+            settings,
+            args.queue_command,
+            getattr(args, "id", None),
+            all_=getattr(args, "all", False),
+            as_json=getattr(args, "json", False),
+        )
     if args.command == "users":
         from mailgate.cli._users import users_command  # noqa: PLC0415
 

@@ -17,7 +17,7 @@ from mailgate.model import Address, MessageId, MessageSummary
 from mailgate.ports import MessageStore, StoreError
 from mailgate.stores import StoreURLError, open_store
 
-__all__ = ["list_messages", "show_message"]
+__all__ = ["list_messages", "show_message", "with_store"]
 
 _COLUMNS = ("ID", "DATE", "FROM", "TO", "SUBJECT", "SIZE")
 _WIDEST = {"FROM": 30, "TO": 30, "SUBJECT": 50}
@@ -34,7 +34,7 @@ def list_messages(settings: Settings, *, limit: int, count: bool) -> int:
             print(_table([await _with_envelope(store, s) for s in page.messages]))
         return EXIT_OK
 
-    return _with_store(settings, run)
+    return with_store(settings, run)
 
 
 def show_message(settings: Settings, message_id: str, *, raw: bool) -> int:
@@ -52,10 +52,12 @@ def show_message(settings: Settings, message_id: str, *, raw: bool) -> int:
             sys.stdout.flush()
         return EXIT_OK
 
-    return _with_store(settings, run)
+    return with_store(settings, run)
 
 
-def _with_store(settings: Settings, command: Callable[[MessageStore], Awaitable[int]]) -> int:
+def with_store(settings: Settings, command: Callable[[MessageStore], Awaitable[int]]) -> int:
+    """Open the store the settings name, run ``command`` on it, close it; its exit status."""
+
     async def run() -> int:
         try:
             store = await open_store(settings.store_url)
