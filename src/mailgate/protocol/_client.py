@@ -579,8 +579,7 @@ class ClientConnection:
     def _finish(self, reply: Reply) -> None:
         self._txn = None
         self._events.append(MessageReply(reply))
-        if self.state is not ClientState.CLOSED:
-            self.state = ClientState.READY
+        self.state = ClientState.READY
 
     def _close(self) -> None:
         self.state = ClientState.CLOSED

@@ -1,0 +1,740 @@
+"""The client engine, synchronously: every case fed whole, byte by byte and at random splits."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from client_helpers import GREETING, Peer, ehlo_reply
+from mailgate.protocol import (
+    AuthReply,
+    ClientConnection,
+    ClientSettings,
+    ClientState,
+    ConnectionClosed,
+    ContentRequest,
+    Envelope,
+    Greeting,
+    HelloReply,
+    LocalProtocolError,
+    MailReply,
+    MessageRefused,
+    MessageReply,
+    QuitReply,
+    RcptReply,
+    Recipient,
+    RemoteProtocolError,
+    Reply,
+    ResetReply,
+    ServerClosing,
+    StartTLSReply,
+)
+from protocol_helpers import Split, feedings
+
+FEEDINGS = pytest.mark.parametrize("split", list(feedings()), ids=lambda split: split.__name__)
+ALL = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN", "SIZE 1000")
+OK = b"250 2.0.0 OK\r\n"
+
+
+def envelope(*recipients: str, **options: object) -> Envelope:
+    return Envelope(
+        sender="a@example.org",
+        recipients=tuple(Recipient(r) for r in recipients or ("b@example.com",)),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def reply(code: int, enhanced: str | None, text: str) -> Reply:
+    return Reply(code, enhanced, text)
+
+
+# ---------------------------------------------------------------- greeting, EHLO
+
+
+@FEEDINGS
+def test_greeting_and_ehlo_extensions(split: Split) -> None:
+    peer = Peer(split)
+    assert peer.server(GREETING) == [Greeting(reply(220, None, "mx.test ESMTP ready"))]
+    peer.conn.hello()
+    assert peer.sent() == b"EHLO client.test\r\n"
+    events = peer.server(ehlo_reply("SIZE 10240000", "AUTH PLAIN LOGIN", "pipelining", "x=y", ""))
+    assert len(events) == 1
+    hello = events[0]
+    assert isinstance(hello, HelloReply)
+    assert hello.extended
+    assert hello.extensions == {
+        "SIZE": ("10240000",),
+        "AUTH": ("PLAIN", "LOGIN"),
+        "PIPELINING": (),
+    }
+    assert peer.conn.state is ClientState.READY
+    assert peer.conn.extended
+
+
+@FEEDINGS
+@pytest.mark.parametrize("code", [500, 502, 554])
+def test_ehlo_refused_falls_back_to_helo(split: Split, code: int) -> None:
+    peer = Peer(split)
+    peer.server(GREETING)
+    peer.conn.hello()
+    peer.sent()
+    assert peer.server(f"{code} 5.5.1 no EHLO\r\n".encode()) == []
+    assert peer.sent() == b"HELO client.test\r\n"
+    assert peer.server(b"250 mx.test\r\n") == [HelloReply(reply(250, None, "mx.test"))]
+    assert not peer.conn.extended
+    assert peer.conn.state is ClientState.READY
+
+
+def test_helo_refused_and_ehlo_temporary_failure() -> None:
+    peer = Peer()
+    peer.server(GREETING)
+    peer.conn.hello()
+    peer.server(b"550 no\r\n")
+    assert peer.server(b"550 no HELO either\r\n") == [
+        HelloReply(reply(550, None, "no HELO either"))
+    ]
+    assert peer.conn.state is ClientState.CONNECTED
+    peer.conn.hello()
+    peer.sent()
+    assert peer.server(b"451 later\r\n") == [HelloReply(reply(451, None, "later"))]
+    assert peer.sent() == b""
+    assert peer.conn.state is ClientState.CONNECTED
+
+
+def test_refused_greeting_allows_only_quit() -> None:
+    peer = Peer()
+    peer.server(b"554 go away\r\n")
+    assert peer.conn.state is ClientState.REFUSED
+    with pytest.raises(LocalProtocolError):
+        peer.conn.hello()
+    peer.conn.quit()
+    assert peer.sent() == b"QUIT\r\n"
+    assert peer.server(b"221 bye\r\n") == [QuitReply(reply(221, None, "bye")), ConnectionClosed()]
+
+
+def test_421_greeting_closes() -> None:
+    peer = Peer()
+    assert peer.server(b"421 busy\r\n") == [
+        Greeting(reply(421, None, "busy")),
+        ConnectionClosed(),
+    ]
+
+
+# --------------------------------------------------------------------- replies
+
+
+@FEEDINGS
+def test_multiline_replies_and_enhanced_codes(split: Split) -> None:
+    peer = Peer(split)
+    peer.ready("ENHANCEDSTATUSCODES")
+    peer.conn.reset()
+    peer.sent()
+    events = peer.server(b"250-2.0.0 first\r\n250-2.0.0 second\r\n250-third\r\n250 2.0.0\r\n")
+    assert events == [ResetReply(reply(250, "2.0.0", "first\nsecond\nthird\n"))]
+    peer.conn.reset()
+    # An enhanced code of another class is text; a bare LF ends a line.
+    assert peer.server(b"250 5.0.0 odd\n") == [ResetReply(reply(250, None, "5.0.0 odd"))]
+    peer.conn.reset()
+    assert peer.server(b"250\r\n") == [ResetReply(reply(250, None, ""))]
+
+
+def test_enhanced_codes_only_when_offered() -> None:
+    peer = Peer()
+    peer.ready()
+    peer.conn.reset()
+    assert peer.server(b"250 2.0.0 OK\r\n") == [ResetReply(reply(250, None, "2.0.0 OK"))]
+
+
+def test_control_characters_in_reply_text_are_replaced() -> None:
+    peer = Peer()
+    peer.ready()
+    peer.conn.reset()
+    assert peer.server(b"250 a\rb\x00c\xff\r\n") == [
+        ResetReply(reply(250, None, "a\ufffdb\ufffdc\ufffd"))
+    ]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"25 short\r\n",
+        b"abc text\r\n",
+        b"150 one hundred\r\n",
+        b"650 six hundred\r\n",
+        b"250x no separator\r\n",
+        b"250-first\r\n251 second\r\n",
+        b"250-" + b"x" * 2100 + b"\r\n",
+        b"250-line\r\n" * 201,
+    ],
+)
+def test_malformed_replies_raise(data: bytes) -> None:
+    peer = Peer()
+    peer.ready()
+    peer.conn.reset()
+    with pytest.raises(RemoteProtocolError):
+        peer.server(data)
+
+
+def test_unsolicited_replies() -> None:
+    peer = Peer()
+    peer.ready()
+    with pytest.raises(RemoteProtocolError):
+        peer.server(b"250 nobody asked\r\n")
+    peer = Peer()
+    peer.ready()
+    assert peer.server(b"421 4.4.2 idle too long\r\n") == [
+        ServerClosing(reply(421, None, "4.4.2 idle too long")),
+        ConnectionClosed(),
+    ]
+    peer.conn.receive_data(b"ignored")
+    assert peer.conn.next_event() == ConnectionClosed()
+
+
+def test_eof_closes_even_mid_reply() -> None:
+    peer = Peer()
+    peer.ready()
+    peer.conn.reset()
+    peer.server(b"250-partial\r\n")
+    peer.conn.receive_eof()
+    assert peer.conn.next_event() == ConnectionClosed()
+    with pytest.raises(LocalProtocolError):
+        peer.conn.receive_data(b"more")
+
+
+# ------------------------------------------------------------------- STARTTLS
+
+
+@FEEDINGS
+def test_starttls_drops_plaintext_and_forgets_extensions(split: Split) -> None:
+    peer = Peer(split)
+    peer.ready("STARTTLS", "PIPELINING")
+    with pytest.raises(LocalProtocolError):
+        peer.conn.tls_established()
+    peer.conn.starttls()
+    assert peer.sent() == b"STARTTLS\r\n"
+    # Injected after the 220, in the same packet: never read (RFC 3207 4.2).
+    events = peer.server(b"220 2.0.0 go ahead\r\n250 injected\r\n")
+    assert events == [StartTLSReply(reply(220, None, "2.0.0 go ahead"))]
+    assert peer.conn.state is ClientState.TLS_HANDSHAKE
+    peer.server(b"more plaintext\r\n")
+    peer.conn.tls_established()
+    assert peer.conn.tls_active
+    assert peer.conn.extensions == {}
+    assert peer.conn.state is ClientState.CONNECTED
+    with pytest.raises(LocalProtocolError):
+        peer.conn.mail(envelope())
+    peer.conn.hello()
+    assert peer.sent() == b"EHLO client.test\r\n"
+    peer.server(ehlo_reply("PIPELINING"))
+    with pytest.raises(LocalProtocolError):
+        peer.conn.starttls()
+
+
+def test_starttls_refused_and_not_offered() -> None:
+    peer = Peer()
+    peer.ready()
+    with pytest.raises(LocalProtocolError):
+        peer.conn.starttls()
+    peer = Peer()
+    peer.ready("STARTTLS")
+    peer.conn.starttls()
+    assert peer.server(b"454 4.7.0 TLS not available\r\n") == [
+        StartTLSReply(reply(454, None, "4.7.0 TLS not available"))
+    ]
+    assert peer.conn.state is ClientState.READY
+
+
+def test_eof_during_handshake_closes() -> None:
+    peer = Peer()
+    peer.ready("STARTTLS")
+    peer.conn.starttls()
+    peer.server(b"220 go\r\n")
+    assert peer.conn.next_event() is not ConnectionClosed()
+    peer.conn.receive_eof()
+    assert peer.conn.next_event() == ConnectionClosed()
+
+
+# ------------------------------------------------------------------------ AUTH
+
+
+def tls_peer(split: Split, *keywords: str) -> Peer:
+    peer = Peer(split, tls_active=True, transcript=True)
+    peer.ready(*keywords)
+    return peer
+
+
+@FEEDINGS
+def test_auth_plain(split: Split) -> None:
+    peer = tls_peer(split, "AUTH PLAIN LOGIN")
+    peer.conn.authenticate("plain", "alice", "s3cret")
+    wire = base64.b64encode(b"\0alice\0s3cret")
+    assert peer.sent() == b"AUTH PLAIN " + wire + b"\r\n"
+    assert peer.server(b"235 2.7.0 OK\r\n") == [AuthReply(reply(235, None, "2.7.0 OK"))]
+    assert peer.conn.authenticated
+    with pytest.raises(LocalProtocolError):
+        peer.conn.authenticate("PLAIN", "alice", "s3cret")
+    transcript = peer.conn.take_transcript()
+    assert ("C", "AUTH PLAIN ****") in transcript
+    assert not any("s3cret" in line or wire.decode() in line for _, line in transcript)
+
+
+@FEEDINGS
+def test_auth_login_answers_challenges(split: Split) -> None:
+    peer = tls_peer(split, "AUTH LOGIN")
+    peer.conn.authenticate("LOGIN", "alice", "s3cret")
+    assert peer.sent() == b"AUTH LOGIN\r\n"
+    assert peer.server(b"334 VXNlcm5hbWU6\r\n") == []
+    assert peer.sent() == base64.b64encode(b"alice") + b"\r\n"
+    assert peer.server(b"334 UGFzc3dvcmQ6\r\n") == []
+    assert peer.sent() == base64.b64encode(b"s3cret") + b"\r\n"
+    # A third challenge cannot be answered: cancel it (RFC 4954 4).
+    assert peer.server(b"334 more?\r\n") == []
+    assert peer.sent() == b"*\r\n"
+    assert peer.server(b"501 cancelled\r\n") == [AuthReply(reply(501, None, "cancelled"))]
+    assert not peer.conn.authenticated
+    assert peer.conn.state is ClientState.READY
+    assert [line for kind, line in peer.conn.take_transcript() if kind == "C"][-3:] == [
+        "****",
+        "****",
+        "*",
+    ]
+
+
+def test_auth_refused_locally() -> None:
+    plain = Peer()
+    plain.ready("AUTH PLAIN")
+    with pytest.raises(LocalProtocolError, match="TLS"):
+        plain.conn.authenticate("PLAIN", "alice", "pw")
+    assert plain.sent() == b""
+    peer = tls_peer(feedings().__next__(), "AUTH PLAIN")
+    for mechanism in ("LOGIN", "CRAM-MD5"):
+        with pytest.raises(LocalProtocolError):
+            peer.conn.authenticate(mechanism, "alice", "pw")
+    peer = tls_peer(feedings().__next__(), "AUTH CRAM-MD5")
+    with pytest.raises(LocalProtocolError):
+        peer.conn.authenticate("CRAM-MD5", "alice", "pw")
+
+
+# ----------------------------------------------------------------- transactions
+
+
+@FEEDINGS
+def test_pipelined_transaction_in_one_write(split: Split) -> None:
+    peer = Peer(split, chunking=False)
+    peer.ready(*ALL, "CHUNKING")
+    env = Envelope(
+        sender="a@example.org",
+        recipients=(
+            Recipient("b@example.com", notify="SUCCESS,FAILURE", orcpt="rfc822;b@example.com"),
+            Recipient("c@example.com"),
+            Recipient("d@example.com"),
+        ),
+        size=500,
+        ret="HDRS",
+        envid="QQ314159",
+    )
+    peer.conn.mail(env)
+    assert peer.sent() == (
+        b"MAIL FROM:<a@example.org> SIZE=500 RET=HDRS ENVID=QQ314159\r\n"
+        b"RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.com\r\n"
+        b"RCPT TO:<c@example.com>\r\n"
+        b"RCPT TO:<d@example.com>\r\n"
+        b"DATA\r\n"
+    )
+    events = peer.server(
+        b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n450 4.2.0 busy\r\n550 5.1.1 unknown\r\n354 go\r\n"
+    )
+    assert events == [
+        MailReply(reply(250, "2.1.0", "OK")),
+        RcptReply("b@example.com", reply(250, "2.1.5", "OK")),
+        RcptReply("c@example.com", reply(450, "4.2.0", "busy")),
+        RcptReply("d@example.com", reply(550, "5.1.1", "unknown")),
+        ContentRequest(reply(354, None, "go")),
+    ]
+    peer.conn.send_content(b".leading dot\r\nline\r")
+    peer.conn.send_content(b"\n.second\nbare")
+    peer.conn.end_content()
+    assert peer.sent() == b"..leading dot\r\nline\r\n..second\r\nbare\r\n.\r\n"
+    assert peer.server(b"250 2.0.0 queued as 1\r\n") == [
+        MessageReply(reply(250, "2.0.0", "queued as 1"))
+    ]
+    assert peer.conn.state is ClientState.READY
+
+
+@FEEDINGS
+def test_without_pipelining_one_command_at_a_time(split: Split) -> None:
+    peer = Peer(split)
+    peer.ready("8BITMIME", "CHUNKING")
+    peer.conn.mail(envelope("b@example.com", "c@example.com", eight_bit=True))
+    assert peer.sent() == b"MAIL FROM:<a@example.org> BODY=8BITMIME\r\n"
+    assert peer.server(b"250 OK\r\n") == [MailReply(reply(250, None, "OK"))]
+    assert peer.sent() == b"RCPT TO:<b@example.com>\r\n"
+    peer.server(b"550 no\r\n")
+    assert peer.sent() == b"RCPT TO:<c@example.com>\r\n"
+    peer.server(b"250 OK\r\n")
+    assert peer.sent() == b"DATA\r\n"
+    assert peer.server(b"354 go\r\n") == [ContentRequest(reply(354, None, "go"))]
+    peer.conn.send_content(b"")
+    peer.conn.end_content()
+    assert peer.sent() == b".\r\n"
+    assert peer.server(b"554 5.7.1 spam\r\n") == [MessageReply(reply(554, None, "5.7.1 spam"))]
+    # After the dot the transaction is over: no RSET is needed.
+    assert peer.sent() == b""
+
+
+def test_no_recipient_accepted_without_pipelining() -> None:
+    peer = Peer()
+    peer.ready()
+    peer.conn.mail(envelope())
+    peer.server(b"250 OK\r\n")
+    peer.sent()
+    events = peer.server(b"550 no\r\n")
+    assert events[-1] == MessageReply(reply(554, "5.5.1", "No valid recipients"))
+    assert peer.sent() == b"RSET\r\n"
+    peer.conn.mail(envelope())
+    assert peer.sent() == b"", "MAIL waits for the RSET's reply"
+    assert peer.server(b"250 reset\r\n") == []
+    assert peer.sent() == b"MAIL FROM:<a@example.org>\r\n"
+
+
+@FEEDINGS
+@pytest.mark.parametrize("data_reply", [b"503 5.5.1 no valid recipients\r\n", b"354 go\r\n"])
+def test_no_recipient_accepted_with_pipelining(split: Split, data_reply: bytes) -> None:
+    peer = Peer(split)
+    peer.ready("PIPELINING")
+    peer.conn.mail(envelope())
+    peer.sent()
+    events = peer.server(b"250 OK\r\n550 no\r\n" + data_reply)
+    if data_reply.startswith(b"354"):
+        # RFC 2920 3.1: a 354 that comes anyway gets a lone dot.
+        assert events == [
+            MailReply(reply(250, None, "OK")),
+            RcptReply("b@example.com", reply(550, None, "no")),
+        ]
+        assert peer.sent() == b".\r\n"
+        events = peer.server(b"554 no valid recipients\r\n")
+        assert peer.sent() == b""
+    else:
+        assert peer.sent() == b"RSET\r\n"
+        assert peer.server(b"250 reset\r\n") == []
+    assert events[-1] == MessageReply(reply(554, "5.5.1", "No valid recipients"))
+    assert peer.conn.state is ClientState.READY
+
+
+@FEEDINGS
+def test_mail_refused(split: Split) -> None:
+    peer = Peer(split)
+    peer.ready()
+    peer.conn.mail(envelope("b@example.com", "c@example.com"))
+    peer.sent()
+    assert peer.server(b"451 4.3.0 later\r\n") == [
+        MailReply(reply(451, None, "4.3.0 later")),
+        MessageReply(reply(451, None, "4.3.0 later")),
+    ]
+    assert peer.sent() == b""
+    pipelined = Peer(split)
+    pipelined.ready("PIPELINING")
+    pipelined.conn.mail(envelope())
+    pipelined.sent()
+    events = pipelined.server(b"550 bad sender\r\n503 need MAIL\r\n503 need RCPT\r\n")
+    assert events[-1] == MessageReply(reply(550, None, "bad sender"))
+    assert pipelined.sent() == b""
+
+
+@FEEDINGS
+def test_data_refused_after_recipients_resets(split: Split) -> None:
+    peer = Peer(split)
+    peer.ready("PIPELINING")
+    peer.conn.mail(envelope())
+    peer.sent()
+    events = peer.server(b"250 OK\r\n250 OK\r\n451 4.3.0 no DATA now\r\n")
+    assert events[-1] == MessageReply(reply(451, None, "4.3.0 no DATA now"))
+    assert peer.sent() == b"RSET\r\n"
+
+
+@FEEDINGS
+def test_reset_and_second_message(split: Split) -> None:
+    peer = Peer(split)
+    peer.ready("PIPELINING")
+    peer.conn.reset()
+    assert peer.sent() == b"RSET\r\n"
+    with pytest.raises(LocalProtocolError):
+        peer.conn.mail(envelope())
+    assert peer.server(OK) == [ResetReply(reply(250, None, "2.0.0 OK"))]
+    for _ in range(2):
+        peer.conn.mail(envelope())
+        peer.sent()
+        peer.server(b"250 OK\r\n250 OK\r\n354 go\r\n")
+        peer.conn.send_content(b"hi\r\n")
+        peer.conn.end_content()
+        assert peer.sent() == b"hi\r\n.\r\n"
+        assert peer.server(OK)[-1] == MessageReply(reply(250, None, "2.0.0 OK"))
+
+
+# ------------------------------------------------------------------------ BDAT
+
+
+@FEEDINGS
+def test_bdat_chunks(split: Split) -> None:
+    peer = Peer(split)
+    peer.ready("PIPELINING", "CHUNKING")
+    peer.conn.mail(envelope())
+    assert peer.sent() == b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
+    assert peer.server(b"250 OK\r\n250 OK\r\n")[-1] == ContentRequest(None)
+    peer.conn.send_content(b".one\r")
+    assert peer.sent() == b"", "a chunk is held until the next shows it is not the last"
+    peer.conn.send_content(b"\ntwo")
+    assert peer.sent() == b"BDAT 4\r\n.one"
+    peer.conn.end_content()
+    assert peer.sent() == b"BDAT 7 LAST\r\n\r\ntwo\r\n"
+    assert peer.server(b"250 4 octets\r\n") == []
+    assert peer.server(b"250 queued\r\n") == [MessageReply(reply(250, None, "queued"))]
+
+
+def test_bdat_empty_message() -> None:
+    peer = Peer()
+    peer.ready("PIPELINING", "CHUNKING")
+    peer.conn.mail(envelope())
+    peer.server(b"250 OK\r\n250 OK\r\n")
+    peer.sent()
+    peer.conn.end_content()
+    assert peer.sent() == b"BDAT 0 LAST\r\n"
+
+
+def bdat_peer() -> Peer:
+    peer = Peer()
+    peer.ready("PIPELINING", "CHUNKING")
+    peer.conn.mail(envelope())
+    peer.server(b"250 OK\r\n250 OK\r\n")
+    peer.sent()
+    return peer
+
+
+def test_bdat_failed_chunk_stops_the_rest() -> None:
+    peer = bdat_peer()
+    peer.conn.send_content(b"one\r\n")
+    peer.conn.send_content(b"two\r\n")
+    peer.conn.send_content(b"three\r\n")
+    assert peer.sent() == b"BDAT 5\r\none\r\nBDAT 5\r\ntwo\r\n"
+    assert peer.server(b"552 5.3.4 too big\r\n") == []
+    peer.conn.send_content(b"four\r\n")
+    peer.conn.end_content()
+    assert peer.sent() == b"", "RFC 3030 2: no chunk after a failed one"
+    assert peer.server(b"503 5.5.1 discarded\r\n") == [
+        MessageReply(reply(552, None, "5.3.4 too big"))
+    ]
+    assert peer.sent() == b"RSET\r\n"
+
+
+def test_bdat_failure_known_before_the_end() -> None:
+    peer = bdat_peer()
+    peer.conn.send_content(b"one\r\n")
+    peer.conn.send_content(b"two\r\n")
+    peer.server(b"452 4.3.1 full\r\n")
+    peer.conn.end_content()
+    assert peer.conn.next_event() == MessageReply(reply(452, None, "4.3.1 full"))
+    assert peer.sent() == b"BDAT 5\r\none\r\nRSET\r\n"
+
+
+def test_bdat_failure_after_last_chunk_sent() -> None:
+    peer = bdat_peer()
+    peer.conn.send_content(b"one\r\n")
+    peer.conn.send_content(b"two\r\n")
+    peer.conn.end_content()
+    peer.sent()
+    events = peer.server(b"451 4.3.0 broke\r\n503 5.5.1 no transaction\r\n")
+    assert events == [MessageReply(reply(451, None, "4.3.0 broke"))]
+    assert peer.sent() == b"RSET\r\n"
+    peer = bdat_peer()
+    peer.conn.end_content()
+    assert peer.server(b"554 5.6.0 bad\r\n") == [MessageReply(reply(554, None, "5.6.0 bad"))]
+    assert peer.sent().endswith(b"RSET\r\n")
+
+
+# ------------------------------------------------------------------ 421 anywhere
+
+
+@pytest.mark.parametrize(
+    ("keywords", "act", "expected"),
+    [
+        ((), lambda c: c.reset(), [ResetReply]),
+        (("STARTTLS",), lambda c: c.starttls(), [StartTLSReply]),
+        (("PIPELINING",), lambda c: c.mail(envelope()), [MailReply, MessageReply]),
+    ],
+)
+def test_421_ends_the_session(keywords: tuple[str, ...], act: object, expected: list[type]) -> None:
+    peer = Peer()
+    peer.ready(*keywords)
+    act(peer.conn)  # type: ignore[operator]
+    events = peer.server(b"421 4.3.2 shutting down\r\n")
+    assert [type(e) for e in events] == [*expected, ConnectionClosed]
+    with pytest.raises(LocalProtocolError):
+        peer.conn.reset()
+
+
+def test_421_to_ehlo_auth_rcpt_data_and_quit() -> None:
+    peer = Peer()
+    peer.server(GREETING)
+    peer.conn.hello()
+    assert [type(e) for e in peer.server(b"421 bye\r\n")] == [HelloReply, ConnectionClosed]
+    peer = tls_peer(feedings().__next__(), "AUTH PLAIN")
+    peer.conn.authenticate("PLAIN", "a", "b")
+    assert [type(e) for e in peer.server(b"421 bye\r\n")] == [AuthReply, ConnectionClosed]
+    peer = Peer()
+    peer.ready("PIPELINING")
+    peer.conn.mail(envelope())
+    events = peer.server(b"250 OK\r\n421 4.4.5 overloaded\r\n")
+    assert events[1:] == [
+        RcptReply("b@example.com", reply(421, None, "4.4.5 overloaded")),
+        MessageReply(reply(421, None, "4.4.5 overloaded")),
+        ConnectionClosed(),
+    ]
+    peer = Peer()
+    peer.ready("PIPELINING")
+    peer.conn.mail(envelope())
+    events = peer.server(b"250 OK\r\n250 OK\r\n421 bye\r\n")
+    assert events[-2:] == [MessageReply(reply(421, None, "bye")), ConnectionClosed()]
+    peer = Peer()
+    peer.ready()
+    peer.conn.quit()
+    assert peer.server(b"421 bye\r\n") == [QuitReply(reply(421, None, "bye")), ConnectionClosed()]
+
+
+def test_421_while_sending_content() -> None:
+    peer = Peer()
+    peer.ready("PIPELINING")
+    peer.conn.mail(envelope())
+    peer.server(b"250 OK\r\n250 OK\r\n354 go\r\n")
+    assert peer.server(b"421 4.4.2 timeout\r\n") == [
+        ServerClosing(reply(421, None, "4.4.2 timeout")),
+        MessageReply(reply(421, None, "4.4.2 timeout")),
+        ConnectionClosed(),
+    ]
+    with pytest.raises(LocalProtocolError):
+        peer.conn.send_content(b"x")
+
+
+def test_421_after_auto_rset_and_bdat() -> None:
+    peer = Peer()
+    peer.ready()
+    peer.conn.mail(envelope())
+    peer.server(b"250 OK\r\n550 no\r\n")
+    assert peer.server(b"421 bye\r\n") == [ConnectionClosed()]
+    peer = bdat_peer()
+    peer.conn.send_content(b"a")
+    peer.conn.send_content(b"b")
+    assert peer.server(b"421 bye\r\n") == [
+        MessageReply(reply(421, None, "bye")),
+        ConnectionClosed(),
+    ]
+
+
+# ------------------------------------------------------------- local refusals
+
+
+@pytest.mark.parametrize(
+    ("keywords", "options", "code", "enhanced"),
+    [
+        (("SIZE 1000", "8BITMIME", "SMTPUTF8"), {"size": 1001}, 552, "5.3.4"),
+        (("SIZE", "SMTPUTF8"), {"eight_bit": True}, 554, "5.6.3"),
+        (("8BITMIME",), {"utf8_headers": True}, 553, "5.6.7"),
+        (("8BITMIME", "SMTPUTF8"), {"sender": "jörg@example.org"}, None, None),
+        (("8BITMIME",), {"sender": "jörg@example.org"}, 553, "5.6.7"),
+        (("SIZE 0", "SIZE"), {"size": 10**9}, None, None),
+    ],
+)
+def test_refused_before_sending(
+    keywords: tuple[str, ...], options: dict[str, object], code: int | None, enhanced: str | None
+) -> None:
+    peer = Peer()
+    peer.ready(*keywords)
+    env = Envelope(
+        sender=str(options.pop("sender", "a@example.org")),
+        recipients=(Recipient("b@example.com"),),
+        **options,  # type: ignore[arg-type]
+    )
+    refusal = peer.conn.check(env)
+    if code is None:
+        assert refusal is None
+        peer.conn.mail(env)
+        assert peer.sent().startswith(b"MAIL FROM:<")
+        return
+    assert refusal is not None
+    assert (refusal.code, refusal.enhanced) == (code, enhanced)
+    with pytest.raises(MessageRefused) as raised:
+        peer.conn.mail(env)
+    assert raised.value.reply == refusal
+    assert peer.sent() == b""
+    assert peer.conn.state is ClientState.READY
+
+
+def test_smtputf8_and_8bitmime_parameters() -> None:
+    peer = Peer()
+    peer.ready("8BITMIME", "SMTPUTF8", "SIZE 100")
+    env = Envelope(sender="jörg@example.org", recipients=(Recipient("b@example.com"),), size=5)
+    peer.conn.mail(env)
+    assert peer.sent() == "MAIL FROM:<jörg@example.org> SIZE=5 SMTPUTF8\r\n".encode()
+
+
+def test_helo_session_sends_no_parameters() -> None:
+    peer = Peer()
+    peer.server(GREETING)
+    peer.conn.hello()
+    peer.server(b"502 no\r\n")
+    peer.server(b"250 mx\r\n")
+    r = Recipient("b@example.com", notify="NEVER", orcpt="rfc822;b@example.com")
+    peer.sent()
+    peer.conn.mail(Envelope(sender="", recipients=(r,), size=10, ret="FULL", envid="x"))
+    assert peer.sent() == b"MAIL FROM:<>\r\n"
+
+
+# ------------------------------------------------------------- caller mistakes
+
+
+def test_out_of_order_calls_raise() -> None:
+    conn = ClientConnection()
+    for call in (conn.hello, conn.reset, conn.quit, conn.end_content, conn.tls_established):
+        with pytest.raises(LocalProtocolError):
+            call()
+    with pytest.raises(LocalProtocolError):
+        conn.send_content(b"x")
+    peer = Peer()
+    peer.ready("PIPELINING")
+    with pytest.raises(LocalProtocolError):
+        peer.conn.hello()
+    with pytest.raises(LocalProtocolError):
+        peer.conn.end_content()
+    peer.conn.mail(envelope())
+    for call in (peer.conn.reset, peer.conn.quit, peer.conn.end_content):
+        with pytest.raises(LocalProtocolError):
+            call()
+    with pytest.raises(LocalProtocolError):
+        peer.conn.mail(envelope())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Recipient(""),
+        lambda: Recipient("a b@example.com"),
+        lambda: Recipient("a@example.com\r\nRSET"),
+        lambda: Recipient("a@example.com", notify="NEVER X"),
+        lambda: Recipient("a@example.com", orcpt=""),
+        lambda: Recipient("a@example.com", orcpt="rfc822;a=b"),
+        lambda: Envelope(sender="a>@b", recipients=(Recipient("c@d"),)),
+        lambda: Envelope(sender="a@b", recipients=()),
+        lambda: Envelope(sender="a@b", recipients=(Recipient("c@d"),), size=-1),
+        lambda: Envelope(sender="a@b", recipients=(Recipient("c@d"),), envid="a b"),
+        lambda: ClientSettings(hostname="bad name"),
+    ],
+)
+def test_values_that_cannot_go_on_the_wire(make: object) -> None:
+    with pytest.raises(ValueError):
+        make()  # type: ignore[operator]
+
+
+def test_transcript_is_off_by_default() -> None:
+    peer = Peer()
+    peer.ready()
+    assert peer.conn.take_transcript() == []
