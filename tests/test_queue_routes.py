@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import random
 import smtplib
+import socket
 from collections.abc import Callable
 
 import pytest
 
-from loopback import DnsZone, ReceivingMTAs
+from loopback import DnsZone, ReceivingMTAs, Refusal
 from mailgate.protocol import Reply
 from mailgate.queue._routes import (
     Route,
@@ -416,3 +417,100 @@ async def test_a_receiving_mta_takes_mail_at_the_address_the_mx_names(
     assert message.content.startswith(b"Subject: hello\r\n")
     assert message.peer == "127.0.0.1"
     assert not message.tls
+
+
+def test_a_receiving_mta_can_greet_with_421(receiving_mta: ReceivingMTAs) -> None:
+    mta = receiving_mta(greeting="421 4.3.2 Not now")
+
+    with pytest.raises(smtplib.SMTPConnectError) as raised:
+        smtplib.SMTP(mta.host, mta.port, local_hostname="client.test", timeout=10)
+
+    assert (raised.value.smtp_code, raised.value.smtp_error) == (421, b"4.3.2 Not now")
+
+
+def test_a_receiving_mta_can_refuse_a_message_after_data(receiving_mta: ReceivingMTAs) -> None:
+    mta = receiving_mta(data_reply="554 5.7.1 Not this one")
+
+    with (
+        smtplib.SMTP(mta.host, mta.port, local_hostname="client.test", timeout=10) as client,
+        pytest.raises(smtplib.SMTPDataError) as raised,
+    ):
+        client.sendmail("a@client.test", ["b@example.test"], b"Subject: x\r\n\r\nx\r\n")
+
+    assert raised.value.smtp_code == 554
+    assert mta.messages == []
+    assert mta.refusals == [Refusal("DATA", "", "554 5.7.1 Not this one")]
+
+
+def test_a_receiving_mta_can_refuse_connections(receiving_mta: ReceivingMTAs) -> None:
+    refusing = receiving_mta(refuse=True)
+    stopped = receiving_mta()
+    with smtplib.SMTP(stopped.host, stopped.port, local_hostname="client.test", timeout=10):
+        pass
+    stopped.stop()
+
+    for mta in (refusing, stopped):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((mta.host, mta.port), timeout=10)
+    assert refusing.host != stopped.host
+    assert refusing.port == stopped.port == receiving_mta.port
+
+
+def test_a_receiving_mta_offers_starttls_auth_and_dsn(receiving_mta: ReceivingMTAs) -> None:
+    mta = receiving_mta(hostname="mx.example.test", tls=True, auth={"user": "secret"})
+
+    with smtplib.SMTP(mta.host, mta.port, local_hostname="client.test", timeout=10) as client:
+        client.ehlo()
+        assert client.has_extn("starttls")
+        assert client.has_extn("dsn")
+        assert not client.has_extn("auth")  # not before TLS
+        client.starttls(context=receiving_mta.client_context())
+        client.ehlo()
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("user", "wrong")
+        client.login("user", "secret")
+        client.sendmail(
+            "",
+            ["a@example.test"],
+            b"Subject: report\r\n\r\nx\r\n",
+            mail_options=["RET=HDRS", "ENVID=Id+2B1"],
+            rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;A@example.test"],
+        )
+
+    [message] = mta.messages
+    assert message.sender == ""
+    assert message.mail_options[-2:] == ("RET=HDRS", "ENVID=Id+2B1")
+    assert message.rcpt_options == {
+        "a@example.test": ("NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;A@example.test")
+    }
+    assert message.tls
+    assert message.login == "user"
+
+
+def test_a_receiving_mta_can_require_starttls(receiving_mta: ReceivingMTAs) -> None:
+    mta = receiving_mta(tls=True, require_tls=True)
+
+    with smtplib.SMTP(mta.host, mta.port, local_hostname="client.test", timeout=10) as client:
+        with pytest.raises(smtplib.SMTPSenderRefused) as raised:
+            client.sendmail("a@client.test", ["b@example.test"], b"x\r\n")
+        assert raised.value.smtp_code == 530
+        client.starttls(context=receiving_mta.client_context())
+        client.sendmail("a@client.test", ["b@example.test"], b"x\r\n")
+
+    assert [message.recipients for message in mta.messages] == [("b@example.test",)]
+
+
+def test_without_root_the_mtas_share_one_free_port() -> None:
+    mtas = ReceivingMTAs(port=0)  # what a developer who is not root gets
+    try:
+        first, second, refusing = mtas(), mtas(), mtas(refuse=True)
+        for mta in (first, second):
+            with smtplib.SMTP(mta.host, mta.port, local_hostname="c.test", timeout=10) as client:
+                client.sendmail("a@client.test", [f"b@{mta.host}"], b"x\r\n")
+    finally:
+        mtas.close()
+
+    assert mtas.port not in (0, 25)
+    assert {first.port, second.port, refusing.port} == {mtas.port}
+    assert len({first.host, second.host, refusing.host}) == 3
+    assert [len(first.messages), len(second.messages)] == [1, 1]
