@@ -85,8 +85,9 @@ async def deliver(
     mail_from: str = "alice@example.com",
     rcpt_to: tuple[str, ...] = ("bob@example.org",),
     auth_user: str | None = None,
+    outbound: tuple[str, ...] = (),
 ) -> MessageId:
-    """Put a message in the store through the real accept path."""
+    """Put a message in the store through the real accept path (``outbound``: queued too)."""
     acceptor = Acceptor(store, DeliverySettings(hostname="mx.test", spool_dir=spool_dir))
     spool = acceptor.begin(
         Envelope(
@@ -96,6 +97,7 @@ async def deliver(
             helo_name="client.test",
             client_address="127.0.0.1",
             auth_user=auth_user,
+            outbound=outbound,
         )
     )
     spool.write(content)

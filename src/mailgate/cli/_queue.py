@@ -17,8 +17,9 @@ from mailgate.cli._messages import with_store
 from mailgate.config import Settings
 from mailgate.model import MessageId, QueuedDelivery
 from mailgate.ports import MessageStore, QueueStore
+from mailgate.web import delivery_json
 
-__all__ = ["QUEUE_ACTIONS", "delivery_json", "queue_command"]
+__all__ = ["QUEUE_ACTIONS", "queue_command"]
 
 QUEUE_ACTIONS = {
     "list": "list the recipients waiting for delivery",
@@ -33,26 +34,6 @@ QUEUE_ACTIONS = {
 
 def _when(moment: datetime | None) -> str:
     return "" if moment is None else moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat()
-
-
-def delivery_json(row: QueuedDelivery) -> dict[str, object]:
-    """One recipient's row as JSON (``queue list --json``, ``GET /api/v1/queue``)."""
-    return {
-        "MessageID": row.message_id,
-        "Recipient": row.recipient,
-        "Sender": row.sender,
-        "State": row.state.value,
-        "Attempts": row.attempts,
-        "QueuedAt": _iso(row.queued_at),
-        "NextAttempt": _iso(row.next_attempt),
-        "LastAttempt": _iso(row.last_attempt),
-        "LastReply": row.last_reply,
-        "Relay": row.relay,
-    }
 
 
 def _table(rows: Sequence[QueuedDelivery]) -> str:

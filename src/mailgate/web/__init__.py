@@ -15,6 +15,7 @@ from mailgate.web._app import BasicAuth, create_app, inbox_of
 from mailgate.web._context import WebSettings
 from mailgate.web._events import EVENTS_VERSION
 from mailgate.web._openapi import openapi_document
+from mailgate.web._queue import delivery_json
 from mailgate.web._service import HTTPService
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "HTTPService",
     "WebSettings",
     "create_app",
+    "delivery_json",
     "inbox_of",
     "openapi_document",
 ]

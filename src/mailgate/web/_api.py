@@ -36,6 +36,7 @@ from mailgate.web._context import (
     text_error,
 )
 from mailgate.web._json import message_json, messages_json
+from mailgate.web._queue import queue_endpoints
 from mailgate.web._search import all_matching_ids, search_page
 
 __all__ = ["api_routes", "sandbox_headers"]
@@ -272,7 +273,7 @@ async def webui(inbox: Inbox, request: Request) -> Response:
         {
             "Label": inbox.settings.label,
             "MessageRelay": {
-                "Enabled": False,
+                "Enabled": inbox.settings.release_allowed,
                 "SMTPServer": "",
                 "ReturnPath": "",
                 "AllowedRecipients": "",
@@ -289,7 +290,6 @@ async def webui(inbox: Inbox, request: Request) -> Response:
 
 
 UNSUPPORTED: dict[str, tuple[str, list[str]]] = {
-    "/api/v1/message/{id}/release": ("releasing messages to a relay", ["POST"]),
     "/api/v1/send": ("sending messages over HTTP (send over SMTP)", ["POST"]),
     "/api/v1/chaos": ("chaos triggers", ["GET", "PUT"]),
     "/api/v1/message/{id}/html-check": ("HTML compatibility checks", ["GET"]),
@@ -328,6 +328,7 @@ def api_routes(inbox: Inbox) -> list[BaseRoute]:
         route("/api/v1/tags/{tag:path}", delete_tag, "DELETE"),
         route("/api/v1/info", info, "GET"),
         route("/api/v1/webui", webui, "GET"),
+        *(route(path, work, method) for path, work, method in queue_endpoints()),
     ]
     routes += [
         Route(path, _unsupported(feature), methods=methods)

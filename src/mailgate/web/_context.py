@@ -40,12 +40,16 @@ class WebSettings:
     ``http_auth`` is ``(user, password)`` to require HTTP basic auth on
     everything but ``/livez`` and ``/readyz``; ``label`` names this instance
     in the page title and ``/api/v1/webui``; ``database`` is what
-    ``/api/v1/info`` reports as the database (the store's URL or path).
+    ``/api/v1/info`` reports as the database (the store's URL or path);
+    ``release_allowed`` whether the API may queue stored mail for delivery
+    elsewhere (``POST /api/v1/message/{id}/release``): only behind
+    ``http_auth`` or in catch-all development mode on a loopback address.
     """
 
     http_auth: tuple[str, str] | None = None
     label: str = ""
     database: str = ""
+    release_allowed: bool = False
 
 
 class BadRequest(Exception):
