@@ -38,9 +38,9 @@ def resolver(
     return RouteResolver(settings)
 
 
-async def failure(zone: DnsZone, domain: str, **options: float) -> RouteError:
+async def failure(zone: DnsZone, domain: str, *, timeout: float = 2.0) -> RouteError:
     with pytest.raises(RouteError) as raised:
-        await resolver(zone, **options).resolve(domain)  # type: ignore[arg-type]
+        await resolver(zone, timeout=timeout).resolve(domain)
     return raised.value
 
 
