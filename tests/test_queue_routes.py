@@ -12,9 +12,11 @@ import smtplib
 import socket
 from collections.abc import Callable
 
+import dns.asyncquery
+import dns.message
 import pytest
 
-from loopback import DnsZone, ReceivingMTAs, Refusal
+from loopback import DnsQuery, DnsZone, ReceivingMTAs, Refusal
 from mailgate.protocol import Reply
 from mailgate.queue._routes import (
     Route,
@@ -514,3 +516,17 @@ def test_without_root_the_mtas_share_one_free_port() -> None:
     assert {first.port, second.port, refusing.port} == {mtas.port}
     assert len({first.host, second.host, refusing.host}) == 3
     assert [len(first.messages), len(second.messages)] == [1, 1]
+
+
+# -- the loopback DNS server ---------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_zone_answers_over_tcp_too(zone: DnsZone) -> None:
+    zone.mx("example.test", (10, "mx.example.test"))
+    query = dns.message.make_query("example.test", "MX")
+
+    response = await dns.asyncquery.tcp(query, "127.0.0.1", timeout=5, port=zone.port)
+
+    assert [str(rdata) for rdata in response.answer[0]] == ["10 mx.example.test."]
+    assert zone.queries == [DnsQuery("example.test", "MX", "tcp")]
