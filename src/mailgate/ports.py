@@ -34,6 +34,7 @@ from mailgate.model import (
     StoredMessage,
     StoreEvent,
 )
+from mailgate.protocol import Reply
 from mailgate.query import Query
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "MessageStore",
     "NewMessage",
     "QueueStore",
+    "SMTPReplyError",
     "SearchableStore",
     "Spool",
     "StoreError",
@@ -66,6 +68,19 @@ class InsufficientStorageError(StoreError):
     The server's own condition, never the client's error: the client is told
     ``452 4.3.1`` and tries again later.
     """
+
+
+class SMTPReplyError(MailgateError):
+    """The message is refused for what it is, and ``reply`` tells the client why.
+
+    Not a failure to keep it: a sink raises this once it has judged the
+    message itself (a mail loop, RFC 5321 6.3, say), and the session sends
+    ``reply`` as it is.
+    """
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.text)
+        self.reply = reply
 
 
 class Clock(Protocol):
@@ -152,8 +167,10 @@ class MailSink(Protocol):
     async def commit(self, spool: Spool) -> MessageId:
         """Store the message durably; return only once it is on disk.
 
-        Raises ``InsufficientStorageError`` when there is no room for it, and
-        other ``MailgateError`` subclasses when the store cannot take it.
+        Raises ``SMTPReplyError`` when the message itself is refused (nothing
+        of it is stored), ``InsufficientStorageError`` when there is no room
+        for it, and other ``MailgateError`` subclasses when the store cannot
+        take it.
         """
         ...
 

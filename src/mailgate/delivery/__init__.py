@@ -7,13 +7,20 @@ the message id once the store has made the message durable.
 
 from __future__ import annotations
 
-from mailgate.delivery._accept import Acceptor, DeliverySettings, ReceivedMessage, SystemClock
+from mailgate.delivery._accept import (
+    MAX_RECEIVED_FIELDS,
+    Acceptor,
+    DeliverySettings,
+    ReceivedMessage,
+    SystemClock,
+)
 from mailgate.delivery._ids import id_timestamp, new_message_id
 from mailgate.delivery._spool import MemoryThresholdSpool, SpoolClosedError
 from mailgate.delivery._summary import summarize
 from mailgate.delivery._trace import received_header
 
 __all__ = [
+    "MAX_RECEIVED_FIELDS",
     "Acceptor",
     "DeliverySettings",
     "MemoryThresholdSpool",

@@ -3,7 +3,9 @@
 ``Acceptor.begin`` gives each message its id and a spool that starts with
 ``Return-Path:`` and the ``Received:`` trace header; ``Acceptor.commit`` summarizes the message
 and hands it to the store, returning the id only once the store says it is
-durable.  Whatever happens, the spool's file is gone once ``commit`` returns
+durable.  A message whose header already holds ``MAX_RECEIVED_FIELDS``
+``Received`` fields is going round in a loop: it is refused, and nothing of
+it stored (RFC 5321 6.3).  Whatever happens, the spool's file is gone once ``commit`` returns
 or raises: either the store took it, or it is removed.
 
 Writing is the store's: in a node with the SQLite store, every SMTP
@@ -40,18 +42,34 @@ from mailgate.delivery._spool import SPOOL_SUFFIX, MemoryThresholdSpool
 from mailgate.delivery._summary import summarize
 from mailgate.delivery._trace import received_header
 from mailgate.model import Envelope, MessageId, MessageSummary
-from mailgate.ports import Clock, InsufficientStorageError, MessageStore, Spool, StoreError
+from mailgate.ports import (
+    Clock,
+    InsufficientStorageError,
+    MessageStore,
+    SMTPReplyError,
+    Spool,
+    StoreError,
+)
+from mailgate.protocol import Reply
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Acceptor", "DeliverySettings", "ReceivedMessage", "SystemClock"]
+__all__ = [
+    "MAX_RECEIVED_FIELDS",
+    "Acceptor",
+    "DeliverySettings",
+    "ReceivedMessage",
+    "SystemClock",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_THRESHOLD_OCTETS = 256 * 1024
+MAX_RECEIVED_FIELDS = 100  # RFC 5321 6.3: a loop threshold of "normally at least 100"
+_TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops")  # RFC 3463 3.5: routing loop detected
 SPOOL_LOCK = ".lock"
 _OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
@@ -152,14 +170,18 @@ class Acceptor:
 
         Raises ``SpoolClosedError`` for a spool already committed or
         discarded, ``TypeError`` for a spool this sink did not make,
-        ``ports.InsufficientStorageError`` when the spool or the store ran
-        out of space, and whatever else the store raises
+        ``ports.SMTPReplyError`` (554 5.4.6) for a message whose header
+        holds ``MAX_RECEIVED_FIELDS`` or more ``Received`` fields (RFC 5321
+        6.3), ``ports.InsufficientStorageError`` when the spool or the store
+        ran out of space, and whatever else the store raises
         (``ports.StoreError``) when it cannot take the message.
         """
         if not isinstance(spool, MemoryThresholdSpool):
             raise TypeError(f"not a spool from this sink: {spool!r}")
         spool.close()
         try:
+            if spool.received_fields >= MAX_RECEIVED_FIELDS:
+                raise SMTPReplyError(_TOO_MANY_HOPS)
             if spool.failure is not None:
                 raise self._storage_error(spool.failure, "could not spool the message")
             content = spool.content

@@ -11,6 +11,12 @@ The filter passes content on untouched in the common case, decided per
 chunk with one search: it goes line by line only while a header section
 holds a ``Return-Path`` field.  It keeps back at most one incomplete line
 between chunks.
+
+As it reads the header section anyway, it counts the ``Received`` fields
+there too (``received``), so that the accept path can refuse a message that
+is going round in a loop (RFC 5321 6.3) without reading its header again.
+Only whole lines are counted, each once, and nothing after the blank line
+that ends the header section.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ MAX_HELD_OCTETS = 64 * 1024
 
 _RETURN_PATH_FIELD = re.compile(rb"return-path[ \t]*:", re.IGNORECASE)
 _ANY_RETURN_PATH = re.compile(rb"(?:^|\n)return-path[ \t]*:", re.IGNORECASE)
+_RECEIVED_FIELD = re.compile(rb"received[ \t]*:", re.IGNORECASE)
+_ANY_RECEIVED = re.compile(rb"(?:^|\n)received[ \t]*:", re.IGNORECASE)
 
 
 def _header_end(data: bytes) -> int:
@@ -47,14 +55,18 @@ def return_path_header(reverse_path: str) -> bytes:
 
 
 class ReturnPathFilter:
-    """Removes ``Return-Path`` fields (with their folded lines) from a message's header."""
+    """Removes ``Return-Path`` fields (with their folded lines) from a message's header.
 
-    __slots__ = ("_dropping", "_held", "_in_header")
+    ``received`` counts the ``Received`` fields of the header read so far.
+    """
+
+    __slots__ = ("_dropping", "_held", "_in_header", "received")
 
     def __init__(self) -> None:
         self._in_header = True
         self._dropping = False
         self._held = b""
+        self.received = 0
 
     @property
     def done(self) -> bool:
@@ -71,9 +83,12 @@ class ReturnPathFilter:
         end = _header_end(data)
         if not self._dropping and _ANY_RETURN_PATH.search(data, 0, end) is None:
             if end < len(data):
+                self._count_received(data, end)
                 self._in_header = False
                 return data
-            return data[: self._hold_from(data, data.rfind(b"\n") + 1)]
+            whole = data.rfind(b"\n") + 1
+            self._count_received(data, whole)
+            return data[: self._hold_from(data, whole)]
         kept: list[bytes] = []
         start = 0
         while (end := data.find(b"\n", start) + 1) > 0:
@@ -84,6 +99,7 @@ class ReturnPathFilter:
                 return b"".join(kept)
             if line[:1] not in (b" ", b"\t"):  # a field begins; else a folded line goes on
                 self._dropping = _RETURN_PATH_FIELD.match(line) is not None
+                self.received += _RECEIVED_FIELD.match(line) is not None
             if not self._dropping:
                 kept.append(line)
             start = end
@@ -95,7 +111,12 @@ class ReturnPathFilter:
         held, self._held = self._held, b""
         if held[:1] in (b" ", b"\t"):
             return b"" if self._dropping else held
+        self.received += _RECEIVED_FIELD.match(held) is not None
         return b"" if _RETURN_PATH_FIELD.match(held) else held
+
+    def _count_received(self, data: bytes, end: int) -> None:
+        """Count the ``Received`` fields that begin in ``data[:end]``, whole lines only."""
+        self.received += len(_ANY_RECEIVED.findall(data, 0, end))
 
     def _hold_from(self, data: bytes, start: int) -> int:
         """Hold back the unfinished line from ``start`` on; return where the rest ends."""

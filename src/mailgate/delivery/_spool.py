@@ -7,7 +7,9 @@ written but not synced: making it durable is the store's job, done once at
 commit.
 
 A ``Return-Path`` field in the header the client sent is left out as the
-content streams in (``_return_path``): the accept path writes its own.
+content streams in (``_return_path``): the accept path writes its own.  The
+same pass counts the header's ``Received`` fields (``received_fields``), for
+the accept path's loop check.
 
 A spool whose file cannot be written (the disk is full) keeps taking
 content and throws it away, so the client can finish sending and be told
@@ -56,6 +58,7 @@ class MemoryThresholdSpool:
         "failure",
         "id",
         "received_at",
+        "received_fields",
     )
 
     def __init__(
@@ -81,6 +84,8 @@ class MemoryThresholdSpool:
         self._state = "open"
         self.failure: OSError | None = None
         """Why the content could not be kept, once writing it failed."""
+        self.received_fields = 0
+        """``Received`` fields in the header the client sent (the trace header not counted)."""
 
     @property
     def size(self) -> int:
@@ -103,6 +108,7 @@ class MemoryThresholdSpool:
         header_filter = self._header_filter
         if header_filter is not None:
             data = header_filter.feed(data)
+            self.received_fields = header_filter.received
             if header_filter.done:
                 self._header_filter = None
         self._append(data)
@@ -153,6 +159,7 @@ class MemoryThresholdSpool:
             raise SpoolClosedError(f"spool for {self.id} is {self._state}")
         if self._header_filter is not None:
             self._append(self._header_filter.flush())
+            self.received_fields = self._header_filter.received
             self._header_filter = None
         self._state = "closed"
         if self._file is not None:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from typing import assert_type, cast
 
 from mailgate.model import Envelope, TLSInfo
-from mailgate.ports import InsufficientStorageError, Spool, StoreError
+from mailgate.ports import InsufficientStorageError, SMTPReplyError, Spool, StoreError
 from mailgate.protocol import (
     NEED_DATA,
     AnyEvent,
@@ -498,6 +498,8 @@ class Session(asyncio.Protocol):
     async def _commit(self, txn: Transaction, spool: Spool) -> None:
         try:
             message_id = await self._sink.commit(spool)
+        except SMTPReplyError as error:  # refused for what it is (a mail loop): no failure
+            reply = error.reply
         except StoreError as error:  # the store says why in one line: no traceback a message
             log.error("could not store a message from %s: %s", self._peer[0], error)
             reply = _NO_ROOM if isinstance(error, InsufficientStorageError) else _TEMPORARY_FAILURE
@@ -519,9 +521,8 @@ class Session(asyncio.Protocol):
                     tls=self._tls.version if self._tls is not None else None,
                     auth=self.auth_user,
                 )
-            self._resume(reply)
-            return
-        self._log_refusal(reply, txn.mail.address, txn.recipients)
+        if not reply.is_positive:
+            self._log_refusal(reply, txn.mail.address, txn.recipients)
         self._resume(reply)
 
     def _resume(self, reply: Reply) -> None:
