@@ -359,12 +359,14 @@ class ClientConnection:
         txn = self._txn
         assert txn is not None
         self.state = ClientState.CONTENT_SENT
-        self._log(f"[{txn.octets} octets of content]")
         tail = txn.encoder.finish()
+        summary = f"[{txn.octets} octets of content]"
         if not txn.chunking:
+            self._log(summary)
             self._write(SentCommand(Sent.DOT, tail, "."))
         elif txn.failure is None:
             self._write_bdat((txn.held or b"") + tail, last=True)
+            self._log(summary)
         else:
             txn.ending = True
             self._end_failed_chunks(txn)

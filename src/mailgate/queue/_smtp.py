@@ -1,0 +1,565 @@
+"""The SMTP client's asyncio shell: ``ClientConnection`` over a socket.
+
+Strategy.  An ``asyncio.Protocol`` feeds every octet received straight into
+the engine and wakes the one task that drives the session; that task asks
+the engine for events, decides (TLS policy, what to send next), and writes
+what the engine queued.  SMTP is formatted and parsed only by the engine.
+Feeding the engine from ``data_received`` (rather than through a stream
+buffer) means plaintext that arrives after STARTTLS's 220 reaches the
+engine, which drops it: it can never be read as a reply inside TLS.
+
+Invariants.
+- Every wait has a deadline (RFC 5321 4.5.3.2): the connection and the
+  greeting, each reply, each block of content, the reply to the content.
+  A peer that goes silent or half-closes ends in ``DeliveryError``, never
+  a hang.
+- Every failure reaches the caller as one ``DeliveryError`` carrying a
+  ``Reply``: the server's own, or one made up here (``451 4.4.1``: no
+  connection; ``451 4.4.2``: timeout, or the connection broke; ``451
+  4.5.0``: a reply that cannot be read; ``454 4.7.0``: TLS failed or is
+  missing where the policy requires it), and whether it is temporary.
+- Under the ``verify`` and ``encrypt`` policies a session never continues
+  in plaintext: no STARTTLS, or a failed one, is an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal, TypeAlias, TypeVar
+
+from mailgate.protocol import (
+    NEED_DATA,
+    AnyClientEvent,
+    AuthReply,
+    ClientConnection,
+    ClientSettings,
+    ClientState,
+    ConnectionClosed,
+    ContentRequest,
+    Envelope,
+    Greeting,
+    HelloReply,
+    MailgateError,
+    MailReply,
+    MessageRefused,
+    MessageReply,
+    QuitReply,
+    RcptReply,
+    Recipient,
+    RemoteProtocolError,
+    Reply,
+    ResetReply,
+    ServerClosing,
+    StartTLSReply,
+)
+
+__all__ = [
+    "COMMAND_TIMEOUT_SECONDS",
+    "CONNECT_TIMEOUT_SECONDS",
+    "DATA_BLOCK_TIMEOUT_SECONDS",
+    "DATA_TIMEOUT_SECONDS",
+    "DeliveryError",
+    "DeliveryResult",
+    "SMTPClient",
+    "SMTPClientSettings",
+    "TLSPolicy",
+    "Transaction",
+    "connect",
+]
+
+CONNECT_TIMEOUT_SECONDS = 300.0  # RFC 5321 4.5.3.2.1: initial 220 message, 5 minutes
+COMMAND_TIMEOUT_SECONDS = 300.0  # RFC 5321 4.5.3.2.2-3: MAIL and RCPT, 5 minutes
+DATA_BLOCK_TIMEOUT_SECONDS = 180.0  # RFC 5321 4.5.3.2.5: each data block, 3 minutes
+DATA_TIMEOUT_SECONDS = 600.0  # RFC 5321 4.5.3.2.6: DATA termination, 10 minutes
+QUIT_TIMEOUT_SECONDS = 5.0  # a courtesy: nothing depends on QUIT's reply
+CONTENT_BLOCK_OCTETS = 64 * 1024  # what one write of content holds
+READ_PAUSE_OCTETS = 1024 * 1024  # unread input at which reading pauses
+
+TLSPolicy: TypeAlias = Literal["none", "may", "encrypt", "verify"]
+Transcriber: TypeAlias = Callable[[Literal["C", "S"], str], None]
+Content: TypeAlias = bytes | Iterable[bytes] | AsyncIterable[bytes]
+_E = TypeVar("_E", bound=AnyClientEvent)
+
+
+class DeliveryError(MailgateError):
+    """A connection or a command failed; ``reply`` says why, ``temporary`` whether to retry.
+
+    ``reply`` is the server's when it gave one, otherwise made up here
+    (``451 4.4.1``, ``451 4.4.2``, ``451 4.5.0``, ``454 4.7.0``).
+    ``temporary`` defaults to whether the code is below 500.
+    """
+
+    def __init__(self, reply: Reply, *, temporary: bool | None = None) -> None:
+        super().__init__(f"{reply.code} {reply.enhanced or ''} {reply.text}".replace("  ", " "))
+        self.reply = reply
+        self.temporary = reply.code < 500 if temporary is None else temporary
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SMTPClientSettings:
+    """How ``connect`` reaches a server and talks to it.
+
+    ``hostname``: our name in EHLO.  ``tls``: ``none`` (never STARTTLS),
+    ``may`` (STARTTLS when offered, certificate not checked), ``encrypt``
+    (STARTTLS required, not checked) or ``verify`` (required, and checked
+    against ``tls_server_name`` or the host with ``tls_context``, which
+    must then be given).  ``implicit_tls``: TLS from the first octet (port
+    465).  ``transcript``: called with each line, ``"C"`` for ours and
+    ``"S"`` for the server's, AUTH secrets masked.
+
+    Raises ``ValueError`` for ``verify`` without a verifying context, or
+    ``implicit_tls`` with ``tls="none"``.
+    """
+
+    hostname: str = "localhost"
+    tls: TLSPolicy = "may"
+    tls_context: ssl.SSLContext | None = None
+    tls_server_name: str | None = None
+    implicit_tls: bool = False
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+    command_timeout: float = COMMAND_TIMEOUT_SECONDS
+    data_block_timeout: float = DATA_BLOCK_TIMEOUT_SECONDS
+    data_timeout: float = DATA_TIMEOUT_SECONDS
+    pipelining: bool = True
+    chunking: bool = True
+    transcript: Transcriber | None = None
+
+    def __post_init__(self) -> None:
+        if self.tls == "verify" and (
+            self.tls_context is None or self.tls_context.verify_mode is not ssl.CERT_REQUIRED
+        ):
+            raise ValueError("tls='verify' needs a tls_context that verifies certificates")
+        if self.implicit_tls and self.tls == "none":
+            raise ValueError("implicit_tls needs a TLS policy other than 'none'")
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One message to send: its envelope and its content.
+
+    ``content`` is bytes, or chunks (an iterable or async iterable of
+    bytes) so that a large message need never be one bytes object; any
+    line endings, dot-stuffing is the engine's.
+    """
+
+    envelope: Envelope
+    content: Content
+
+    @classmethod
+    def of(
+        cls,
+        content: bytes,
+        *,
+        sender: str,
+        recipients: Iterable[str | Recipient],
+        ret: Literal["FULL", "HDRS"] | None = None,
+        envid: str | None = None,
+    ) -> Transaction:
+        """A transaction for ``content``, its size and 8-bit needs read from it.
+
+        Raises ``ValueError`` as ``Envelope`` does.
+        """
+        head = content.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        envelope = Envelope(
+            sender=sender,
+            recipients=tuple(r if isinstance(r, Recipient) else Recipient(r) for r in recipients),
+            size=len(content),
+            eight_bit=not content.isascii(),
+            utf8_headers=not head.isascii(),
+            ret=ret,
+            envid=envid,
+        )
+        return cls(envelope, content)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """What became of one message.
+
+    ``recipients``: each recipient's outcome in envelope order: its RCPT
+    reply when that was negative and MAIL was accepted, otherwise
+    ``reply``.  ``reply``: the message's outcome (``MessageReply``).
+    """
+
+    recipients: tuple[tuple[str, Reply], ...]
+    reply: Reply
+
+
+def _made_up(code: int, enhanced: str, text: str) -> DeliveryError:
+    return DeliveryError(Reply(code, enhanced, text.replace("\n", " ").replace("\r", " ")))
+
+
+def _unverified_context() -> ssl.SSLContext:
+    # Opportunistic TLS (RFC 7435): encrypt whatever certificate is shown.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _Pump(asyncio.Protocol):
+    """Feeds the engine from the transport and wakes the task that drives it."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+        self.wakeup = asyncio.Event()
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.lost = asyncio.Event()
+        self.eof = False
+        self.unread = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not self.eof:
+            self.conn.receive_data(data)
+            self.unread += len(data)
+            if self.unread > READ_PAUSE_OCTETS and self.transport is not None:
+                self.transport.pause_reading()
+            self.wakeup.set()
+
+    def eof_received(self) -> bool:
+        self._end()
+        return False  # close our side too: a half-closed peer is a gone peer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+        self.lost.set()
+
+    def _end(self) -> None:
+        if not self.eof:
+            self.eof = True
+            self.conn.receive_eof()
+        self.wakeup.set()
+        self.writable.set()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+
+class SMTPClient:
+    """One SMTP session with a server; made by ``connect``.
+
+    ``greeting``, ``extensions`` and ``tls_active`` describe the session.
+    Use as ``async with await connect(...) as client:`` or call ``aclose``.
+    """
+
+    def __init__(self, host: str, port: int, settings: SMTPClientSettings) -> None:
+        self.host = host
+        self.port = port
+        self.settings = settings
+        self.conn = ClientConnection(
+            ClientSettings(
+                hostname=settings.hostname,
+                pipelining=settings.pipelining,
+                chunking=settings.chunking,
+                tls_active=settings.implicit_tls,
+                transcript=settings.transcript is not None,
+            )
+        )
+        self.greeting: Reply | None = None
+        self._pump = _Pump(self.conn)
+        self._closed = False
+
+    @property
+    def extensions(self) -> Mapping[str, tuple[str, ...]]:
+        """The server's EHLO keywords, each with its parameters."""
+        return self.conn.extensions
+
+    @property
+    def tls_active(self) -> bool:
+        """Whether the session runs over TLS (implicit, or after STARTTLS)."""
+        return self.conn.tls_active
+
+    # ------------------------------------------------------------- opening
+
+    async def _open(self) -> None:
+        settings = self.settings
+        context = self._tls_context()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(settings.connect_timeout):
+                await loop.create_connection(
+                    lambda: self._pump,
+                    self.host,
+                    self.port,
+                    ssl=context if settings.implicit_tls else None,
+                    server_hostname=self._server_name() if settings.implicit_tls else None,
+                )
+        except TimeoutError:
+            raise _made_up(451, "4.4.2", f"timeout connecting to {self.host}") from None
+        except ssl.SSLError as error:
+            raise _made_up(454, "4.7.0", f"TLS failed: {error}") from None
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise _made_up(451, "4.4.1", f"connection to {self.host} failed: {reason}") from None
+        try:
+            greeting = await self._expect(Greeting, settings.connect_timeout, "the greeting")
+            self.greeting = greeting.reply
+            if greeting.reply.code != 220:
+                raise DeliveryError(greeting.reply)
+            await self._hello()
+            await self._starttls_by_policy()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self.settings.tls == "verify":
+            assert self.settings.tls_context is not None  # checked by the settings
+            return self.settings.tls_context
+        return _unverified_context()
+
+    def _server_name(self) -> str:
+        return self.settings.tls_server_name or self.host
+
+    async def _hello(self) -> None:
+        self.conn.hello()
+        hello = await self._expect(HelloReply, self.settings.command_timeout, "EHLO")
+        if hello.reply.code // 100 != 2:
+            raise DeliveryError(hello.reply)
+
+    async def _starttls_by_policy(self) -> None:
+        policy = self.settings.tls
+        if policy == "none" or self.conn.tls_active:
+            return
+        if "STARTTLS" not in self.conn.extensions:
+            if policy == "may":
+                return
+            raise _made_up(454, "4.7.0", f"TLS is required but {self.host} offers no STARTTLS")
+        self.conn.starttls()
+        reply = (await self._expect(StartTLSReply, self.settings.command_timeout, "STARTTLS")).reply
+        if reply.code != 220:
+            if policy == "may":
+                return
+            raise DeliveryError(reply, temporary=True)
+        transport = self._pump.transport
+        assert transport is not None
+        try:
+            async with asyncio.timeout(self.settings.command_timeout):
+                upgraded = await asyncio.get_running_loop().start_tls(
+                    transport, self._pump, self._tls_context(), server_hostname=self._server_name()
+                )
+        except TimeoutError:
+            raise _made_up(454, "4.7.0", "TLS failed: handshake timed out") from None
+        except (ssl.SSLError, OSError) as error:
+            raise _made_up(454, "4.7.0", f"TLS failed: {error}") from None
+        assert upgraded is not None
+        self._pump.transport = upgraded
+        self.conn.tls_established()
+        await self._hello()
+
+    # ------------------------------------------------------------ commands
+
+    async def login(self, username: str, password: str, *, mechanism: str | None = None) -> Reply:
+        """Authenticate with ``mechanism`` (by default PLAIN, else LOGIN); only over TLS.
+
+        Raises ``DeliveryError``, always temporary (the fault is in our
+        configuration or the server's, not in any message), when TLS is not
+        up, no usable mechanism is offered, or the server refuses.
+        """
+        self._ready()
+        offered = {name.upper() for name in self.extensions.get("AUTH", ())}
+        usable = [m for m in ("PLAIN", "LOGIN") if m in offered]
+        if mechanism is not None:
+            usable = [m for m in usable if m == mechanism.upper()]
+        mechanism = usable[0] if usable else None
+        if not self.tls_active:
+            raise _made_up(454, "4.7.0", "AUTH refused: the session is not encrypted")
+        if mechanism is None:
+            raise _made_up(454, "4.7.0", f"{self.host} offers no AUTH mechanism we use")
+        self.conn.authenticate(mechanism, username, password)
+        reply = (await self._expect(AuthReply, self.settings.command_timeout, "AUTH")).reply
+        if reply.code // 100 != 2:
+            raise DeliveryError(reply, temporary=True)
+        return reply
+
+    async def send(self, transaction: Transaction) -> DeliveryResult:
+        """Send one message; the outcome for each recipient and for the message.
+
+        Raises ``DeliveryError``: permanent when the server cannot take the
+        message (SIZE, 8BITMIME, SMTPUTF8; nothing is sent), temporary when
+        the connection breaks or times out before the message's outcome.
+        """
+        self._ready()
+        try:
+            self.conn.mail(transaction.envelope)
+        except MessageRefused as refused:
+            raise DeliveryError(refused.reply, temporary=False) from None
+        await self._write()
+        mail: Reply | None = None
+        rcpts: list[Reply] = []
+        timeout = self.settings.command_timeout
+        while True:
+            event = await self._next(timeout, "the transaction", closing_ok=True)
+            match event:
+                case MailReply():
+                    mail = event.reply
+                case RcptReply():
+                    rcpts.append(event.reply)
+                case ContentRequest():
+                    await self._send_content(transaction.content)
+                    timeout = self.settings.data_timeout
+                case MessageReply():
+                    return self._result(transaction.envelope, mail, rcpts, event.reply)
+                case _:
+                    pass  # ServerClosing: the transaction's outcome follows
+
+    @staticmethod
+    def _result(
+        envelope: Envelope, mail: Reply | None, rcpts: list[Reply], outcome: Reply
+    ) -> DeliveryResult:
+        accepted_mail = mail is not None and mail.code // 100 == 2
+        results = []
+        for index, recipient in enumerate(envelope.recipients):
+            own = rcpts[index] if index < len(rcpts) else None
+            if accepted_mail and own is not None and own.code // 100 != 2:
+                results.append((recipient.address, own))
+            else:
+                results.append((recipient.address, outcome))
+        return DeliveryResult(tuple(results), outcome)
+
+    async def _send_content(self, content: Content) -> None:
+        conn = self.conn
+        if isinstance(content, bytes):
+            for start in range(0, len(content), CONTENT_BLOCK_OCTETS):
+                conn.send_content(content[start : start + CONTENT_BLOCK_OCTETS])
+                await self._write(self.settings.data_block_timeout)
+        elif isinstance(content, AsyncIterable):
+            async for chunk in content:
+                conn.send_content(chunk)
+                await self._write(self.settings.data_block_timeout)
+        else:
+            for chunk in content:
+                conn.send_content(chunk)
+                await self._write(self.settings.data_block_timeout)
+        conn.end_content()
+        await self._write(self.settings.data_block_timeout)
+
+    async def reset(self) -> Reply:
+        """RSET, to reuse the connection for another message.
+
+        Raises ``DeliveryError`` when the server does not answer 250.
+        """
+        self._ready()
+        self.conn.reset()
+        reply = (await self._expect(ResetReply, self.settings.command_timeout, "RSET")).reply
+        if reply.code // 100 != 2:
+            raise DeliveryError(reply)
+        return reply
+
+    async def aclose(self) -> None:
+        """Say QUIT if the session allows it, then close the connection; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        conn, pump = self.conn, self._pump
+        if conn.state in (ClientState.READY, ClientState.CONNECTED, ClientState.REFUSED):
+            with contextlib.suppress(DeliveryError, MailgateError):
+                conn.quit()
+                await self._write(QUIT_TIMEOUT_SECONDS)
+                await self._expect(QuitReply, QUIT_TIMEOUT_SECONDS, "QUIT")
+        transport = pump.transport
+        if transport is None:
+            return
+        transport.close()
+        try:
+            async with asyncio.timeout(QUIT_TIMEOUT_SECONDS):
+                await pump.lost.wait()
+        except TimeoutError:
+            transport.abort()
+
+    async def __aenter__(self) -> SMTPClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ---------------------------------------------------------------- pump
+
+    def _ready(self) -> None:
+        if self._closed or self.conn.state is not ClientState.READY:
+            raise _made_up(451, "4.4.2", f"the session with {self.host} is over")
+
+    async def _write(self, timeout: float | None = None) -> None:
+        data = self.conn.data_to_send()
+        pump = self._pump
+        if self.settings.transcript is not None:
+            for direction, line in self.conn.take_transcript():
+                self.settings.transcript(direction, line)
+        if not data:
+            return
+        if pump.lost.is_set() or pump.transport is None:
+            raise self._fail(_made_up(451, "4.4.2", f"connection to {self.host} lost"))
+        pump.transport.write(data)
+        try:
+            async with asyncio.timeout(timeout or self.settings.command_timeout):
+                await pump.writable.wait()
+        except TimeoutError:
+            raise self._fail(_made_up(451, "4.4.2", f"timeout sending to {self.host}")) from None
+
+    async def _next(self, timeout: float, what: str, *, closing_ok: bool = False) -> AnyClientEvent:
+        """The engine's next event; a closed or garbled session raises ``DeliveryError``."""
+        pump = self._pump
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        event = self.conn.next_event()
+                    except RemoteProtocolError as error:
+                        raise self._fail(
+                            _made_up(451, "4.5.0", f"bad reply from {self.host}: {error}")
+                        ) from None
+                    await self._write()
+                    if event is not NEED_DATA:
+                        break
+                    pump.unread = 0
+                    if pump.transport is not None and not pump.lost.is_set():
+                        pump.transport.resume_reading()
+                    pump.wakeup.clear()
+                    await pump.wakeup.wait()
+        except TimeoutError:
+            raise self._fail(
+                _made_up(451, "4.4.2", f"timeout waiting for {what} from {self.host}")
+            ) from None
+        if isinstance(event, ConnectionClosed):
+            raise self._fail(_made_up(451, "4.4.2", f"connection to {self.host} lost"))
+        if isinstance(event, ServerClosing) and not closing_ok:
+            raise self._fail(DeliveryError(event.reply))
+        return event
+
+    async def _expect(self, kind: type[_E], timeout: float, what: str) -> _E:
+        event = await self._next(timeout, what)
+        if not isinstance(event, kind):  # pragma: no cover - the engine's sequencing
+            raise self._fail(_made_up(451, "4.5.0", f"unexpected {type(event).__name__}"))
+        return event
+
+    def _fail(self, error: DeliveryError) -> DeliveryError:
+        """The session cannot go on: drop the connection, hand back ``error``."""
+        self._closed = True
+        if self._pump.transport is not None:
+            self._pump.transport.abort()
+        return error
+
+
+async def connect(host: str, port: int, settings: SMTPClientSettings) -> SMTPClient:
+    """Open an SMTP session: connect, greeting, EHLO, and STARTTLS as the policy says.
+
+    Raises ``DeliveryError`` (``451 4.4.1`` no connection, ``451 4.4.2``
+    timeout, ``454 4.7.0`` TLS failed or missing, or the server's refusal
+    of the greeting or EHLO).
+    """
+    client = SMTPClient(host, port, settings)
+    await client._open()
+    return client
