@@ -14,6 +14,7 @@ import pytest
 from mailgate.config import Domain, Settings
 from mailgate.model import Envelope
 from mailgate.protocol import Notify, Ret, parse_envid, parse_notify, parse_orcpt, parse_ret
+from mailgate.server._transaction import original_recipient
 from mailgate.testing import MailgateServer
 
 MESSAGE = b"Subject: dsn\r\n\r\nbody\r\n"
@@ -107,3 +108,16 @@ def test_a_malformed_dsn_parameter_is_refused_and_nothing_stored() -> None:
             assert code == 501
             client.rset()
         assert server.messages() == []
+
+
+@pytest.mark.parametrize(
+    ("address", "orcpt"),
+    [
+        ("team@example.net", "rfc822;team@example.net"),
+        ("a+b=c@example.net", "rfc822;a+2Bb+3Dc@example.net"),
+        ("jörg@bücher.example", "utf-8;j\\x{F6}rg@b\\x{FC}cher.example"),
+    ],
+)
+def test_the_orcpt_added_for_an_alias_names_it(address: str, orcpt: str) -> None:
+    assert original_recipient(address) == orcpt
+    assert parse_orcpt(orcpt, utf8=True).address == address
