@@ -29,7 +29,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeAlias, TypeVar
+from typing import Literal, TypeAlias, TypeVar, cast
 
 from mailgate.protocol import (
     NEED_DATA,
@@ -215,8 +215,8 @@ class _Pump(asyncio.Protocol):
         self.unread = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A TCP transport, of asyncio or of uvloop (whose classes are not asyncio's).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.eof:
