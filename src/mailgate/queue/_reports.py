@@ -47,10 +47,10 @@ __all__ = [
 
 DEFAULT_MAX_RETURNED_OCTETS = 50_000  # Postfix's bounce_size_limit
 """A larger original is returned as its header only, whatever RET says."""
-MAX_DIAGNOSTIC_CHARS = 2000  # our bound on a remote reply kept in a report
-MAX_FIELD_CHARS = 255  # our bound on a host name, address or envelope id in a field
+MAX_DIAGNOSTIC_OCTETS = 2000  # our bound on a remote reply kept in a report
+MAX_FIELD_OCTETS = 500  # our bound on a host name, address or envelope id in a field
 _FOLD_WIDTH = 76  # RFC 5322 2.1.1: lines SHOULD be no longer than 78 characters
-_MAX_WORD_CHARS = 900  # RFC 5322 2.1.1: a line MUST be no longer than 998 octets
+_MAX_WORD_OCTETS = 900  # RFC 5322 2.1.1: a line MUST be no longer than 998 octets
 _CRLF = b"\r\n"
 
 # RFC 3463 2: class "." subject "." detail.
@@ -199,8 +199,8 @@ def build_report(
         ):
             raise ValueError(f"status {recipient.status!r} does not fit {recipient.action}")
     utf8 = original.smtputf8
-    host = _clean(reporting_mta, MAX_FIELD_CHARS, utf8=False, spaces=False) or "localhost"
-    sender = _clean(original.sender, MAX_FIELD_CHARS, utf8=utf8, spaces=True)
+    host = _clean(reporting_mta, MAX_FIELD_OCTETS) or "localhost"
+    sender = _clean(original.sender, MAX_FIELD_OCTETS, utf8=utf8, spaces=True)
     message_id = f"<{_boundary_safe(report_id)}@{host}>"
     notice = _notice_part(host, recipients, utf8=utf8)
     status = _status_part(host, original, recipients, utf8=utf8)
@@ -287,11 +287,11 @@ def _notice_part(host: str, recipients: Sequence[RecipientStatus], *, utf8: bool
 
 
 def _notice_lines(recipient: RecipientStatus, *, utf8: bool) -> list[str]:
-    address = _clean(recipient.final_recipient, MAX_FIELD_CHARS, utf8=utf8, spaces=True)
+    address = _clean(recipient.final_recipient, MAX_FIELD_OCTETS, utf8=utf8, spaces=True)
     line = f"<{address}>"
     original = recipient.original_recipient
     if original is not None and original.address != recipient.final_recipient:
-        line += f" (sent to <{_clean(original.address, MAX_FIELD_CHARS, utf8=utf8)}>)"
+        line += f" (sent to <{_address(original, utf8=utf8)}>)"
     lines = [f"{line}: {recipient.action} ({recipient.status})"]
     if recipient.will_retry_until is not None:
         lines.append(
@@ -299,12 +299,12 @@ def _notice_lines(recipient: RecipientStatus, *, utf8: bool) -> list[str]:
         )
     if recipient.diagnostic:
         remote = recipient.remote_mta
-        said = f"{_clean(remote, MAX_FIELD_CHARS, utf8=False)} said:" if remote else "the reply:"
+        said = f"{_clean(remote, MAX_FIELD_OCTETS)} said:" if remote else "the reply:"
         lines.append(f"    {said}")
-        budget = MAX_DIAGNOSTIC_CHARS
+        budget = MAX_DIAGNOSTIC_OCTETS
         for reply_line in _LINE_BREAK.split(recipient.diagnostic):
-            text = _clean(reply_line, min(budget, _MAX_WORD_CHARS), utf8=utf8, spaces=True)
-            budget -= len(text)
+            text = _clean(reply_line, min(budget, _MAX_WORD_OCTETS), utf8=utf8, spaces=True)
+            budget -= len(text.encode("utf-8"))
             if text:
                 lines.append(f"    {text}")
             if budget <= 0:
@@ -322,7 +322,7 @@ def _status_part(
     """The ``message/delivery-status`` fields (RFC 3464 2.2, 2.3)."""
     fields = [f"Reporting-MTA: dns; {host}"]
     if original.envid is not None:
-        envid = _clean(original.envid, MAX_FIELD_CHARS, utf8=utf8, spaces=True)
+        envid = _clean(original.envid, MAX_FIELD_OCTETS, utf8=utf8, spaces=True)
         fields.append(f"Original-Envelope-Id: {envid}")
     fields.append(f"Arrival-Date: {format_datetime(original.arrival_date)}")
     blocks = [_lines(fields)]
@@ -353,11 +353,11 @@ def _recipient_fields(recipient: RecipientStatus, *, utf8: bool) -> list[str]:
         f"Status: {recipient.status}",
     ]
     if recipient.remote_mta:
-        fields.append(f"Remote-MTA: dns; {_clean(recipient.remote_mta, MAX_FIELD_CHARS)}")
-    if recipient.diagnostic:
+        fields.append(f"Remote-MTA: dns; {_clean(recipient.remote_mta, MAX_FIELD_OCTETS)}")
+    reply = " ".join(_LINE_BREAK.split(recipient.diagnostic or ""))
+    text = _clean(reply, MAX_DIAGNOSTIC_OCTETS, utf8=utf8, spaces=True)
+    if text:
         kind = _clean(recipient.diagnostic_type, 32) or "smtp"
-        reply = " ".join(_LINE_BREAK.split(recipient.diagnostic))
-        text = _clean(reply, MAX_DIAGNOSTIC_CHARS, utf8=utf8, spaces=True)
         fields += _fold(f"Diagnostic-Code: {kind}; {text}")
     if recipient.last_attempt is not None:
         fields.append(f"Last-Attempt-Date: {format_datetime(recipient.last_attempt)}")
@@ -367,11 +367,20 @@ def _recipient_fields(recipient: RecipientStatus, *, utf8: bool) -> list[str]:
 
 
 def _address(recipient: OriginalRecipient, *, utf8: bool) -> str:
-    """An address as a field holds it: UTF-8 only in a global report (RFC 6533 3)."""
-    address = recipient.address
-    if recipient.is_utf8 and not utf8:
-        address = utf8_addr_encode(address)
-    return _clean(address, MAX_FIELD_CHARS * 4, utf8=utf8, spaces=True)
+    """An address as a field holds it: UTF-8 only in a global report (RFC 6533 3).
+
+    Elsewhere a ``utf-8`` address is written as ``utf-8-addr-xtext``, cut
+    before an escape that would not fit.
+    """
+    if not recipient.is_utf8 or utf8:
+        return _clean(recipient.address, MAX_FIELD_OCTETS, utf8=utf8, spaces=True)
+    address = _clean(recipient.address, MAX_FIELD_OCTETS, utf8=True, spaces=True)
+    encoded = utf8_addr_encode(address)[:MAX_FIELD_OCTETS]
+    # A backslash never stands for itself in utf-8-addr-xtext: it starts an escape.
+    start = encoded.rfind("\\")
+    if start >= 0 and encoded.find("}", start) < 0:
+        encoded = encoded[:start]
+    return encoded
 
 
 def _returned_part(original: OriginalMessage, max_octets: int) -> bytes:
@@ -411,8 +420,8 @@ def _header_of(content: bytes, max_octets: int) -> bytes:
 # --------------------------------------------------------------- the text
 
 
-def _clean(text: str, max_chars: int, *, utf8: bool = False, spaces: bool = False) -> str:
-    """``text`` fit for a header or field: one line, printable, at most ``max_chars``.
+def _clean(text: str, max_octets: int, *, utf8: bool = False, spaces: bool = False) -> str:
+    """``text`` fit for a header or field: one printable line of at most ``max_octets``.
 
     Controls (CR and LF among them) become spaces, runs of blanks one space
     (or ``?`` when ``spaces`` is false, for values that are one word);
@@ -424,12 +433,20 @@ def _clean(text: str, max_chars: int, *, utf8: bool = False, spaces: bool = Fals
         text = text.replace(" ", "?")
     if not utf8 and not text.isascii():
         text = "".join(char if char.isascii() else "?" for char in text)
-    return text[:max_chars]
+    return _cut(text, max_octets)
+
+
+def _cut(text: str, max_octets: int) -> str:
+    """``text`` cut to at most ``max_octets`` of UTF-8, never inside a character."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= max_octets:
+        return text
+    return encoded[:max_octets].decode("utf-8", "ignore")
 
 
 def _fold(line: str) -> list[str]:
     """A field line folded at spaces (RFC 5322 2.2.3): each line at most 998 octets."""
-    words = [word[:_MAX_WORD_CHARS] for word in line.split(" ")]
+    words = [_cut(word, _MAX_WORD_OCTETS) for word in line.split(" ")]
     lines: list[str] = []
     current = ""
     for word in words:
