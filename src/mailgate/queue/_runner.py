@@ -182,7 +182,6 @@ class QueueRunner:
         self._destinations: dict[str, asyncio.Semaphore] = {}
         self._slots = asyncio.Semaphore(settings.max_deliveries)
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
 
     def wake(self) -> None:
         """Look for due work now (new mail, an operator's retry)."""
@@ -199,16 +198,26 @@ class QueueRunner:
             asyncio.create_task(self._renew(), name="mailgate-queue-leases"),
         ]
 
-    async def aclose(self) -> None:
-        """Stop claiming; let deliveries in flight finish (their outcomes are recorded)."""
-        self._stopping = True
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Stop claiming; give deliveries in flight ``grace`` seconds to finish and record
+        their outcomes, then cancel the rest.
+
+        A cancelled delivery keeps its lease: this runner, started again, takes
+        it back at once (``start``) and tries again, so nothing is lost; a
+        message the remote server had already taken may go twice.
+        """
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._jobs:
-            await asyncio.gather(*self._jobs, return_exceptions=True)
+            _, late = await asyncio.wait(self._jobs, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("queue: %d deliveries cut short by shutdown", len(late))
+                await asyncio.gather(*late, return_exceptions=True)
 
     async def _follow(self) -> None:
         async for _ in self._store.subscribe():

@@ -4,7 +4,8 @@
 the authenticator the settings ask for, and starts the SMTP listeners, the
 SMTP workers (``_workers``) and the web inbox; with an SQLite store, first
 the commit service (``_commit_service``), the one writer of the node's new
-mail, which every SMTP process sends its new mail to.  Shutdown runs the
+mail, which every SMTP process sends its new mail to; and the queue service
+(``_queue_service``), the one owner of delivery attempts.  Shutdown runs the
 other way: SMTP first (transactions in flight finish, in the workers too),
 then the web service, the store and, last, the commit service.  ``mailgate
 serve`` and the test helper ``mailgate.testing.MailgateServer`` both run
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import os
 import ssl
@@ -24,8 +26,9 @@ from typing import Self
 from mailgate.auth import AcceptAnyAuthenticator, UsersFile
 from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings, SystemClock
-from mailgate.ports import Authenticator, MessageStore, StoreError
+from mailgate.ports import Authenticator, MessageStore, QueueStore, StoreError
 from mailgate.runtime._commit_service import CommitService
+from mailgate.runtime._queue_service import QueueService
 from mailgate.runtime._workers import WorkerPool, worker_settings
 from mailgate.server import (
     ListenError,
@@ -67,6 +70,20 @@ def authenticator_for(settings: Settings) -> Authenticator | None:
         users.names()  # read it now, so a broken file fails at start-up
         return users
     return None
+
+
+def release_allowed(settings: Settings) -> bool:
+    """Whether the HTTP API may send stored mail onward (Mailpit's release): only when it
+    asks for a password, or in catch-all development mode on a loopback address."""
+    if settings.http_auth is not None:
+        return True
+    http = settings.http
+    if not settings.catch_all or http is None:
+        return False
+    try:
+        return ipaddress.ip_address(http.host).is_loopback
+    except ValueError:
+        return http.host == "localhost"
 
 
 class Mailgate:
@@ -111,6 +128,7 @@ class Mailgate:
         self._store: MessageStore | None = None
         self._server: SMTPServer | None = None
         self._http: HTTPService | None = None
+        self._queue: QueueService | None = None
 
     @property
     def store(self) -> MessageStore:
@@ -127,6 +145,11 @@ class Mailgate:
     def workers(self) -> WorkerPool | None:
         """The SMTP worker processes this process started, if any."""
         return self._workers
+
+    @property
+    def queue(self) -> QueueService | None:
+        """The queue service (runner and courier), when the store keeps a queue."""
+        return self._queue
 
     @property
     def server(self) -> SMTPServer:
@@ -171,12 +194,17 @@ class Mailgate:
                 )
                 await self._workers.start()
                 await self._server.start_serving()
+            if isinstance(self._store, QueueStore):
+                self._queue = QueueService(settings, self._store, sink, clock)
+                await self._queue.start()
             if settings.http is not None:
                 self._http = HTTPService(
                     create_app(
                         self._store,
                         settings=WebSettings(
-                            http_auth=settings.http_auth, database=settings.store_url
+                            http_auth=settings.http_auth,
+                            database=settings.store_url,
+                            release_allowed=release_allowed(settings),
                         ),
                     ),
                     settings.http,
@@ -219,6 +247,9 @@ class Mailgate:
         finally:
             self._workers = None
             try:
+                if self._queue is not None:
+                    await self._queue.aclose()
+                    self._queue = None
                 if self._sink is not None:
                     self._sink.close()
                     self._sink = None

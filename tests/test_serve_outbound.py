@@ -1,0 +1,180 @@
+"""Outbound delivery as a user runs it: ``mailgate serve`` with a domain and a relay network,
+a DNS server and receiving MTAs on loopback, and ``mailgate queue`` beside it.
+
+The console script runs in processes of its own (the serving process, its commit service,
+SMTP workers with ``--workers``); the queue runner runs in the serving process only, so
+with workers each message still goes out once.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loopback import DnsZone, ReceivingMTAs
+from process_helpers import TIMEOUT, Launcher, Serving, mailgate
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="finds a server's processes in /proc"
+)
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    started = Launcher(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def serve(
+    launcher: Launcher, tmp_path: Path, zone: DnsZone, mtas: ReceivingMTAs, *extra: str
+) -> Serving:
+    return launcher.serve(
+        "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / "data"),
+        "--hostname", "mx.here.test", "--domain", "here.test", "--relay-network", "127.0.0.0/8",
+        "--resolver", zone.nameserver, "--outbound-port", str(mtas.port or 25),
+        *extra,
+    )  # fmt: skip
+
+
+def send(served: Serving, to: str, subject: str, sender: str = "alice@here.test") -> str:
+    body = f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nHello.\r\n"
+    with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
+        client.sendmail(sender, [to], body.encode())
+        return client.noop()[1].decode()
+
+
+def until(condition: Callable[[], Any], what: str) -> Any:
+    """Poll ``condition`` until it holds (a bound on a busy machine, not a pause)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+    return value
+
+
+def queue(tmp_path: Path, *argv: str) -> Any:
+    done = mailgate("queue", *argv, "--data", str(tmp_path / "data"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if "--json" in argv else done.stdout
+
+
+def inbox(served: Serving) -> list[dict[str, Any]]:
+    page = httpx.get(f"{served.http_url}api/v1/messages", timeout=TIMEOUT).json()
+    messages: list[dict[str, Any]] = page["messages"]
+    return messages
+
+
+def test_mail_for_another_domain_is_delivered_by_mx_and_the_queue_says_so(
+    launcher: Launcher,
+    tmp_path: Path,
+    dns_zone: Callable[[], DnsZone],
+    receiving_mta: ReceivingMTAs,
+) -> None:
+    zone = dns_zone()
+    mx = receiving_mta(hostname="mx.far.test")
+    zone.mx("far.test", (10, "mx.far.test"))
+    zone.a("mx.far.test", mx.host)
+    served = serve(launcher, tmp_path, zone, receiving_mta)
+    send(served, "bob@far.test", "Onward")
+    until(lambda: mx.messages, "the remote MTA has the message")
+    (received,) = mx.messages
+    assert (received.sender, received.recipients) == ("alice@here.test", ("bob@far.test",))
+    assert b"Subject: Onward" in received.content
+    (stored,) = inbox(served)
+    rows = until(
+        lambda: [
+            r for r in queue(tmp_path, "show", stored["ID"], "--json") if r["State"] == "delivered"
+        ],
+        "the queue records the delivery",
+    )
+    assert rows[0]["Recipient"] == "bob@far.test"
+    assert rows[0]["LastReply"].startswith("250")
+    assert rows[0]["Relay"] == f"mx.far.test[{mx.host}]:{receiving_mta.port or 25}"
+    assert queue(tmp_path, "list") == "The queue is empty.\n"
+    log = served.stop_cleanly()
+    assert f"to=<bob@far.test> relay=mx.far.test[{mx.host}]" in log
+    assert "status=sent (250" in log
+
+
+def test_a_null_mx_domain_bounces_to_the_local_sender_inbox(
+    launcher: Launcher,
+    tmp_path: Path,
+    dns_zone: Callable[[], DnsZone],
+    receiving_mta: ReceivingMTAs,
+) -> None:
+    zone = dns_zone()
+    zone.mx("nomail.test", (0, "."))
+    served = serve(launcher, tmp_path, zone, receiving_mta)
+    send(served, "carol@nomail.test", "Nowhere")
+    reports = until(
+        lambda: [m for m in inbox(served) if m["From"]["Address"].startswith("MAILER-DAEMON")],
+        "a bounce arrives",
+    )
+    (report,) = reports
+    assert [to["Address"] for to in report["To"]] == ["alice@here.test"]
+    raw = httpx.get(f"{served.http_url}api/v1/message/{report['ID']}/raw", timeout=TIMEOUT).text
+    assert "Content-Type: multipart/report; report-type=delivery-status" in raw
+    assert "Final-Recipient: rfc822; carol@nomail.test" in raw
+    assert "Status: 5.1.10" in raw
+    served.stop_cleanly()
+
+
+def test_a_deferred_recipient_shows_its_reply_and_an_operator_bounces_it(
+    launcher: Launcher,
+    tmp_path: Path,
+    dns_zone: Callable[[], DnsZone],
+    receiving_mta: ReceivingMTAs,
+) -> None:
+    zone = dns_zone()
+    busy = receiving_mta(hostname="mx.busy.test", replies={"dan@busy.test": "450 4.2.1 Busy"})
+    zone.mx("busy.test", (10, "mx.busy.test"))
+    zone.a("mx.busy.test", busy.host)
+    served = serve(launcher, tmp_path, zone, receiving_mta)
+    send(served, "dan@busy.test", "Later")
+    rows = until(
+        lambda: [r for r in queue(tmp_path, "list", "--json") if r["State"] == "deferred"],
+        "the recipient is deferred",
+    )
+    assert rows[0]["LastReply"] == "450 4.2.1 Busy"
+    assert rows[0]["Attempts"] == 1
+    assert rows[0]["NextAttempt"] is not None
+    assert queue(tmp_path, "bounce", rows[0]["MessageID"]) == "bounce: 1 recipient\n"
+    until(
+        lambda: any(m["From"]["Address"].startswith("MAILER-DAEMON") for m in inbox(served)),
+        "the bounce arrives",
+    )
+    assert queue(tmp_path, "list") == "The queue is empty.\n"
+    served.stop_cleanly()
+
+
+def test_with_workers_each_message_goes_out_once(
+    launcher: Launcher,
+    tmp_path: Path,
+    dns_zone: Callable[[], DnsZone],
+    receiving_mta: ReceivingMTAs,
+) -> None:
+    zone = dns_zone()
+    mx = receiving_mta(hostname="mx.far.test")
+    zone.mx("far.test", (10, "mx.far.test"))
+    zone.a("mx.far.test", mx.host)
+    served = serve(launcher, tmp_path, zone, receiving_mta, "--workers", "2")
+    assert served.smtp_processes == 2
+    for n in range(10):
+        send(served, f"u{n}@far.test", f"n{n}")
+    until(lambda: len(mx.messages) >= 10, "ten messages are delivered")
+    time.sleep(0.5)  # any second delivery would have come by now
+    assert sorted(m.recipients[0] for m in mx.messages) == sorted(
+        f"u{n}@far.test" for n in range(10)
+    )
+    served.stop_cleanly()
