@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from mailgate import __version__, protocol
 from mailgate.cli._exit import EXIT_USAGE, fail
+from mailgate.cli._send import add_send_parser
 from mailgate.config import OPTIONS, ConfigError, Settings, load_settings
 
 __all__ = ["main"]
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("id", metavar="ID", help="the message id, as listed")
         _add_store_flags(sub)
 
+    add_send_parser(commands)
+
     users = commands.add_parser(
         "users",
         help="manage who may authenticate",
@@ -171,8 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     if args.command is None:
         return fail(
-            "choose a command: serve, messages, queue or users (see mailgate --help)", EXIT_USAGE
+            "choose a command: serve, messages, queue, send or users (see mailgate --help)",
+            EXIT_USAGE,
         )
+
+    if args.command == "send":
+        from mailgate.cli._send import send_command  # noqa: PLC0415
+
+        return send_command(args)
 
     try:
         settings = _settings(args, os.environ)
