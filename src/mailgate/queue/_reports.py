@@ -7,8 +7,10 @@ same octets.  The report is a ``multipart/report`` (RFC 6522) of three
 parts: a text for people, the ``message/delivery-status`` fields for
 programs (RFC 3464 2), and the original (RFC 3461 4.3: whole when the
 sender asked ``RET=FULL`` and it is not too big, else its header only).  An
-SMTPUTF8 original gets the ``global`` types of RFC 6533 6, whose fields and
-headers may hold UTF-8.  ``should_report`` decides, per recipient, whether
+SMTPUTF8 original gets the ``global`` types of RFC 6533, whose fields and
+headers may hold UTF-8; its ``report-type`` is then
+``global-delivery-status``, as it names the second part's type (RFC 6522
+3).  ``should_report`` decides, per recipient, whether
 a report is due at all (RFC 3461 4.1, 6.2).
 
 Invariants.
