@@ -375,7 +375,6 @@ async def test_info_webui_health_and_openapi(inbox: Inbox) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("POST", "/api/v1/send"),
         ("GET", "/api/v1/chaos"),
         ("PUT", "/api/v1/chaos"),
         ("GET", "/api/v1/message/latest/html-check"),

@@ -201,10 +201,13 @@ class Mailgate:
                 self._http = HTTPService(
                     create_app(
                         self._store,
+                        sink=sink,
+                        is_local=self._server.policy.is_local,
                         settings=WebSettings(
                             http_auth=settings.http_auth,
                             database=settings.store_url,
                             release_allowed=release_allowed(settings),
+                            hostname=settings.hostname or "localhost",
                         ),
                     ),
                     settings.http,

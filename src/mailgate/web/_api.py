@@ -38,6 +38,7 @@ from mailgate.web._context import (
 from mailgate.web._json import message_json, messages_json
 from mailgate.web._queue import queue_endpoints
 from mailgate.web._search import all_matching_ids, search_page
+from mailgate.web._send import send_message
 
 __all__ = ["api_routes", "sandbox_headers"]
 
@@ -290,7 +291,6 @@ async def webui(inbox: Inbox, request: Request) -> Response:
 
 
 UNSUPPORTED: dict[str, tuple[str, list[str]]] = {
-    "/api/v1/send": ("sending messages over HTTP (send over SMTP)", ["POST"]),
     "/api/v1/chaos": ("chaos triggers", ["GET", "PUT"]),
     "/api/v1/message/{id}/html-check": ("HTML compatibility checks", ["GET"]),
     "/api/v1/message/{id}/link-check": ("link checks", ["GET"]),
@@ -329,6 +329,7 @@ def api_routes(inbox: Inbox) -> list[BaseRoute]:
         route("/api/v1/info", info, "GET"),
         route("/api/v1/webui", webui, "GET"),
         *(route(path, work, method) for path, work, method in queue_endpoints()),
+        route("/api/v1/send", send_message, "POST"),
     ]
     routes += [
         Route(path, _unsupported(feature), methods=methods)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -14,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mailgate.ports import MessageStore
+from mailgate.ports import MailSink, MessageStore
 from mailgate.web._api import api_routes
 from mailgate.web._context import Inbox, WebSettings
 from mailgate.web._events import EventHub
@@ -80,15 +81,27 @@ def _page_headers() -> dict[str, str]:
     }
 
 
-def create_app(store: MessageStore, *, settings: WebSettings | None = None) -> Starlette:
+def create_app(
+    store: MessageStore,
+    *,
+    settings: WebSettings | None = None,
+    sink: MailSink | None = None,
+    is_local: Callable[[str], bool] | None = None,
+) -> Starlette:
     """The web inbox and JSON API over ``store``, as an ASGI application.
+
+    ``sink`` takes the mail ``POST /api/v1/send`` builds (without one that
+    endpoint answers ``501``); ``is_local`` says which recipients are this
+    server's (default: all of them, as in catch-all mode).
 
     The app subscribes to the store's events when the first live client
     arrives.  Call ``await inbox_of(app).close()`` (``HTTPService.aclose``
     does) before shutting the server down, so live streams end.
     """
     settings = settings or WebSettings()
-    inbox = Inbox(store=store, settings=settings, hub=EventHub(store))
+    inbox = Inbox(store=store, settings=settings, hub=EventHub(store), sink=sink)
+    if is_local is not None:
+        inbox.is_local = is_local
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers=_page_headers())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import Any
@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mailgate.model import MessageId, StoredMessage
-from mailgate.ports import MessageStore
+from mailgate.ports import MailSink, MessageStore
 from mailgate.query import Query, QueryError, parse_query
 from mailgate.web._events import EventHub
 from mailgate.web._mime import ParsedMessage, parse_message
@@ -43,13 +43,15 @@ class WebSettings:
     ``/api/v1/info`` reports as the database (the store's URL or path);
     ``release_allowed`` whether the API may queue stored mail for delivery
     elsewhere (``POST /api/v1/message/{id}/release``): only behind
-    ``http_auth`` or in catch-all development mode on a loopback address.
+    ``http_auth`` or in catch-all development mode on a loopback address;
+    ``hostname`` names this server in messages the API builds.
     """
 
     http_auth: tuple[str, str] | None = None
     label: str = ""
     database: str = ""
     release_allowed: bool = False
+    hostname: str = "localhost"
 
 
 class BadRequest(Exception):
@@ -153,13 +155,24 @@ def boolean(fields: Mapping[str, Any], name: str) -> bool:
     return value is True
 
 
+def _everyone_is_local(address: str) -> bool:
+    return True
+
+
 @dataclass(slots=True, eq=False)
 class Inbox:
-    """The state of one web app."""
+    """The state of one web app.
+
+    ``sink`` takes mail the API builds (``POST /api/v1/send``), when there is
+    one; ``is_local`` says whether a recipient's mail stays here (catch-all:
+    every recipient) or is queued for delivery elsewhere.
+    """
 
     store: MessageStore
     settings: WebSettings
     hub: EventHub
+    sink: MailSink | None = None
+    is_local: Callable[[str], bool] = _everyone_is_local
     started: float = field(default_factory=time.monotonic)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
