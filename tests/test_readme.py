@@ -15,14 +15,16 @@ import shutil
 import smtplib
 import subprocess
 import sys
+import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from loopback import DnsZone
 from mailgate.config import OPTIONS, load_settings
 from process_helpers import (
     MAILGATE,
@@ -52,6 +54,7 @@ BLOCKS = {
     ("console", "$ mailgate messages"): "test_messages_show_and_curl",
     ("toml", 'smtp = "0.0.0.0:25"'): "test_serve_modes.py::test_the_readme_config_file*",
     ("console", "$ echo secret | mailgate users add"): "test_tls_and_auth_for_development",
+    ("console", "$ mailgate serve --hostname mail.example.org"): "test_sending_mail_onward",
     ("python", "import smtplib"): "test_the_pytest_example",
     ("", "src/mailgate/"): "test_the_layout",
 }
@@ -304,6 +307,60 @@ def test_tls_and_auth_for_development(launcher: Launcher, tmp_path: Path) -> Non
     [stored] = httpx.get(f"{served.http_url}api/v1/messages", timeout=TIMEOUT).json()["messages"]
     assert [to["Address"] for to in stored["To"]] == ["someone@example.net"]
     served.stop_cleanly()
+
+
+# -- sending mail onward --------------------------------------------------------------------------
+
+ANY_ID = re.compile(r"\b[0-9A-Z]{26}\b")
+OCTETS = re.compile(r"(?<=SIZE=)\d+|(?<=BDAT )\d+|(?<=\[)\d+(?= octets)")
+REMOTE = "127.0.25.1"
+"""The example's example.net: another mailgate, on a loopback address of its own."""
+
+
+def test_sending_mail_onward(
+    launcher: Launcher, tmp_path: Path, dns_zone: Callable[[], DnsZone]
+) -> None:
+    """The example as shown, but for the DNS: the test's own server answers for example.net
+    (``--resolver``), and example.net's MX is a second mailgate on 127.0.25.1."""
+    block = readme_block("console", "$ mailgate serve --hostname mail.example.org")
+    (serve, _), (send, transcript), (show, listing) = commands(block)
+    port = 25 if os.geteuid() == 0 else 0
+    remote = launcher.serve(
+        "--smtp", f"{REMOTE}:{port}", "--no-http", "--hostname", "mx.example.net",
+        "--domain", "example.net", "--data", str(tmp_path / "example.net"),
+    )  # fmt: skip
+    bound = re.search(rf"smtp {re.escape(REMOTE)}:(\d+)", remote.ready_line)
+    assert bound is not None, remote.ready_line
+    zone = dns_zone()
+    zone.mx("example.net", (10, "mx.example.net"))
+    zone.a("mx.example.net", REMOTE)
+    argv = shlex.split(serve.removesuffix("&"))
+    assert argv[:2] == ["mailgate", "serve"]
+    served = launcher.serve(
+        *argv[2:], "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0",
+        "--resolver", zone.nameserver, "--outbound-port", bound[1],
+    )  # fmt: skip
+    sent = shell(send.replace("127.0.0.1:1025", f"127.0.0.1:{served.port}"), cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+
+    def same(text: str) -> str:
+        return OCTETS.sub("N", ANY_ID.sub("ID", text))
+
+    assert same(sent.stdout) == same(transcript)
+    match = QUEUED_ID.search(sent.stdout.splitlines()[-3])
+    assert match is not None
+    shown_id = ANY_ID.search(show)
+    assert shown_id is not None
+    command = show.replace(shown_id[0], match[0])
+    deadline = time.monotonic() + TIMEOUT
+    while "delivered" not in (done := shell(command, cwd=tmp_path)).stdout:
+        assert time.monotonic() < deadline, done.stdout + done.stderr
+        time.sleep(0.05)
+    assert same(done.stdout) == same(listing)
+    stored = mailgate("messages", "--data", str(tmp_path / "example.net"), cwd=tmp_path)
+    assert "alice@example.org  bob@example.net  Lunch?" in stored.stdout
+    served.stop_cleanly()
+    remote.stop_cleanly()
 
 
 # -- in your tests --------------------------------------------------------------------------------
