@@ -519,3 +519,150 @@ def test_transaction_of_reads_the_content() -> None:
     assert (t.envelope.size, t.envelope.eight_bit, t.envelope.utf8_headers) == (16, True, True)
     t = Transaction.of("S: x\n\né".encode(), sender="a@b", recipients=["c@d"])
     assert (t.envelope.eight_bit, t.envelope.utf8_headers) == (True, False)
+
+
+def scripted(ehlo: bytes, answers: dict[bytes, bytes]) -> Handler:
+    """A server answering each command by its first word, ``250 OK`` by default."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 fake.test\r\n")
+        while line := await reader.readline():
+            verb = line.split()[0].upper() if line.split() else b""
+            if verb == b"EHLO":
+                writer.write(ehlo)
+            elif verb == b"DATA":
+                writer.write(answers.get(verb, b"354 go\r\n"))
+                await read_data(reader)
+                writer.write(answers.get(b".", b"250 2.0.0 queued\r\n"))
+            else:
+                writer.write(answers.get(verb, b"250 2.0.0 OK\r\n"))
+            if verb == b"QUIT":
+                break
+
+    return handler
+
+
+EHLO_STARTTLS = b"250-fake.test\r\n250-STARTTLS\r\n250 AUTH CRAM-MD5\r\n"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("ehlo", "policy", "code"),
+    [
+        (EHLO_PIPELINING, "may", None),  # nothing offered: plaintext is what "may" allows
+        (EHLO_STARTTLS, "may", None),  # refused: likewise
+        (EHLO_STARTTLS, "encrypt", 454),
+    ],
+)
+async def test_starttls_policy_when_tls_is_missing(
+    ehlo: bytes, policy: str, code: int | None
+) -> None:
+    answers = {b"STARTTLS": b"454 4.7.0 TLS not available\r\n"}
+    async with raw_server(scripted(ehlo, answers)) as port:
+        if code is None:
+            async with await connect("127.0.0.1", port, settings(tls=policy)) as client:
+                assert not client.tls_active
+                result = await client.send(
+                    Transaction.of(MESSAGE, sender="a@example.org", recipients=["b@example.com"])
+                )
+                assert result.reply.code == 250
+        else:
+            with pytest.raises(DeliveryError) as raised:
+                await connect("127.0.0.1", port, settings(tls=policy))
+            assert raised.value.reply.code == code
+            assert raised.value.temporary
+
+
+@pytest.mark.asyncio
+async def test_refusals_of_ehlo_rset_and_auth() -> None:
+    async with raw_server(scripted(b"451 4.3.2 try later\r\n", {})) as port:
+        with pytest.raises(DeliveryError) as raised:
+            await connect("127.0.0.1", port, settings())
+        assert raised.value.reply.code == 451
+    answers = {b"RSET": b"500 5.5.1 what?\r\n"}
+    async with (
+        raw_server(scripted(EHLO_PIPELINING, answers)) as port,
+        await connect("127.0.0.1", port, settings()) as client,
+    ):
+        with pytest.raises(DeliveryError) as raised:
+            await client.reset()
+        assert raised.value.reply.code == 500
+
+
+@pytest.mark.asyncio
+async def test_no_usable_auth_mechanism(mailgate: MailgateServer) -> None:
+    config = settings(tls="encrypt")
+    async with await connect(mailgate.host, mailgate.port_of("submission"), config) as client:
+        with pytest.raises(DeliveryError) as raised:
+            await client.login("alice", PASSWORD, mechanism="CRAM-MD5")
+    assert raised.value.temporary
+
+
+@pytest.mark.asyncio
+async def test_idle_421_is_reported_on_the_next_command() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 fake.test\r\n")
+        await reader.readline()
+        writer.write(EHLO_PIPELINING + b"421 4.4.2 idle timeout\r\n")
+        await writer.drain()
+        await asyncio.sleep(3600)
+
+    async with raw_server(handler) as port:
+        client = await connect("127.0.0.1", port, settings())
+        await asyncio.sleep(0.05)  # let the 421 arrive before the next command
+        with pytest.raises(DeliveryError) as raised:
+            await client.reset()
+        await client.aclose()
+    assert raised.value.reply.code == 421
+    assert raised.value.temporary
+
+
+@pytest.mark.asyncio
+async def test_implicit_tls_with_the_wrong_ca_fails(mailgate: MailgateServer) -> None:
+    other = ssl.create_default_context()
+    trustme.CA().configure_trust(other)
+    config = settings(tls="verify", tls_context=other, implicit_tls=True)
+    with pytest.raises(DeliveryError) as raised:
+        await connect(mailgate.host, mailgate.port_of("smtps"), config)
+    assert (raised.value.reply.code, raised.value.reply.enhanced) == (454, "4.7.0")
+
+
+@pytest.mark.asyncio
+async def test_large_message_from_an_async_iterable(mailgate: MailgateServer) -> None:
+    line = b"x" * 998 + b"\r\n"
+    count = 4000  # 4 MB: more than the socket buffers hold, so writing must wait
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(count // 100):
+            yield line * 100
+
+    envelope = Transaction.of(b"", sender="a@example.org", recipients=["b@example.com"]).envelope
+    async with await connect(mailgate.host, mailgate.port, settings(data_timeout=30.0)) as client:
+        result = await client.send(Transaction(envelope, chunks()))
+    assert result.reply.code == 250
+    [stored] = mailgate.messages()
+    assert body_of(mailgate.raw(stored.id) or b"") == line * count
+
+
+@pytest.mark.asyncio
+async def test_peer_gone_while_content_is_sent() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 fake.test\r\n")
+        await reader.readline()
+        writer.write(EHLO_PIPELINING)
+        await read_until(reader, b"DATA\r\n")
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await writer.drain()
+        writer.transport.abort()
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            yield b"y" * 65536
+
+    envelope = Transaction.of(b"", sender="a@example.org", recipients=["b@example.com"]).envelope
+    async with raw_server(handler) as port:
+        client = await connect("127.0.0.1", port, settings())
+        with pytest.raises(DeliveryError) as raised:
+            await client.send(Transaction(envelope, endless()))
+        await client.aclose()
+    assert (raised.value.reply.code, raised.value.reply.enhanced) == (451, "4.4.2")

@@ -500,7 +500,7 @@ class SMTPClient:
                 self.settings.transcript(direction, line)
         if not data:
             return
-        if pump.lost.is_set() or pump.transport is None:
+        if pump.transport is None or pump.transport.is_closing():
             raise self._fail(_made_up(451, "4.4.2", f"connection to {self.host} lost"))
         pump.transport.write(data)
         try:
