@@ -32,7 +32,14 @@ from mailgate.protocol import (
 )
 from protocol_helpers import Split, feedings
 
-FEEDINGS = pytest.mark.parametrize("split", list(feedings()), ids=lambda split: split.__name__)
+
+@pytest.fixture(params=list(feedings()), ids=lambda split: split.__name__)
+def split(request: pytest.FixtureRequest) -> Split:
+    """Every case is fed whole, byte by byte and at random splits."""
+    feeding: Split = request.param
+    return feeding
+
+
 ALL = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN", "SIZE 1000")
 OK = b"250 2.0.0 OK\r\n"
 
@@ -52,7 +59,6 @@ def reply(code: int, enhanced: str | None, text: str) -> Reply:
 # ---------------------------------------------------------------- greeting, EHLO
 
 
-@FEEDINGS
 def test_greeting_and_ehlo_extensions(split: Split) -> None:
     peer = Peer(split)
     assert peer.server(GREETING) == [Greeting(reply(220, None, "mx.test ESMTP ready"))]
@@ -72,7 +78,6 @@ def test_greeting_and_ehlo_extensions(split: Split) -> None:
     assert peer.conn.extended
 
 
-@FEEDINGS
 @pytest.mark.parametrize("code", [500, 502, 554])
 def test_ehlo_refused_falls_back_to_helo(split: Split, code: int) -> None:
     peer = Peer(split)
@@ -86,8 +91,8 @@ def test_ehlo_refused_falls_back_to_helo(split: Split, code: int) -> None:
     assert peer.conn.state is ClientState.READY
 
 
-def test_helo_refused_and_ehlo_temporary_failure() -> None:
-    peer = Peer()
+def test_helo_refused_and_ehlo_temporary_failure(split: Split) -> None:
+    peer = Peer(split)
     peer.server(GREETING)
     peer.conn.hello()
     peer.server(b"550 no\r\n")
@@ -102,8 +107,8 @@ def test_helo_refused_and_ehlo_temporary_failure() -> None:
     assert peer.conn.state is ClientState.CONNECTED
 
 
-def test_refused_greeting_allows_only_quit() -> None:
-    peer = Peer()
+def test_refused_greeting_allows_only_quit(split: Split) -> None:
+    peer = Peer(split)
     peer.server(b"554 go away\r\n")
     assert peer.conn.state is ClientState.REFUSED
     with pytest.raises(LocalProtocolError):
@@ -113,8 +118,8 @@ def test_refused_greeting_allows_only_quit() -> None:
     assert peer.server(b"221 bye\r\n") == [QuitReply(reply(221, None, "bye")), ConnectionClosed()]
 
 
-def test_421_greeting_closes() -> None:
-    peer = Peer()
+def test_421_greeting_closes(split: Split) -> None:
+    peer = Peer(split)
     assert peer.server(b"421 busy\r\n") == [
         Greeting(reply(421, None, "busy")),
         ConnectionClosed(),
@@ -124,7 +129,6 @@ def test_421_greeting_closes() -> None:
 # --------------------------------------------------------------------- replies
 
 
-@FEEDINGS
 def test_multiline_replies_and_enhanced_codes(split: Split) -> None:
     peer = Peer(split)
     peer.ready("ENHANCEDSTATUSCODES")
@@ -139,15 +143,15 @@ def test_multiline_replies_and_enhanced_codes(split: Split) -> None:
     assert peer.server(b"250\r\n") == [ResetReply(reply(250, None, ""))]
 
 
-def test_enhanced_codes_only_when_offered() -> None:
-    peer = Peer()
+def test_enhanced_codes_only_when_offered(split: Split) -> None:
+    peer = Peer(split)
     peer.ready()
     peer.conn.reset()
     assert peer.server(b"250 2.0.0 OK\r\n") == [ResetReply(reply(250, None, "2.0.0 OK"))]
 
 
-def test_control_characters_in_reply_text_are_replaced() -> None:
-    peer = Peer()
+def test_control_characters_in_reply_text_are_replaced(split: Split) -> None:
+    peer = Peer(split)
     peer.ready()
     peer.conn.reset()
     assert peer.server(b"250 a\rb\x00c\xff\r\n") == [
@@ -168,20 +172,20 @@ def test_control_characters_in_reply_text_are_replaced() -> None:
         b"250-line\r\n" * 201,
     ],
 )
-def test_malformed_replies_raise(data: bytes) -> None:
-    peer = Peer()
+def test_malformed_replies_raise(split: Split, data: bytes) -> None:
+    peer = Peer(split)
     peer.ready()
     peer.conn.reset()
     with pytest.raises(RemoteProtocolError):
         peer.server(data)
 
 
-def test_unsolicited_replies() -> None:
-    peer = Peer()
+def test_unsolicited_replies(split: Split) -> None:
+    peer = Peer(split)
     peer.ready()
     with pytest.raises(RemoteProtocolError):
         peer.server(b"250 nobody asked\r\n")
-    peer = Peer()
+    peer = Peer(split)
     peer.ready()
     assert peer.server(b"421 4.4.2 idle too long\r\n") == [
         ServerClosing(reply(421, None, "4.4.2 idle too long")),
@@ -191,8 +195,8 @@ def test_unsolicited_replies() -> None:
     assert peer.conn.next_event() == ConnectionClosed()
 
 
-def test_eof_closes_even_mid_reply() -> None:
-    peer = Peer()
+def test_eof_closes_even_mid_reply(split: Split) -> None:
+    peer = Peer(split)
     peer.ready()
     peer.conn.reset()
     peer.server(b"250-partial\r\n")
@@ -205,7 +209,6 @@ def test_eof_closes_even_mid_reply() -> None:
 # ------------------------------------------------------------------- STARTTLS
 
 
-@FEEDINGS
 def test_starttls_drops_plaintext_and_forgets_extensions(split: Split) -> None:
     peer = Peer(split)
     peer.ready("STARTTLS", "PIPELINING")
@@ -231,12 +234,12 @@ def test_starttls_drops_plaintext_and_forgets_extensions(split: Split) -> None:
         peer.conn.starttls()
 
 
-def test_starttls_refused_and_not_offered() -> None:
-    peer = Peer()
+def test_starttls_refused_and_not_offered(split: Split) -> None:
+    peer = Peer(split)
     peer.ready()
     with pytest.raises(LocalProtocolError):
         peer.conn.starttls()
-    peer = Peer()
+    peer = Peer(split)
     peer.ready("STARTTLS")
     peer.conn.starttls()
     assert peer.server(b"454 4.7.0 TLS not available\r\n") == [
@@ -245,8 +248,8 @@ def test_starttls_refused_and_not_offered() -> None:
     assert peer.conn.state is ClientState.READY
 
 
-def test_eof_during_handshake_closes() -> None:
-    peer = Peer()
+def test_eof_during_handshake_closes(split: Split) -> None:
+    peer = Peer(split)
     peer.ready("STARTTLS")
     peer.conn.starttls()
     peer.server(b"220 go\r\n")
@@ -264,7 +267,6 @@ def tls_peer(split: Split, *keywords: str) -> Peer:
     return peer
 
 
-@FEEDINGS
 def test_auth_plain(split: Split) -> None:
     peer = tls_peer(split, "AUTH PLAIN LOGIN")
     peer.conn.authenticate("plain", "alice", "s3cret")
@@ -279,7 +281,6 @@ def test_auth_plain(split: Split) -> None:
     assert not any("s3cret" in line or wire.decode() in line for _, line in transcript)
 
 
-@FEEDINGS
 def test_auth_login_answers_challenges(split: Split) -> None:
     peer = tls_peer(split, "AUTH LOGIN")
     peer.conn.authenticate("LOGIN", "alice", "s3cret")
@@ -301,17 +302,17 @@ def test_auth_login_answers_challenges(split: Split) -> None:
     ]
 
 
-def test_auth_refused_locally() -> None:
-    plain = Peer()
+def test_auth_refused_locally(split: Split) -> None:
+    plain = Peer(split)
     plain.ready("AUTH PLAIN")
     with pytest.raises(LocalProtocolError, match="TLS"):
         plain.conn.authenticate("PLAIN", "alice", "pw")
     assert plain.sent() == b""
-    peer = tls_peer(feedings().__next__(), "AUTH PLAIN")
+    peer = tls_peer(split, "AUTH PLAIN")
     for mechanism in ("LOGIN", "CRAM-MD5"):
         with pytest.raises(LocalProtocolError):
             peer.conn.authenticate(mechanism, "alice", "pw")
-    peer = tls_peer(feedings().__next__(), "AUTH CRAM-MD5")
+    peer = tls_peer(split, "AUTH CRAM-MD5")
     with pytest.raises(LocalProtocolError):
         peer.conn.authenticate("CRAM-MD5", "alice", "pw")
 
@@ -319,7 +320,6 @@ def test_auth_refused_locally() -> None:
 # ----------------------------------------------------------------- transactions
 
 
-@FEEDINGS
 def test_pipelined_transaction_in_one_write(split: Split) -> None:
     peer = Peer(split, chunking=False)
     peer.ready(*ALL, "CHUNKING")
@@ -362,7 +362,6 @@ def test_pipelined_transaction_in_one_write(split: Split) -> None:
     assert peer.conn.state is ClientState.READY
 
 
-@FEEDINGS
 def test_without_pipelining_one_command_at_a_time(split: Split) -> None:
     peer = Peer(split)
     peer.ready("8BITMIME", "CHUNKING")
@@ -383,8 +382,8 @@ def test_without_pipelining_one_command_at_a_time(split: Split) -> None:
     assert peer.sent() == b""
 
 
-def test_no_recipient_accepted_without_pipelining() -> None:
-    peer = Peer()
+def test_no_recipient_accepted_without_pipelining(split: Split) -> None:
+    peer = Peer(split)
     peer.ready()
     peer.conn.mail(envelope())
     peer.server(b"250 OK\r\n")
@@ -398,7 +397,6 @@ def test_no_recipient_accepted_without_pipelining() -> None:
     assert peer.sent() == b"MAIL FROM:<a@example.org>\r\n"
 
 
-@FEEDINGS
 @pytest.mark.parametrize("data_reply", [b"503 5.5.1 no valid recipients\r\n", b"354 go\r\n"])
 def test_no_recipient_accepted_with_pipelining(split: Split, data_reply: bytes) -> None:
     peer = Peer(split)
@@ -422,7 +420,6 @@ def test_no_recipient_accepted_with_pipelining(split: Split, data_reply: bytes) 
     assert peer.conn.state is ClientState.READY
 
 
-@FEEDINGS
 def test_mail_refused(split: Split) -> None:
     peer = Peer(split)
     peer.ready()
@@ -442,7 +439,6 @@ def test_mail_refused(split: Split) -> None:
     assert pipelined.sent() == b""
 
 
-@FEEDINGS
 def test_data_refused_after_recipients_resets(split: Split) -> None:
     peer = Peer(split)
     peer.ready("PIPELINING")
@@ -453,7 +449,6 @@ def test_data_refused_after_recipients_resets(split: Split) -> None:
     assert peer.sent() == b"RSET\r\n"
 
 
-@FEEDINGS
 def test_reset_and_second_message(split: Split) -> None:
     peer = Peer(split)
     peer.ready("PIPELINING")
@@ -475,7 +470,6 @@ def test_reset_and_second_message(split: Split) -> None:
 # ------------------------------------------------------------------------ BDAT
 
 
-@FEEDINGS
 def test_bdat_chunks(split: Split) -> None:
     peer = Peer(split)
     peer.ready("PIPELINING", "CHUNKING")
@@ -492,8 +486,8 @@ def test_bdat_chunks(split: Split) -> None:
     assert peer.server(b"250 queued\r\n") == [MessageReply(reply(250, None, "queued"))]
 
 
-def test_bdat_empty_message() -> None:
-    peer = Peer()
+def test_bdat_empty_message(split: Split) -> None:
+    peer = Peer(split)
     peer.ready("PIPELINING", "CHUNKING")
     peer.conn.mail(envelope())
     peer.server(b"250 OK\r\n250 OK\r\n")
@@ -502,8 +496,8 @@ def test_bdat_empty_message() -> None:
     assert peer.sent() == b"BDAT 0 LAST\r\n"
 
 
-def bdat_peer() -> Peer:
-    peer = Peer()
+def bdat_peer(split: Split) -> Peer:
+    peer = Peer(split)
     peer.ready("PIPELINING", "CHUNKING")
     peer.conn.mail(envelope())
     peer.server(b"250 OK\r\n250 OK\r\n")
@@ -511,8 +505,8 @@ def bdat_peer() -> Peer:
     return peer
 
 
-def test_bdat_failed_chunk_stops_the_rest() -> None:
-    peer = bdat_peer()
+def test_bdat_failed_chunk_stops_the_rest(split: Split) -> None:
+    peer = bdat_peer(split)
     peer.conn.send_content(b"one\r\n")
     peer.conn.send_content(b"two\r\n")
     peer.conn.send_content(b"three\r\n")
@@ -527,8 +521,8 @@ def test_bdat_failed_chunk_stops_the_rest() -> None:
     assert peer.sent() == b"RSET\r\n"
 
 
-def test_bdat_failure_known_before_the_end() -> None:
-    peer = bdat_peer()
+def test_bdat_failure_known_before_the_end(split: Split) -> None:
+    peer = bdat_peer(split)
     peer.conn.send_content(b"one\r\n")
     peer.conn.send_content(b"two\r\n")
     peer.server(b"452 4.3.1 full\r\n")
@@ -537,8 +531,8 @@ def test_bdat_failure_known_before_the_end() -> None:
     assert peer.sent() == b"BDAT 5\r\none\r\nRSET\r\n"
 
 
-def test_bdat_failure_after_last_chunk_sent() -> None:
-    peer = bdat_peer()
+def test_bdat_failure_after_last_chunk_sent(split: Split) -> None:
+    peer = bdat_peer(split)
     peer.conn.send_content(b"one\r\n")
     peer.conn.send_content(b"two\r\n")
     peer.conn.end_content()
@@ -546,7 +540,7 @@ def test_bdat_failure_after_last_chunk_sent() -> None:
     events = peer.server(b"451 4.3.0 broke\r\n503 5.5.1 no transaction\r\n")
     assert events == [MessageReply(reply(451, None, "4.3.0 broke"))]
     assert peer.sent() == b"RSET\r\n"
-    peer = bdat_peer()
+    peer = bdat_peer(split)
     peer.conn.end_content()
     assert peer.server(b"554 5.6.0 bad\r\n") == [MessageReply(reply(554, None, "5.6.0 bad"))]
     assert peer.sent().endswith(b"RSET\r\n")
@@ -563,8 +557,10 @@ def test_bdat_failure_after_last_chunk_sent() -> None:
         (("PIPELINING",), lambda c: c.mail(envelope()), [MailReply, MessageReply]),
     ],
 )
-def test_421_ends_the_session(keywords: tuple[str, ...], act: object, expected: list[type]) -> None:
-    peer = Peer()
+def test_421_ends_the_session(
+    split: Split, keywords: tuple[str, ...], act: object, expected: list[type]
+) -> None:
+    peer = Peer(split)
     peer.ready(*keywords)
     act(peer.conn)  # type: ignore[operator]
     events = peer.server(b"421 4.3.2 shutting down\r\n")
@@ -573,15 +569,15 @@ def test_421_ends_the_session(keywords: tuple[str, ...], act: object, expected: 
         peer.conn.reset()
 
 
-def test_421_to_ehlo_auth_rcpt_data_and_quit() -> None:
-    peer = Peer()
+def test_421_to_ehlo_auth_rcpt_data_and_quit(split: Split) -> None:
+    peer = Peer(split)
     peer.server(GREETING)
     peer.conn.hello()
     assert [type(e) for e in peer.server(b"421 bye\r\n")] == [HelloReply, ConnectionClosed]
-    peer = tls_peer(feedings().__next__(), "AUTH PLAIN")
+    peer = tls_peer(split, "AUTH PLAIN")
     peer.conn.authenticate("PLAIN", "a", "b")
     assert [type(e) for e in peer.server(b"421 bye\r\n")] == [AuthReply, ConnectionClosed]
-    peer = Peer()
+    peer = Peer(split)
     peer.ready("PIPELINING")
     peer.conn.mail(envelope())
     events = peer.server(b"250 OK\r\n421 4.4.5 overloaded\r\n")
@@ -590,19 +586,19 @@ def test_421_to_ehlo_auth_rcpt_data_and_quit() -> None:
         MessageReply(reply(421, None, "4.4.5 overloaded")),
         ConnectionClosed(),
     ]
-    peer = Peer()
+    peer = Peer(split)
     peer.ready("PIPELINING")
     peer.conn.mail(envelope())
     events = peer.server(b"250 OK\r\n250 OK\r\n421 bye\r\n")
     assert events[-2:] == [MessageReply(reply(421, None, "bye")), ConnectionClosed()]
-    peer = Peer()
+    peer = Peer(split)
     peer.ready()
     peer.conn.quit()
     assert peer.server(b"421 bye\r\n") == [QuitReply(reply(421, None, "bye")), ConnectionClosed()]
 
 
-def test_421_while_sending_content() -> None:
-    peer = Peer()
+def test_421_while_sending_content(split: Split) -> None:
+    peer = Peer(split)
     peer.ready("PIPELINING")
     peer.conn.mail(envelope())
     peer.server(b"250 OK\r\n250 OK\r\n354 go\r\n")
@@ -615,13 +611,13 @@ def test_421_while_sending_content() -> None:
         peer.conn.send_content(b"x")
 
 
-def test_421_after_auto_rset_and_bdat() -> None:
-    peer = Peer()
+def test_421_after_auto_rset_and_bdat(split: Split) -> None:
+    peer = Peer(split)
     peer.ready()
     peer.conn.mail(envelope())
     peer.server(b"250 OK\r\n550 no\r\n")
     assert peer.server(b"421 bye\r\n") == [ConnectionClosed()]
-    peer = bdat_peer()
+    peer = bdat_peer(split)
     peer.conn.send_content(b"a")
     peer.conn.send_content(b"b")
     assert peer.server(b"421 bye\r\n") == [
@@ -645,10 +641,15 @@ def test_421_after_auto_rset_and_bdat() -> None:
     ],
 )
 def test_refused_before_sending(
-    keywords: tuple[str, ...], options: dict[str, object], code: int | None, enhanced: str | None
+    split: Split,
+    keywords: tuple[str, ...],
+    options: dict[str, object],
+    code: int | None,
+    enhanced: str | None,
 ) -> None:
-    peer = Peer()
+    peer = Peer(split)
     peer.ready(*keywords)
+    options = dict(options)  # shared by every feeding of the case
     env = Envelope(
         sender=str(options.pop("sender", "a@example.org")),
         recipients=(Recipient("b@example.com"),),
@@ -669,16 +670,16 @@ def test_refused_before_sending(
     assert peer.conn.state is ClientState.READY
 
 
-def test_smtputf8_and_8bitmime_parameters() -> None:
-    peer = Peer()
+def test_smtputf8_and_8bitmime_parameters(split: Split) -> None:
+    peer = Peer(split)
     peer.ready("8BITMIME", "SMTPUTF8", "SIZE 100")
     env = Envelope(sender="jörg@example.org", recipients=(Recipient("b@example.com"),), size=5)
     peer.conn.mail(env)
     assert peer.sent() == "MAIL FROM:<jörg@example.org> SIZE=5 SMTPUTF8\r\n".encode()
 
 
-def test_helo_session_sends_no_parameters() -> None:
-    peer = Peer()
+def test_helo_session_sends_no_parameters(split: Split) -> None:
+    peer = Peer(split)
     peer.server(GREETING)
     peer.conn.hello()
     peer.server(b"502 no\r\n")
@@ -692,14 +693,14 @@ def test_helo_session_sends_no_parameters() -> None:
 # ------------------------------------------------------------- caller mistakes
 
 
-def test_out_of_order_calls_raise() -> None:
+def test_out_of_order_calls_raise(split: Split) -> None:
     conn = ClientConnection()
     for call in (conn.hello, conn.reset, conn.quit, conn.end_content, conn.tls_established):
         with pytest.raises(LocalProtocolError):
             call()
     with pytest.raises(LocalProtocolError):
         conn.send_content(b"x")
-    peer = Peer()
+    peer = Peer(split)
     peer.ready("PIPELINING")
     with pytest.raises(LocalProtocolError):
         peer.conn.hello()
@@ -734,7 +735,7 @@ def test_values_that_cannot_go_on_the_wire(make: object) -> None:
         make()  # type: ignore[operator]
 
 
-def test_transcript_is_off_by_default() -> None:
-    peer = Peer()
+def test_transcript_is_off_by_default(split: Split) -> None:
+    peer = Peer(split)
     peer.ready()
     assert peer.conn.take_transcript() == []
