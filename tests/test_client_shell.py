@@ -112,8 +112,12 @@ async def raw_server(handler: Handler) -> AsyncIterator[int]:
         server.close()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
+        # A handler's own checks count; a client that went away does not.
+        failed = [o for o in outcomes if isinstance(o, AssertionError)]
+        if failed:
+            raise failed[0]
 
 
 EHLO_PIPELINING = b"250-fake.test\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n"
@@ -666,3 +670,21 @@ async def test_peer_gone_while_content_is_sent() -> None:
             await client.send(Transaction(envelope, endless()))
         await client.aclose()
     assert (raised.value.reply.code, raised.value.reply.enhanced) == (451, "4.4.2")
+
+
+@pytest.mark.asyncio
+async def test_cancelled_connect_drops_the_connection() -> None:
+    connected, closed = asyncio.Event(), asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        assert await reader.read() == b"", "the client closes without a word"
+        closed.set()
+
+    async with raw_server(silent) as port:
+        attempt = asyncio.create_task(connect("127.0.0.1", port, settings(connect_timeout=30.0)))
+        await connected.wait()
+        attempt.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await attempt
+        await asyncio.wait_for(closed.wait(), FAST)

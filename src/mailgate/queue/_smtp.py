@@ -311,8 +311,11 @@ class SMTPClient:
                 raise DeliveryError(greeting.reply)
             await self._hello()
             await self._starttls_by_policy()
-        except BaseException:
+        except DeliveryError:
             await self.aclose()
+            raise
+        except BaseException:  # cancelled: no time for a polite QUIT
+            self._abort()
             raise
 
     def _tls_context(self) -> ssl.SSLContext:
@@ -547,10 +550,13 @@ class SMTPClient:
 
     def _fail(self, error: DeliveryError) -> DeliveryError:
         """The session cannot go on: drop the connection, hand back ``error``."""
+        self._abort()
+        return error
+
+    def _abort(self) -> None:
         self._closed = True
         if self._pump.transport is not None:
             self._pump.transport.abort()
-        return error
 
 
 async def connect(host: str, port: int, settings: SMTPClientSettings) -> SMTPClient:
