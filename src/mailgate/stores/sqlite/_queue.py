@@ -31,10 +31,12 @@ from mailgate.stores.sqlite._records import NewMessageRecord
 
 __all__ = [
     "QUEUE_SCHEMA",
+    "anything_due",
     "claim",
     "dequeue",
     "enqueue",
     "hold",
+    "holds_claims",
     "insert_queued",
     "queued",
     "record",
@@ -132,6 +134,24 @@ def insert_queued(connection: sqlite3.Connection, records: Sequence[NewMessageRe
             " next_attempt) VALUES (?, ?, 'queued', ?, ?)",
             rows,
         )
+
+
+def anything_due(connection: sqlite3.Connection, now: datetime) -> bool:
+    """Whether a claim at ``now`` would find anything: a read, so that a runner looking for
+    work when there is none costs no write transaction (and no fsync)."""
+    row = connection.execute(
+        f"SELECT 1 FROM deliveries WHERE {_DUE} LIMIT 1",  # noqa: S608
+        {"now": _millis(now)},
+    ).fetchone()
+    return row is not None
+
+
+def holds_claims(connection: sqlite3.Connection, owner: str) -> bool:
+    """Whether ``owner`` holds any lease (a read, as ``anything_due``)."""
+    row = connection.execute(
+        "SELECT 1 FROM deliveries WHERE lease_owner = ? LIMIT 1", (owner,)
+    ).fetchone()
+    return row is not None
 
 
 def claim(

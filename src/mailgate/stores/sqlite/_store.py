@@ -259,6 +259,8 @@ class SQLiteStore:
     ) -> list[QueuedDelivery]:
         """Lease up to ``limit`` messages' due recipients to ``owner`` (``ports.QueueStore``)."""
         self._check_open()
+        if not await self._reads.run(lambda c: _queue.anything_due(c, now)):
+            return []
         until = now + lease
         claimed: list[QueuedDelivery] = await self._writer.submit(
             ChangeQueue(lambda c: _queue.claim(c, owner, now, until, limit))
@@ -272,10 +274,16 @@ class SQLiteStore:
 
     async def renew_claims(self, owner: str, until: datetime) -> int:
         """Extend every lease ``owner`` holds to ``until``; return how many."""
+        self._check_open()
+        if not await self._reads.run(lambda c: _queue.holds_claims(c, owner)):
+            return 0
         return await self._change_queue(ChangeQueue(lambda c: _queue.renew_claims(c, owner, until)))
 
     async def release_claims(self, owner: str) -> int:
         """Drop every lease ``owner`` holds; return how many."""
+        self._check_open()
+        if not await self._reads.run(lambda c: _queue.holds_claims(c, owner)):
+            return 0
         return await self._change_queue(ChangeQueue(lambda c: _queue.release_claims(c, owner)))
 
     async def queued(
