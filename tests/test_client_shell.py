@@ -466,6 +466,7 @@ async def test_refused_connection() -> None:
         with pytest.raises(DeliveryError) as raised:
             await connect("127.0.0.1", port, settings())
     assert (raised.value.reply.code, raised.value.reply.enhanced) == (451, "4.4.1")
+    assert str(raised.value).startswith("451 4.4.1 connection to 127.0.0.1 failed")
 
 
 @pytest.mark.asyncio

@@ -94,7 +94,7 @@ class DeliveryError(MailgateError):
     """
 
     def __init__(self, reply: Reply, *, temporary: bool | None = None) -> None:
-        super().__init__(f"{reply.code} {reply.enhanced or ''} {reply.text}".replace("  ", " "))
+        super().__init__(" ".join(filter(None, (str(reply.code), reply.enhanced, reply.text))))
         self.reply = reply
         self.temporary = reply.code < 500 if temporary is None else temporary
 
@@ -564,7 +564,14 @@ async def connect(host: str, port: int, settings: SMTPClientSettings) -> SMTPCli
 
     Raises ``DeliveryError`` (``451 4.4.1`` no connection, ``451 4.4.2``
     timeout, ``454 4.7.0`` TLS failed or missing, or the server's refusal
-    of the greeting or EHLO).
+    of the greeting or EHLO).  For example::
+
+        settings = SMTPClientSettings(hostname="mx.example.org", tls="may")
+        async with await connect("mx.example.com", 25, settings) as client:
+            message = Transaction.of(content, sender="a@example.org", recipients=["b@example.com"])
+            result = await client.send(message)
+        for recipient, reply in result.recipients:
+            ...  # 2xx delivered, 4xx retry, 5xx bounce
     """
     client = SMTPClient(host, port, settings)
     await client._open()
