@@ -50,6 +50,7 @@ class ScriptedCourier:
         self.replies: dict[str, Reply] = {}
         self.attempts: list[Attempt] = []
         self.dsn_offered = True
+        self.unreachable = False
 
     async def deliver(self, attempt: Attempt) -> AttemptResult:
         self.attempts.append(attempt)
@@ -60,6 +61,7 @@ class ScriptedCourier:
                 for r in attempt.recipients
             ),
             dsn_offered=self.dsn_offered,
+            unreachable=self.unreachable,
         )
 
 
@@ -276,3 +278,31 @@ async def test_what_goes_on_has_no_return_path_and_keeps_the_trace(bench: Bench)
     assert content.endswith(make_message("onward"))
     assert outgoing_content(b"Return-Path: <a@b>\r\n\tfolded\r\nX: y\r\n\r\n") == b"X: y\r\n\r\n"
     assert outgoing_content(b"X: y\r\n\r\n") == b"X: y\r\n\r\n"
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_destination_is_suspended_not_the_queue(bench: Bench) -> None:
+    bench.courier.replies = {"a@dead.test": Reply(451, "4.4.1", "Connection refused")}
+    bench.courier.unreachable = True
+    await bench.relay("a@dead.test")
+    runner = bench.runner()
+    await bench.run(runner)
+    assert len(bench.courier.attempts) == 1
+    bench.courier.unreachable = False
+    # Meanwhile: more mail for the dead domain waits without an attempt; other domains go.
+    waiting = await bench.relay("b@dead.test")
+    await bench.relay("c@alive.test")
+    await bench.run(runner)
+    assert [a.domain for a in bench.courier.attempts] == ["dead.test", "alive.test"]
+    row = (await bench.store.queued(waiting))[0]
+    assert (row.state, row.attempts) == (DeliveryState.DEFERRED, 0)
+    assert row.last_reply.startswith("451 4.4.1 delivery to dead.test suspended")
+    # After the suspension (the schedule's first interval) it is tried again.
+    bench.clock.now_value += timedelta(minutes=1.2)
+    bench.courier.replies = {}
+    await bench.run(runner)
+    tried = bench.courier.attempts[2:]
+    assert sorted(r.address for a in tried for r in a.recipients) == ["a@dead.test", "b@dead.test"]
+    assert {r.state for r in await bench.store.queued(pending_only=False)} == {
+        DeliveryState.DELIVERED
+    }

@@ -132,7 +132,10 @@ class SMTPCourier:
         try:
             route = await self._route(attempt.domain)
         except RouteError as error:
-            return AttemptResult(tuple(RecipientResult(r, error.reply) for r in recipients))
+            return AttemptResult(
+                tuple(RecipientResult(r, error.reply) for r in recipients),
+                unreachable=error.temporary,
+            )
         transaction = self._transaction(attempt)
         if isinstance(transaction, Reply):
             return AttemptResult(tuple(RecipientResult(r, transaction) for r in recipients))
@@ -165,7 +168,9 @@ class SMTPCourier:
                 tuple(RecipientResult(r, reply, relay) for r, reply in result.recipients),
                 dsn_offered=dsn,
             )
-        return AttemptResult(tuple(RecipientResult(r, failure, relay) for r in recipients))
+        return AttemptResult(
+            tuple(RecipientResult(r, failure, relay) for r in recipients), unreachable=True
+        )
 
     def _transaction(self, attempt: Attempt) -> Transaction | Reply:
         params = attempt.mail_params

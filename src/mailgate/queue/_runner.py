@@ -11,6 +11,12 @@ becomes its outcome:
 - ``4xx``: deferred to the schedule's next attempt, or bounced once the
   queue lifetime is over; a delay notice once, when asked for.
 
+A destination none of whose hosts can be reached (no route now, every host
+refused, timed out, or greeted with ``421``) is suspended for the schedule's
+first interval: its other messages are deferred without an attempt meanwhile,
+so a dead domain backs off without holding delivery slots the rest of the
+queue needs (as Postfix marks a destination dead).
+
 Reports are accepted as new mail through the accept path (``ports.MailSink``)
 before the outcomes are recorded: a crash between the two sends a report
 twice, never none.  Likewise a crash between a remote ``250`` and the
@@ -95,10 +101,17 @@ class RecipientResult:
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
-    """What an attempt got for each recipient; ``dsn_offered``: the host passes DSNs on."""
+    """What an attempt got for each recipient.
+
+    ``dsn_offered``: the host that took the transaction passes DSNs on.
+    ``unreachable``: no host of the destination took a transaction (no
+    route now, every host refused, timed out or greeted with a ``4xx``):
+    the destination, not the message, is what failed.
+    """
 
     results: tuple[RecipientResult, ...]
     dsn_offered: bool = False
+    unreachable: bool = False
 
 
 class Courier(Protocol):
@@ -180,6 +193,8 @@ class QueueRunner:
         self._wake = asyncio.Event()
         self._jobs: set[asyncio.Task[None]] = set()
         self._destinations: dict[str, asyncio.Semaphore] = {}
+        self._backoff: dict[str, tuple[datetime, Reply]] = {}
+        """Destinations none of whose hosts could be reached: until when, and why."""
         self._slots = asyncio.Semaphore(settings.max_deliveries)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -322,8 +337,35 @@ class QueueRunner:
             domain, asyncio.Semaphore(self._settings.destination_concurrency)
         )
         async with semaphore, self._slots:
+            suspended = self._suspended(domain)
+            if suspended is not None:
+                results = [RecipientResult(r.address, suspended) for r in recipients]
+                await self._settle(stored, content, rows, results, attempted=False, dsn=False)
+                return
             result = await self._courier.deliver(attempt)
+        if result.unreachable and result.results and result.results[0].reply.code < 500:
+            self._suspend(domain, result.results[0].reply)
+        else:
+            self._backoff.pop(domain, None)
         await self._settle(stored, content, rows, list(result.results), dsn=result.dsn_offered)
+
+    def _suspend(self, domain: str, reply: Reply) -> None:
+        """No attempt to ``domain`` for the schedule's first interval: its hosts are down."""
+        until = self._clock.now() + self._settings.schedule.intervals[0]
+        text = f"delivery to {domain or 'the relay host'} suspended until a retry: {reply.text}"
+        self._backoff[domain] = (until, Reply(reply.code, reply.enhanced, text[:400]))
+        log.info("queue: %s unreachable; suspended until %s", domain or "relay host", until)
+
+    def _suspended(self, domain: str) -> Reply | None:
+        """The reply recipients at a backed-off ``domain`` get without an attempt, or ``None``."""
+        entry = self._backoff.get(domain)
+        if entry is None:
+            return None
+        until, reply = entry
+        if self._clock.now() >= until:
+            del self._backoff[domain]
+            return None
+        return reply
 
     async def _settle(
         self,
