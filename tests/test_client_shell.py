@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import trustme
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import Envelope as ReceivedEnvelope
 
 from mailgate.auth import UsersFile
 from mailgate.config import Limits, Listen, Settings
-from mailgate.protocol import Recipient, Reply
+from mailgate.protocol import Envelope, Recipient, Reply
 from mailgate.queue._smtp import (
     DeliveryError,
     SMTPClient,
@@ -36,6 +37,8 @@ from server_helpers import body_of
 PASSWORD = "correct horse battery staple"
 CHEAP = 4  # scrypt cost for tests: 2**4
 FAST = 2.0  # seconds: every wait in these tests ends well before
+# Content given in chunks: its size is not known in advance, so no SIZE=.
+ENVELOPE = Envelope(sender="a@example.org", recipients=(Recipient("b@example.com"),))
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\n.leading dot\r\nbody\r\n"
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -181,8 +184,7 @@ async def test_mailgate_reuses_a_connection_with_rset(mailgate: MailgateServer) 
     async with await connect(mailgate.host, mailgate.port, settings(chunking=False)) as client:
         for n in range(2):
             content = [b"Subject: %d\r\n" % n, b"\r\n", b"chunked ", b"body"]
-            env = Transaction.of(b"", sender="a@example.org", recipients=["b@example.com"])
-            result = await client.send(Transaction(env.envelope, iter(content)))
+            result = await client.send(Transaction(ENVELOPE, iter(content)))
             assert result.reply.code == 250
             assert (await client.reset()).code == 250
     stored = mailgate.messages()
@@ -287,17 +289,22 @@ async def test_too_large_for_the_peer_is_refused_before_sending() -> None:
 
 class Recorder:
     def __init__(self) -> None:
-        self.envelopes: list[Envelope] = []
+        self.envelopes: list[ReceivedEnvelope] = []
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: ReceivedEnvelope,
+        address: str,
+        options: list[str],
     ) -> str:
         if address.startswith("nobody@"):
             return "550 5.1.1 no such user"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: ReceivedEnvelope) -> str:
         self.envelopes.append(envelope)
         return "250 2.0.0 accepted"
 
@@ -641,9 +648,8 @@ async def test_large_message_from_an_async_iterable(mailgate: MailgateServer) ->
         for _ in range(count // 100):
             yield line * 100
 
-    envelope = Transaction.of(b"", sender="a@example.org", recipients=["b@example.com"]).envelope
     async with await connect(mailgate.host, mailgate.port, settings(data_timeout=30.0)) as client:
-        result = await client.send(Transaction(envelope, chunks()))
+        result = await client.send(Transaction(ENVELOPE, chunks()))
     assert result.reply.code == 250
     [stored] = mailgate.messages()
     assert body_of(mailgate.raw(stored.id) or b"") == line * count
@@ -664,11 +670,10 @@ async def test_peer_gone_while_content_is_sent() -> None:
         while True:
             yield b"y" * 65536
 
-    envelope = Transaction.of(b"", sender="a@example.org", recipients=["b@example.com"]).envelope
     async with raw_server(handler) as port:
         client = await connect("127.0.0.1", port, settings())
         with pytest.raises(DeliveryError) as raised:
-            await client.send(Transaction(envelope, endless()))
+            await client.send(Transaction(ENVELOPE, endless()))
         await client.aclose()
     assert (raised.value.reply.code, raised.value.reply.enhanced) == (451, "4.4.2")
 
