@@ -64,9 +64,9 @@ from mailgate.protocol._client_state import (
     NEEDS_8BITMIME,
     NEEDS_SMTPUTF8,
     ClientState,
+    OpenTransaction,
     Sent,
     SentCommand,
-    Transaction,
     TranscriptLine,
     size_limit,
 )
@@ -109,7 +109,7 @@ class ClientConnection:
         self._inflight: deque[SentCommand] = deque()
         self._waiting: deque[SentCommand] = deque()
         self._events: deque[AnyClientEvent] = deque()
-        self._txn: Transaction | None = None
+        self._txn: OpenTransaction | None = None
         self._auth_responses: deque[str] = deque()
         self._transcript: list[TranscriptLine] = []
 
@@ -301,7 +301,7 @@ class ClientConnection:
         if refusal is not None:
             raise MessageRefused(refusal)
         chunking = self._pipelining and self.settings.chunking and "CHUNKING" in self.extensions
-        self._txn = Transaction(
+        self._txn = OpenTransaction(
             chunking=chunking,
             encoder=ContentEncoder(stuff=not chunking),
             unanswered=len(envelope.recipients),
@@ -537,7 +537,7 @@ class ClientConnection:
             case _:
                 self._finish(txn.outcome())
 
-    def _recipients_answered(self, txn: Transaction) -> None:
+    def _recipients_answered(self, txn: OpenTransaction) -> None:
         """Every RCPT is answered and DATA has not been sent."""
         if not txn.sendable:
             self._waiting.clear()  # DATA, without PIPELINING
@@ -563,7 +563,7 @@ class ClientConnection:
         else:
             self._finish(reply)
 
-    def _end_failed_chunks(self, txn: Transaction) -> None:
+    def _end_failed_chunks(self, txn: OpenTransaction) -> None:
         """After a failed BDAT chunk: the outcome once no chunk awaits a reply."""
         assert txn.failure is not None
         if not any(command.kind is Sent.BDAT for command in self._inflight):

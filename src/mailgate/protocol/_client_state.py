@@ -3,8 +3,8 @@
 ``ClientState`` is what the caller may do next; ``Sent`` is what a command
 still waiting for its reply was, so that the reply is read for what it
 answers (replies come first in, first out: RFC 5321 4.2, RFC 2920 3.1).
-A ``Transaction`` holds what its replies have said so far: whether MAIL was
-accepted, how many recipients were, the first failed BDAT chunk.
+An ``OpenTransaction`` holds what its replies have said so far: whether
+MAIL was accepted, how many recipients were, the first failed BDAT chunk.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ __all__ = [
     "NEEDS_SMTPUTF8",
     "NO_RECIPIENTS",
     "ClientState",
+    "OpenTransaction",
     "Sent",
     "SentCommand",
-    "Transaction",
     "TranscriptLine",
     "size_limit",
 ]
@@ -103,7 +103,7 @@ class SentCommand:
 
 
 @dataclass(slots=True)
-class Transaction:
+class OpenTransaction:
     chunking: bool
     encoder: ContentEncoder
     unanswered: int
