@@ -4,6 +4,9 @@ random splits (``assert_feeding_invariant``)."""
 
 from __future__ import annotations
 
+import contextlib
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -335,3 +338,21 @@ def test_parsers_take_the_value_as_a_client_sent_it() -> None:
         parse_notify("\u017fuccess")  # LATIN SMALL LETTER LONG S upper-cases to "S"
     with pytest.raises(ValueError, match="RET"):
         parse_ret("hdr\u017f")
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@FAST
+@given(st.text(max_size=80), st.booleans())
+def test_any_text_parses_or_raises_value_error_and_decodes_to_no_control(
+    text: str, utf8: bool
+) -> None:
+    with contextlib.suppress(ValueError):
+        assert not CONTROL.search(parse_envid(text))
+    with contextlib.suppress(ValueError):
+        assert not CONTROL.search(parse_orcpt(text, utf8=utf8).address)
+    with contextlib.suppress(ValueError):
+        assert isinstance(parse_notify(text), Notify)
+    with contextlib.suppress(ValueError):
+        assert parse_ret(text) in (Ret.FULL, Ret.HDRS)
