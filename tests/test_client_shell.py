@@ -694,3 +694,36 @@ async def test_cancelled_connect_drops_the_connection() -> None:
         with pytest.raises(asyncio.CancelledError):
             await attempt
         await asyncio.wait_for(closed.wait(), FAST)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_bdat_chunk_stops_the_rest() -> None:
+    replied = asyncio.Event()
+    after: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 fake.test\r\n")
+        await reader.readline()
+        writer.write(b"250-fake.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+        await read_until(reader, b"RCPT TO:<b@example.com>\r\n")
+        writer.write(b"250 ok\r\n250 ok\r\n")
+        size = int((await reader.readline()).split()[1])
+        await reader.readexactly(size)
+        writer.write(b"552 5.3.4 too big\r\n")
+        await writer.drain()
+        replied.set()
+        after.extend(await read_until(reader, b"QUIT\r\n"))
+        writer.write(b"250 reset\r\n221 bye\r\n")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"one\r\n"
+        yield b"two\r\n"  # BDAT one leaves; two is held back
+        await replied.wait()
+        await asyncio.sleep(0.05)  # the 552 reaches the client
+        for _ in range(10):
+            yield b"more\r\n"
+
+    async with raw_server(handler) as port, await connect("127.0.0.1", port, settings()) as client:
+        result = await client.send(Transaction(ENVELOPE, chunks()))
+    assert result.reply == Reply(552, None, "5.3.4 too big")
+    assert after == [b"RSET\r\n", b"QUIT\r\n"], "RFC 3030 2: no chunk after a failed one"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, TypeVar, cast
 
@@ -403,18 +403,23 @@ class SMTPClient:
         await self._write()
         mail: Reply | None = None
         rcpts: list[Reply] = []
+        heard: list[AnyClientEvent] = []
         timeout = self.settings.command_timeout
         while True:
-            event = await self._next(timeout, "the transaction", closing_ok=True)
+            if heard:
+                event = self._check(heard.pop(0), closing_ok=True)
+            else:
+                event = await self._next(timeout, "the transaction", closing_ok=True)
             match event:
                 case MailReply():
                     mail = event.reply
                 case RcptReply():
                     rcpts.append(event.reply)
                 case ContentRequest():
-                    await self._send_content(transaction.content)
+                    heard = await self._send_content(transaction.content, bdat=not event.reply)
                     timeout = self.settings.data_timeout
                 case MessageReply():
+                    await self._write()  # an RSET the engine queued after a failure
                     return self._result(transaction.envelope, mail, rcpts, event.reply)
                 case _:
                     pass  # ServerClosing: the transaction's outcome follows
@@ -433,22 +438,34 @@ class SMTPClient:
                 results.append((recipient.address, outcome))
         return DeliveryResult(tuple(results), outcome)
 
-    async def _send_content(self, content: Content) -> None:
+    async def _send_content(self, content: Content, *, bdat: bool) -> list[AnyClientEvent]:
+        """Send the content; with BDAT, the events of replies heard meanwhile.
+
+        Each BDAT chunk is answered: a failed one heard before the next
+        chunk stops the rest (RFC 3030 2), and a 421 ends the sending.
+        """
         conn = self.conn
-        if isinstance(content, bytes):
-            for start in range(0, len(content), CONTENT_BLOCK_OCTETS):
-                conn.send_content(content[start : start + CONTENT_BLOCK_OCTETS])
-                await self._write(self.settings.data_block_timeout)
-        elif isinstance(content, AsyncIterable):
-            async for chunk in content:
-                conn.send_content(chunk)
-                await self._write(self.settings.data_block_timeout)
-        else:
-            for chunk in content:
-                conn.send_content(chunk)
-                await self._write(self.settings.data_block_timeout)
+        heard: list[AnyClientEvent] = []
+        async for chunk in _chunks(content):
+            if bdat:
+                heard += self._poll()
+            if conn.state is not ClientState.CONTENT:
+                return heard
+            conn.send_content(chunk)
+            await self._write(self.settings.data_block_timeout)
         conn.end_content()
         await self._write(self.settings.data_block_timeout)
+        return heard
+
+    def _poll(self) -> list[AnyClientEvent]:
+        """The events of replies already received, without waiting for more."""
+        heard: list[AnyClientEvent] = []
+        while not heard or not isinstance(heard[-1], ConnectionClosed):
+            event = self._event()
+            if event is None:
+                break
+            heard.append(event)
+        return heard
 
     async def reset(self) -> Reply:
         """RSET, to reuse the connection for another message.
@@ -518,24 +535,34 @@ class SMTPClient:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    try:
-                        event = self.conn.next_event()
-                    except RemoteProtocolError as error:
-                        raise self._fail(
-                            _made_up(451, "4.5.0", f"bad reply from {self.host}: {error}")
-                        ) from None
+                    # Cleared before the engine reads: input arriving while we
+                    # write below wakes the wait at once.
+                    pump.wakeup.clear()
+                    event = self._event()
                     await self._write()
-                    if event is not NEED_DATA:
+                    if event is not None:
                         break
                     pump.unread = 0
                     if pump.transport is not None and not pump.lost.is_set():
                         pump.transport.resume_reading()
-                    pump.wakeup.clear()
                     await pump.wakeup.wait()
         except TimeoutError:
             raise self._fail(
                 _made_up(451, "4.4.2", f"timeout waiting for {what} from {self.host}")
             ) from None
+        return self._check(event, closing_ok=closing_ok)
+
+    def _event(self) -> AnyClientEvent | None:
+        """The engine's next event, ``None`` for ``NEED_DATA``."""
+        try:
+            event = self.conn.next_event()
+        except RemoteProtocolError as error:
+            reply = _made_up(451, "4.5.0", f"bad reply from {self.host}: {error}")
+            raise self._fail(reply) from None
+        return None if event is NEED_DATA else event
+
+    def _check(self, event: AnyClientEvent, *, closing_ok: bool) -> AnyClientEvent:
+        """``event``, unless it ends the session: then ``DeliveryError``."""
         if isinstance(event, ConnectionClosed):
             raise self._fail(_made_up(451, "4.4.2", f"connection to {self.host} lost"))
         if isinstance(event, ServerClosing) and not closing_ok:
@@ -557,6 +584,18 @@ class SMTPClient:
         self._closed = True
         if self._pump.transport is not None:
             self._pump.transport.abort()
+
+
+async def _chunks(content: Content) -> AsyncIterator[bytes]:
+    if isinstance(content, bytes):
+        for start in range(0, len(content), CONTENT_BLOCK_OCTETS):
+            yield content[start : start + CONTENT_BLOCK_OCTETS]
+    elif isinstance(content, AsyncIterable):
+        async for chunk in content:
+            yield chunk
+    else:
+        for chunk in content:
+            yield chunk
 
 
 async def connect(host: str, port: int, settings: SMTPClientSettings) -> SMTPClient:
