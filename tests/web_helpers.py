@@ -18,7 +18,7 @@ from typing import Any, Self, TypeVar
 
 import pytest
 
-from mailgate.config import Listen, Settings
+from mailgate.config import Listen, Outbound, Settings
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import Envelope, MessageId
 from mailgate.ports import MessageStore
@@ -105,11 +105,20 @@ async def deliver(
 
 
 class LiveInbox:
-    """SMTP and HTTP of a real mailgate on free ports, on an event loop in a thread."""
+    """SMTP and HTTP of a real mailgate on free ports, on an event loop in a thread.
 
-    def __init__(self, data_dir: Path, web: WebSettings | None = None) -> None:
+    ``outbound`` says where its queue runner sends mail for other domains.
+    """
+
+    def __init__(
+        self, data_dir: Path, web: WebSettings | None = None, *, outbound: Outbound | None = None
+    ) -> None:
         self.settings = dataclasses.replace(
-            Settings(), smtp=Listen("127.0.0.1", 0), http=None, data_dir=data_dir
+            Settings(),
+            smtp=Listen("127.0.0.1", 0),
+            http=None,
+            data_dir=data_dir,
+            outbound=outbound or Outbound(),
         )
         self.web = web or WebSettings()
         self.smtp_port = 0
