@@ -23,8 +23,10 @@ from mailgate.protocol import (
     MessageReply,
     Recipient,
     RemoteProtocolError,
+    Reply,
     StartTLSReply,
 )
+from mailgate.protocol._client_wire import ReplyReader
 from protocol_helpers import HOSTNAME
 
 FAST = settings(max_examples=80, deadline=None)
@@ -181,3 +183,28 @@ def test_arbitrary_server_bytes_raise_only_remote_protocol_error(noise: bytes, s
         driver.feed([prefix, noise])
     except RemoteProtocolError:
         pass
+
+
+@st.composite
+def replies(draw: st.DrawFn) -> Reply:
+    code = draw(st.integers(200, 599))
+    detail = st.tuples(st.integers(0, 999), st.integers(0, 999))
+    status = detail.map(lambda pair: f"{str(code)[0]}.{pair[0]}.{pair[1]}")
+    # RFC 3463 2: enhanced codes have the classes 2, 4 and 5 only.
+    enhanced = draw(st.none() | status) if code // 100 != 3 else None
+    words = st.text(alphabet="abcXYZ.,;:()<>é", min_size=1, max_size=8)
+    line = st.lists(words, max_size=4).map(" ".join)
+    return Reply(code, enhanced, "\n".join(draw(st.lists(line, min_size=1, max_size=5))))
+
+
+@FAST
+@given(replies(), st.lists(st.integers(1, 9), max_size=20))
+def test_rendered_replies_read_back_equal(reply: Reply, sizes: list[int]) -> None:
+    reader = ReplyReader()
+    buf, pos, found = bytearray(), 0, None
+    for piece in filter(None, cut(reply.to_bytes(), sizes)):
+        assert found is None
+        buf += piece
+        pos, found = reader.read(buf, pos, enhanced=True)
+    assert found == reply
+    assert pos == len(buf)
