@@ -1,4 +1,5 @@
-"""The inbox page in headless Chromium: live updates, the message view, and hostile mail.
+"""The inbox page in headless Chromium: live updates, the message view, hostile mail, and
+the outbound queue.
 
 Driven with Selenium and Debian's ``chromium`` and ``chromium-driver``.
 Mail goes in over SMTP, as an application under test would send it.
@@ -7,6 +8,7 @@ Mail goes in over SMTP, as an application under test would send it.
 from __future__ import annotations
 
 import smtplib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from web_helpers import LiveInbox, require_module, require_tool
+from mailgate.config import Outbound
+from mailgate.model import MessageId
+from mailgate.web import WebSettings
+from web_helpers import LiveInbox, deliver, email, require_module, require_tool
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 
@@ -337,3 +342,176 @@ def test_hostile_html_runs_nothing_and_loads_nothing(
         browser.find_element(*by_css("#load-remote")).click()
         wait_until(browser, lambda d: "/remote-image" in hits, "remote image loaded on request")
         assert not [hit for hit in hits if hit not in ("/remote-image", "/background")]
+
+
+# -- the outbound queue ----------------------------------------------------------------
+
+
+@pytest.fixture
+def nowhere() -> Iterator[str]:
+    """A relay host refusing every connection: a port bound here that nobody listens on."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{unused.getsockname()[1]}"
+
+
+def click(driver: Any, selector: str) -> None:
+    """Click what ``selector`` finds once it is there (the queue is redrawn as it changes)."""
+    ui = require_module("selenium.webdriver.support.ui")
+    errors = require_module("selenium.common.exceptions")
+
+    def clicked(d: Any) -> bool:
+        d.find_element(*by_css(selector)).click()
+        return True
+
+    ignored = (errors.NoSuchElementException, errors.StaleElementReferenceException)
+    ui.WebDriverWait(driver, WAIT_SECONDS, ignored_exceptions=ignored).until(clicked, selector)
+
+
+def confirm(driver: Any) -> None:
+    conditions = require_module("selenium.webdriver.support.expected_conditions")
+    wait_until(driver, conditions.alert_is_present(), "asked to confirm").accept()
+
+
+def queue_rows(driver: Any) -> list[list[str]]:
+    """(message, recipient, state) of every row of the queue view, read in one step."""
+    found: list[list[str]] = driver.execute_script(
+        """
+        return [...document.querySelectorAll('#queue-table tbody tr')].map((row) => [
+            row.closest('tbody').querySelector('.message-cell a').textContent,
+            row.querySelector('.recipient').textContent,
+            row.querySelector('.state').textContent,
+        ]);
+        """
+    )
+    return found
+
+
+def delivery(driver: Any) -> list[list[str]]:
+    """(recipient, state, last reply) listed in the open message's Delivery section."""
+    found: list[list[str]] = driver.execute_script(
+        """
+        const section = document.getElementById('delivery');
+        return section.hidden ? [] : [...section.querySelectorAll('li')].map((item) => [
+            item.querySelector('.recipient').textContent,
+            item.querySelector('.state').textContent,
+            (item.querySelector('.reply') || {}).textContent || '',
+        ]);
+        """
+    )
+    return found
+
+
+def queued(inbox: LiveInbox, subject: str, *recipients: str) -> MessageId:
+    """Store a message for ``recipients`` elsewhere, as the accept path queues it."""
+    spool = inbox.settings.data_dir / "test-spool"
+    return inbox.call(
+        deliver(
+            inbox.store, email(subject), spool_dir=spool, rcpt_to=recipients, outbound=recipients
+        )
+    )
+
+
+def test_the_queue_view_follows_the_queue_and_acts_on_it(
+    tmp_path: Path, browser: Any, nowhere: str
+) -> None:
+    with LiveInbox(tmp_path, outbound=Outbound(relay_host=nowhere)) as inbox:
+        onward = queued(inbox, "Onward", "a@far.test", "b@far.test")
+        open_live(browser, inbox)
+        browser.execute_script("window.notReloaded = true")
+        click(browser, "#show-queue")
+        # The relay refuses, so the runner defers both recipients; the view follows.
+        tried = [["Onward", "a@far.test", "deferred"], ["Onward", "b@far.test", "deferred"]]
+        wait_until(browser, lambda d: queue_rows(d) == tried, "listed, then deferred")
+        reply = browser.find_element(*by_css("#queue-table .reply")).text
+        assert reply, "the relay's refusal is shown"
+        assert browser.find_element(*by_css("#queue-count")).text == "2 recipients waiting"
+
+        mine = f"#queue-table tbody[data-id='{onward}']"
+        click(browser, f"{mine} button[data-action='hold']")
+        wait_until(browser, lambda d: {r[2] for r in queue_rows(d)} == {"held"}, "held")
+        click(browser, f"{mine} button[data-action='release']")
+        wait_until(browser, lambda d: "held" not in {r[2] for r in queue_rows(d)}, "released")
+        # A change made elsewhere shows up too.
+        httpx.post(f"{inbox.url}/api/v1/queue/{onward}/hold").raise_for_status()
+        wait_until(browser, lambda d: {r[2] for r in queue_rows(d)} == {"held"}, "held elsewhere")
+
+        # Bounce, once confirmed: the queue empties; the toggle shows the bounced.
+        click(browser, f"{mine} button[data-action='bounce']")
+        confirm(browser)
+        wait_until(
+            browser, lambda d: d.find_element(*by_css("#queue-empty")).is_displayed(), "empty"
+        )
+        assert browser.find_element(*by_css("#queue-empty")).text == "The queue is empty."
+        click(browser, "#queue-all")
+        bounced = [["Onward", "a@far.test", "bounced"], ["Onward", "b@far.test", "bounced"]]
+        wait_until(browser, lambda d: queue_rows(d) == bounced, "bounced ones shown")
+
+        # The message opens from the queue; without permission there is no Release.
+        click(browser, f"{mine} .message-cell a")
+        wait_until(
+            browser,
+            lambda d: d.find_element(*by_css("#view-subject")).text == "Onward",
+            "opened",
+        )
+        wait_until(
+            browser,
+            lambda d: (
+                [r[:2] for r in delivery(d)]
+                == [["a@far.test", "bounced"], ["b@far.test", "bounced"]]
+            ),
+            "delivery shown",
+        )
+        assert not browser.find_element(*by_css("#release")).is_displayed()
+        assert browser.execute_script("return window.notReloaded") is True
+
+
+def test_the_message_view_shows_delivery_and_releases(
+    tmp_path: Path, browser: Any, nowhere: str
+) -> None:
+    web = WebSettings(release_allowed=True)
+    with LiveInbox(tmp_path, web, outbound=Outbound(relay_host=nowhere)) as inbox:
+        queued(inbox, "Onward", "a@far.test")
+        send(inbox.smtp_port, simple("Caught"))
+        open_live(browser, inbox)
+        wait_until(browser, lambda d: rows(d) == ["Caught", "Onward"], "listed")
+
+        open_row(browser, "Onward")
+        wait_until(
+            browser,
+            lambda d: (
+                [r[:2] for r in delivery(d)] == [["a@far.test", "deferred"]]
+                and delivery(d)[0][2] != ""
+            ),
+            "the deferral and the relay's reply shown",
+        )
+
+        open_row(browser, "Caught")
+        wait_until(
+            browser,
+            lambda d: d.find_element(*by_css("#view-subject")).text == "Caught",
+            "opened",
+        )
+        caught = browser.execute_script("return location.hash.slice(1)")
+        assert delivery(browser) == []
+        click(browser, "#release")
+        field = browser.find_element(*by_css("#release-to"))
+        field.send_keys("not an address")
+        click(browser, "#release-send")
+        wait_until(
+            browser,
+            lambda d: "is not an email address" in d.find_element(*by_css("#release-error")).text,
+            "refusal shown",
+        )
+        field.clear()
+        field.send_keys("x@far.test, y@far.test")
+        click(browser, "#release-send")
+        wait_until(
+            browser,
+            lambda d: sorted(r[0] for r in delivery(d)) == ["x@far.test", "y@far.test"],
+            "released recipients listed",
+        )
+        assert not browser.find_element(*by_css("#release-form")).is_displayed()
+        assert "x@far.test, y@far.test" in browser.find_element(*by_css("#release-status")).text
+        listed = httpx.get(f"{inbox.url}/api/v1/queue/{caught}").json()["Recipients"]
+        assert sorted(r["Recipient"] for r in listed) == ["x@far.test", "y@far.test"]

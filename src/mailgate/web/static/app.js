@@ -1,4 +1,5 @@
-// The mailgate inbox: a list kept live over /api/v1/events, and a message view.
+// The mailgate inbox: a list kept live over /api/v1/events, and a message view; the
+// outbound queue's part is in queue.js, which is loaded first.
 // Everything from a message is put in the page as text (textContent), never as markup;
 // its HTML is shown only in a sandboxed iframe, from a route whose CSP loads nothing.
 "use strict";
@@ -18,6 +19,8 @@ const state = {
   matching: 0,
   selected: null,     // id of the open message
   tab: "html",
+  view: "inbox",      // or "queue"
+  relay: false,       // whether the server lets this page release mail (/api/v1/webui)
 };
 
 async function api(method, path, body) {
@@ -28,8 +31,17 @@ async function api(method, path, body) {
   }
   const response = await fetch(path, options);
   if (!response.ok) {
-    const text = await response.text();
-    throw new Error(text.trim() || `${response.status} ${response.statusText}`);
+    // Mailpit's endpoints answer errors as text, mailgate's own as {"Error": text}.
+    let text = (await response.text()).trim();
+    try {
+      const parsed = JSON.parse(text);
+      if (parsed && typeof parsed.Error === "string") text = parsed.Error;
+    } catch {
+      // plain text
+    }
+    const error = new Error(text || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
   }
   const type = response.headers.get("Content-Type") || "";
   return type.includes("application/json") ? response.json() : response.text();
@@ -52,6 +64,15 @@ function formatTime(iso) {
     return when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
   return when.toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" });
+}
+
+function formatMoment(iso) {
+  if (!iso) return "";
+  const when = new Date(iso);
+  if (when.toDateString() === new Date().toDateString()) {
+    return when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  }
+  return when.toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
 }
 
 function person(address) {
@@ -159,9 +180,12 @@ function connect() {
   source.addEventListener("ready", () => {
     $("live").classList.add("on");
     reloadSoon(); // whatever changed while not connected
+    queueChanged([]);
   });
+  source.addEventListener("queue", (event) => queueChanged(JSON.parse(event.data).ids || []));
   source.addEventListener("stored", (event) => {
     liveChanges += 1;
+    if (state.view === "queue") queueSoon(); // new mail may be on its way out
     const data = JSON.parse(event.data);
     if (state.query) {
       reloadSoon(); // the server decides what matches
@@ -191,8 +215,12 @@ function connect() {
     if (state.selected && (ids.length === 0 || ids.includes(state.selected))) closeMessage();
     render();
     reloadSoon();
+    if (state.view === "queue") queueSoon();
   });
-  source.addEventListener("overflow", reloadSoon);
+  source.addEventListener("overflow", () => {
+    reloadSoon();
+    queueChanged([]);
+  });
   source.onerror = () => $("live").classList.remove("on");
 }
 
@@ -209,11 +237,12 @@ function selectTab(name) {
 }
 
 function closeMessage() {
+  const id = state.selected;
   state.selected = null;
   $("view").hidden = true;
   $("layout").classList.remove("viewing");
   $("html-frame").src = "about:blank";
-  if (location.hash) history.replaceState(null, "", location.pathname);
+  if (id && location.hash === `#${id}`) history.replaceState(null, "", location.pathname);
   render();
 }
 
@@ -241,6 +270,10 @@ async function openMessage(id) {
   $("view-date").textContent = new Date(message.Date).toLocaleString();
   $("toggle-read").textContent = "Mark unread";
   $("download").href = `/api/v1/message/${encodeURIComponent(id)}/raw?dl=1`;
+  closeReleaseForm();
+  $("release-status").hidden = true;
+  $("delivery").hidden = true;
+  loadDelivery(id);
 
   const hasHtml = Boolean(message.HTML);
   $("html-frame").hidden = !hasHtml;
@@ -345,12 +378,21 @@ function init() {
     button.addEventListener("click", () => selectTab(button.dataset.tab));
   }
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && state.selected) closeMessage();
+    if (event.key === "Escape" && state.selected && state.view === "inbox") closeMessage();
   });
-  load().then(() => {
+  initQueue();
+  // The address says what to show: #queue, a message's #id, or the list.
+  const follow = () => {
     const id = location.hash.slice(1);
-    if (id) openMessage(id);
-  });
+    if (id === "queue") {
+      if (state.view !== "queue") showView("queue");
+    } else {
+      if (state.view !== "inbox") showView("inbox");
+      if (id && id !== state.selected) openMessage(id);
+    }
+  };
+  window.addEventListener("hashchange", follow);
+  load().then(follow);
   connect();
 }
 
