@@ -27,9 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Literal, TypeAlias, TypeVar, cast
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from typing import TypeVar, cast
 
 from mailgate.protocol import (
     NEED_DATA,
@@ -49,12 +48,24 @@ from mailgate.protocol import (
     MessageReply,
     QuitReply,
     RcptReply,
-    Recipient,
     RemoteProtocolError,
     Reply,
     ResetReply,
     ServerClosing,
     StartTLSReply,
+)
+from mailgate.queue._smtp_values import (
+    COMMAND_TIMEOUT_SECONDS,
+    CONNECT_TIMEOUT_SECONDS,
+    DATA_BLOCK_TIMEOUT_SECONDS,
+    DATA_TIMEOUT_SECONDS,
+    Content,
+    DeliveryError,
+    DeliveryResult,
+    SMTPClientSettings,
+    TLSPolicy,
+    Transaction,
+    made_up,
 )
 
 __all__ = [
@@ -71,126 +82,10 @@ __all__ = [
     "connect",
 ]
 
-CONNECT_TIMEOUT_SECONDS = 300.0  # RFC 5321 4.5.3.2.1: initial 220 message, 5 minutes
-COMMAND_TIMEOUT_SECONDS = 300.0  # RFC 5321 4.5.3.2.2-3: MAIL and RCPT, 5 minutes
-DATA_BLOCK_TIMEOUT_SECONDS = 180.0  # RFC 5321 4.5.3.2.5: each data block, 3 minutes
-DATA_TIMEOUT_SECONDS = 600.0  # RFC 5321 4.5.3.2.6: DATA termination, 10 minutes
 QUIT_TIMEOUT_SECONDS = 5.0  # a courtesy: nothing depends on QUIT's reply
 CONTENT_BLOCK_OCTETS = 64 * 1024  # what one write of content holds
 READ_PAUSE_OCTETS = 1024 * 1024  # unread input at which reading pauses
-
-TLSPolicy: TypeAlias = Literal["none", "may", "encrypt", "verify"]
-Transcriber: TypeAlias = Callable[[Literal["C", "S"], str], None]
-Content: TypeAlias = bytes | Iterable[bytes] | AsyncIterable[bytes]
 _E = TypeVar("_E", bound=AnyClientEvent)
-
-
-class DeliveryError(MailgateError):
-    """A connection or a command failed; ``reply`` says why, ``temporary`` whether to retry.
-
-    ``reply`` is the server's when it gave one, otherwise made up here
-    (``451 4.4.1``, ``451 4.4.2``, ``451 4.5.0``, ``454 4.7.0``).
-    ``temporary`` defaults to whether the code is below 500.
-    """
-
-    def __init__(self, reply: Reply, *, temporary: bool | None = None) -> None:
-        super().__init__(" ".join(filter(None, (str(reply.code), reply.enhanced, reply.text))))
-        self.reply = reply
-        self.temporary = reply.code < 500 if temporary is None else temporary
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SMTPClientSettings:
-    """How ``connect`` reaches a server and talks to it.
-
-    ``hostname``: our name in EHLO.  ``tls``: ``none`` (never STARTTLS),
-    ``may`` (STARTTLS when offered, certificate not checked), ``encrypt``
-    (STARTTLS required, not checked) or ``verify`` (required, and checked
-    against ``tls_server_name`` or the host with ``tls_context``, which
-    must then be given).  ``implicit_tls``: TLS from the first octet (port
-    465).  ``transcript``: called with each line, ``"C"`` for ours and
-    ``"S"`` for the server's, AUTH secrets masked.
-
-    Raises ``ValueError`` for ``verify`` without a verifying context, or
-    ``implicit_tls`` with ``tls="none"``.
-    """
-
-    hostname: str = "localhost"
-    tls: TLSPolicy = "may"
-    tls_context: ssl.SSLContext | None = None
-    tls_server_name: str | None = None
-    implicit_tls: bool = False
-    connect_timeout: float = CONNECT_TIMEOUT_SECONDS
-    command_timeout: float = COMMAND_TIMEOUT_SECONDS
-    data_block_timeout: float = DATA_BLOCK_TIMEOUT_SECONDS
-    data_timeout: float = DATA_TIMEOUT_SECONDS
-    pipelining: bool = True
-    chunking: bool = True
-    transcript: Transcriber | None = None
-
-    def __post_init__(self) -> None:
-        if self.tls == "verify" and (
-            self.tls_context is None or self.tls_context.verify_mode is not ssl.CERT_REQUIRED
-        ):
-            raise ValueError("tls='verify' needs a tls_context that verifies certificates")
-        if self.implicit_tls and self.tls == "none":
-            raise ValueError("implicit_tls needs a TLS policy other than 'none'")
-
-
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    """One message to send: its envelope and its content.
-
-    ``content`` is bytes, or chunks (an iterable or async iterable of
-    bytes) so that a large message need never be one bytes object; any
-    line endings, dot-stuffing is the engine's.
-    """
-
-    envelope: Envelope
-    content: Content
-
-    @classmethod
-    def of(
-        cls,
-        content: bytes,
-        *,
-        sender: str,
-        recipients: Iterable[str | Recipient],
-        ret: Literal["FULL", "HDRS"] | None = None,
-        envid: str | None = None,
-    ) -> Transaction:
-        """A transaction for ``content``, its size and 8-bit needs read from it.
-
-        Raises ``ValueError`` as ``Envelope`` does.
-        """
-        head = content.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-        envelope = Envelope(
-            sender=sender,
-            recipients=tuple(r if isinstance(r, Recipient) else Recipient(r) for r in recipients),
-            size=len(content),
-            eight_bit=not content.isascii(),
-            utf8_headers=not head.isascii(),
-            ret=ret,
-            envid=envid,
-        )
-        return cls(envelope, content)
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryResult:
-    """What became of one message.
-
-    ``recipients``: each recipient's outcome in envelope order: its RCPT
-    reply when that was negative and MAIL was accepted, otherwise
-    ``reply``.  ``reply``: the message's outcome (``MessageReply``).
-    """
-
-    recipients: tuple[tuple[str, Reply], ...]
-    reply: Reply
-
-
-def _made_up(code: int, enhanced: str, text: str) -> DeliveryError:
-    return DeliveryError(Reply(code, enhanced, text.replace("\n", " ").replace("\r", " ")))
 
 
 def _unverified_context() -> ssl.SSLContext:
@@ -298,12 +193,12 @@ class SMTPClient:
                     server_hostname=self._server_name() if settings.implicit_tls else None,
                 )
         except TimeoutError:
-            raise _made_up(451, "4.4.2", f"timeout connecting to {self.host}") from None
+            raise made_up(451, "4.4.2", f"timeout connecting to {self.host}") from None
         except ssl.SSLError as error:
-            raise _made_up(454, "4.7.0", f"TLS failed: {error}") from None
+            raise made_up(454, "4.7.0", f"TLS failed: {error}") from None
         except OSError as error:
             reason = error.strerror or str(error)
-            raise _made_up(451, "4.4.1", f"connection to {self.host} failed: {reason}") from None
+            raise made_up(451, "4.4.1", f"connection to {self.host} failed: {reason}") from None
         try:
             greeting = await self._expect(Greeting, settings.connect_timeout, "the greeting")
             self.greeting = greeting.reply
@@ -340,7 +235,7 @@ class SMTPClient:
         if "STARTTLS" not in self.conn.extensions:
             if policy == "may":
                 return
-            raise _made_up(454, "4.7.0", f"TLS is required but {self.host} offers no STARTTLS")
+            raise made_up(454, "4.7.0", f"TLS is required but {self.host} offers no STARTTLS")
         self.conn.starttls()
         reply = (await self._expect(StartTLSReply, self.settings.command_timeout, "STARTTLS")).reply
         if reply.code != 220:
@@ -355,9 +250,9 @@ class SMTPClient:
                     transport, self._pump, self._tls_context(), server_hostname=self._server_name()
                 )
         except TimeoutError:
-            raise _made_up(454, "4.7.0", "TLS failed: handshake timed out") from None
+            raise made_up(454, "4.7.0", "TLS failed: handshake timed out") from None
         except (ssl.SSLError, OSError) as error:
-            raise _made_up(454, "4.7.0", f"TLS failed: {error}") from None
+            raise made_up(454, "4.7.0", f"TLS failed: {error}") from None
         assert upgraded is not None
         self._pump.transport = upgraded
         self.conn.tls_established()
@@ -379,9 +274,9 @@ class SMTPClient:
             usable = [m for m in usable if m == mechanism.upper()]
         mechanism = usable[0] if usable else None
         if not self.tls_active:
-            raise _made_up(454, "4.7.0", "AUTH refused: the session is not encrypted")
+            raise made_up(454, "4.7.0", "AUTH refused: the session is not encrypted")
         if mechanism is None:
-            raise _made_up(454, "4.7.0", f"{self.host} offers no AUTH mechanism we use")
+            raise made_up(454, "4.7.0", f"{self.host} offers no AUTH mechanism we use")
         self.conn.authenticate(mechanism, username, password)
         reply = (await self._expect(AuthReply, self.settings.command_timeout, "AUTH")).reply
         if reply.code // 100 != 2:
@@ -510,7 +405,7 @@ class SMTPClient:
 
     def _ready(self) -> None:
         if self._closed or self.conn.state is not ClientState.READY:
-            raise _made_up(451, "4.4.2", f"the session with {self.host} is over")
+            raise made_up(451, "4.4.2", f"the session with {self.host} is over")
 
     async def _write(self, timeout: float | None = None) -> None:
         data = self.conn.data_to_send()
@@ -521,13 +416,13 @@ class SMTPClient:
         if not data:
             return
         if pump.transport is None or pump.transport.is_closing():
-            raise self._fail(_made_up(451, "4.4.2", f"connection to {self.host} lost"))
+            raise self._fail(made_up(451, "4.4.2", f"connection to {self.host} lost"))
         pump.transport.write(data)
         try:
             async with asyncio.timeout(timeout or self.settings.command_timeout):
                 await pump.writable.wait()
         except TimeoutError:
-            raise self._fail(_made_up(451, "4.4.2", f"timeout sending to {self.host}")) from None
+            raise self._fail(made_up(451, "4.4.2", f"timeout sending to {self.host}")) from None
 
     async def _next(self, timeout: float, what: str, *, closing_ok: bool = False) -> AnyClientEvent:
         """The engine's next event; a closed or garbled session raises ``DeliveryError``."""
@@ -548,7 +443,7 @@ class SMTPClient:
                     await pump.wakeup.wait()
         except TimeoutError:
             raise self._fail(
-                _made_up(451, "4.4.2", f"timeout waiting for {what} from {self.host}")
+                made_up(451, "4.4.2", f"timeout waiting for {what} from {self.host}")
             ) from None
         return self._check(event, closing_ok=closing_ok)
 
@@ -557,14 +452,14 @@ class SMTPClient:
         try:
             event = self.conn.next_event()
         except RemoteProtocolError as error:
-            reply = _made_up(451, "4.5.0", f"bad reply from {self.host}: {error}")
+            reply = made_up(451, "4.5.0", f"bad reply from {self.host}: {error}")
             raise self._fail(reply) from None
         return None if event is NEED_DATA else event
 
     def _check(self, event: AnyClientEvent, *, closing_ok: bool) -> AnyClientEvent:
         """``event``, unless it ends the session: then ``DeliveryError``."""
         if isinstance(event, ConnectionClosed):
-            raise self._fail(_made_up(451, "4.4.2", f"connection to {self.host} lost"))
+            raise self._fail(made_up(451, "4.4.2", f"connection to {self.host} lost"))
         if isinstance(event, ServerClosing) and not closing_ok:
             raise self._fail(DeliveryError(event.reply))
         return event
@@ -572,7 +467,7 @@ class SMTPClient:
     async def _expect(self, kind: type[_E], timeout: float, what: str) -> _E:
         event = await self._next(timeout, what)
         if not isinstance(event, kind):  # pragma: no cover - the engine's sequencing
-            raise self._fail(_made_up(451, "4.5.0", f"unexpected {type(event).__name__}"))
+            raise self._fail(made_up(451, "4.5.0", f"unexpected {type(event).__name__}"))
         return event
 
     def _fail(self, error: DeliveryError) -> DeliveryError:
