@@ -369,6 +369,9 @@ async def test_info_webui_health_and_openapi(inbox: Inbox) -> None:
     assert document["openapi"].startswith("3.")
     for path in ("/api/v1/messages", "/api/v1/events", "/api/v1/wait", "/livez", "/view/{ID}.html"):
         assert path in document["paths"]
+    for path in ("/api/v1/queue", "/api/v1/queue/{ID}", "/api/v1/queue/{ID}/hold"):
+        assert path in document["paths"]
+    assert "403" in document["paths"]["/api/v1/message/{ID}/release"]["post"]["responses"]
 
 
 @pytest.mark.asyncio
@@ -395,7 +398,7 @@ async def test_the_inbox_page_and_its_files(inbox: Inbox) -> None:
     assert page.status_code == 200
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert '<script src="/static/app.js"' in page.text
-    for name in ("app.js", "app.css"):
+    for name in ("app.js", "queue.js", "app.css"):
         assert (await inbox.client.get(f"/static/{name}")).status_code == 200
 
 

@@ -49,6 +49,7 @@ def _param(name: str, where: str, description: str, schema: JSON = STRING, **ext
 
 
 ID = _param("ID", "path", 'a message id, or "latest"', required=True)
+QUEUED_ID = _param("ID", "path", "a message id", required=True)
 START = _param("start", "query", "pagination offset", INTEGER)
 LIMIT = _param("limit", "query", "page size (default 50)", INTEGER)
 QUERY = _param("query", "query", "a search in Mailpit's language", required=True)
@@ -136,14 +137,82 @@ SCHEMAS: JSON = {
             v={"type": "integer", "const": EVENTS_VERSION},
             type={
                 "type": "string",
-                "enum": ["ready", "stored", "read", "unread", "deleted", "overflow"],
+                "enum": ["ready", "stored", "read", "unread", "deleted", "queue", "overflow"],
             },
             ids=_array(STRING),
             messages=_array(_ref("MessageSummary")),
         ),
-        "description": "The data of one server-sent event; ids [] means every message.",
+        "description": (
+            "The data of one server-sent event; ids [] means every message."
+            " queue: the outbound queue rows of these messages changed."
+        ),
+    },
+    "QueuedRecipient": _object(
+        MessageID=STRING,
+        Recipient=STRING,
+        Sender=STRING,
+        State={
+            "type": "string",
+            "enum": ["queued", "deferred", "held", "delivered", "bounced"],
+        },
+        Attempts=INTEGER,
+        QueuedAt=TIME,
+        NextAttempt={**TIME, "type": ["string", "null"]},
+        LastAttempt={**TIME, "type": ["string", "null"]},
+        LastReply=STRING,
+        Relay=STRING,
+    ),
+    "Queue": _object(Total=INTEGER, Recipients=_array(_ref("QueuedRecipient"))),
+    "QueueChange": {
+        **_object(Recipients=INTEGER),
+        "description": "How many recipients the action changed.",
     },
 }
+
+
+def _queue_paths() -> JSON:
+    queue = _json(_ref("Queue"))
+    change = _json(_ref("QueueChange"))
+    none = {"description": "no recipient to act on", "content": {"text/plain": {"schema": STRING}}}
+    paths: JSON = {
+        "/api/v1/queue": {
+            "get": _op(
+                "The outbound queue: each recipient waiting, oldest message first",
+                {"200": queue, "501": JSON_ERROR},
+                parameters=[_param("all", "query", "true to list delivered and bounced too")],
+            )
+        },
+        "/api/v1/queue/retry": {
+            "post": _op(
+                "Make every waiting recipient due now",
+                {"200": change, "404": none, "501": JSON_ERROR},
+            )
+        },
+        "/api/v1/queue/{ID}": {
+            "get": _op(
+                "Every recipient of one message, done ones too",
+                {"200": queue, "404": none, "501": JSON_ERROR},
+                parameters=[QUEUED_ID],
+            ),
+            "delete": _op(
+                "Drop a message's recipients from the queue, telling nobody",
+                {"200": change, "404": none, "501": JSON_ERROR},
+                parameters=[QUEUED_ID],
+            ),
+        },
+    }
+    for action, summary in (
+        ("retry", "Make a message's waiting recipients due now"),
+        ("hold", "Hold a message's waiting recipients: no attempt until released"),
+        ("release", "Release a message's held recipients, due now"),
+        ("bounce", "Bounce a message's waiting recipients at the next run"),
+    ):
+        paths[f"/api/v1/queue/{{ID}}/{action}"] = {
+            "post": _op(
+                summary, {"200": change, "404": none, "501": JSON_ERROR}, parameters=[QUEUED_ID]
+            )
+        }
+    return paths
 
 
 def _paths() -> JSON:
@@ -272,8 +341,52 @@ def _paths() -> JSON:
                 {"200": _json(_object(status=STRING)), "503": _json(_object(status=STRING))},
             )
         },
-        "/api/v1/message/{ID}/release": {"post": _unsupported("Release a message")},
-        "/api/v1/send": {"post": _unsupported("Send a message over HTTP")},
+        "/api/v1/message/{ID}/release": {
+            "post": _op(
+                "Queue a stored message for delivery to other recipients"
+                " (403 unless the API asks for a password, or serves catch-all on loopback)",
+                {
+                    "200": TEXT_OK,
+                    "400": TEXT_ERROR,
+                    "403": JSON_ERROR,
+                    "404": not_found,
+                    "501": JSON_ERROR,
+                },
+                parameters=[ID],
+                requestBody=_body(To=_array(STRING)),
+            )
+        },
+        "/api/v1/send": {
+            "post": _op(
+                "Send a message built from JSON, accepted as SMTP mail is"
+                " (403 for other domains unless releasing is allowed)",
+                {
+                    "200": _json(_object(ID=STRING)),
+                    "400": TEXT_ERROR,
+                    "403": JSON_ERROR,
+                    "501": JSON_ERROR,
+                    "507": JSON_ERROR,
+                },
+                requestBody=_body(
+                    From=_object(Email=STRING, Name=STRING),
+                    To=_array(_object(Email=STRING, Name=STRING)),
+                    Cc=_array(_object(Email=STRING, Name=STRING)),
+                    Bcc=_array(STRING),
+                    ReplyTo=_array(_object(Email=STRING, Name=STRING)),
+                    Subject=STRING,
+                    Text=STRING,
+                    HTML=STRING,
+                    Attachments=_array(
+                        _object(
+                            Content=STRING, Filename=STRING, ContentType=STRING, ContentID=STRING
+                        )
+                    ),
+                    Headers={"type": "object", "additionalProperties": STRING},
+                    Tags=_array(STRING),
+                ),
+            )
+        },
+        **_queue_paths(),
         "/api/v1/chaos": {"get": _unsupported("Chaos"), "put": _unsupported("Chaos")},
         "/api/v1/message/{ID}/html-check": {"get": _unsupported("HTML check")},
         "/api/v1/message/{ID}/link-check": {"get": _unsupported("Link check")},
