@@ -18,6 +18,8 @@ from mailgate.protocol import (
     ClientSettings,
     ConnectionClosed,
     ConnectionSettings,
+    Envelope,
+    Recipient,
     Reply,
     ServerConnection,
 )
@@ -114,3 +116,29 @@ class Loopback:
                 self.app.finish_handshake()
         self.events += new
         return new
+
+
+ALL = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN", "SIZE 1000")
+"""EHLO keywords of a server offering every extension the engine uses but CHUNKING."""
+OK = b"250 2.0.0 OK\r\n"
+
+
+def envelope(*recipients: str, **options: object) -> Envelope:
+    """From ``a@example.org`` to ``recipients`` (``b@example.com`` by default)."""
+    return Envelope(
+        sender="a@example.org",
+        recipients=tuple(Recipient(r) for r in recipients or ("b@example.com",)),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def reply(code: int, enhanced: str | None, text: str) -> Reply:
+    """A ``Reply``, spelt short for the expected events of a case."""
+    return Reply(code, enhanced, text)
+
+
+def tls_peer(split: Split, *keywords: str) -> Peer:
+    """A peer over implicit TLS with a transcript, after EHLO offering ``keywords``."""
+    peer = Peer(split, tls_active=True, transcript=True)
+    peer.ready(*keywords)
+    return peer
