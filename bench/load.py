@@ -25,6 +25,7 @@ from bench.servers import REPO, VENV_BIN
 SMTP_SOURCE = Path(shutil.which("smtp-source") or "/usr/sbin/smtp-source")
 SENDER = "bench@client.test"
 RECIPIENT = "sink@bench.test"
+RELAY_RECIPIENT = "sink@elsewhere.test"  # not bench.test: a relaying server sends it onward
 PYTHON = VENV_BIN / "python" if (VENV_BIN / "python").exists() else Path(sys.executable)
 
 
@@ -56,6 +57,7 @@ def smtp_source(
     sessions: int = 50,
     per_session: bool = True,
     subject: str | None = None,
+    recipient: str = RECIPIENT,
     timeout_s: float = 600.0,
 ) -> SourceRun:
     """Run smtp-source; without ``-A`` it exits non-zero at the first refusal,
@@ -64,7 +66,7 @@ def smtp_source(
     if per_session:
         argv.append("-d")
     argv += ["-s", str(sessions), "-m", str(messages), "-l", str(size)]
-    argv += ["-f", SENDER, "-t", RECIPIENT]
+    argv += ["-f", SENDER, "-t", recipient]
     if subject is not None:
         argv += ["-S", subject]
     argv.append(f"127.0.0.1:{port}")

@@ -7,10 +7,16 @@ own directory, so each run's count of stored messages is exact.
 Postfix and aiosmtpd + Maildir; messages received (and dropped) for the two
 discarding references. The harness compares it with what the client saw
 acknowledged.
+
+A server that ``relays`` can be started with ``relay_port``: it then sends
+mail for other domains onward to that port (smtp-sink, in the relay scenario)
+from its durable queue; ``outbound_pending`` says how much still waits there
+and ``relay_check`` what its own records say was delivered.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -35,6 +42,9 @@ SMTP_SINK = Path(shutil.which("smtp-sink") or "/usr/sbin/smtp-sink")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # room for the 50 MiB message of scenario 5
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
+LOCAL_DOMAIN = "bench.test"  # the one domain a relaying server keeps mail for
+RELAY_NETWORK = "127.0.0.0/8"  # clients allowed to relay: the load generator
+DELIVERED_TO_SINK = "delivered to the sink"  # the count every relay_check gives
 
 
 def count_mailgate_messages(data_dir: Path, env: dict[str, str] | None = None) -> int:
@@ -69,6 +79,7 @@ class Running:
     http_port: int | None = None
     big: bool = False
     connections: int | None = None
+    relay_port: int | None = None
     clean_stop: bool | None = None
     stop_status: int | None = None
     known_pids: set[int] = field(default_factory=set)
@@ -98,6 +109,10 @@ class Server:
         """Why this server cannot run here, or None."""
         return None
 
+    def relays(self) -> str | None:
+        """Why this server cannot relay mail onward, or None when it can."""
+        return "it keeps all mail it accepts"
+
     def version(self) -> str:
         return ""
 
@@ -108,9 +123,9 @@ class Server:
     def argv(self, run: Running) -> list[str]:
         raise NotImplementedError
 
-    def prepare(self, workdir: Path, port: int) -> None:
+    def prepare(self, workdir: Path, port: int, relay_port: int | None) -> None:
         """Create the server's files under ``workdir`` before it starts."""
-        del workdir, port
+        del workdir, port, relay_port
 
     def start(
         self,
@@ -119,18 +134,23 @@ class Server:
         big: bool = False,
         http_port: int | None = None,
         connections: int | None = None,
+        relay_port: int | None = None,
     ) -> Running:
         """Start the server on a free port with ``workdir`` as its own directory.
 
         ``big``: allow the 50 MiB message. ``connections``: let this many
         sessions in at once where the server has a configurable limit.
+        ``relay_port``: keep mail for ``LOCAL_DOMAIN`` only and send the rest,
+        from clients in ``RELAY_NETWORK``, to 127.0.0.1 on that port.
         Raises RuntimeError when it does not come up.
         """
         workdir.mkdir(parents=True, exist_ok=True)
         port = _proc.free_port()
-        self.prepare(workdir, port)
+        self.prepare(workdir, port, relay_port)
         log = workdir / "server.log"
-        run = Running(self, port, workdir, _NOT_STARTED, log, http_port, big, connections)
+        run = Running(
+            self, port, workdir, _NOT_STARTED, log, http_port, big, connections, relay_port
+        )
         with log.open("wb") as out:
             run.proc = _proc.spawn(
                 self.argv(run), env=self.env(), stdout=out, stderr=subprocess.STDOUT
@@ -161,6 +181,17 @@ class Server:
 
     def count(self, run: Running) -> int | None:
         """Messages kept (stored, or counted by a discarding server); call after stop."""
+        raise NotImplementedError
+
+    def outbound_pending(self, run: Running) -> int:
+        """Messages (or recipients) still waiting in the server's outbound queue."""
+        raise NotImplementedError
+
+    def relay_check(self, run: Running, expected: int) -> dict[str, int]:
+        """What the server's own records say about the mail it relayed: counts by
+        delivery state (mailgate) or of logged deliveries (Postfix), always with
+        ``DELIVERED_TO_SINK``. Call while it runs, once ``outbound_pending`` is 0; it
+        waits a little for ``expected``."""
         raise NotImplementedError
 
 
@@ -315,6 +346,7 @@ class Mailgate(Server):
         else:
             argv += ["--no-http"]
         argv += self.scenario_flags(run)
+        argv += self.relay_flags(run)
         argv += self.flags
         if self.workers != "1" and self.supports("--workers"):
             argv += ["--workers", self.workers]
@@ -331,8 +363,49 @@ class Mailgate(Server):
                     flags += [flag, str(run.connections)]
         return flags
 
+    def relays(self) -> str | None:
+        if self.supports("--relay-host"):
+            return None
+        return "`mailgate serve --help` lists no --relay-host"
+
+    def relay_flags(self, run: Running) -> list[str]:
+        """Keep mail for ``LOCAL_DOMAIN``; send the rest through 127.0.0.1:``relay_port``."""
+        if run.relay_port is None:
+            return []
+        return [
+            "--domain",
+            LOCAL_DOMAIN,
+            "--relay-network",
+            RELAY_NETWORK,
+            "--relay-host",
+            f"127.0.0.1:{run.relay_port}",
+        ]
+
     def count(self, run: Running) -> int | None:
         return count_mailgate_messages(run.workdir / "data", self.env())
+
+    def _queue_api(self, run: Running, *, every: bool) -> list[dict[str, object]]:
+        """The rows of ``GET /api/v1/queue`` (``?all=true``: delivered ones too)."""
+        if run.http_port is None:
+            raise RuntimeError("mailgate was started without --http: its queue cannot be read")
+        url = f"http://127.0.0.1:{run.http_port}/api/v1/queue" + ("?all=true" if every else "")
+        with urllib.request.urlopen(url, timeout=60) as response:
+            body = json.loads(response.read())
+        return list(body["Recipients"])
+
+    def outbound_pending(self, run: Running) -> int:
+        return len(self._queue_api(run, every=False))
+
+    def relay_check(self, run: Running, expected: int) -> dict[str, int]:
+        # The queue rows are read back from the store, committed with synchronous=FULL.
+        del expected
+        states: dict[str, int] = {}
+        for row in self._queue_api(run, every=True):
+            state = str(row["State"])
+            states[state] = states.get(state, 0) + 1
+            if state == "delivered" and str(row["Relay"]).endswith(f":{run.relay_port}"):
+                states[DELIVERED_TO_SINK] = states.get(DELIVERED_TO_SINK, 0) + 1
+        return states
 
 
 class Aiosmtpd(Server):
@@ -426,6 +499,20 @@ class SmtpSink(Server):
         found = re.findall(r"mesg=(\d+)", run.log.read_text(errors="replace"))
         return int(found[-1]) if found else 0
 
+    def received(self, run: Running) -> tuple[int, int]:
+        """(messages, sessions ended) so far: the last counter line -c printed.
+
+        Only the end of the log is read, so that polling it costs little.
+        """
+        try:
+            with run.log.open("rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - 256))
+                tail = log.read().decode(errors="replace")
+        except OSError:
+            return 0, 0
+        found = re.findall(r"sess=(\d+) quit=\d+ mesg=(\d+)", tail)
+        return (int(found[-1][1]), int(found[-1][0])) if found else (0, 0)
+
 
 class Postfix(Server):
     """A private Postfix instance delivering to one Maildir with virtual(8)."""
@@ -451,7 +538,10 @@ class Postfix(Server):
     def command(self) -> str:
         return "postfix -c DIR/etc start-fg   (main.cf/master.cf written by bench/servers.py)"
 
-    def prepare(self, workdir: Path, port: int) -> None:
+    def relays(self) -> str | None:
+        return None
+
+    def prepare(self, workdir: Path, port: int, relay_port: int | None) -> None:
         etc, queue, data, mail, log = (workdir / d for d in ("etc", "queue", "data", "mail", "log"))
         for path in (workdir, etc, queue, data, mail, log):
             path.mkdir(parents=True, exist_ok=True)
@@ -464,9 +554,21 @@ class Postfix(Server):
         shutil.chown(data, "postfix", "postfix")
         os.chown(mail, self.MAIL_UID, self.MAIL_UID)
         limit = f"default_process_limit = {self.process_limit}\n" if self.process_limit else ""
+        if relay_port is None:
+            onward = (
+                "# Nothing leaves this instance.\n"
+                "relayhost =\n"
+                "default_transport = error:outbound mail is disabled in the benchmark\n"
+            )
+        else:
+            onward = (
+                "# Mail for other domains goes to the sink, through the durable queue.\n"
+                f"relayhost = [127.0.0.1]:{relay_port}\n"
+                "default_transport = smtp\n"
+            )
         (etc / "main.cf").write_text(
             f"""\
-# Private benchmark instance; nothing leaves it (default_transport = error).
+# Private benchmark instance.
 compatibility_level = 3.6
 queue_directory = {queue}
 data_directory = {data}
@@ -476,10 +578,10 @@ mydomain = bench.test
 mydestination =
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
+mynetworks = {RELAY_NETWORK}
 maillog_file = {log}/postfix.log
 maillog_file_prefixes = {log}
-virtual_mailbox_domains = bench.test
+virtual_mailbox_domains = {LOCAL_DOMAIN}
 virtual_mailbox_base = {mail}
 virtual_mailbox_maps = static:Maildir/
 virtual_uid_maps = static:{self.MAIL_UID}
@@ -489,10 +591,8 @@ virtual_mailbox_limit = 0
 mailbox_size_limit = 0
 alias_maps =
 alias_database =
-relayhost =
-default_transport = error:outbound mail is disabled in the benchmark
 biff = no
-{limit}"""
+{onward}{limit}"""
         )
         # Like Debian's master.cf, without chroot and the services not used here.
         services = [
@@ -513,6 +613,8 @@ biff = no
             "discard unix - - n - - discard",
             "local unix - n n - - local",
             "virtual unix - n n - - virtual",
+            "smtp unix - - n - - smtp",
+            "relay unix - - n - - smtp",
             "anvil unix - - n - 1 anvil",
             "scache unix - - n - 1 scache",
             "postlog unix-dgram n - n - 1 postlogd",
@@ -565,6 +667,27 @@ biff = no
 
     def count(self, run: Running) -> int | None:
         return self._delivered(run)
+
+    def outbound_pending(self, run: Running) -> int:
+        return self._queued(run)
+
+    def relay_check(self, run: Running, expected: int) -> dict[str, int]:
+        # postlogd writes the log a moment after the delivery: wait for it a little.
+        sent = 0
+        deadline = time.monotonic() + 10.0
+        pattern = re.compile(
+            rf" relay=127\.0\.0\.1\[127\.0\.0\.1\]:{run.relay_port},.* status=sent "
+        )
+        while True:
+            try:
+                text = (run.workdir / "log" / "postfix.log").read_text(errors="replace")
+            except OSError:
+                text = ""
+            sent = sum(1 for line in text.splitlines() if pattern.search(line))
+            if sent >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        return {DELIVERED_TO_SINK: sent}
 
 
 @cache
