@@ -20,6 +20,7 @@ REFERENCES = [
     ("smtp-sink", "mailgate / smtp-sink"),
 ]
 THROUGHPUT = ["s1", "s2", "s3"]
+RELAY = "s8"
 
 
 def num(value: float | None, unit: str = "", *, integer: bool = False) -> str:
@@ -140,6 +141,7 @@ MAIN_METRIC = {
     "s4": ("served", " served"),
     "s5": ("hwm_growth_mib", " MiB growth"),
     "s6": ("p99_ms", " ms p99"),
+    "s8": ("rate", " msg/s delivered"),
 }
 
 
@@ -171,6 +173,64 @@ def _run_rows(res: Results) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _relay_section(data: dict[str, Any], res: Results) -> list[str]:
+    settings: dict[str, Any] = data["settings"]
+    out = [f"## {data['scenarios'][RELAY][:1].upper()}{data['scenarios'][RELAY][1:]}", ""]
+    out.append(
+        f"{settings['relay_messages']:,} messages of 1 KiB, each to one recipient at one "
+        f"remote domain, sent by smtp-source over {settings['relay_sessions']} sessions to a "
+        "server that relays them from its durable queue to a fresh smtp-sink (`smtp-sink -c`, "
+        "counting). Delivered msg/s is the messages over the time from the start of "
+        "smtp-source until the sink's counter shows them all; the server's CPU (all its "
+        "processes: for mailgate the serving process, its SMTP workers and its commit service; "
+        "for Postfix master, smtpd, cleanup, qmgr, smtp and the rest) runs from before the "
+        "load until its queue is empty, every outcome recorded, and is divided by the messages "
+        "delivered. mailgate sends through `--relay-host` (one connection per message and "
+        "destination, kept for the next message); Postfix through `relayhost = "
+        "[127.0.0.1]:SINK_PORT` with its default connection cache and concurrency. Both queue "
+        "the message durably before their `250` (mailgate: the queue rows in the message's "
+        "SQLite transaction, `synchronous=FULL`; Postfix: its fsynced queue file). After each "
+        "run the server's own records are checked: every recipient `delivered` to the sink's "
+        "port in mailgate's queue (`GET /api/v1/queue?all=true`), a `status=sent` line to the "
+        "sink's port for every message in Postfix's log. Sink sessions are the connections the "
+        "server opened to the sink."
+    )
+    out.append("")
+    rows = []
+    for key in res.measured(RELAY):
+        rows.append(
+            [
+                res.label(key),
+                spread(res.values(RELAY, key, "rate")),
+                f"{len(res.good(RELAY, key))}/{len(res.runs(RELAY, key))}",
+                spread(res.values(RELAY, key, "cpu_us_per_msg"), integer=True),
+                spread(res.values(RELAY, key, "accept_rate")),
+                spread(res.values(RELAY, key, "drain_after_accept_s"), " s"),
+                spread(res.values(RELAY, key, "sink_sessions"), integer=True),
+                res.kept_text(RELAY, key).replace("stored", "delivered"),
+            ]
+        )
+    out.extend(
+        _table(
+            [
+                "server",
+                "delivered msg/s",
+                "good runs",
+                "server CPU µs per delivered msg",
+                "accepted msg/s",
+                "last delivery after the last 250",
+                "sink sessions",
+                "delivered / acknowledged",
+            ],
+            rows,
+        )
+    )
+    out.extend(_notes(data, RELAY))
+    out.extend(_flag_lines(res, RELAY))
+    out.append("")
+    return out
 
 
 def render(data: dict[str, Any], chart: str | None) -> str:
@@ -241,7 +301,7 @@ def render(data: dict[str, Any], chart: str | None) -> str:
     present = [k for k in ORDER if any(o["server"] == k for o in res.outcomes)]
     header = ["load (msg/s)", *[res.label(k) for k in present]]
     rows = []
-    for scenario in THROUGHPUT:
+    for scenario in [*THROUGHPUT, RELAY]:
         if not any(o["scenario"] == scenario for o in res.outcomes):
             continue
         row = [titles[scenario]]
@@ -261,6 +321,19 @@ def render(data: dict[str, Any], chart: str | None) -> str:
                 ratio_rows.append(
                     [titles[scenario], *[_ratio(res, scenario, ref) for ref, _ in REFERENCES]]
                 )
+        if any(o["scenario"] == RELAY for o in res.outcomes):
+            ratio_rows.append(
+                [
+                    "relay to smtp-sink: delivered msg/s",
+                    *[_ratio(res, RELAY, r) for r, _ in REFERENCES],
+                ]
+            )
+            ratio_rows.append(
+                [
+                    "relay to smtp-sink: server CPU a delivered message (lower is better)",
+                    *[_ratio(res, RELAY, ref, "cpu_us_per_msg") for ref, _ in REFERENCES],
+                ]
+            )
         if any(o["scenario"] == "s6" for o in res.outcomes):
             ratio_rows.append(
                 [
@@ -487,6 +560,10 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         out.extend(_notes(data, "s6"))
         out.extend(_flag_lines(res, "s6"))
         w("")
+
+    # --- relay -------------------------------------------------------------------
+    if res.measured(RELAY):
+        out.extend(_relay_section(data, res))
 
     # --- HTTP --------------------------------------------------------------------
     w("## HTTP API with many stored messages")

@@ -6,8 +6,9 @@
 
 Scenarios: s1 1 KiB x 100 per session, s2 1 KiB one per connection, s3 100 KiB,
 s4 idle sessions, s5 one 50 MiB message, s6 latency at half the peak rate,
-s7 HTTP API. Servers: mailgate, aiosmtpd-maildir, postfix, aiosmtpd-discard,
-smtp-sink. A server that cannot run here is skipped with a note in the report.
+s7 HTTP API, s8 relaying to smtp-sink (mailgate and Postfix). Servers: mailgate,
+aiosmtpd-maildir, postfix, aiosmtpd-discard, smtp-sink. A server that cannot
+run here is skipped with a note in the report.
 
 Every process the harness starts is ended when it finishes, on Ctrl-C and on
 SIGTERM.
@@ -91,6 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--idle-sessions", type=int, help="sessions for s4 (default 10000)")
     parser.add_argument(
+        "--relay-messages", type=int, help="messages relayed a run in s8 (default 2000)"
+    )
+    parser.add_argument(
         "--postfix-process-limit",
         type=int,
         help="Postfix default_process_limit (default: Postfix's own, 100)",
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         settings.runs = args.runs
     if args.idle_sessions:
         settings.idle_sessions = args.idle_sessions
+    if args.relay_messages:
+        settings.relay_messages = args.relay_messages
     nofile = _proc.raise_nofile(settings.idle_sessions * 2 + 2_000)
     if nofile < settings.idle_sessions + 500:
         log(f"open files limit is {nofile}: s4 is limited to {nofile - 500} sessions")

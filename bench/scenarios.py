@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import _proc, load
-from bench.servers import Mailgate, Running, Server
+from bench.servers import DELIVERED_TO_SINK, Mailgate, Running, Server, SmtpSink
 
 
 @dataclass
@@ -46,6 +46,9 @@ class Settings:
     latency_warmup_s: float = 2.0
     http_messages: int = 100_000
     http_requests: int = 20
+    relay_messages: int = 2_000
+    relay_sessions: int = 50
+    relay_stall_s: float = 30.0  # no message reached the sink for this long: give up
     settle_timeout_s: float = 300.0
     source_timeout_s: float = 600.0
 
@@ -64,6 +67,7 @@ class Settings:
             latency_warmup_s=0.5,
             http_messages=2_000,
             http_requests=5,
+            relay_messages=500,
             settle_timeout_s=60.0,
             source_timeout_s=120.0,
         )
@@ -467,6 +471,131 @@ def http_api(ctx: Context, out: Outcome, server: Server) -> None:
         check_count(out, server, acked, kept)
 
 
+def _wait_for_sink(
+    ctx: Context, sink: SmtpSink, sink_run: Running, run: Running, wanted: int
+) -> tuple[int, int]:
+    """Poll smtp-sink's counter until it has ``wanted`` messages; return (messages, sessions).
+
+    Gives up when the server exits, when no message arrives for ``relay_stall_s``
+    (a deferral: the next retry is minutes away) or after ``settle_timeout_s``.
+    """
+    s = ctx.settings
+    start = last_change = time.monotonic()
+    seen = (0, 0)
+    while True:
+        got = sink.received(sink_run)
+        now = time.monotonic()
+        if got[0] != seen[0]:
+            last_change = now
+        seen = got
+        if got[0] >= wanted or run.proc.poll() is not None:
+            return got
+        if now - last_change > s.relay_stall_s or now - start > s.settle_timeout_s:
+            return got
+        time.sleep(0.01)
+
+
+def _wait_drained(server: Server, run: Running, timeout_s: float) -> bool:
+    """Wait until the server's outbound queue is empty: every outcome recorded."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.outbound_pending(run) == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def relay(ctx: Context, out: Outcome, server: Server) -> None:
+    """N messages to one remote domain, relayed from the server's durable queue to
+    smtp-sink: delivered msg/s from the first message sent until the sink has all of
+    them, and the server's CPU (all its processes) per delivered message."""
+    s = ctx.settings
+    wanted = s.relay_messages
+    cannot = server.relays() or SmtpSink().unavailable()
+    if cannot:
+        out.metrics["not_measured"] = cannot
+        return
+    sink = SmtpSink()
+    rundir = ctx.rundir(out.scenario, server.key, out.run)
+    os.sync()
+    sink_run = sink.start(rundir / "sink")
+    acked: int | None = None
+    delivered: int | None = None
+    try:
+        http_port = _proc.free_port() if isinstance(server, Mailgate) else None
+        run = server.start(rundir / "server", http_port=http_port, relay_port=sink_run.port)
+        try:
+            if isinstance(server, Mailgate) and http_port is not None:
+                ctx.note(
+                    out.scenario,
+                    "mailgate ran with `"
+                    + " ".join(server.relay_flags(run)).replace(f":{sink_run.port}", ":SINK_PORT")
+                    + " --http 127.0.0.1:HTTP_PORT` (the HTTP API tells when its queue is "
+                    "empty, and each recipient's state)",
+                )
+                _proc.wait_listening(http_port, run.proc, 15)
+            else:
+                ctx.note(
+                    out.scenario,
+                    f"{server.label} ran with `relayhost = [127.0.0.1]:SINK_PORT`, "
+                    "`default_transport = smtp` and an `smtp` service in master.cf, "
+                    "otherwise as in the other scenarios",
+                )
+            cpu0 = _proc.cpu_s(run.pids())
+            started = time.perf_counter()
+            src = load.smtp_source(
+                run.port,
+                messages=wanted,
+                size=1024,
+                sessions=s.relay_sessions,
+                recipient=load.RELAY_RECIPIENT,
+                timeout_s=s.source_timeout_s,
+            )
+            ctx.command(out.scenario, src.template(run.port))
+            if not src.ok:
+                out.flag(f"smtp-source failed: {last_line(src)}")
+            else:
+                acked = wanted
+            got, sessions = _wait_for_sink(ctx, sink, sink_run, run, wanted)
+            reached = time.perf_counter()
+            drained = _wait_drained(server, run, 30.0)
+            cpu1 = _proc.cpu_s(run.pids())
+            if not drained:
+                out.flag("its outbound queue was not empty 30 s after the last delivery")
+            out.metrics.update(
+                messages=wanted,
+                accept_s=round(src.elapsed_s, 3),
+                elapsed_s=round(reached - started, 3),
+                drain_after_accept_s=round(max(0.0, reached - started - src.elapsed_s), 3),
+                sink_sessions=sessions,
+            )
+            if got >= wanted and acked:
+                out.metrics["rate"] = round(got / (reached - started), 1)
+                out.metrics["accept_rate"] = round(wanted / src.elapsed_s, 1)
+                out.metrics["cpu_us_per_msg"] = round((cpu1 - cpu0) * 1e6 / got, 1)
+            records = server.relay_check(run, wanted)
+            out.metrics["server_records"] = records
+            recorded = records.get(DELIVERED_TO_SINK, 0)
+            if recorded < wanted:
+                out.flag(f"the server's own records show {recorded} of {wanted} delivered")
+        finally:
+            finish(out, server, run)
+    finally:
+        sink.stop(sink_run)
+        try:
+            delivered = sink.count(sink_run)
+        except OSError:
+            delivered = None
+    out.metrics["acked"] = acked
+    out.metrics["kept"] = delivered
+    if delivered is None:
+        out.flag("smtp-sink's count could not be read")
+    elif acked is not None and delivered < acked:
+        out.flag(f"LOST: {acked - delivered} of {acked} acknowledged messages not delivered")
+    elif acked is not None and delivered > acked:
+        out.flag(f"{delivered - acked} more messages delivered than acknowledged", fails=False)
+
+
 @dataclass(frozen=True)
 class Scenario:
     key: str
@@ -508,6 +637,12 @@ def scenarios() -> dict[str, Scenario]:
         Scenario("s5", "one large message: server memory growth", None, big_message),
         Scenario("s6", "latency from the final dot to 250 at half the peak rate", None, latency),
         Scenario("s7", "HTTP API with many stored messages", ("mailgate",), http_api, runs=1),
+        Scenario(
+            "s8",
+            "relay: 1 KiB messages to one remote domain, through to smtp-sink",
+            ("mailgate", "mailgate-1", "postfix"),
+            relay,
+        ),
     ]
     return {scenario.key: scenario for scenario in found}
 
@@ -554,6 +689,7 @@ def summary(out: Outcome) -> str:
     for name in (
         "rate",
         "cpu_ms_per_msg",
+        "cpu_us_per_msg",
         "served",
         "kib_per_session",
         "hwm_growth_mib",
