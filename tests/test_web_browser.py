@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -402,6 +403,20 @@ def delivery(driver: Any) -> list[list[str]]:
     return found
 
 
+def deferred_after(inbox: LiveInbox, message_id: MessageId, moment: datetime) -> bool:
+    """Whether the runner has deferred every recipient to an attempt a while after ``moment``.
+
+    (A release makes them due at once, and the runner then defers them to the end of the
+    relay's suspension, a minute after it first refused.)
+    """
+    later = moment + timedelta(seconds=10)
+    listed = httpx.get(f"{inbox.url}/api/v1/queue/{message_id}").json()["Recipients"]
+    return all(
+        r["State"] == "deferred" and datetime.fromisoformat(r["NextAttempt"]) > later
+        for r in listed
+    )
+
+
 def queued(inbox: LiveInbox, subject: str, *recipients: str) -> MessageId:
     """Store a message for ``recipients`` elsewhere, as the accept path queues it."""
     spool = inbox.settings.data_dir / "test-spool"
@@ -430,8 +445,11 @@ def test_the_queue_view_follows_the_queue_and_acts_on_it(
         mine = f"#queue-table tbody[data-id='{onward}']"
         click(browser, f"{mine} button[data-action='hold']")
         wait_until(browser, lambda d: {r[2] for r in queue_rows(d)} == {"held"}, "held")
+        released = datetime.now(UTC)
         click(browser, f"{mine} button[data-action='release']")
         wait_until(browser, lambda d: "held" not in {r[2] for r in queue_rows(d)}, "released")
+        # Released, the recipients are due at once; the runner defers them again.
+        wait_until(browser, lambda _: deferred_after(inbox, onward, released), "tried again")
         # A change made elsewhere shows up too.
         httpx.post(f"{inbox.url}/api/v1/queue/{onward}/hold").raise_for_status()
         wait_until(browser, lambda d: {r[2] for r in queue_rows(d)} == {"held"}, "held elsewhere")
