@@ -483,6 +483,12 @@ def test_the_queue_view_follows_the_queue_and_acts_on_it(
         assert not browser.find_element(*by_css("#release")).is_displayed()
         assert browser.execute_script("return window.notReloaded") is True
 
+        # On a phone each queued message is a card, as wide as the screen.
+        browser.set_window_size(390, 844)
+        click(browser, "#show-queue")
+        wait_until(browser, lambda d: queue_rows(d) == bounced, "shown again")
+        assert browser.execute_script("return document.documentElement.scrollWidth <= 390")
+
 
 def test_the_message_view_shows_delivery_and_releases(
     tmp_path: Path, browser: Any, nowhere: str

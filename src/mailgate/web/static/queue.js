@@ -111,7 +111,11 @@ function queueSoon() {
 // Subjects come from the listing when it has the message, otherwise from its headers
 // (which, unlike the message itself, are read without marking it read).
 async function learnSubjects(rows) {
-  const missing = [...new Set(rows.map((r) => r.MessageID))].filter((id) => !queue.subjects.has(id));
+  const ids = new Set(rows.map((r) => r.MessageID));
+  for (const id of queue.subjects.keys()) {
+    if (!ids.has(id)) queue.subjects.delete(id); // gone from the queue: forget it
+  }
+  const missing = [...ids].filter((id) => !queue.subjects.has(id));
   await Promise.all(missing.map(async (id) => {
     const listed = state.messages.find((m) => m.ID === id);
     if (listed) {
