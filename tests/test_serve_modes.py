@@ -15,19 +15,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
 import smtplib
 import ssl
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from loopback import DnsZone
 from mailgate.stores import open_store
 from process_helpers import (
     TIMEOUT,
@@ -55,6 +57,23 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
         yield started
     finally:
         started.close()
+
+
+@pytest.fixture
+def unroutable(dns_zone: Callable[[], DnsZone]) -> list[str]:
+    """``--resolver`` flags naming a DNS server that fails (SERVFAIL) for example.net: mail
+    relayed there is deferred, never delivered nor bounced, and no test reaches the internet."""
+    zone = dns_zone()
+    zone.fail("example.net")
+    return ["--resolver", zone.nameserver]
+
+
+def queued(tmp_path: Path) -> list[dict[str, Any]]:
+    """``mailgate queue list --json`` on the test's data directory."""
+    done = mailgate("queue", "list", "--json", "--data", str(tmp_path / "data"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
 
 
 def ports_and_data(tmp_path: Path) -> list[str]:
@@ -291,9 +310,10 @@ def test_the_readme_config_file_relays_only_for_authenticated_submission(
     tmp_path: Path,
     tls_files: tuple[Path, Path, Path],
     users_file: Path,
+    unroutable: list[str],
 ) -> None:
     ca, _, _ = tls_files
-    served = serve_readme_config(launcher, tmp_path, tls_files, users_file)
+    served = serve_readme_config(launcher, tmp_path, tls_files, users_file, *unroutable)
     port = served.ports["submission"]
     with smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT) as client:
         client.ehlo("client.test")
@@ -309,6 +329,9 @@ def test_the_readme_config_file_relays_only_for_authenticated_submission(
         )
     [relayed] = inbox(served)
     assert relayed["Subject"] == "relayed"
+    assert [(r["MessageID"], r["Recipient"]) for r in queued(tmp_path)] == [
+        (relayed["ID"], "someone@example.net")
+    ]
     detail = httpx.get(f"{served.http_url}api/v1/message/{relayed['ID']}", timeout=TIMEOUT).json()
     assert detail["Username"] == "alice"
     assert detail["ReturnPath"] == "alice@example.org"
@@ -328,10 +351,11 @@ def test_the_readme_config_file_with_a_relay_network_flag(
     tmp_path: Path,
     tls_files: tuple[Path, Path, Path],
     users_file: Path,
+    unroutable: list[str],
 ) -> None:
     # The flag replaces the file's relay_networks (10.0.0.0/8), which loopback is not in.
     served = serve_readme_config(
-        launcher, tmp_path, tls_files, users_file, "--relay-network", "127.0.0.1/32"
+        launcher, tmp_path, tls_files, users_file, "--relay-network", "127.0.0.1/32", *unroutable
     )
     with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
         client.ehlo("client.test")
@@ -448,9 +472,13 @@ def test_tls_submission_and_smtps(launcher: Launcher, tmp_path: Path, users_file
 
 
 @pytest.mark.parametrize("trusted", [True, False], ids=["relay-network", "none"])
-def test_a_relay_network(launcher: Launcher, tmp_path: Path, trusted: bool) -> None:
+def test_a_relay_network(
+    launcher: Launcher, tmp_path: Path, trusted: bool, unroutable: list[str]
+) -> None:
     relay = ["--relay-network", "127.0.0.0/8"] if trusted else []
-    served = launcher.serve(*ports_and_data(tmp_path), "--domain", "example.org", *relay)
+    served = launcher.serve(
+        *ports_and_data(tmp_path), "--domain", "example.org", *relay, *unroutable
+    )
     with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
         client.ehlo("client.test")
         reply = send(client, "someone@example.net", "onward")
@@ -458,6 +486,7 @@ def test_a_relay_network(launcher: Launcher, tmp_path: Path, trusted: bool) -> N
     if trusted:
         assert reply[:9] == "250 2.0.0"
         assert [m["Subject"] for m in inbox(served)] == ["local", "onward"]
+        assert [r["Recipient"] for r in queued(tmp_path)] == ["someone@example.net"]
     else:
         assert reply == "550 5.7.1 Relaying denied"
         assert [m["Subject"] for m in inbox(served)] == ["local"]

@@ -14,15 +14,16 @@ import socket
 import ssl
 import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiosmtplib
 import pytest
 import trustme
 
+from loopback import DnsZone
 from mailgate.auth import UsersFile
-from mailgate.config import Domain, Limits, Listen, Settings
+from mailgate.config import Domain, Limits, Listen, Outbound, Settings
 from mailgate.server import ServerConfigError, SMTPServer
 from mailgate.server._tls import TLSConfigError, ensure_self_signed, server_context
 from mailgate.testing import MailgateServer
@@ -75,8 +76,10 @@ def make_server(
     domains: tuple[Domain, ...] = (Domain("example.org"),),
     relay_networks: tuple[str, ...] = (),
     limits: Limits | None = None,
+    resolver: str | None = None,
 ) -> MailgateServer:
     settings = Settings(
+        outbound=Outbound(resolver=resolver),
         domains=domains,
         submission=Listen("127.0.0.1", 0) if users is not None else None,
         smtps=Listen("127.0.0.1", 0) if users is not None else None,
@@ -89,8 +92,19 @@ def make_server(
 
 
 @pytest.fixture
-def server(tls_files: tuple[Path, Path], users: UsersFile) -> Iterator[MailgateServer]:
-    with make_server(tls_files, users) as running:
+def unroutable(dns_zone: Callable[[], DnsZone]) -> str:
+    """A DNS server that fails (SERVFAIL) for remote.example: mail relayed there is deferred,
+    never delivered nor bounced, and no test reaches the internet."""
+    zone = dns_zone()
+    zone.fail("remote.example")
+    return zone.nameserver
+
+
+@pytest.fixture
+def server(
+    tls_files: tuple[Path, Path], users: UsersFile, unroutable: str
+) -> Iterator[MailgateServer]:
+    with make_server(tls_files, users, resolver=unroutable) as running:
         yield running
 
 
