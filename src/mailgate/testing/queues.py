@@ -27,6 +27,7 @@ from mailgate.testing.stores import (
 __all__ = [
     "QUEUE_STORE_CHECKS",
     "check_claims_are_leased_and_fenced",
+    "check_operator_actions_during_an_attempt_are_kept",
     "check_outcomes",
     "check_queue_events_from_another_store",
     "check_queue_rows_come_with_their_message",
@@ -184,6 +185,42 @@ async def check_queue_tools(subject: StoreUnderTest) -> None:
         assert await store.queued() == []
 
 
+async def check_operator_actions_during_an_attempt_are_kept(subject: StoreUnderTest) -> None:
+    """A hold or a bounce asked for while an attempt runs outlives its deferral; a delivery
+    made meanwhile is final all the same."""
+    async with subject.opened() as (opened, acceptor):
+        store = _queue_store(opened)
+        message = await _relay(acceptor, FAR, OTHER, "third@remote.test")
+        now = (await store.queued())[0].queued_at
+        assert len(await store.claim("a", now=now, lease=LEASE, limit=9)) == 3
+        assert await store.hold(message) == 3  # while the attempt runs
+        later = now + timedelta(minutes=5)
+        deferred = [
+            DeliveryOutcome(message, r, DeliveryState.DEFERRED, now, "451 4.4.1 no", "", later)
+            for r in (FAR, OTHER)
+        ]
+        delivered = DeliveryOutcome(
+            message, "third@remote.test", DeliveryState.DELIVERED, now, "250 ok"
+        )
+        assert await store.record("a", [*deferred, delivered]) == 3
+        rows = {r.recipient: r for r in await store.queued(pending_only=False)}
+        assert (rows[FAR].state, rows[FAR].next_attempt, rows[FAR].attempts) == (
+            DeliveryState.HELD,
+            None,
+            1,
+        )
+        assert rows[FAR].last_reply == "451 4.4.1 no"
+        assert rows["third@remote.test"].state is DeliveryState.DELIVERED
+        # A bounce asked for during the next attempt: the deferral leaves it due at once.
+        assert await store.release(message, now) == 2
+        assert len(await store.claim("a", now=now, lease=LEASE, limit=9)) == 2
+        assert await store.request_bounce(message, now) == 2
+        assert await store.record("a", deferred) == 2
+        again = await store.claim("b", now=now, lease=LEASE, limit=9)
+        assert {(r.recipient, r.bounce_requested) for r in again} == {(FAR, True), (OTHER, True)}
+        assert all(r.last_attempt == now for r in again)
+
+
 async def check_queue_events_from_another_store(subject: StoreUnderTest) -> None:
     """A change to a message's queue rows is a ``QUEUE`` event, seen by another instance."""
     async with subject.opened() as (opened, acceptor), subject.opened() as (other, _):
@@ -203,6 +240,7 @@ async def check_queue_events_from_another_store(subject: StoreUnderTest) -> None
 
 QUEUE_STORE_CHECKS: tuple[Callable[[StoreUnderTest], Awaitable[None]], ...] = (
     check_claims_are_leased_and_fenced,
+    check_operator_actions_during_an_attempt_are_kept,
     check_outcomes,
     check_queue_events_from_another_store,
     check_queue_rows_come_with_their_message,

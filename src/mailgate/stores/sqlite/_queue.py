@@ -181,32 +181,46 @@ def claim(
 def record(
     connection: sqlite3.Connection, owner: str, outcomes: Sequence[DeliveryOutcome]
 ) -> tuple[int, list[MessageId]]:
-    """Write the outcomes of rows ``owner`` holds the lease of; release those leases."""
+    """Write the outcomes of rows ``owner`` holds the lease of; release those leases.
+
+    An operator may act on a row while its attempt runs: a deferral then
+    keeps the row held (``hold``), or bounces it at once (``request_bounce``:
+    still flagged, due now).  A delivery or a bounce is final whatever was
+    asked meanwhile: it has happened.
+    """
     written = 0
     changed: dict[MessageId, None] = {}
     for outcome in outcomes:
+        deferred = outcome.state is DeliveryState.DEFERRED
+        at = _millis(outcome.at)
         next_attempt = (
-            _millis(outcome.next_attempt)
-            if outcome.next_attempt is not None and outcome.state is DeliveryState.DEFERRED
-            else None
+            _millis(outcome.next_attempt) if deferred and outcome.next_attempt is not None else None
         )
         cursor = connection.execute(
-            "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_attempt = ?,"
-            " last_reply = ?, relay = ?, next_attempt = ?, bounce_requested = 0,"
-            " delay_notified = max(delay_notified, ?), lease_owner = NULL, lease_until = NULL"
-            " WHERE message_id = ? AND recipient = ? AND lease_owner = ?",
-            (
-                outcome.state.value,
-                int(outcome.attempted),
-                _millis(outcome.at) if outcome.attempted else None,
-                outcome.reply,
-                outcome.relay,
-                next_attempt,
-                int(outcome.delay_notified),
-                outcome.message_id,
-                outcome.recipient,
-                owner,
-            ),
+            "UPDATE deliveries SET"
+            " state = CASE WHEN :deferred AND state = 'held' THEN 'held' ELSE :state END,"
+            " next_attempt = CASE WHEN NOT :deferred OR state = 'held' THEN NULL"
+            "  WHEN bounce_requested THEN :at ELSE :next END,"
+            " bounce_requested = CASE WHEN :deferred THEN bounce_requested ELSE 0 END,"
+            " attempts = attempts + :attempted,"
+            " last_attempt = CASE WHEN :attempted THEN :at ELSE last_attempt END,"
+            " last_reply = :reply, relay = :relay,"
+            " delay_notified = max(delay_notified, :delay_notified),"
+            " lease_owner = NULL, lease_until = NULL"
+            " WHERE message_id = :message_id AND recipient = :recipient AND lease_owner = :owner",
+            {
+                "deferred": int(deferred),
+                "state": outcome.state.value,
+                "at": at,
+                "next": next_attempt,
+                "attempted": int(outcome.attempted),
+                "reply": outcome.reply,
+                "relay": outcome.relay,
+                "delay_notified": int(outcome.delay_notified),
+                "message_id": outcome.message_id,
+                "recipient": outcome.recipient,
+                "owner": owner,
+            },
         )
         if cursor.rowcount:
             written += 1
