@@ -343,3 +343,45 @@ async def test_two_messages_to_one_host_share_one_connection(net: Net) -> None:
     assert len(mx.messages) == 3  # type: ignore[attr-defined]
     assert net.courier is not None
     assert net.courier.connections == 1
+
+
+@pytest.mark.asyncio
+async def test_8bit_or_utf8_mail_to_a_peer_without_the_extension_bounces(net: Net) -> None:
+    """RFC 6152 and RFC 6531: never sent; the recipients bounce with 554 5.6.3 / 553 5.6.7."""
+    import asyncio  # noqa: PLC0415
+
+    seen: list[bytes] = []
+
+    async def plain_smtp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 old.test ESMTP\r\n")
+        while line := await reader.readline():
+            seen.append(line)
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250 old.test\r\n")  # no 8BITMIME, no SMTPUTF8
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain_smtp, "127.0.26.9", net.mtas.port or 25)
+    try:
+        net.zone.mx("old.test", (10, "mx.old.test"))
+        net.zone.a("mx.old.test", "127.0.26.9")
+        eight_bit = await net.send(
+            "a@old.test", content=b"Subject: coffee\r\n\r\nCaf\xc3\xa9 au lait.\r\n"
+        )
+        utf8 = await net.send("b@old.test", content=b"Subject: caf\xc3\xa9\r\n\r\nCoffee.\r\n")
+        await net.run(net.runner())
+        state, reply = (await net.states(eight_bit))["a@old.test"]
+        assert (state, reply[:9]) == (DeliveryState.BOUNCED, "554 5.6.3")
+        state, reply = (await net.states(utf8))["b@old.test"]
+        assert (state, reply[:9]) == (DeliveryState.BOUNCED, "553 5.6.7")
+        assert not any(line.startswith(b"MAIL") for line in seen)  # nothing was sent
+        assert len(await net.reports()) == 2
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -278,7 +278,7 @@ def _notice_part(host: str, recipients: Sequence[RecipientStatus], *, utf8: bool
         for recipient in chosen:
             lines += _notice_lines(recipient, utf8=utf8)
             lines.append("")
-    lines.append(f"The {'report' if len(recipients) == 1 else 'reports'} for programs follow.")
+    lines.append("The delivery status for programs follows.")
     body = _lines(lines)
     headers = [
         "Content-Description: Notification",
