@@ -52,6 +52,7 @@ class Net:
     tmp_path: Path
     courier: SMTPCourier | None = None
     couriers: list[SMTPCourier] = dataclasses.field(default_factory=list)
+    mta_sts_port: int = 443
 
     def mta(self, domain: str, preference: int = 10, **options: object) -> object:
         """An MTA for ``domain`` at ``mx<preference>.<domain>``, published as its MX."""
@@ -385,3 +386,106 @@ async def test_8bit_or_utf8_mail_to_a_peer_without_the_extension_bounces(net: Ne
     finally:
         server.close()
         await server.wait_closed()
+
+
+# -- MTA-STS (RFC 8461) -------------------------------------------------------------------------
+
+POLICY_HOST = "127.0.26.20"
+
+
+@pytest_asyncio.fixture
+async def policy_server(net: Net) -> AsyncIterator[Callable[[str, str], None]]:
+    """An HTTPS server for mta-sts.<domain> on 127.0.26.20; call it with (domain, policy)."""
+    import asyncio  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
+
+    policies: dict[str, str] = {}
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+
+    def publish(domain: str, policy: str) -> None:
+        policies[f"mta-sts.{domain}"] = policy
+        net.mtas.ca.issue_cert(*policies).configure_cert(context)
+        net.zone.a(f"mta-sts.{domain}", POLICY_HOST)
+        net.zone.txt(f"_mta-sts.{domain}", "v=STSv1; id=20261206T000000;")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        host = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"host:")
+        )
+        body = policies.get(host, "").encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    port = 443 if (net.mtas.port or 25) == 25 else 0
+    server = await asyncio.start_server(serve, POLICY_HOST, port, ssl=context)
+    net.mta_sts_port = server.sockets[0].getsockname()[1]
+    try:
+        yield publish
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def sts_policy(mode: str, *mx: str) -> str:
+    return (
+        "version: STSv1\r\nmode: "
+        + mode
+        + "\r\n"
+        + "".join(f"mx: {m}\r\n" for m in mx)
+        + ("max_age: 86400\r\n")
+    )
+
+
+@pytest.mark.asyncio
+async def test_mta_sts_enforce_delivers_over_verified_tls_to_a_named_host(
+    net: Net, policy_server: Callable[[str, str], None]
+) -> None:
+    mx = net.mta("sts.test", tls=True)
+    policy_server("sts.test", sts_policy("enforce", "*.sts.test"))
+    ca_file = net.tmp_path / "ca.pem"
+    net.mtas.ca.cert_pem.write_to_path(str(ca_file))
+    message = await net.send("a@sts.test")
+    await net.run(net.runner(ca_file=ca_file, mta_sts_port=net.mta_sts_port))
+    assert [m.tls for m in mx.messages] == [True]  # type: ignore[attr-defined]
+    assert (await net.states(message))["a@sts.test"][0] is DeliveryState.DELIVERED
+
+
+@pytest.mark.asyncio
+async def test_mta_sts_enforce_never_falls_back_to_plaintext_or_an_unnamed_host(
+    net: Net, policy_server: Callable[[str, str], None]
+) -> None:
+    plain = net.mta("plain.test")  # no STARTTLS
+    policy_server("plain.test", sts_policy("enforce", "mx10.plain.test"))
+    other = net.mta("other.test", tls=True)
+    policy_server("other.test", sts_policy("enforce", "mx.elsewhere.test"))
+    ca_file = net.tmp_path / "ca.pem"
+    net.mtas.ca.cert_pem.write_to_path(str(ca_file))
+    first = await net.send("a@plain.test")
+    second = await net.send("b@other.test")
+    await net.run(net.runner(ca_file=ca_file, mta_sts_port=net.mta_sts_port))
+    state, reply = (await net.states(first))["a@plain.test"]
+    assert (state, reply[:9]) == (DeliveryState.DEFERRED, "454 4.7.0")
+    state, reply = (await net.states(second))["b@other.test"]
+    assert (state, reply[:9]) == (DeliveryState.DEFERRED, "451 4.7.5")
+    assert plain.messages == other.messages == []  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+async def test_mta_sts_testing_mode_only_logs(
+    net: Net, policy_server: Callable[[str, str], None]
+) -> None:
+    mx = net.mta("trial.test")  # no STARTTLS, and not the host the policy names
+    policy_server("trial.test", sts_policy("testing", "mx.elsewhere.test"))
+    message = await net.send("a@trial.test")
+    await net.run(net.runner(mta_sts_port=net.mta_sts_port))
+    assert len(mx.messages) == 1  # type: ignore[attr-defined]
+    assert (await net.states(message))["a@trial.test"][0] is DeliveryState.DELIVERED

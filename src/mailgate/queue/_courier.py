@@ -15,8 +15,10 @@ pays one connection, not one a message.
 
 TLS: the policy of the destination's domain (``tls_policies``), else
 ``tls``; to a smarthost with AUTH credentials at least ``encrypt``, since
-AUTH goes only over TLS.  A certificate failure under ``verify`` is a
-temporary failure, never a fall back to plaintext.
+AUTH goes only over TLS; ``verify`` to the hosts an MTA-STS policy in
+``enforce`` mode names, and no other host (``_mta_sts``).  A certificate
+failure under ``verify`` is a temporary failure, never a fall back to
+plaintext.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailgate.protocol import Recipient, Reply
+from mailgate.queue._mta_sts import MTASTS, STSPolicy
 from mailgate.queue._routes import Route, RouteError, RouteResolver, RouteSettings, Smarthost
 from mailgate.queue._runner import Attempt, AttemptResult, RecipientResult
 from mailgate.queue._smtp import (
@@ -70,6 +73,10 @@ class CourierSettings:
     tls_policies: Mapping[str, TLSPolicy] = field(default_factory=dict)
     ca_file: Path | None = None
     connect_timeout: float = CONNECT_TIMEOUT_SECONDS
+    mta_sts: bool = True
+    """Honour the MTA-STS policies domains publish (RFC 8461)."""
+    mta_sts_port: int = 443
+    """The HTTPS port of policy hosts (443; tests change it)."""
 
 
 _Key = tuple[str, int, TLSPolicy]
@@ -101,6 +108,7 @@ class SMTPCourier:
         self.settings = settings
         self._routes = RouteResolver(settings.routes)
         self._verify: ssl.SSLContext | None = None
+        self._sts: MTASTS | None = None
         self._idle: dict[_Key, list[_Idle]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.connections = 0
@@ -126,6 +134,16 @@ class SMTPCourier:
             return await self._routes.resolve_smarthost(smarthost)
         return await self._routes.resolve(domain)
 
+    async def _sts_policy(self, domain: str) -> STSPolicy | None:
+        settings = self.settings
+        if not settings.mta_sts or settings.smarthost is not None:
+            return None
+        if self._sts is None:
+            self._sts = MTASTS(
+                self._routes, context=self._verifying_context(), port=settings.mta_sts_port
+            )
+        return await self._sts.policy(domain)
+
     async def deliver(self, attempt: Attempt) -> AttemptResult:
         """Every recipient's reply for this attempt; never raises for the network's failures."""
         recipients = [r.address for r in attempt.recipients]
@@ -140,9 +158,28 @@ class SMTPCourier:
         if isinstance(transaction, Reply):
             return AttemptResult(tuple(RecipientResult(r, transaction) for r in recipients))
         policy = self._policy(attempt.domain)
+        targets = list(route.targets())
+        sts = await self._sts_policy(attempt.domain)
+        if sts is not None and sts.mode == "enforce":
+            # RFC 8461 5: only the hosts the policy names, only over verified TLS.
+            policy = "verify"
+            targets = [(host, address) for host, address in targets if sts.allows(host.name)]
+            if not targets:
+                refused = Reply(
+                    451, "4.7.5", f"no MX host of {route.domain} matches its MTA-STS policy"
+                )
+                return AttemptResult(
+                    tuple(RecipientResult(r, refused) for r in recipients), unreachable=True
+                )
+        elif sts is not None and sts.mode == "testing":
+            for host, _ in targets:
+                if not sts.allows(host.name):
+                    log.info(
+                        "queue: MTA-STS (testing) of %s does not name %s", route.domain, host.name
+                    )
         failure = Reply(451, "4.4.0", f"no host of {route.domain} could be tried")
         relay = ""
-        for host, address in route.targets():
+        for host, address in targets:
             relay = _relay(host.name, address, host.port)
             try:
                 client, uses = await self._client(host.name, address, host.port, policy)

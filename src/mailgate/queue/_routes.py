@@ -45,6 +45,7 @@ import dns.rdata
 import dns.rdatatype
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
+from dns.rdtypes.ANY.TXT import TXT
 from dns.rdtypes.IN.A import A
 from dns.rdtypes.IN.AAAA import AAAA
 
@@ -283,6 +284,28 @@ class RouteResolver:
             raise RouteError(Reply(451, "4.4.4", f"relay host {shown} has no address"))
         host = RouteHost(shown, 0, addresses, smarthost.port)
         return Route(smarthost.host, RouteKind.SMARTHOST, (host,))
+
+    async def text_records(self, name: str) -> list[str] | None:
+        """The TXT records of ``name``, each joined into one string; ``[]`` when it has none
+        (or does not exist), ``None`` when DNS gives no definite answer.
+
+        Raises ``RouteError`` (``550 5.1.2``) for a name that is not valid.
+        """
+        outcome, records = await self._lookup(_domain_name(name), dns.rdatatype.TXT)
+        if outcome is _Outcome.FAILED:
+            return None
+        return [
+            b"".join(record.strings).decode("utf-8", "replace")
+            for record in records
+            if isinstance(record, TXT)
+        ]
+
+    async def addresses(self, name: str) -> tuple[str, ...]:
+        """IPv4 then IPv6 addresses of ``name``; none when it has none or DNS fails.
+
+        Raises ``RouteError`` (``550 5.1.2``) for a name that is not valid.
+        """
+        return await self._addresses(_domain_name(name))
 
     def _literal_route(self, domain: str) -> Route:
         address = _literal_address(domain)
