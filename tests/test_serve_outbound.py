@@ -37,13 +37,18 @@ def launcher(tmp_path: Path) -> Iterator[Launcher]:
 
 
 def serve(
-    launcher: Launcher, tmp_path: Path, zone: DnsZone, mtas: ReceivingMTAs, *extra: str
+    launcher: Launcher,
+    tmp_path: Path,
+    zone: DnsZone,
+    mtas: ReceivingMTAs,
+    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> Serving:
     return launcher.serve(
         "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / "data"),
         "--hostname", "mx.here.test", "--domain", "here.test", "--relay-network", "127.0.0.0/8",
         "--resolver", zone.nameserver, "--outbound-port", str(mtas.port or 25),
-        *extra,
+        *extra, env=env,
     )  # fmt: skip
 
 
@@ -177,4 +182,25 @@ def test_with_workers_each_message_goes_out_once(
     assert sorted(m.recipients[0] for m in mx.messages) == sorted(
         f"u{n}@far.test" for n in range(10)
     )
+    served.stop_cleanly()
+
+
+def test_a_smarthost_with_credentials_from_the_environment(
+    launcher: Launcher,
+    tmp_path: Path,
+    dns_zone: Callable[[], DnsZone],
+    receiving_mta: ReceivingMTAs,
+) -> None:
+    zone = dns_zone()
+    relay = receiving_mta(hostname="relay.isp.test", tls=True, auth={"me": "pa55"})
+    served = serve(
+        launcher, tmp_path, zone, receiving_mta,
+        "--relay-host", f"{relay.host}:{relay.port}",
+        env={"MAILGATE_RELAY_AUTH": "me:pa55"},
+    )  # fmt: skip
+    send(served, "x@anywhere.test", "Via the ISP")
+    until(lambda: relay.messages, "the smarthost has the message")
+    (received,) = relay.messages
+    assert (received.recipients, received.tls, received.login) == (("x@anywhere.test",), True, "me")
+    assert "pa55" not in served.ready_line
     served.stop_cleanly()
