@@ -55,7 +55,7 @@ async def opened_pool(url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
         await pool.close()
 
 
-MESSAGES_TABLE = "CREATE TABLE messages (id text PRIMARY KEY, envelope jsonb NOT NULL)"
+MESSAGES_TABLE = 'CREATE TABLE messages (id text COLLATE "C" PRIMARY KEY, envelope jsonb NOT NULL)'
 
 
 async def queue_many(url: str) -> list[tuple[str, str]]:

@@ -49,7 +49,7 @@ __all__ = [
 
 QUEUE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
-    message_id text NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    message_id text COLLATE "C" NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
     recipient text NOT NULL,
     state text NOT NULL,                -- a DeliveryState value
     queued_at timestamptz NOT NULL,
