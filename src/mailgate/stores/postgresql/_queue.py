@@ -9,11 +9,13 @@ that dies leaves leases that simply run out, and anyone claims the rows
 anew; the outcome of a runner whose lease went to another is dropped, as
 ``record`` writes only rows whose ``lease_owner`` is still the writer's.
 
-Claims never wait on one another: a claim locks the due rows it looks at
-with ``FOR UPDATE SKIP LOCKED``, so two claims running at once take
-disjoint rows, and one that finds every due row locked takes nothing rather
-than queueing behind the other.  A claim takes every due row of the
-messages it picks, so that one connection can carry them all.
+Claims never wait for a lock: a claim locks the due rows it looks at with
+``FOR UPDATE SKIP LOCKED``, so two claims running at once take disjoint
+rows, and one that finds every due row locked (by another claim, or by an
+outcome being written) takes nothing rather than queueing behind it.  A
+claim takes every due row of the messages it picks, so that one connection
+can carry them all; only when two claims pick one message at the same
+moment does each take part of its rows.
 
 Times are ``timestamptz``, and always the ``now`` the caller passes: the
 database clock is never read, so that tests decide what is due.
