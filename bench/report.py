@@ -667,7 +667,8 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         "- Postfix: a private instance (own `config_directory`, `queue_directory`, "
         "`data_directory` under the run's directory, chroot off, logging to a file) with "
         "`virtual(8)` delivering every recipient of `bench.test` to one Maildir and nothing "
-        "relayed. Its `250` means the message is fsynced in Postfix's queue; delivery to the "
+        "relayed (but in the relay scenario, where `relayhost` is the sink). Its `250` "
+        "means the message is fsynced in Postfix's queue; delivery to the "
         'Maildir follows, and the harness waits for it ("queue drain") before counting. CPU '
         "covers all its processes, delivery included. Process limit: "
         f"{data.get('postfix_process_limit') or 'the default (100)'}."
