@@ -1,0 +1,240 @@
+"""The PostgreSQL store: the conformance suites, schema versions, group commit, events
+across instances, and a database that is down.  Each test has a database of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.model import MessageId, StoreEvent, StoreEventKind
+from mailgate.ports import StoreError
+from mailgate.stores import StoreURLError, open_store
+from mailgate.stores.postgresql import SCHEMA_VERSION, PostgreSQLStore
+from mailgate.testing.queues import QUEUE_STORE_CHECKS
+from mailgate.testing.stores import (
+    SEARCHABLE_STORE_CHECKS,
+    STORE_CHECKS,
+    TAGGABLE_STORE_CHECKS,
+    StoreUnderTest,
+    make_envelope,
+    make_message,
+    next_event,
+)
+from postgresql_helpers import fresh_database
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+def under_test(url: str, tmp_path: Path) -> StoreUnderTest:
+    return StoreUnderTest(open=lambda: PostgreSQLStore(url), spool_dir=tmp_path / "spool")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "check",
+    STORE_CHECKS + SEARCHABLE_STORE_CHECKS + TAGGABLE_STORE_CHECKS + QUEUE_STORE_CHECKS,
+    ids=lambda check: check.__name__,
+)
+async def test_conformance(
+    check: Callable[[StoreUnderTest], Awaitable[None]], database: str, tmp_path: Path
+) -> None:
+    await check(under_test(database, tmp_path))
+
+
+async def store_many(store: PostgreSQLStore, tmp_path: Path, count: int) -> list[MessageId]:
+    acceptor = Acceptor(store, DeliverySettings(hostname="mx.test", spool_dir=tmp_path / "spool"))
+
+    async def one(i: int) -> MessageId:
+        spool = acceptor.begin(make_envelope())
+        spool.write(make_message(f"m{i}"))
+        return await acceptor.commit(spool)
+
+    try:
+        return list(await asyncio.gather(*(one(i) for i in range(count))))
+    finally:
+        acceptor.close()
+
+
+def query(url: str, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(url, autocommit=True) as connection:
+        cursor = connection.execute(sql.encode())
+        return cursor.fetchall() if cursor.description else []
+
+
+@pytest.mark.asyncio
+async def test_open_creates_the_schema(database: str) -> None:
+    store = await open_store(database)
+    await store.aclose()
+    assert isinstance(store, PostgreSQLStore)
+    assert query(database, "SELECT version FROM mailgate_schema") == [(SCHEMA_VERSION,)]
+    tables = {
+        name
+        for (name,) in query(
+            database, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        )
+    }
+    assert {"mailgate_schema", "messages", "contents", "tags", "events", "deliveries"} <= tables
+    assert query(database, "SELECT to_regclass('messages_search_text') IS NOT NULL") == [(True,)]
+
+
+@pytest.mark.asyncio
+async def test_a_newer_schema_is_refused_in_one_line(database: str) -> None:
+    await (await open_store(database)).aclose()
+    query(database, f"UPDATE mailgate_schema SET version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError) as raised:
+        await open_store(database)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"schema version {SCHEMA_VERSION + 1}, newer than this mailgate's" in message
+
+
+@pytest.mark.asyncio
+async def test_a_version_1_database_is_upgraded_in_place(database: str, tmp_path: Path) -> None:
+    store = PostgreSQLStore(database)
+    try:
+        (old,) = await store_many(store, tmp_path, 1)
+    finally:
+        await store.aclose()
+    # As a mailgate of schema 1 left it: no outbound queue.
+    query(database, "DROP TABLE deliveries; UPDATE mailgate_schema SET version = 1")
+    store = PostgreSQLStore(database)
+    try:
+        assert query(database, "SELECT version FROM mailgate_schema") == [(SCHEMA_VERSION,)]
+        assert await store.raw(old) is not None
+        assert await store.queued() == []
+        (new,) = await store_many(store, tmp_path, 1)
+        assert (await store.list()).total == 2
+        assert await store.get(new) is not None
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_stores_opening_at_once_create_the_schema_once(database: str) -> None:
+    stores = await asyncio.gather(*(PostgreSQLStore.open(database) for _ in range(4)))
+    for store in stores:
+        await store.aclose()
+    assert query(database, "SELECT version FROM mailgate_schema") == [(SCHEMA_VERSION,)]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_stores_share_transactions(database: str, tmp_path: Path) -> None:
+    store = PostgreSQLStore(database)
+    try:
+        ids = await store_many(store, tmp_path, 200)
+        stats = store.stats
+        assert stats.messages == 200
+        assert len(set(ids)) == 200
+        # 200 stores at once cannot all have waited for a commit of their own.
+        assert stats.transactions < 100
+    finally:
+        await store.aclose()
+    logged = query(database, "SELECT count(*), sum(cardinality(message_ids)) FROM events")
+    assert logged == [(stats.transactions, 200)]
+
+
+@pytest.mark.asyncio
+async def test_another_instance_sees_every_change_once(database: str, tmp_path: Path) -> None:
+    first, second = PostgreSQLStore(database), PostgreSQLStore(database)
+    try:
+        events = second.subscribe()
+        stored = await store_many(first, tmp_path, 3)
+        seen = await next_event(events)
+        assert seen.kind is StoreEventKind.STORED
+        while len(seen.message_ids) < 3:  # perhaps more than one transaction
+            more = await next_event(events)
+            seen = StoreEvent(StoreEventKind.STORED, seen.message_ids + more.message_ids)
+        assert sorted(seen.message_ids) == sorted(stored)
+        assert await first.mark_read(stored[:1], True) == 1
+        assert await next_event(events) == StoreEvent(StoreEventKind.READ, (stored[0],))
+        assert await first.delete(None) == 3
+        assert await next_event(events) == StoreEvent(StoreEventKind.DELETED)
+        # Nothing twice: the next event is the next change.
+        (last,) = await store_many(first, tmp_path, 1)
+        assert await next_event(events) == StoreEvent(StoreEventKind.STORED, (last,))
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+@pytest.mark.asyncio
+async def test_an_event_committed_after_a_later_one_is_not_skipped(
+    database: str, tmp_path: Path
+) -> None:
+    """A transaction that drew its event id first but commits last is still followed."""
+    store, other = PostgreSQLStore(database), PostgreSQLStore(database)
+    events = store.subscribe()
+    try:
+        with psycopg.connect(database) as slow:
+            slow.execute(
+                "INSERT INTO events (origin, kind, message_ids) VALUES ('slow', 'deleted', '{A}')"
+            )
+            (fast,) = await store_many(other, tmp_path, 1)
+            await asyncio.sleep(1.2)  # the follower reads meanwhile; it must not pass "slow"
+            slow.commit()
+        received = {await next_event(events), await next_event(events)}
+        assert received == {
+            StoreEvent(StoreEventKind.DELETED, (MessageId("A"),)),
+            StoreEvent(StoreEventKind.STORED, (fast,)),
+        }
+    finally:
+        await store.aclose()
+        await other.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_database_that_is_down_is_a_quick_one_line_error() -> None:
+    with socket_closed_port() as port:
+        started = time.monotonic()
+        with pytest.raises(StoreError) as raised:
+            await open_store(f"postgresql://postgres@127.0.0.1:{port}/mail")
+        assert time.monotonic() - started < 3
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("cannot open the message store postgresql://postgres@127.0.0.1")
+
+
+@pytest.mark.asyncio
+async def test_a_password_is_not_shown() -> None:
+    with socket_closed_port() as port, pytest.raises(StoreError) as raised:
+        await open_store(f"postgresql://mail:secret@127.0.0.1:{port}/mail")
+    assert "secret" not in str(raised.value)
+    assert "mail:***@127.0.0.1" in str(raised.value)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("url", ["postgresql://db.test", "postgres://db.test/"])
+async def test_a_url_without_a_database_is_refused(url: str) -> None:
+    with pytest.raises(StoreURLError, match="names no database"):
+        await open_store(url)
+
+
+@pytest.mark.asyncio
+async def test_a_closed_store_refuses_work(database: str) -> None:
+    store = PostgreSQLStore(database)
+    await store.aclose()
+    await store.aclose()  # harmless twice
+    with pytest.raises(StoreError):
+        await store.list()
+    with pytest.raises(StoreError):
+        await store.delete(None)
+
+
+@contextlib.contextmanager
+def socket_closed_port() -> Iterator[int]:
+    """A local TCP port nothing listens on, for as long as the block runs."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        yield bound.getsockname()[1]
