@@ -1,10 +1,12 @@
 """Message stores, chosen by URL.
 
 ``open_store("sqlite:///var/lib/mailgate/mail.db")`` opens the embedded
-default (``mailgate.stores.sqlite.SQLiteStore``).  Each URL scheme a store
-answers to has an opener in ``_OPENERS``; ``maildir://`` and
-``postgresql://`` are planned, and refused with a clear message until their
-stores exist.
+default (``mailgate.stores.sqlite.SQLiteStore``);
+``open_store("postgresql://mail@db.example/mail")`` (or ``postgres://``) a
+database several nodes share (``mailgate.stores.postgresql.PostgreSQLStore``).
+Each URL scheme a store answers to has an opener in ``_OPENERS``;
+``maildir://`` is planned, and refused with a clear message until its store
+exists.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from mailgate.stores.sqlite import SQLiteStore
 __all__ = ["SQLiteStore", "StoreError", "StoreURLError", "open_store"]
 
 SQLITE_URL_EXAMPLE = "sqlite:///path/to/mail.db"
-PLANNED_SCHEMES = frozenset({"maildir", "postgresql", "postgres"})
+PLANNED_SCHEMES = frozenset({"maildir"})
 """Schemes of stores to come: refused as not supported yet rather than unknown."""
 
 
@@ -67,8 +69,22 @@ def _sqlite_store(path: Path) -> SQLiteStore:
     return SQLiteStore(path)
 
 
+async def _open_postgresql(url: str, parts: SplitResult) -> MessageStore:
+    if not parts.path.strip("/") and not parts.query:
+        raise StoreURLError(f"message store URL {url!r} names no database")
+    try:  # psycopg is an optional dependency: imported only when asked for
+        from mailgate.stores.postgresql import PostgreSQLStore  # noqa: PLC0415
+    except ImportError as error:
+        raise StoreError(
+            f"PostgreSQL message stores need psycopg: pip install 'mailgate[postgresql]' ({error})"
+        ) from error
+    return await PostgreSQLStore.open(url)
+
+
 _OPENERS: dict[str, Callable[[str, SplitResult], Awaitable[MessageStore]]] = {
     "sqlite": _open_sqlite,
+    "postgresql": _open_postgresql,
+    "postgres": _open_postgresql,
 }
 """The opener of each URL scheme (lower case): given the URL and its parts, the open store.
 
