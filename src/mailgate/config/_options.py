@@ -15,6 +15,7 @@ from mailgate.config._values import (
     parse_choice,
     parse_credentials,
     parse_domain_names,
+    parse_domain_names_list,
     parse_domain_table,
     parse_duration,
     parse_durations,
@@ -196,6 +197,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "http_auth", "--http-auth", "MAILGATE_HTTP_AUTH", "http_auth", parse_credentials,
         "USER:PASSWORD", "require HTTP basic auth for the web inbox and API (off by default)",
+    ),
+    Option(
+        "http_allowed_hosts", "--http-allowed-host", "MAILGATE_HTTP_ALLOWED_HOST",
+        "http_allowed_hosts", parse_domain_names_list, "NAME",
+        "a host name the web inbox answers to (besides IPs, localhost and --hostname); repeat",
+        repeatable=True,
     ),
     Option(
         "users", "--users", "MAILGATE_USERS", "users", parse_optional_path, "FILE",

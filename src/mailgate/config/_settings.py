@@ -195,6 +195,9 @@ class Settings:
     relay_networks: tuple[str, ...] = ()
     auth_accept_any: bool = False
     http_auth: tuple[str, str] | None = None
+    http_allowed_hosts: tuple[str, ...] = ()
+    """Host names the web inbox answers to besides IP addresses, ``localhost`` and ``hostname``
+    (a defence against DNS rebinding: a page whose name rebinds to this address gets 400)."""
     workers: int = 1
     """SMTP processes; above 1 they share the ports through ``SO_REUSEPORT``; 0: one per CPU."""
     outbound: Outbound = Outbound()

@@ -472,3 +472,12 @@ def parse_tls_policies(value: object) -> tuple[tuple[str, str], ...]:
             )
         policies[name] = text
     return tuple(policies.items())
+
+
+def parse_domain_names_list(value: object) -> tuple[str, ...]:
+    """Host names from flags, the environment or a TOML array, lower-cased, duplicates dropped."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise InvalidValue(f"expected an array of host names, got {_describe(value)}")
+    return tuple(dict.fromkeys(parse_domain_name(item) for item in value))

@@ -208,6 +208,10 @@ class Mailgate:
                             database=settings.store_url,
                             release_allowed=release_allowed(settings),
                             hostname=settings.hostname or "localhost",
+                            allowed_hosts=frozenset(
+                                {"localhost", settings.hostname or "localhost"}
+                                | set(settings.http_allowed_hosts)
+                            ),
                         ),
                     ),
                     settings.http,

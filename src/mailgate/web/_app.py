@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from mailgate.web._events import EventHub
 from mailgate.web._live import live_routes
 from mailgate.web._openapi import openapi_document
 
-__all__ = ["BasicAuth", "create_app", "inbox_of"]
+__all__ = ["AllowedHosts", "BasicAuth", "create_app", "inbox_of"]
 
 STATIC = Path(__file__).with_name("static")
 PAGE_CSP = (
@@ -68,6 +69,50 @@ class BasicAuth:
             status_code=401,
             media_type="text/plain",
             headers={"WWW-Authenticate": f'Basic realm="{self._realm}", charset="UTF-8"'},
+        )
+        await response(scope, receive, send)
+
+
+class AllowedHosts:
+    """ASGI middleware answering ``400`` to a request whose ``Host`` names neither an IP
+    address nor an allowed name, before any handler runs.
+
+    A web page whose name an attacker makes resolve to 127.0.0.1 (DNS
+    rebinding) is same-origin with the inbox it reaches, and could read and
+    delete mail; its requests name the attacker's host, which is not allowed.
+    An IP address cannot be rebound, so any is allowed.
+    """
+
+    def __init__(self, app: ASGIApp, names: frozenset[str]) -> None:
+        self._app = app
+        self._names = frozenset(name.lower().rstrip(".") for name in names)
+
+    def _allowed(self, host: str) -> bool:
+        if host.startswith("["):  # [IPv6]:port
+            name = host[1:].partition("]")[0]
+        else:
+            name = host.rpartition(":")[0] if ":" in host else host
+        name = name.lower().rstrip(".")
+        if name in self._names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self._app(scope, receive, send)
+            return
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if self._allowed(host):
+            await self._app(scope, receive, send)
+            return
+        response = Response(
+            "this inbox does not answer to that host name (see --http-allowed-host)\n",
+            status_code=400,
+            media_type="text/plain",
         )
         await response(scope, receive, send)
 
@@ -121,6 +166,8 @@ def create_app(
     if settings.http_auth is not None:
         user, password = settings.http_auth
         app.add_middleware(BasicAuth, user=user, password=password)
+    if settings.allowed_hosts is not None:
+        app.add_middleware(AllowedHosts, names=settings.allowed_hosts)  # outermost: first
     return app
 
 

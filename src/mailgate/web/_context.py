@@ -52,6 +52,9 @@ class WebSettings:
     database: str = ""
     release_allowed: bool = False
     hostname: str = "localhost"
+    allowed_hosts: frozenset[str] | None = None
+    """Host names requests may name besides IP addresses (``Host``); ``None``: any (an app
+    embedded behind a proxy that checks them).  ``mailgate serve`` always sets them."""
 
 
 class BadRequest(Exception):
