@@ -29,6 +29,7 @@ from mailgate.testing.stores import (
     next_event,
 )
 from postgresql_helpers import fresh_database
+from store_helpers import until
 
 
 @pytest.fixture
@@ -182,7 +183,9 @@ async def test_an_event_committed_after_a_later_one_is_not_skipped(
                 "INSERT INTO events (origin, kind, message_ids) VALUES ('slow', 'deleted', '{A}')"
             )
             (fast,) = await store_many(other, tmp_path, 1)
-            await asyncio.sleep(1.2)  # the follower reads meanwhile; it must not pass "slow"
+            # The follower reads the log twice more meanwhile; it must not pass "slow".
+            reads = store._follower._reader.reads
+            await until(lambda: store._follower._reader.reads >= reads + 2, "the log is read")
             slow.commit()
         received = {await next_event(events), await next_event(events)}
         assert received == {

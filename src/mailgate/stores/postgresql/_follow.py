@@ -17,9 +17,13 @@ each read takes, in one statement and so one snapshot, the rows whose
 being ``pg_snapshot_xmin(pg_current_snapshot())``, the oldest transaction
 still running.  Every transaction below it has ended, and none can start
 below it, so each row is read exactly once, in the first read after its
-transaction commits (a rolled-back transaction's rows are never seen).  A
-read may wait on a long transaction still running, never past it.  The
-rows are published in ``id`` order.
+transaction commits (a rolled-back transaction's rows are never seen).  The
+rows are published in ``id`` order.  The price: transaction ids are the
+server's, not the database's, so a long transaction that has written
+anything, in any database of the server, holds back every event committed
+after it began until it ends (the writer's transactions are short, and so
+are the queue's).  (Remembering gaps in ``id`` and reading them again for a
+while would not wait, but would have to guess how long a gap may stay open.)
 
 Invariants:
 - the starting horizon and snapshot are read when the store opens
@@ -76,6 +80,8 @@ class EventReader:
         self._skip_until = _snapshot_xmax(skip) if skip else 0
         self._lost_after = lost_after
         self._last_read = time.monotonic()
+        self.reads = 0
+        """How many reads succeeded."""
 
     @staticmethod
     def starting(connection: psycopg.Connection[Any]) -> tuple[int, str]:
@@ -107,6 +113,7 @@ class EventReader:
             else:
                 events.append(event)
         self.low = int(rows[0][0])
+        self.reads += 1
         if self._skip is not None and self.low >= self._skip_until:
             self._skip = None  # every transaction it saw running has ended and been read
         return events

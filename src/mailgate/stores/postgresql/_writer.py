@@ -15,7 +15,9 @@ batch's events with one ``NOTIFY`` (``_events.insert_events``).  A future
 resolves only after COMMIT returned, and ``synchronous_commit`` is ``on`` for
 the store's connections (``_connection``): so ``store`` returns once the
 message is durable.  When a batch fails, each operation is tried again in a
-transaction of its own, so one bad operation fails alone.
+transaction of its own, so one bad operation fails alone; unless the database
+could not be reached, or is full (``psycopg.OperationalError``): then they
+all fail at once, with the same one-line ``StoreError``.
 
 Events are published to the store's own subscribers right after the
 commit, in commit order (this writer is the store's only one).  Now and then
@@ -34,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import psycopg
 from psycopg import AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 
@@ -171,10 +174,13 @@ class Writer:
         try:
             batch = await self._transaction(operations)
         except Exception as error:  # a bug must fail the writes, not stall them
-            if len(taken) == 1:
+            if len(taken) == 1 or isinstance(error, psycopg.OperationalError):
+                # One operation, or a database that cannot be reached (or is full): trying
+                # each again alone would only make every caller wait longer for the same.
                 failure = error if isinstance(error, StoreError) else store_error("write", error)
                 log.error("store write failed: %s", failure)
-                _settle(taken[0][1], failure)
+                for _, future in taken:
+                    _settle(future, failure)
                 return
             for one in taken:
                 await self._commit([one])
