@@ -35,11 +35,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import TupleRow, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from mailgate.model import DeliveryOutcome, DeliveryState, MessageId, QueuedDelivery
+from mailgate.stores.postgresql._connection import store_error
 
 __all__ = [
     "QUEUE_SCHEMA",
@@ -206,39 +208,67 @@ class QueueOperations:
     """The ``ports.QueueStore`` methods beyond ``ports.MessageStore``, on a connection pool.
 
     ``events`` writes the ``QUEUE`` event of each change with its transaction
-    (``None``: no events).  Several instances, in one process or on many
-    nodes, may share the database.
+    (``None``: no events); ``check_open``, called before each operation,
+    raises ``StoreError`` when the store may not be used.  Several instances,
+    in one process or on many nodes, may share the database.  Every
+    operation raises ``StoreError`` (one line) when the database cannot do
+    it; then a change has not happened.
     """
 
     def __init__(
-        self, pool: AsyncConnectionPool[AsyncConnection[Any]], events: QueueEvents | None = None
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        events: QueueEvents | None = None,
+        *,
+        check_open: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
         self._events = events
+        self._check_open = check_open
 
     async def _read(self, query: str, params: dict[str, object]) -> list[TupleRow]:
-        async with (
-            self._pool.connection() as connection,
-            connection.cursor(row_factory=tuple_row) as cursor,
-        ):
-            await cursor.execute(query, params)
-            return await cursor.fetchall()
+        if self._check_open is not None:
+            self._check_open()
+        try:
+            async with (
+                self._pool.connection() as connection,
+                connection.cursor(row_factory=tuple_row) as cursor,
+            ):
+                await cursor.execute(query, params)
+                return await cursor.fetchall()
+        except psycopg.Error as error:
+            raise store_error("read", error) from error
 
     async def _exists(self, query: str, params: dict[str, object]) -> bool:
         rows = await self._read(f"SELECT EXISTS ({query})", params)
         return bool(rows[0][0])
 
+    async def _write(
+        self, query: str, params: dict[str, object], *, events: bool = True
+    ) -> list[TupleRow]:
+        """Run ``query`` in a transaction of its own; return its rows.
+
+        With ``events``, its rows are the ids of the messages whose rows it
+        changed (``RETURNING message_id``), and their event is written with it.
+        """
+        if self._check_open is not None:
+            self._check_open()
+        try:
+            async with self._pool.connection() as connection, connection.transaction():
+                cursor = connection.cursor(row_factory=tuple_row)
+                await cursor.execute(query, params)
+                rows = await cursor.fetchall()
+                if events and rows and self._events is not None:
+                    changed = list(dict.fromkeys(MessageId(row[0]) for row in rows))
+                    await self._events(cursor, changed)
+        except psycopg.Error as error:
+            raise store_error("write", error) from error
+        return rows
+
     async def _change(self, query: str, params: dict[str, object]) -> int:
-        """Run ``query`` (``RETURNING message_id``, a row per row changed) in a transaction
-        with the event of the messages it changed; return how many rows it changed."""
-        async with self._pool.connection() as connection, connection.transaction():
-            cursor = connection.cursor(row_factory=tuple_row)
-            await cursor.execute(query, params)
-            rows = await cursor.fetchall()
-            changed = list(dict.fromkeys(MessageId(row[0]) for row in rows))
-            if changed and self._events is not None:
-                await self._events(cursor, changed)
-        return len(rows)
+        """Change rows (``query`` returning the message id of each), with their event;
+        return how many."""
+        return len(await self._write(query, params))
 
     async def claim(
         self, owner: str, *, now: datetime, lease: timedelta, limit: int
@@ -260,11 +290,8 @@ class QueueOperations:
             "limit": limit,
             "scan": limit * ROWS_LOCKED_PER_MESSAGE,
         }
-        async with self._pool.connection() as connection, connection.transaction():
-            cursor = connection.cursor(row_factory=tuple_row)
-            await cursor.execute(_CLAIM, params)
-            rows = await cursor.fetchall()
-        return [_delivery(row) for row in rows]  # a claim changes no state anyone watches
+        rows = await self._write(_CLAIM, params, events=False)  # no state anyone watches
+        return [_delivery(row) for row in rows]
 
     async def record(self, owner: str, outcomes: Sequence[DeliveryOutcome]) -> int:
         """Write the outcomes of recipients ``owner`` holds; return how many were written.
@@ -297,7 +324,8 @@ class QueueOperations:
     async def renew_claims(self, owner: str, until: datetime) -> int:
         """Extend every lease ``owner`` holds to ``until``; return how many."""
         return await self._leases(
-            "UPDATE deliveries SET lease_until = %(until)s WHERE lease_owner = %(owner)s",
+            "UPDATE deliveries SET lease_until = %(until)s WHERE lease_owner = %(owner)s"
+            " RETURNING message_id",
             {"owner": owner, "until": until},
         )
 
@@ -305,7 +333,7 @@ class QueueOperations:
         """Drop every lease ``owner`` holds; return how many."""
         return await self._leases(
             "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
-            " WHERE lease_owner = %(owner)s",
+            " WHERE lease_owner = %(owner)s RETURNING message_id",
             {"owner": owner},
         )
 
@@ -313,9 +341,7 @@ class QueueOperations:
         """Change ``owner``'s leases (no event: no state anyone watches), if it holds any."""
         if not await self._exists("SELECT 1 FROM deliveries WHERE lease_owner = %(owner)s", params):
             return 0
-        async with self._pool.connection() as connection, connection.transaction():
-            cursor = await connection.execute(query, params)
-            return cursor.rowcount
+        return len(await self._write(query, params, events=False))
 
     async def queued(
         self, message_id: MessageId | None = None, *, pending_only: bool = True
