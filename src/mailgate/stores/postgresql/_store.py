@@ -96,7 +96,7 @@ class PostgreSQLStore(QueueOperations):
             self._subscriptions.publish,
             connect_timeout=settings.connect_timeout,
         )
-        super().__init__(self._pool, self._queue_events)
+        super().__init__(self._pool, self._queue_events, check_open=self._start)
         with contextlib.suppress(RuntimeError):  # no loop yet: the first use starts it
             asyncio.get_running_loop()
             self._start()
