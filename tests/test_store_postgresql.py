@@ -17,7 +17,7 @@ from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
 from mailgate.stores import StoreURLError, open_store
-from mailgate.stores.postgresql import SCHEMA_VERSION, PostgreSQLStore
+from mailgate.stores.postgresql import SCHEMA_VERSION, PostgreSQLSettings, PostgreSQLStore
 from mailgate.testing.queues import QUEUE_STORE_CHECKS
 from mailgate.testing.stores import (
     SEARCHABLE_STORE_CHECKS,
@@ -207,6 +207,40 @@ async def test_a_database_that_is_down_is_a_quick_one_line_error() -> None:
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith("cannot open the message store postgresql://postgres@127.0.0.1")
+
+
+@pytest.mark.asyncio
+async def test_a_database_that_goes_away_is_a_prompt_error_and_then_back(
+    database: str, tmp_path: Path
+) -> None:
+    store = PostgreSQLStore(database, settings=PostgreSQLSettings(connect_timeout=1))
+    server, name = database.rsplit("/", 1)
+    try:
+        await store_many(store, tmp_path, 1)
+        query(f"{server}/postgres", f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        query(
+            f"{server}/postgres",
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+        )
+        started = time.monotonic()
+        with pytest.raises(StoreError) as raised:
+            await store_many(store, tmp_path, 5)
+        assert time.monotonic() - started < 5
+        assert "\n" not in str(raised.value)
+        with pytest.raises(StoreError):
+            await store.list()
+        query(f"{server}/postgres", f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        deadline = time.monotonic() + 20
+        while True:  # the pool connects again, backing off meanwhile
+            try:
+                assert (await store.list()).total == 1
+                break
+            except StoreError:
+                assert time.monotonic() < deadline, "the store did not come back"
+                await asyncio.sleep(0.2)
+        await store_many(store, tmp_path, 1)
+    finally:
+        await store.aclose()
 
 
 @pytest.mark.asyncio
