@@ -1,141 +1,151 @@
-"""The PostgreSQL outbound queue: claims by several nodes at once on one database."""
+"""The PostgreSQL outbound queue: the conformance suite, and claims by several nodes at once.
+
+Each test has a database of its own (``postgresql_helpers.fresh_database``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import uuid
+import dataclasses
 from collections import Counter
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from mailgate.model import DeliveryOutcome, DeliveryState
-from mailgate.stores.postgresql._queue import QUEUE_SCHEMA, QueueOperations, insert_queued
+from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.model import DeliveryOutcome, DeliveryState, MessageId, QueuedDelivery
+from mailgate.ports import StoreError
+from mailgate.stores.postgresql import PostgreSQLStore
+from mailgate.stores.postgresql._queue import QueueOperations
+from mailgate.testing.queues import QUEUE_STORE_CHECKS
+from mailgate.testing.stores import EPOCH, StoreUnderTest, make_envelope, make_message
+from postgresql_helpers import fresh_database
 
-SERVER = "postgresql://postgres@127.0.0.1:5432"
-NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 LEASE = timedelta(minutes=2)
 NODES = 4
 MESSAGES = 500
 RECIPIENTS_PER_MESSAGE = 4
 CLAIM_LIMIT = 50
+"""Messages a claim takes at most: 4 nodes claim 2,000 recipients over 500 messages."""
 
 
-@contextlib.asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """The URL of a database of its own, dropped afterwards."""
-    name = f"mailgate_test_{uuid.uuid4().hex}"
-    try:
-        admin = await psycopg.AsyncConnection.connect(f"{SERVER}/postgres", autocommit=True)
-    except psycopg.OperationalError as error:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"PostgreSQL cannot be reached at {SERVER}: {error}")
-    async with admin:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"{SERVER}/{name}"
-        finally:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@contextlib.asynccontextmanager
-async def opened_pool(url: str) -> AsyncIterator[AsyncConnectionPool[Any]]:
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=1, max_size=2, open=False)
-    await pool.open(wait=True)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-MESSAGES_TABLE = 'CREATE TABLE messages (id text COLLATE "C" PRIMARY KEY, envelope jsonb NOT NULL)'
-
-
-async def queue_many(url: str) -> list[tuple[str, str]]:
-    """Store ``MESSAGES`` bare messages with their queue rows; return (message, recipient)s."""
-    rows = [
-        (f"m{m:04d}", f"r{r}@remote.test", NOW, NOW)
-        for m in range(MESSAGES)
-        for r in range(RECIPIENTS_PER_MESSAGE)
-    ]
-    async with await psycopg.AsyncConnection.connect(url) as connection:
-        await connection.execute(MESSAGES_TABLE)
-        await connection.execute(QUEUE_SCHEMA)
-        async with connection.cursor() as cursor:
-            await cursor.executemany(
-                'INSERT INTO messages (id, envelope) VALUES (%s, \'{"mail_from": "s@a.test"}\')',
-                [(f"m{m:04d}",) for m in range(MESSAGES)],
-            )
-            await insert_queued(cursor, rows)
-    return [(m, r) for m, r, _, _ in rows]
-
-
-async def run_node(
-    queue: QueueOperations, owner: str, claims: list[tuple[str, str]], held: dict[Any, str]
-) -> None:
-    """Claim and deliver until nothing is left, checking that no one else holds a claimed row."""
-    while claimed := await queue.claim(owner, now=NOW, lease=LEASE, limit=CLAIM_LIMIT):
-        assert len({r.message_id for r in claimed}) <= CLAIM_LIMIT
-        for row in claimed:
-            key = (row.message_id, row.recipient)
-            assert key not in held, f"{owner} claimed {key}, which {held.get(key)} holds"
-            held[key] = owner
-            claims.append(key)
-        await asyncio.sleep(0)  # another node's turn while this one "delivers"
-        outcomes = [
-            DeliveryOutcome(row.message_id, row.recipient, DeliveryState.DELIVERED, NOW, "250 ok")
-            for row in claimed
-        ]
-        for row in claimed:
-            del held[(row.message_id, row.recipient)]
-        assert await queue.record(owner, outcomes) == len(outcomes)
-
-
-async def claim_on_nodes(url: str) -> tuple[list[tuple[str, str]], float]:
-    """Every node's claims, and how long they took (seconds), ``NODES`` at once."""
-    claims: list[tuple[str, str]] = []
-    held: dict[Any, str] = {}
-    async with contextlib.AsyncExitStack() as stack:
-        pools = [await stack.enter_async_context(opened_pool(url)) for _ in range(NODES)]
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await asyncio.gather(
-            *(
-                run_node(QueueOperations(pool), f"node{n}", claims, held)
-                for n, pool in enumerate(pools)
-            )
-        )
-        return claims, loop.time() - started
+@pytest.fixture
+def database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.mark.asyncio
-async def test_nodes_claim_every_recipient_once() -> None:
-    async with fresh_database() as url:
-        queued = await queue_many(url)
-        claims, _ = await claim_on_nodes(url)
-        counts = Counter(claims)
-        assert set(counts) == set(queued)
+@pytest.mark.parametrize("check", QUEUE_STORE_CHECKS, ids=lambda check: check.__name__)
+async def test_queue_conformance(
+    check: Callable[[StoreUnderTest], Awaitable[None]], database: str, tmp_path: Path
+) -> None:
+    await check(
+        StoreUnderTest(open=lambda: PostgreSQLStore(database), spool_dir=tmp_path / "spool")
+    )
+
+
+async def queue_many(store: PostgreSQLStore, tmp_path: Path) -> set[tuple[MessageId, str]]:
+    """Store ``MESSAGES`` messages to ``RECIPIENTS_PER_MESSAGE`` outbound recipients each;
+    return every (message, recipient) queued."""
+    acceptor = Acceptor(store, DeliverySettings(hostname="mx.test", spool_dir=tmp_path / "spool"))
+    recipients = tuple(f"r{n}@remote.test" for n in range(RECIPIENTS_PER_MESSAGE))
+    envelope = dataclasses.replace(make_envelope(*recipients), outbound=recipients)
+
+    async def one(number: int) -> MessageId:
+        spool = acceptor.begin(envelope)
+        spool.write(make_message(f"m{number}"))
+        return await acceptor.commit(spool)
+
+    try:
+        ids = await asyncio.gather(*(one(n) for n in range(MESSAGES)))
+    finally:
+        acceptor.close()
+    return {(message_id, recipient) for message_id in ids for recipient in recipients}
+
+
+@dataclasses.dataclass
+class Claims:
+    """What every node claimed, and who holds what now: a claim of a row another node
+    holds fails at once."""
+
+    made: list[tuple[MessageId, str]] = dataclasses.field(default_factory=list)
+    held: dict[tuple[MessageId, str], str] = dataclasses.field(default_factory=dict)
+
+    def take(self, owner: str, rows: list[QueuedDelivery]) -> None:
+        for row in rows:
+            key = (row.message_id, row.recipient)
+            holder = self.held.setdefault(key, owner)
+            assert holder == owner, f"{owner} claimed {key}, which {holder} holds"
+            self.made.append(key)
+
+    def give_up(self, rows: list[QueuedDelivery]) -> None:
+        for row in rows:
+            del self.held[(row.message_id, row.recipient)]
+
+
+async def run_node(store: PostgreSQLStore, owner: str, claims: Claims) -> None:
+    """Claim and deliver until nothing is due."""
+    now = EPOCH + LEASE
+    while claimed := await store.claim(owner, now=now, lease=LEASE, limit=CLAIM_LIMIT):
+        assert len({row.message_id for row in claimed}) <= CLAIM_LIMIT
+        claims.take(owner, claimed)
+        await asyncio.sleep(0)  # the other nodes claim while this one delivers
+        delivered = [
+            DeliveryOutcome(row.message_id, row.recipient, DeliveryState.DELIVERED, now, "250 ok")
+            for row in claimed
+        ]
+        claims.give_up(claimed)  # before the outcome commits: then another may claim them
+        assert await store.record(owner, delivered) == len(delivered)
+
+
+async def claim_on_nodes(stores: list[PostgreSQLStore]) -> tuple[Claims, float]:
+    """Every node's claims, the nodes claiming at once, and how long it took (seconds)."""
+    claims = Claims()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(run_node(store, f"node{n}", claims) for n, store in enumerate(stores)))
+    return claims, loop.time() - started
+
+
+@contextlib.asynccontextmanager
+async def nodes(url: str) -> AsyncIterator[list[PostgreSQLStore]]:
+    stores = list(await asyncio.gather(*(PostgreSQLStore.open(url) for _ in range(NODES))))
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_nodes_claiming_at_once_claim_each_recipient_once(
+    database: str, tmp_path: Path
+) -> None:
+    async with nodes(database) as stores:
+        queued = await queue_many(stores[0], tmp_path)
+        assert len(queued) == MESSAGES * RECIPIENTS_PER_MESSAGE
+        claims, _ = await claim_on_nodes(stores)
+        counts = Counter(claims.made)
         assert [key for key, count in counts.items() if count > 1] == []
-        async with opened_pool(url) as pool:
-            queue = QueueOperations(pool)
-            assert await queue.queued() == []
-            assert await queue.claim("late", now=NOW + 2 * LEASE, lease=LEASE, limit=9) == []
-            done = await queue.queued(pending_only=False)
+        assert set(counts) == queued
+        assert claims.held == {}
+        assert await stores[1].queued() == []
+        done = await stores[2].queued(pending_only=False)
         assert len(done) == len(queued)
-        assert {(r.state, r.attempts, r.sender) for r in done} == {
-            (DeliveryState.DELIVERED, 1, "s@a.test")
+        assert {(row.state, row.attempts, row.sender) for row in done} == {
+            (DeliveryState.DELIVERED, 1, "sender@client.test")
         }
 
 
 class RecordingCursor(psycopg.AsyncCursor[Any]):
-    """A cursor that notes every statement it runs, in ``statements``."""
+    """A cursor that notes every statement it runs."""
 
     statements: list[str] = []
 
@@ -149,22 +159,48 @@ async def recording(connection: psycopg.AsyncConnection[Any]) -> None:
     connection.cursor_factory = RecordingCursor
 
 
+@contextlib.asynccontextmanager
+async def recorded_queue(url: str) -> AsyncIterator[QueueOperations]:
+    """Queue operations on a pool of their own whose cursors are ``RecordingCursor``s."""
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url, min_size=1, max_size=1, open=False, configure=recording, kwargs={"autocommit": True}
+    )
+    await pool.open(wait=True)
+    RecordingCursor.statements.clear()
+    try:
+        yield QueueOperations(pool)
+    finally:
+        await pool.close()
+
+
 @pytest.mark.asyncio
-async def test_an_idle_runner_only_reads() -> None:
-    async with fresh_database() as url:
-        await queue_many(url)
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url, min_size=1, max_size=1, open=False, configure=recording
-        )
-        await pool.open(wait=True)
-        try:
-            queue = QueueOperations(pool)
-            RecordingCursor.statements.clear()
-            assert await queue.claim("a", now=NOW - LEASE, lease=LEASE, limit=9) == []
-            assert await queue.renew_claims("a", NOW + LEASE) == 0
-            assert await queue.release_claims("a") == 0
-            statements = list(RecordingCursor.statements)
-        finally:
-            await pool.close()
-        assert len(statements) == 3
-        assert all(s.startswith("SELECT EXISTS (SELECT 1 FROM deliveries") for s in statements)
+async def test_an_idle_runner_only_reads(database: str, tmp_path: Path) -> None:
+    store = await PostgreSQLStore.open(database)
+    try:
+        await queue_many(store, tmp_path)
+    finally:
+        await store.aclose()
+    async with recorded_queue(database) as queue:
+        assert await queue.claim("a", now=EPOCH - LEASE, lease=LEASE, limit=9) == []
+        assert await queue.renew_claims("a", EPOCH + LEASE) == 0
+        assert await queue.release_claims("a") == 0
+        statements = list(RecordingCursor.statements)
+    assert len(statements) == 3
+    assert all(s.startswith("SELECT EXISTS (SELECT 1 FROM deliveries") for s in statements)
+
+
+@pytest.mark.asyncio
+async def test_failures_are_store_errors(database: str) -> None:
+    store = await PostgreSQLStore.open(database)
+    await store.aclose()
+    with pytest.raises(StoreError, match="closed"):
+        await store.claim("a", now=EPOCH, lease=LEASE, limit=9)
+    with pytest.raises(StoreError, match="closed"):
+        await store.hold(MessageId("0" * 26))
+    with psycopg.connect(database, autocommit=True) as connection:
+        connection.execute("DROP TABLE deliveries")
+    async with recorded_queue(database) as queue:
+        with pytest.raises(StoreError, match='relation "deliveries" does not exist'):
+            await queue.claim("a", now=EPOCH, lease=LEASE, limit=9)
+        with pytest.raises(StoreError, match="could not write"):
+            await queue.retry(None, EPOCH)
