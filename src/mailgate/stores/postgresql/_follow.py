@@ -164,7 +164,9 @@ class Follower:
                 await self._follow()
             except psycopg.Error as error:
                 log.warning("cannot follow the message store's events; trying again: %s", error)
-                await asyncio.sleep(self._interval)
+            except Exception:  # a bug: subscribers would hear nothing more; keep following
+                log.exception("following the message store's events failed; trying again")
+            await asyncio.sleep(self._interval)
 
     async def _follow(self) -> None:
         connection = await psycopg.AsyncConnection.connect(
