@@ -17,6 +17,11 @@ claim takes every due row of the messages it picks, so that one connection
 can carry them all; only when two claims pick one message at the same
 moment does each take part of its rows.
 
+A change that may wait for locks (an outcome, an operator's action) takes
+them in key order first, message id then recipient, so that two changes to
+one message's rows never deadlock: a hold asked for just as the outcome of
+an attempt is written waits for it, and then acts on what it wrote.
+
 Times are ``timestamptz``, and always the ``now`` the caller passes: the
 database clock is never read, so that tests decide what is due.
 ``next_attempt`` is set only while a row is pending (``queued``,
@@ -85,6 +90,8 @@ QueueEvents = Callable[[AsyncCursor[Any], Sequence[MessageId]], Awaitable[None]]
 """Writes a ``QUEUE`` event for these messages with the cursor's transaction."""
 
 _PENDING = "state IN ('queued', 'deferred')"
+_WAITING = "state IN ('queued', 'deferred', 'held')"
+_OF_MESSAGE = "message_id = %(message_id)s"
 _DUE = f"{_PENDING} AND next_attempt <= %(now)s AND (lease_until IS NULL OR lease_until <= %(now)s)"
 _COLUMNS = (
     "d.message_id, d.recipient, coalesce(m.envelope ->> 'mail_from', ''), d.state,"
@@ -116,11 +123,25 @@ SELECT {_COLUMNS} FROM claimed AS d LEFT JOIN messages AS m ON m.id = d.message_
 ORDER BY d.next_attempt, d.message_id, d.recipient
 """  # noqa: S608
 
-# One statement for a batch of outcomes, fenced by the lease.  An operator may act on a
+# One statement for a batch of outcomes, fenced by the lease (a row another runner holds
+# now is not even locked).  An operator may act on a
 # row while its attempt runs: a deferral then keeps the row held (``hold``), or leaves it
 # due at once, still flagged (``request_bounce``).  A delivery or a bounce is final
 # whatever was asked meanwhile: it has happened.
 _RECORD = """
+WITH o (message_id, recipient, state, deferred, at, next_attempt, attempted, reply, relay,
+        delay_notified) AS (
+    SELECT * FROM unnest(
+        %(message_ids)s::text[], %(recipients)s::text[], %(states)s::text[],
+        %(deferred)s::boolean[], %(at)s::timestamptz[], %(next)s::timestamptz[],
+        %(attempted)s::boolean[], %(replies)s::text[], %(relays)s::text[],
+        %(delay_notified)s::boolean[])
+), target AS MATERIALIZED (
+    SELECT message_id, recipient FROM deliveries
+    WHERE lease_owner = %(owner)s AND (message_id, recipient) IN (
+        SELECT message_id, recipient FROM o)
+    ORDER BY message_id, recipient FOR UPDATE
+)
 UPDATE deliveries AS d SET
     state = CASE WHEN o.deferred AND d.state = 'held' THEN 'held' ELSE o.state END,
     next_attempt = CASE WHEN NOT o.deferred OR d.state = 'held' THEN NULL
@@ -131,16 +152,29 @@ UPDATE deliveries AS d SET
     last_reply = o.reply, relay = o.relay,
     delay_notified = d.delay_notified OR o.delay_notified,
     lease_owner = NULL, lease_until = NULL
-FROM unnest(
-    %(message_ids)s::text[], %(recipients)s::text[], %(states)s::text[],
-    %(deferred)s::boolean[], %(at)s::timestamptz[], %(next)s::timestamptz[],
-    %(attempted)s::boolean[], %(replies)s::text[], %(relays)s::text[],
-    %(delay_notified)s::boolean[]
-) AS o (message_id, recipient, state, deferred, at, next_attempt, attempted, reply, relay,
-        delay_notified)
-WHERE d.message_id = o.message_id AND d.recipient = o.recipient AND d.lease_owner = %(owner)s
+FROM target AS t, o
+WHERE d.message_id = t.message_id AND d.recipient = t.recipient
+    AND o.message_id = t.message_id AND o.recipient = t.recipient
 RETURNING d.message_id
 """
+
+
+def _locked(where: str) -> str:
+    """The rows ``where`` selects, locked in key order (the ``target`` of a change)."""
+    return (
+        f"WITH target AS MATERIALIZED (SELECT message_id, recipient FROM deliveries"  # noqa: S608
+        f" WHERE {where} ORDER BY message_id, recipient FOR UPDATE)"
+    )
+
+
+def _update(sets: str, where: str) -> str:
+    """Set ``sets`` on the rows ``where`` selects; returns their message ids."""
+    return (
+        f"{_locked(where)} UPDATE deliveries AS d SET {sets} FROM target AS t"  # noqa: S608
+        " WHERE d.message_id = t.message_id AND d.recipient = t.recipient"
+        " RETURNING d.message_id"
+    )
+
 
 _ENQUEUE = """
 INSERT INTO deliveries (message_id, recipient, state, queued_at, next_attempt)
@@ -364,7 +398,7 @@ class QueueOperations:
     async def enqueue(self, message_id: MessageId, recipients: Sequence[str], now: datetime) -> int:
         """Queue a stored message for delivery to ``recipients``; return how many rows were
         added (or queued again after they were done).  A pending one stays as it is."""
-        wanted = list(dict.fromkeys(recipients))
+        wanted = sorted(set(recipients))  # in key order, as every change takes its locks
         if not wanted:
             return 0
         return await self._change(
@@ -373,45 +407,46 @@ class QueueOperations:
 
     async def retry(self, message_id: MessageId | None, now: datetime) -> int:
         """Make pending recipients (of one message, or all) due at ``now``."""
-        which = "" if message_id is None else " AND message_id = %(message_id)s"
+        which = "" if message_id is None else f" AND {_OF_MESSAGE}"
         return await self._change(
-            f"UPDATE deliveries SET next_attempt = %(now)s WHERE {_PENDING}{which}"  # noqa: S608
-            " RETURNING message_id",
+            _update("next_attempt = %(now)s", f"{_PENDING}{which}"),
             {"now": now, "message_id": message_id},
         )
 
     async def hold(self, message_id: MessageId) -> int:
         """Hold a message's pending recipients until released."""
         return await self._change(
-            f"UPDATE deliveries SET state = 'held', next_attempt = NULL"  # noqa: S608
-            f" WHERE {_PENDING} AND message_id = %(message_id)s RETURNING message_id",
+            _update("state = 'held', next_attempt = NULL", f"{_PENDING} AND {_OF_MESSAGE}"),
             {"message_id": message_id},
         )
 
     async def release(self, message_id: MessageId, now: datetime) -> int:
         """Release a message's held recipients, due at ``now``."""
         return await self._change(
-            "UPDATE deliveries SET next_attempt = %(now)s,"
-            " state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END"
-            " WHERE state = 'held' AND message_id = %(message_id)s RETURNING message_id",
+            _update(
+                "next_attempt = %(now)s,"
+                " state = CASE WHEN attempts > 0 THEN 'deferred' ELSE 'queued' END",
+                f"state = 'held' AND {_OF_MESSAGE}",
+            ),
             {"now": now, "message_id": message_id},
         )
 
     async def request_bounce(self, message_id: MessageId, now: datetime) -> int:
         """Have a message's pending (or held) recipients bounced at the next run, due now."""
         return await self._change(
-            "UPDATE deliveries SET bounce_requested = true, next_attempt = %(now)s,"
-            " state = CASE WHEN state = 'held' THEN 'queued' ELSE state END"
-            " WHERE state IN ('queued', 'deferred', 'held') AND message_id = %(message_id)s"
-            " RETURNING message_id",
+            _update(
+                "bounce_requested = true, next_attempt = %(now)s,"
+                " state = CASE WHEN state = 'held' THEN 'queued' ELSE state END",
+                f"{_WAITING} AND {_OF_MESSAGE}",
+            ),
             {"now": now, "message_id": message_id},
         )
 
     async def dequeue(self, message_id: MessageId) -> int:
         """Remove a message's pending (or held) recipients from the queue (no bounce)."""
         return await self._change(
-            "DELETE FROM deliveries"
-            " WHERE state IN ('queued', 'deferred', 'held') AND message_id = %(message_id)s"
-            " RETURNING message_id",
+            f"{_locked(f'{_WAITING} AND {_OF_MESSAGE}')} DELETE FROM deliveries AS d"  # noqa: S608
+            " USING target AS t WHERE d.message_id = t.message_id AND d.recipient = t.recipient"
+            " RETURNING d.message_id",
             {"message_id": message_id},
         )
