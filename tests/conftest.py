@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import settings
 
 # CI machines are slower and busier than a laptop; a deadline there only adds flakes.
@@ -13,3 +16,14 @@ settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 # The loopback internet of delivery tests: DNS and receiving MTAs (see loopback.py).
 from loopback import dns_zone, receiving_mta  # noqa: E402, F401
+from process_helpers import Launcher  # noqa: E402
+
+
+@pytest.fixture
+def launcher(tmp_path: Path) -> Iterator[Launcher]:
+    """Starts ``mailgate serve`` as a user does (see process_helpers); kills what is left."""
+    started = Launcher(tmp_path)
+    try:
+        yield started
+    finally:
+        started.close()

@@ -124,15 +124,6 @@ def tempfile_dir(factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
 def test_mailgate_to_postfix_to_mailgate(
     postfix: Path, launcher: Launcher, tmp_path: Path, dns_zone: Callable[[], DnsZone]
 ) -> None:

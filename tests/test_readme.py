@@ -277,15 +277,6 @@ def test_messages_show_and_curl(session: Session) -> None:
 # -- TLS and AUTH, for development ----------------------------------------------------------------
 
 
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
-
-
 def test_tls_and_auth_for_development(launcher: Launcher, tmp_path: Path) -> None:
     block = readme_block("console", "$ echo secret | mailgate users add")
     add, serve, swaks = (command for command, _ in commands(block))

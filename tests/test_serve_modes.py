@@ -22,7 +22,7 @@ import smtplib
 import ssl
 import sys
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +48,6 @@ pytestmark = pytest.mark.skipif(
 
 PASSWORD = "secret"
 MEBIBYTE = 1024 * 1024
-
-
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 @pytest.fixture

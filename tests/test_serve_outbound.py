@@ -12,7 +12,7 @@ import json
 import smtplib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,6 @@ from process_helpers import TIMEOUT, Launcher, Serving, mailgate
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds a server's processes in /proc"
 )
-
-
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def serve(

@@ -4,7 +4,6 @@ it is told, as a user runs it (issue: a page whose name rebinds to 127.0.0.1 rea
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,15 +12,6 @@ import pytest
 from process_helpers import TIMEOUT, Launcher
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real processes")
-
-
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[Launcher]:
-    started = Launcher(tmp_path)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def status(url: str, host: str) -> int:
