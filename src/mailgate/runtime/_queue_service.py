@@ -70,7 +70,9 @@ class QueueService:
             self.courier,
             reporter,
             RunnerSettings(
-                owner=hostname,
+                # Stable across restarts (a node takes its own claims back at once), and
+                # distinct between nodes sharing a PostgreSQL store, even on one machine.
+                owner=f"{hostname}/{settings.smtp}",
                 schedule=schedule,
                 smarthost=smarthost is not None,
                 destination_concurrency=outbound.destination_concurrency,
