@@ -90,27 +90,34 @@ class Claims:
             del self.held[(row.message_id, row.recipient)]
 
 
-async def run_node(store: PostgreSQLStore, owner: str, claims: Claims) -> None:
-    """Claim and deliver until nothing is due."""
+async def run_node(store: PostgreSQLStore, owner: str, claims: Claims, attempts: int) -> None:
+    """Claim and attempt until nothing is due: each recipient is deferred, due at once,
+    until its last attempt, which delivers it."""
     now = EPOCH + LEASE
     while claimed := await store.claim(owner, now=now, lease=LEASE, limit=CLAIM_LIMIT):
         assert len({row.message_id for row in claimed}) <= CLAIM_LIMIT
         claims.take(owner, claimed)
         await asyncio.sleep(0)  # the other nodes claim while this one delivers
-        delivered = [
+        outcomes = [
             DeliveryOutcome(row.message_id, row.recipient, DeliveryState.DELIVERED, now, "250 ok")
+            if row.attempts + 1 == attempts
+            else DeliveryOutcome(
+                row.message_id, row.recipient, DeliveryState.DEFERRED, now, "451 busy", "", now
+            )
             for row in claimed
         ]
         claims.give_up(claimed)  # before the outcome commits: then another may claim them
-        assert await store.record(owner, delivered) == len(delivered)
+        assert await store.record(owner, outcomes) == len(outcomes)
 
 
-async def claim_on_nodes(stores: list[PostgreSQLStore]) -> tuple[Claims, float]:
+async def claim_on_nodes(stores: list[PostgreSQLStore], attempts: int = 1) -> tuple[Claims, float]:
     """Every node's claims, the nodes claiming at once, and how long it took (seconds)."""
     claims = Claims()
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await asyncio.gather(*(run_node(store, f"node{n}", claims) for n, store in enumerate(stores)))
+    await asyncio.gather(
+        *(run_node(store, f"node{n}", claims, attempts) for n, store in enumerate(stores))
+    )
     return claims, loop.time() - started
 
 
@@ -204,3 +211,16 @@ async def test_failures_are_store_errors(database: str) -> None:
             await queue.claim("a", now=EPOCH, lease=LEASE, limit=9)
         with pytest.raises(StoreError, match="could not write"):
             await queue.retry(None, EPOCH)
+
+
+@pytest.mark.asyncio
+async def test_nodes_claiming_again_never_hold_a_recipient_at_once(
+    database: str, tmp_path: Path
+) -> None:
+    async with nodes(database) as stores:
+        queued = await queue_many(stores[0], tmp_path)
+        claims, _ = await claim_on_nodes(stores, attempts=3)
+        assert Counter(claims.made) == dict.fromkeys(queued, 3)
+        assert claims.held == {}
+        done = await stores[3].queued(pending_only=False)
+        assert {(row.state, row.attempts) for row in done} == {(DeliveryState.DELIVERED, 3)}
