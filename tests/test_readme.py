@@ -26,6 +26,7 @@ import pytest
 
 from loopback import DnsZone
 from mailgate.config import OPTIONS, load_settings
+from postgresql_helpers import fresh_database
 from process_helpers import (
     MAILGATE,
     README,
@@ -55,6 +56,7 @@ BLOCKS = {
     ("toml", 'smtp = "0.0.0.0:25"'): "test_serve_modes.py::test_the_readme_config_file*",
     ("console", "$ echo secret | mailgate users add"): "test_tls_and_auth_for_development",
     ("console", "$ mailgate serve --hostname mail.example.org"): "test_sending_mail_onward",
+    ("console", "$ mailgate serve --store postgresql://"): "test_several_nodes_on_postgresql",
     ("python", "import smtplib"): "test_the_pytest_example",
     ("", "src/mailgate/"): "test_the_layout",
 }
@@ -352,6 +354,42 @@ def test_sending_mail_onward(
     assert "alice@example.org  bob@example.net  Lunch?" in stored.stdout
     served.stop_cleanly()
     remote.stop_cleanly()
+
+
+# -- several nodes on one PostgreSQL --------------------------------------------------------------
+
+SHOWN_STORE = "postgresql://postgres@127.0.0.1/mailgate"
+
+
+def test_several_nodes_on_postgresql(launcher: Launcher, tmp_path: Path) -> None:
+    """The example as shown, on a fresh database and free ports in place of those shown."""
+    block = readme_block("console", "$ mailgate serve --store postgresql://")
+    (first, _), (second, _), (send, sent_shown), (curl, found_shown) = commands(block)
+    with fresh_database() as store:
+        ports: dict[str, str] = {}
+        for serve in (first, second):
+            argv = shlex.split(serve.removesuffix("&"))
+            assert argv[:2] == ["mailgate", "serve"]
+            assert SHOWN_STORE in argv
+            smtp, http = argv[argv.index("--smtp") + 1], argv[argv.index("--http") + 1]
+            given = [
+                store if a == SHOWN_STORE else "127.0.0.1:0" if a in (smtp, http) else a
+                for a in argv[2:]
+            ]
+            served = launcher.serve(*given)
+            ports[smtp] = f"127.0.0.1:{served.port}"
+            ports[http] = served.http_url.removeprefix("http://").rstrip("/")
+
+        def here(command: str) -> str:
+            for shown, given in ports.items():
+                command = command.replace(shown, given)
+            return command
+
+        sent = shell(here(send), cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        assert ANY_ID.sub("ID", sent.stdout) == ANY_ID.sub("ID", sent_shown)
+        found = shell(here(curl), cwd=tmp_path)
+        assert found.stdout + "\n" == found_shown
 
 
 # -- in your tests --------------------------------------------------------------------------------
