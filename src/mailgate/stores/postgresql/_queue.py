@@ -59,7 +59,7 @@ __all__ = [
 QUEUE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     message_id text COLLATE "C" NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
-    recipient text NOT NULL,
+    recipient text COLLATE "C" NOT NULL, -- sorted byte by byte, as in SQLite
     state text NOT NULL,                -- a DeliveryState value
     queued_at timestamptz NOT NULL,
     attempts integer NOT NULL DEFAULT 0,
