@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from mailgate.testing.stores import EPOCH, StoreUnderTest, make_envelope, make_m
 from postgresql_helpers import fresh_database
 
 LEASE = timedelta(minutes=2)
+NOW = EPOCH + LEASE
 NODES = 4
 MESSAGES = 500
 RECIPIENTS_PER_MESSAGE = 4
@@ -90,10 +91,11 @@ class Claims:
             del self.held[(row.message_id, row.recipient)]
 
 
-async def run_node(store: PostgreSQLStore, owner: str, claims: Claims, attempts: int) -> None:
-    """Claim and attempt until nothing is due: each recipient is deferred, due at once,
-    until its last attempt, which delivers it."""
-    now = EPOCH + LEASE
+async def run_node(
+    store: PostgreSQLStore, owner: str, claims: Claims, *, now: datetime, attempts: int
+) -> None:
+    """Claim and attempt until nothing is due at ``now``: each recipient is deferred, due at
+    once, until its last attempt, which delivers it."""
     while claimed := await store.claim(owner, now=now, lease=LEASE, limit=CLAIM_LIMIT):
         assert len({row.message_id for row in claimed}) <= CLAIM_LIMIT
         claims.take(owner, claimed)
@@ -110,13 +112,18 @@ async def run_node(store: PostgreSQLStore, owner: str, claims: Claims, attempts:
         assert await store.record(owner, outcomes) == len(outcomes)
 
 
-async def claim_on_nodes(stores: list[PostgreSQLStore], attempts: int = 1) -> tuple[Claims, float]:
+async def claim_on_nodes(
+    stores: list[PostgreSQLStore], *, now: datetime = NOW, attempts: int = 1
+) -> tuple[Claims, float]:
     """Every node's claims, the nodes claiming at once, and how long it took (seconds)."""
     claims = Claims()
     loop = asyncio.get_running_loop()
     started = loop.time()
     await asyncio.gather(
-        *(run_node(store, f"node{n}", claims, attempts) for n, store in enumerate(stores))
+        *(
+            run_node(store, f"node{n}", claims, now=now, attempts=attempts)
+            for n, store in enumerate(stores)
+        )
     )
     return claims, loop.time() - started
 
@@ -224,3 +231,26 @@ async def test_nodes_claiming_again_never_hold_a_recipient_at_once(
         assert claims.held == {}
         done = await stores[3].queued(pending_only=False)
         assert {(row.state, row.attempts) for row in done} == {(DeliveryState.DELIVERED, 3)}
+
+
+@pytest.mark.asyncio
+async def test_a_dead_nodes_claims_go_to_the_others_once_its_lease_ran_out(
+    database: str, tmp_path: Path
+) -> None:
+    async with nodes(database) as stores:
+        queued = await queue_many(stores[0], tmp_path)
+        dead, *alive = stores
+        abandoned = await dead.claim("dead", now=NOW, lease=LEASE, limit=CLAIM_LIMIT)
+        assert len(abandoned) == CLAIM_LIMIT * RECIPIENTS_PER_MESSAGE
+        before, _ = await claim_on_nodes(alive)
+        left = {(row.message_id, row.recipient) for row in await alive[0].queued()}
+        assert left == {(row.message_id, row.recipient) for row in abandoned}
+        after, _ = await claim_on_nodes(alive, now=NOW + LEASE)
+        assert Counter(before.made + after.made) == dict.fromkeys(queued, 1)
+        assert set(after.made) == left
+        late = [
+            DeliveryOutcome(row.message_id, row.recipient, DeliveryState.DELIVERED, NOW, "250 ok")
+            for row in abandoned
+        ]
+        assert await dead.record("dead", late) == 0
+        assert await alive[1].queued() == []
