@@ -123,11 +123,11 @@ SELECT {_COLUMNS} FROM claimed AS d LEFT JOIN messages AS m ON m.id = d.message_
 ORDER BY d.next_attempt, d.message_id, d.recipient
 """  # noqa: S608
 
-# One statement for a batch of outcomes, fenced by the lease (a row another runner holds
-# now is not even locked).  An operator may act on a
-# row while its attempt runs: a deferral then keeps the row held (``hold``), or leaves it
-# due at once, still flagged (``request_bounce``).  A delivery or a bounce is final
-# whatever was asked meanwhile: it has happened.
+# One statement for a batch of outcomes, fenced by the lease: a row another runner holds
+# now is not even locked.  An operator may act on a row while its attempt runs: a deferral
+# then keeps the row held (``hold``), or leaves it due at once, still flagged
+# (``request_bounce``).  A delivery or a bounce is final whatever was asked meanwhile: it
+# has happened.  An outcome named twice is written once.
 _RECORD = """
 WITH o (message_id, recipient, state, deferred, at, next_attempt, attempted, reply, relay,
         delay_notified) AS (
