@@ -1,0 +1,136 @@
+"""Three nodes on one PostgreSQL, one killed with SIGKILL again and again: one mail server.
+
+Three ``mailgate serve --store postgresql://…`` nodes share a fresh database and relay to a
+receiving MTA on loopback.  Clients send to all three without pause; every moment or so a
+random node (every process of it) gets SIGKILL and is started again on the same ports'
+settings.  Afterwards: every message a node acknowledged with ``250`` is listed by every
+node, every queued recipient reached the MTA, copies beyond one are at most one a kill,
+and no lease is left held.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import smtplib
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from loopback import DnsZone, ReceivingMTAs
+from postgresql_helpers import fresh_database
+from process_helpers import TIMEOUT, Launcher, Serving
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kills process groups"),
+]
+
+NODES = 3
+KILLS = 4
+
+
+def start(
+    launcher: Launcher, tmp_path: Path, n: int, store: str, zone: DnsZone, port: int
+) -> Serving:
+    return launcher.serve(
+        "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / f"node{n}"),
+        "--store", store, "--hostname", f"node{n}.here.test", "--domain", "here.test",
+        "--relay-network", "127.0.0.0/8", "--resolver", zone.nameserver,
+        "--outbound-port", str(port),
+    )  # fmt: skip
+
+
+class Sender(threading.Thread):
+    """Sends to one node until told to stop or the node dies; records what was acknowledged."""
+
+    def __init__(self, served: Serving, prefix: str) -> None:
+        super().__init__()
+        self.served, self.prefix = served, prefix
+        self.acknowledged: set[str] = set()
+        self.attempted: set[str] = set()
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        try:
+            with smtplib.SMTP("127.0.0.1", self.served.port, timeout=TIMEOUT) as client:
+                while not self.stopping.is_set():
+                    subject = f"{self.prefix}-{n}"
+                    body = f"To: u@far.test\r\nSubject: {subject}\r\n\r\nHi.\r\n"
+                    self.attempted.add(subject)
+                    client.sendmail("a@here.test", ["u@far.test"], body.encode())
+                    self.acknowledged.add(subject)
+                    n += 1
+        except (OSError, smtplib.SMTPException):
+            pass  # the node was killed: the message in flight was not acknowledged
+
+
+def subject_of(content: bytes) -> str:
+    for line in content.split(b"\r\n"):
+        if line.startswith(b"Subject: "):
+            return line.removeprefix(b"Subject: ").decode()
+    return ""
+
+
+def test_three_nodes_one_killed_again_and_again_lose_nothing(
+    launcher: Launcher,
+    tmp_path: Path,
+    dns_zone: Callable[[], DnsZone],
+    receiving_mta: ReceivingMTAs,
+) -> None:
+    zone = dns_zone()
+    mx = receiving_mta(hostname="mx.far.test")
+    zone.mx("far.test", (10, "mx.far.test"))
+    zone.a("mx.far.test", mx.host)
+    port = receiving_mta.port or 25
+    rng = random.Random(18)
+    acknowledged: set[str] = set()
+    attempted: set[str] = set()
+    with fresh_database() as store:
+        nodes = [start(launcher, tmp_path, n, store, zone, port) for n in range(NODES)]
+        for round_ in range(KILLS):
+            senders = [Sender(served, f"r{round_}n{n}") for n, served in enumerate(nodes)]
+            for sender in senders:
+                sender.start()
+            time.sleep(rng.uniform(0.2, 0.6))  # mail comes in and goes out meanwhile
+            victim = rng.randrange(NODES)
+            nodes[victim].stop(signal.SIGKILL, group=True)
+            for sender in senders:
+                sender.stopping.set()
+                sender.join(TIMEOUT)
+                acknowledged |= sender.acknowledged
+                attempted |= sender.attempted
+            nodes[victim] = start(launcher, tmp_path, victim, store, zone, port)
+        deadline = time.monotonic() + TIMEOUT * 2
+        while not acknowledged <= {subject_of(m.content) for m in mx.messages}:
+            assert time.monotonic() < deadline, "acknowledged mail was not delivered"
+            time.sleep(0.1)
+        for served in nodes:
+            page = httpx.get(
+                f"{served.http_url}api/v1/messages", params={"limit": 5000}, timeout=TIMEOUT
+            ).json()
+            listed = {m["Subject"] for m in page["messages"]}
+            assert acknowledged <= listed, served.http_url
+        with psycopg.connect(store) as connection:
+            (held,) = connection.execute(
+                "SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL"
+            ).fetchone() or (None,)
+            (waiting,) = connection.execute(
+                "SELECT count(*) FROM deliveries WHERE state IN ('queued', 'deferred', 'held')"
+            ).fetchone() or (None,)
+        for served in nodes:
+            served.stop_cleanly()
+    copies = Counter(subject_of(m.content) for m in mx.messages)
+    duplicates = sum(count - 1 for count in copies.values())
+    assert len(acknowledged) > 50  # the trial carried real load
+    assert acknowledged <= set(copies) <= attempted
+    assert duplicates <= KILLS, copies.most_common(5)
+    assert (held, waiting) == (0, 0)
