@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,7 @@ from mailgate.model import DeliveryOutcome, DeliveryState, MessageId, QueuedDeli
 from mailgate.ports import StoreError
 from mailgate.stores.postgresql import PostgreSQLStore
 from mailgate.stores.postgresql._queue import QueueOperations
-from mailgate.testing.queues import QUEUE_STORE_CHECKS
-from mailgate.testing.stores import EPOCH, StoreUnderTest, make_envelope, make_message
+from mailgate.testing.stores import EPOCH, make_envelope, make_message
 from postgresql_helpers import fresh_database
 
 LEASE = timedelta(minutes=2)
@@ -40,16 +39,6 @@ CLAIM_LIMIT = 50
 def database() -> Iterator[str]:
     with fresh_database() as url:
         yield url
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("check", QUEUE_STORE_CHECKS, ids=lambda check: check.__name__)
-async def test_queue_conformance(
-    check: Callable[[StoreUnderTest], Awaitable[None]], database: str, tmp_path: Path
-) -> None:
-    await check(
-        StoreUnderTest(open=lambda: PostgreSQLStore(database), spool_dir=tmp_path / "spool")
-    )
 
 
 async def queue_many(store: PostgreSQLStore, tmp_path: Path) -> set[tuple[MessageId, str]]:
