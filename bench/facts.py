@@ -9,7 +9,16 @@ import resource
 import subprocess
 from pathlib import Path
 
-from bench.servers import REPO, VENV_BIN, Server, _venv_module_version, postfix_version
+from bench.servers import (
+    POSTGRESQL,
+    REPO,
+    VENV_BIN,
+    MailgatePostgreSQL,
+    Server,
+    _venv_module_version,
+    postfix_version,
+    psycopg,
+)
 
 
 def _run(argv: list[str]) -> str:
@@ -50,6 +59,24 @@ def _os_name() -> str:
     return platform.platform()
 
 
+def _postgresql() -> str:
+    """The server's version and the settings that decide what a commit costs."""
+    if psycopg is None:
+        return "?"
+    names = ("fsync", "synchronous_commit", "wal_sync_method", "commit_delay")
+    try:
+        with psycopg.connect(f"{POSTGRESQL}/postgres", connect_timeout=5) as db:
+            version = db.execute("SHOW server_version").fetchone()
+            settings = db.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s) ORDER BY name",
+                (list(names),),
+            ).fetchall()
+    except psycopg.Error:
+        return "?"
+    shown = ", ".join(f"{name}={setting}" for name, setting in settings)
+    return f"{version[0] if version else '?'} at {POSTGRESQL} (server defaults: {shown})"
+
+
 def collect(workdir: Path, servers: dict[str, Server]) -> dict[str, str]:
     """What a reader needs to weigh the numbers."""
     python = VENV_BIN / "python"
@@ -73,6 +100,11 @@ def collect(workdir: Path, servers: dict[str, Server]) -> dict[str, str]:
         "loadavg": " ".join(f"{load:.2f}" for load in os.getloadavg()),
         "git": _run(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
     }
+    if any(
+        isinstance(server, MailgatePostgreSQL) and not server.unavailable()
+        for server in servers.values()
+    ):
+        facts["postgresql"] = _postgresql()
     mailgate = servers.get("mailgate")
     if mailgate is not None:
         facts["mailgate"] = mailgate.unavailable() or mailgate.version()

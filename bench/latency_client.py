@@ -3,7 +3,8 @@
     python -m bench.latency_client --port PORT --rate 800 --duration 10
 
 Messages are started on a fixed schedule (``--rate`` per second, open loop)
-over ``--connections`` sessions. When every session is busy the message waits
+over ``--connections`` sessions (shared out between the ports when ``--port`` is
+given more than once: nodes that act as one server). When every session is busy the message waits
 for one, and that wait is reported as schedule lag, so a server that falls
 behind shows it instead of hiding it. Latency is measured from just before the
 write of the last chunk (the end of the body and ``.<CRLF>``) to the ``250``
@@ -38,8 +39,9 @@ async def pace(args: argparse.Namespace) -> dict[str, object]:
     head, tail = body[:-5], body[-5:]
     sessions: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     writers = []
-    for _ in range(args.connections):
-        reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+    for index in range(args.connections):
+        port = args.port[index % len(args.port)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         await read_reply(reader, 220)
         writer.write(b"EHLO paced.client.test\r\n")
         await read_reply(reader, 250)
@@ -124,7 +126,9 @@ async def pace(args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--port", type=int, action="append", required=True, help="repeat for several nodes"
+    )
     parser.add_argument("--rate", type=float, required=True, help="messages per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds not measured")

@@ -84,6 +84,57 @@ def smtp_source(
     return SourceRun(argv, status, elapsed, messages, err.decode(errors="replace").strip())
 
 
+def smtp_source_split(
+    ports: list[int],
+    *,
+    messages: int,
+    size: int,
+    sessions: int = 50,
+    per_session: bool = True,
+    timeout_s: float = 600.0,
+) -> SourceRun:
+    """smtp-source on each port at once, the sessions and messages shared out between
+    them (the first ports take what does not divide); the elapsed time is until the last
+    one ends, and the status is the first failure's, or 0."""
+    if len(ports) == 1:
+        return smtp_source(
+            ports[0],
+            messages=messages,
+            size=size,
+            sessions=sessions,
+            per_session=per_session,
+            timeout_s=timeout_s,
+        )
+    share = len(ports)
+    procs = []
+    started = time.perf_counter()
+    for index, port in enumerate(ports):
+        argv = [str(SMTP_SOURCE)] + (["-d"] if per_session else [])
+        argv += ["-s", str(sessions // share + (index < sessions % share))]
+        argv += ["-m", str(messages // share + (index < messages % share)), "-l", str(size)]
+        argv += ["-f", SENDER, "-t", RECIPIENT, f"127.0.0.1:{port}"]
+        procs.append((argv, _proc.spawn(argv, stderr=subprocess.PIPE)))
+    status, errors = 0, []
+    deadline = started + timeout_s
+    for argv, proc in procs:
+        try:
+            _out, err = proc.communicate(timeout=max(0.1, deadline - time.perf_counter()))
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            _proc.stop(proc, sig=signal.SIGKILL, timeout_s=5)
+            err, code = f"timed out after {timeout_s:.0f} s".encode(), -1
+        _proc._live.pop(proc.pid, None)
+        status = status or code
+        if err.strip():
+            errors.append(f"{argv[-1]}: {err.decode(errors='replace').strip()}")
+    elapsed = time.perf_counter() - started
+    shown = [*procs[0][0][:-1], f"127.0.0.1:{ports[0]}"]
+    shown[shown.index("-s") + 1] = f"{sessions}/{share}"
+    shown[shown.index("-m") + 1] = f"{messages}/{share}"
+    shown.append(f"(one such smtp-source on each of {share} ports at once)")
+    return SourceRun(shown, status, elapsed, messages, "\n".join(errors))
+
+
 def _bench_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
@@ -158,15 +209,20 @@ class IdleClient:
 
 
 def paced_latency(
-    port: int, *, rate: float, duration_s: float, warmup_s: float, connections: int = 50
+    port: int | list[int],
+    *,
+    rate: float,
+    duration_s: float,
+    warmup_s: float,
+    connections: int = 50,
 ) -> tuple[str, dict[str, Any]]:
-    """Run ``bench.latency_client``; return its command template and its report."""
-    argv = [
-        str(PYTHON),
-        "-m",
-        "bench.latency_client",
-        "--port",
-        str(port),
+    """Run ``bench.latency_client`` (its sessions shared out between the ports, when
+    several); return its command template and its report."""
+    ports = port if isinstance(port, list) else [port]
+    argv = [str(PYTHON), "-m", "bench.latency_client"]
+    for each in ports:
+        argv += ["--port", str(each)]
+    argv += [
         "--rate",
         f"{rate:.0f}",
         "--duration",
@@ -189,7 +245,10 @@ def paced_latency(
         if stderr.strip():
             sys.stderr.write(stderr.decode(errors="replace")[-2000:])
     shown = " ".join([".venv/bin/python", *argv[1:]])
-    shown = shown.replace(f"--port {port}", "--port PORT").replace(f"--rate {rate:.0f}", "--rate R")
+    for index, each in enumerate(ports):
+        name = "PORT" if len(ports) == 1 else f"PORT{index + 1}"
+        shown = shown.replace(f"--port {each} ", f"--port {name} ")
+    shown = shown.replace(f"--rate {rate:.0f}", "--rate R")
     return shown, report
 
 

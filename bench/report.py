@@ -13,7 +13,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-ORDER = ["mailgate", "mailgate-1", "aiosmtpd-maildir", "postfix", "aiosmtpd-discard", "smtp-sink"]
+ORDER = [
+    "mailgate",
+    "mailgate-1",
+    "aiosmtpd-maildir",
+    "mailgate-postgresql",
+    "mailgate-postgresql-2",
+    "postfix",
+    "aiosmtpd-discard",
+    "smtp-sink",
+]
 REFERENCES = [
     ("aiosmtpd-maildir", "mailgate / aiosmtpd+Maildir"),
     ("postfix", "mailgate / Postfix"),
@@ -21,6 +30,7 @@ REFERENCES = [
 ]
 THROUGHPUT = ["s1", "s2", "s3"]
 RELAY = "s8"
+POSTGRESQL = "s9"
 RELAY_LABELS = {"postfix": "Postfix → relayhost"}  # its label names the other scenarios' Maildir
 
 
@@ -143,6 +153,7 @@ MAIN_METRIC = {
     "s5": ("hwm_growth_mib", " MiB growth"),
     "s6": ("p99_ms", " ms p99"),
     "s8": ("rate", " msg/s delivered"),
+    "s9": ("rate", " msg/s"),
 }
 
 
@@ -234,6 +245,83 @@ def _relay_section(data: dict[str, Any], res: Results) -> list[str]:
     return out
 
 
+def _postgresql_section(data: dict[str, Any], res: Results) -> list[str]:
+    settings: dict[str, Any] = data["settings"]
+    title = data["scenarios"][POSTGRESQL]
+    out = [f"## {title}", ""]
+    out.append(
+        "mailgate with the PostgreSQL store (`--store postgresql://…`), as one node and as two "
+        "nodes on this machine sharing one database, beside mailgate on SQLite and aiosmtpd + "
+        "Maildir, each run on a fresh server (and a fresh database, dropped afterwards). First "
+        f"the load of the 1 KiB, 100-per-session scenario ({settings['rounds_1k']} × "
+        f"{settings['msgs_1k']:,} messages over 50 sessions; for two nodes, two smtp-source "
+        "at once, each with half the sessions and messages, one on each node's port): msg/s and "
+        "the server's CPU a message (every process of every node; PostgreSQL's own server "
+        "processes are not in it: the CPU of the backends serving the run's database is shown "
+        "apart, that of PostgreSQL's shared processes, the WAL writer among them, nowhere). "
+        "Then, on another fresh server, the paced client of the "
+        "latency scenario at half the rate that run just reached (its 50 sessions shared "
+        "between the nodes' ports), for "
+        f"{settings['latency_duration_s']:g} s, the first {settings['latency_warmup_s']:g} s "
+        "not counted: milliseconds from the final dot to `250`. Every `250` of mailgate on "
+        "PostgreSQL follows the COMMIT of the message's transaction, `synchronous_commit = on`."
+    )
+    out.append("")
+    rows = []
+    for key in res.measured(POSTGRESQL):
+
+        def paced(metric: str, key: str = key) -> list[float]:
+            return [
+                float(o["metrics"]["latency"][metric])
+                for o in res.good(POSTGRESQL, key)
+                if o["metrics"].get("latency", {}).get(metric) is not None
+            ]
+
+        rows.append(
+            [
+                res.label(key),
+                spread(res.values(POSTGRESQL, key, "rate")),
+                f"{len(res.good(POSTGRESQL, key))}/{len(res.runs(POSTGRESQL, key))}",
+                spread(
+                    [v * 1000.0 for v in res.values(POSTGRESQL, key, "cpu_ms_per_msg")],
+                    integer=True,
+                ),
+                spread(
+                    [v * 1000.0 for v in res.values(POSTGRESQL, key, "helper_cpu_ms_per_msg")],
+                    integer=True,
+                ),
+                spread(paced("offered_rate")),
+                spread(paced("achieved_rate")),
+                spread(paced("p50_ms")),
+                spread(paced("p99_ms")),
+                spread(paced("server_cpu_pct"), " %"),
+                res.kept_text(POSTGRESQL, key),
+            ]
+        )
+    out.extend(
+        _table(
+            [
+                "server",
+                "msg/s",
+                "good runs",
+                "server CPU µs/msg",
+                "PostgreSQL backends' CPU µs/msg",
+                "paced: offered msg/s",
+                "achieved msg/s",
+                "p50 ms",
+                "p99 ms",
+                "server CPU",
+                "kept / acknowledged (throughput)",
+            ],
+            rows,
+        )
+    )
+    out.extend(_notes(data, POSTGRESQL))
+    out.extend(_flag_lines(res, POSTGRESQL))
+    out.append("")
+    return out
+
+
 def render(data: dict[str, Any], chart: str | None) -> str:
     res = Results(data)
     facts: dict[str, str] = data["facts"]
@@ -299,7 +387,12 @@ def render(data: dict[str, Any], chart: str | None) -> str:
     # --- summary --------------------------------------------------------------
     w("## Summary")
     w("")
-    present = [k for k in ORDER if any(o["server"] == k for o in res.outcomes)]
+    summarised = (*THROUGHPUT, RELAY)
+    present = [
+        k
+        for k in ORDER
+        if any(o["server"] == k and o["scenario"] in summarised for o in res.outcomes)
+    ]
     header = ["load (msg/s)", *[res.label(k) for k in present]]
     rows = []
     for scenario in [*THROUGHPUT, RELAY]:
@@ -566,6 +659,10 @@ def render(data: dict[str, Any], chart: str | None) -> str:
     if res.measured(RELAY):
         out.extend(_relay_section(data, res))
 
+    # --- PostgreSQL --------------------------------------------------------------
+    if res.measured(POSTGRESQL):
+        out.extend(_postgresql_section(data, res))
+
     # --- HTTP --------------------------------------------------------------------
     w("## HTTP API with many stored messages")
     w("")
@@ -635,6 +732,7 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         ["Python", facts["python"]],
         ["Postfix (smtp-source, smtp-sink, Postfix)", facts["postfix"]],
         ["aiosmtpd", facts["aiosmtpd"]],
+        ["PostgreSQL (for mailgate on PostgreSQL)", facts.get("postgresql", "—")],
         ["uvloop", facts["uvloop"]],
         ["event loop of the Python servers and clients", facts["event_loop"]],
         ["mailgate", facts.get("mailgate", "not part of this run")],

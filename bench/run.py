@@ -6,9 +6,11 @@
 
 Scenarios: s1 1 KiB x 100 per session, s2 1 KiB one per connection, s3 100 KiB,
 s4 idle sessions, s5 one 50 MiB message, s6 latency at half the peak rate,
-s7 HTTP API, s8 relaying to smtp-sink (mailgate and Postfix). Servers: mailgate,
-aiosmtpd-maildir, postfix, aiosmtpd-discard, smtp-sink. A server that cannot
-run here is skipped with a note in the report.
+s7 HTTP API, s8 relaying to smtp-sink (mailgate and Postfix), s9 mailgate on
+PostgreSQL (one node, two nodes) beside mailgate on SQLite and aiosmtpd + Maildir.
+Servers: mailgate, aiosmtpd-maildir, mailgate-postgresql, mailgate-postgresql-2,
+postfix, aiosmtpd-discard, smtp-sink. A server that cannot run here is skipped
+with a note in the report.
 
 Every process the harness starts is ended when it finishes, on Ctrl-C and on
 SIGTERM.

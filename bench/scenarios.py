@@ -164,6 +164,8 @@ def finish(out: Outcome, server: Server, run: Running) -> int | None:
     except Exception as exc:
         out.error = f"count failed: {exc}"
         return None
+    finally:
+        server.discard(run)
 
 
 class RssSampler:
@@ -215,10 +217,11 @@ def throughput(
     acked: int | None = 0
     try:
         cpu0 = _proc.cpu_s(run.pids())
+        helpers0 = {pid: _proc.cpu_s([pid]) for pid in server.helper_pids(run)}
         elapsed = 0.0
         for _ in range(rounds):
-            src = load.smtp_source(
-                run.port,
+            src = load.smtp_source_split(
+                run.ports,
                 messages=messages,
                 size=size,
                 per_session=per_session,
@@ -234,9 +237,14 @@ def throughput(
         sent = messages * rounds
         out.metrics["settle_s"] = round(server.settle(run, sent, s.settle_timeout_s), 2)
         cpu1 = _proc.cpu_s(run.pids())
+        helpers = server.helper_pids(run)
+        # Helpers that ended during the load are missed; those started during it count whole.
+        helper_cpu = sum(_proc.cpu_s([pid]) - helpers0.get(pid, 0.0) for pid in helpers)
         if acked:
             out.metrics["rate"] = round(acked / elapsed, 1)
             out.metrics["cpu_ms_per_msg"] = round((cpu1 - cpu0) * 1000.0 / acked, 3)
+            if helpers:
+                out.metrics["helper_cpu_ms_per_msg"] = round(helper_cpu * 1000.0 / acked, 3)
         out.metrics["elapsed_s"] = round(elapsed, 3)
         out.metrics["messages"] = sent
     finally:
@@ -369,23 +377,25 @@ def peak_rate(ctx: Context, server: Server) -> float:
             src = load.smtp_source(run.port, messages=2_000, size=1024, timeout_s=120)
         finally:
             server.stop(run)
+            server.discard(run)
             clear_away(run.workdir)
         ctx.peaks[server.key] = 2_000 / src.elapsed_s if src.ok else 200.0
         ctx.note("s6", f"{server.label}: peak measured separately (2,000 messages, 50 sessions)")
     return ctx.peaks[server.key]
 
 
-def latency(ctx: Context, out: Outcome, server: Server) -> None:
-    """p50/p99 from the final dot to 250, at half the server's peak rate."""
+def latency(ctx: Context, out: Outcome, server: Server, peak: float | None = None) -> None:
+    """p50/p99 from the final dot to 250, at half the server's peak rate (``peak``, or
+    :func:`peak_rate`'s)."""
     s = ctx.settings
-    peak = peak_rate(ctx, server)
+    peak = peak_rate(ctx, server) if peak is None else peak
     rate = max(10.0, peak / 2.0)
     run = server.start(ctx.rundir(out.scenario, server.key, out.run))
     acked: int | None = None
     try:
         cpu0, began = _proc.cpu_s(run.pids()), time.monotonic()
         shown, report = load.paced_latency(
-            run.port,
+            run.ports,
             rate=rate,
             duration_s=s.latency_duration_s,
             warmup_s=s.latency_warmup_s,
@@ -596,6 +606,36 @@ def relay(ctx: Context, out: Outcome, server: Server) -> None:
         out.flag(f"{delivered - acked} more messages delivered than acknowledged", fails=False)
 
 
+PACED = "-paced"  # the latency half of s9 runs under the scenario's key with this suffix
+
+
+def postgresql(ctx: Context, out: Outcome, server: Server) -> None:
+    """s1's load, then s6's paced latency at half the rate just measured, each on a
+    fresh server (for mailgate on PostgreSQL, a fresh database too): msg/s and CPU a
+    message, then p50/p99 from the final dot to 250 (metrics ``latency``)."""
+    st = ctx.settings
+    throughput(
+        ctx, out, server, size=1024, messages=st.msgs_1k, rounds=st.rounds_1k, per_session=True
+    )
+    if "rate" not in out.metrics:
+        return
+    paced = Outcome(out.scenario + PACED, out.server, out.run)
+    try:
+        latency(ctx, paced, server, peak=float(out.metrics["rate"]))
+    except Exception as exc:
+        paced.ok = False
+        paced.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        clear_away(ctx.rundir(paced.scenario, server.key, out.run))
+    out.metrics["latency"] = paced.metrics
+    out.flags += [f"paced: {text}" for text in paced.flags]
+    if paced.error:
+        out.flags.append(f"paced: {paced.error}")
+    out.ok = out.ok and paced.ok
+    if not out.ok and not out.server_log:
+        out.server_log = paced.server_log
+
+
 @dataclass(frozen=True)
 class Scenario:
     key: str
@@ -643,6 +683,12 @@ def scenarios() -> dict[str, Scenario]:
             ("mailgate", "mailgate-1", "postfix"),
             relay,
         ),
+        Scenario(
+            "s9",
+            "PostgreSQL: 1 KiB messages, 50 sessions, 100 per session; latency at half that rate",
+            ("mailgate", "aiosmtpd-maildir", "mailgate-postgresql", "mailgate-postgresql-2"),
+            postgresql,
+        ),
     ]
     return {scenario.key: scenario for scenario in found}
 
@@ -652,7 +698,12 @@ def run_all(ctx: Context, chosen: list[str], server_keys: list[str]) -> None:
     table = scenarios()
     for key in chosen:
         scenario = table[key]
-        keys = [k for k in server_keys if scenario.servers is None or k in scenario.servers]
+        keys = [
+            k
+            for k in server_keys
+            if (scenario.servers is None or k in scenario.servers)
+            and (ctx.servers[k].scenarios is None or key in ctx.servers[k].scenarios)
+        ]
         runs = scenario.runs or ctx.settings.runs
         for index in range(runs):
             order = keys[index % len(keys) :] + keys[: index % len(keys)] if keys else []
@@ -702,6 +753,10 @@ def summary(out: Outcome) -> str:
     ):
         if name in m and m[name] is not None:
             parts.append(f"{name}={m[name]}")
+    paced = m.get("latency") or {}
+    for name in ("achieved_rate", "p50_ms", "p99_ms", "server_cpu_pct"):
+        if paced.get(name) is not None:
+            parts.append(f"paced_{name}={paced[name]}")
     if out.flags:
         parts.append("flags=" + "; ".join(out.flags))
     if out.error:

@@ -8,6 +8,12 @@ Postfix and aiosmtpd + Maildir; messages received (and dropped) for the two
 discarding references. The harness compares it with what the client saw
 acknowledged.
 
+A server with ``nodes`` > 1 is several processes on one machine, each on its
+own port (``Running.ports``), that act as one server: the load is split
+between the ports.  The PostgreSQL servers keep their mail in a database of
+their own on ``BENCH_POSTGRESQL``'s server, created when a run starts and
+dropped when it ends (``Server.discard``).
+
 A server that ``relays`` can be started with ``relay_port``: it then sends
 mail for other domains onward to that port (smtp-sink, in the relay scenario)
 from its durable queue; ``outbound_pending`` says how much still waits there
@@ -31,6 +37,11 @@ from pathlib import Path
 
 from bench import _proc
 
+try:
+    import psycopg
+except ImportError:  # the PostgreSQL servers then say why they cannot run
+    psycopg = None  # type: ignore[assignment]
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(os.environ.get("BENCH_VENV_BIN", REPO / ".venv" / "bin"))
 MAILGATE = Path(os.environ.get("MAILGATE_BIN", VENV_BIN / "mailgate"))
@@ -45,16 +56,21 @@ STOP_TIMEOUT_S = 60.0
 LOCAL_DOMAIN = "bench.test"  # the one domain a relaying server keeps mail for
 RELAY_NETWORK = "127.0.0.0/8"  # clients allowed to relay: the load generator
 DELIVERED_TO_SINK = "delivered to the sink"  # the count every relay_check gives
+POSTGRESQL = os.environ.get("BENCH_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432")
+"""The PostgreSQL server the PostgreSQL runs make their databases on (a URL without one)."""
 
 
-def count_mailgate_messages(data_dir: Path, env: dict[str, str] | None = None) -> int:
-    """How many messages mailgate has stored under ``data_dir``.
+def count_mailgate_messages(
+    data_dir: Path, env: dict[str, str] | None = None, *, store: str | None = None
+) -> int:
+    """How many messages mailgate has stored under ``data_dir`` (or in ``store``, a URL).
 
     The one place that knows how to ask mailgate; change it here if the
     command changes.
     """
+    where = ["--store", store] if store else []
     done = subprocess.run(
-        [str(MAILGATE), "messages", "--data", str(data_dir), "--count"],
+        [str(MAILGATE), "messages", "--data", str(data_dir), *where, "--count"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -83,10 +99,21 @@ class Running:
     clean_stop: bool | None = None
     stop_status: int | None = None
     known_pids: set[int] = field(default_factory=set)
+    others: list[Running] = field(default_factory=list)
+    """The other nodes of a server of several (``Server.nodes``), each on its own port."""
+    database: str = ""
+    """The URL of the database a PostgreSQL server keeps its mail in."""
+
+    @property
+    def ports(self) -> list[int]:
+        """Every node's SMTP port, the first node's first: the load is split between them."""
+        return [self.port, *(other.port for other in self.others)]
 
     def pids(self) -> list[int]:
-        """The server's live processes (the whole tree for Postfix)."""
+        """The server's live processes (the whole tree for Postfix; every node's)."""
         pids = _proc.tree(self.proc.pid)
+        for other in self.others:
+            pids += other.pids()
         self.known_pids.update(pids)
         return pids
 
@@ -104,6 +131,7 @@ class Server:
     key = ""
     label = ""
     durable = False  # stores messages (True) or only counts them (False)
+    scenarios: tuple[str, ...] | None = None  # the only scenarios it runs in; None: any
 
     def unavailable(self) -> str | None:
         """Why this server cannot run here, or None."""
@@ -182,6 +210,16 @@ class Server:
     def count(self, run: Running) -> int | None:
         """Messages kept (stored, or counted by a discarding server); call after stop."""
         raise NotImplementedError
+
+    def discard(self, run: Running) -> None:
+        """Remove what the server kept outside its directory; call after ``count``."""
+        del run
+
+    def helper_pids(self, run: Running) -> list[int]:
+        """Processes outside the server's own that work for it now (the PostgreSQL
+        backends serving its database's connections)."""
+        del run
+        return []
 
     def outbound_pending(self, run: Running) -> int:
         """Messages (or recipients) still waiting in the server's outbound queue."""
@@ -406,6 +444,122 @@ class Mailgate(Server):
             if state == "delivered" and str(row["Relay"]).endswith(f":{run.relay_port}"):
                 states[DELIVERED_TO_SINK] = states.get(DELIVERED_TO_SINK, 0) + 1
         return states
+
+
+class MailgatePostgreSQL(Mailgate):
+    """mailgate with the PostgreSQL store: ``nodes`` nodes on this machine, each a
+    ``mailgate serve`` with its own port and directory, sharing one database made
+    for the run on ``POSTGRESQL`` and dropped after it."""
+
+    scenarios = ("s9",)
+
+    def __init__(self, *, nodes: int = 1) -> None:
+        super().__init__()
+        self.nodes = nodes
+        if nodes == 1:
+            self.key = "mailgate-postgresql"
+            self.label = "mailgate on PostgreSQL (one SMTP process per CPU)"
+        else:
+            self.key = f"mailgate-postgresql-{nodes}"
+            self.label = f"mailgate on PostgreSQL, {nodes} nodes (one SMTP process per CPU each)"
+        self._database = ""  # the run's, while its nodes start
+
+    def unavailable(self) -> str | None:
+        reason = super().unavailable()
+        if reason is not None:
+            return reason
+        if not self.supports("--store"):
+            return "`mailgate serve --help` lists no --store"
+        if psycopg is None:
+            return "psycopg is not installed in the virtualenv"
+        try:
+            with psycopg.connect(f"{POSTGRESQL}/postgres", connect_timeout=5):
+                pass
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return f"PostgreSQL cannot be reached at {POSTGRESQL} (BENCH_POSTGRESQL): {first}"
+        return None
+
+    def command(self) -> str:
+        shown = (
+            ".venv/bin/mailgate serve --smtp 127.0.0.1:PORT --data DIR"
+            f" --store {POSTGRESQL}/DB --no-http --workers {self.workers}"
+        )
+        if self.nodes > 1:
+            shown += f"  ({self.nodes} of them, each with its own PORT and DIR, one DB)"
+        return shown
+
+    def argv(self, run: Running) -> list[str]:
+        return [*super().argv(run), "--store", self._database]
+
+    def start(
+        self,
+        workdir: Path,
+        *,
+        big: bool = False,
+        http_port: int | None = None,
+        connections: int | None = None,
+        relay_port: int | None = None,
+    ) -> Running:
+        """Make a fresh database, then start every node on it (HTTP on the first only)."""
+        assert psycopg is not None
+        name = f"mailgate_bench_{os.urandom(6).hex()}"
+        with psycopg.connect(f"{POSTGRESQL}/postgres", autocommit=True, connect_timeout=5) as db:
+            db.execute(f'CREATE DATABASE "{name}"')
+        self._database = f"{POSTGRESQL}/{name}"
+        first: Running | None = None
+        try:
+            for index in range(self.nodes):
+                run = super().start(
+                    workdir / f"node-{index + 1}",
+                    big=big,
+                    http_port=http_port if index == 0 else None,
+                    connections=connections,
+                    relay_port=relay_port,
+                )
+                run.database = self._database
+                if first is None:
+                    first = run
+                else:
+                    first.others.append(run)
+        except BaseException:
+            if first is not None:
+                self.stop(first)
+            _drop_database(self._database)
+            raise
+        assert first is not None
+        return first
+
+    def stop(self, run: Running) -> None:
+        for node in [*run.others, run]:
+            super().stop(node)
+        if any(node.clean_stop is False for node in run.others):
+            run.clean_stop = False
+
+    def count(self, run: Running) -> int | None:
+        return count_mailgate_messages(run.workdir / "data", self.env(), store=run.database)
+
+    def helper_pids(self, run: Running) -> list[int]:
+        assert psycopg is not None
+        server, _, name = run.database.rpartition("/")
+        with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5) as db:
+            rows = db.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (name,)
+            ).fetchall()
+        return [int(pid) for (pid,) in rows]
+
+    def discard(self, run: Running) -> None:
+        if run.database:
+            _drop_database(run.database)
+            run.database = ""
+
+
+def _drop_database(url: str) -> None:
+    """Drop the database ``url`` names, ending its connections first."""
+    assert psycopg is not None
+    server, _, name = url.rpartition("/")
+    with psycopg.connect(f"{server}/postgres", autocommit=True, connect_timeout=5) as db:
+        db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Aiosmtpd(Server):
@@ -727,6 +881,8 @@ def all_servers(*, postfix_process_limit: int | None = None) -> dict[str, Server
         Mailgate(),
         Mailgate(workers="1"),
         Aiosmtpd(maildir=True),
+        MailgatePostgreSQL(),
+        MailgatePostgreSQL(nodes=2),
         Postfix(process_limit=postfix_process_limit),
         Aiosmtpd(maildir=False),
         SmtpSink(),
