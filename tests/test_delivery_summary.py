@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailgate.delivery import summarize
-from mailgate.model import Address, MessageId, MessageSummary
+from mailgate.model import Address, Envelope, MessageId, MessageSummary
 
 WHEN = datetime(2026, 11, 29, tzinfo=UTC)
 ID = MessageId("01KB4M1SA0ABCDEFGHJKMNPQRS")
@@ -181,3 +181,63 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
 ]), max_size=60))  # fmt: skip
 def test_arbitrary_mime_structure_never_raises(lines: list[bytes]) -> None:
     summary(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"".join(lines))
+
+
+def test_inline_parts_are_counted_apart_from_attachments_and_bodies() -> None:
+    s = summary(
+        b'Content-Type: multipart/mixed; boundary="m"\r\n\r\n'
+        b'--m\r\nContent-Type: multipart/related; boundary="r"\r\n\r\n'
+        b"--r\r\nContent-Type: text/html\r\nContent-ID: <body@x>\r\n\r\n<img src=cid:a@x>\r\n"
+        b"--r\r\nContent-Type: image/png\r\nContent-ID: <a@x>\r\n\r\npng\r\n"
+        b"--r\r\nContent-Type: image/gif\r\nContent-Disposition: inline\r\n\r\ngif\r\n"
+        b"--r--\r\n"
+        b"--m\r\nContent-Type: image/png\r\nContent-ID: <b@x>\r\n"
+        b'Content-Disposition: attachment; filename="b.png"\r\n\r\npng\r\n'
+        b"--m--\r\n"
+    )
+    # The HTML body is the body, whatever its Content-ID; an attachment is never inline.
+    assert (s.inline, s.attachments) == (2, 1)
+    assert summary(b"Content-Type: image/png\r\nContent-ID: <only@x>\r\n\r\npng").inline == 1
+    assert summary(b"Subject: plain\r\n\r\ntext").inline == 0
+
+
+def envelope(*recipients: str, params: tuple[dict[str, str | None], ...] = ()) -> Envelope:
+    return Envelope(
+        mail_from="app@example.com", rcpt_to=recipients, received_at=WHEN, rcpt_params=params
+    )
+
+
+def test_envelope_recipients_no_header_names_are_bcc() -> None:
+    raw = b"To: Ann <Ann@Example.com>\r\nCc: c@example.com\r\nBcc: d@example.com\r\n\r\nx"
+    s = summarize(
+        io.BytesIO(raw),
+        message_id=ID,
+        received_at=WHEN,
+        size=len(raw),
+        envelope=envelope(
+            "ann@example.com", "c@example.com", "d@example.com", "hidden@example.org",
+            "hidden@example.org", "HIDDEN@example.org", "audit@example.net",
+        ),
+    )  # fmt: skip
+    assert s.bcc == (
+        Address("", "d@example.com"),
+        Address("", "hidden@example.org"),
+        Address("", "audit@example.net"),
+    )
+    assert s.to == (Address("Ann", "Ann@Example.com"),)
+    # Without the envelope (a message summarized again from its bytes): the header only.
+    assert summary(raw).bcc == (Address("", "d@example.com"),)
+
+
+def test_an_alias_is_bcc_as_the_client_named_it_not_as_its_members() -> None:
+    raw = b"To: team@example.com\r\n\r\nx"
+    alias = {"ORCPT": "rfc822;team@example.com"}  # what the session gives an alias's members
+    hidden = {"ORCPT": "rfc822;staff@example.com"}
+    members = envelope(
+        "ann@example.com", "bob@example.com", "carl@example.com", "dora@example.com",
+        params=(alias, alias, hidden, {"ORCPT": "x400;c=fr"}),
+    )  # fmt: skip
+    s = summarize(io.BytesIO(raw), message_id=ID, received_at=WHEN, size=3, envelope=members)
+    # team@ is in To: its members are no blind copy; staff@ is not: it is, once; an
+    # ORCPT that names no mailbox leaves the recipient as it is.
+    assert s.bcc == (Address("", "staff@example.com"), Address("", "dora@example.com"))

@@ -21,6 +21,7 @@ __all__ = [
     "MessagePage",
     "MessageSummary",
     "QueuedDelivery",
+    "SinkCounts",
     "StoreEvent",
     "StoreEventKind",
     "StoredMessage",
@@ -91,6 +92,21 @@ class MessageSummary:
     snippet: str = ""
     read: bool = False
     tags: tuple[str, ...] = ()
+    inline: int = 0
+    """Inline parts: not the text or HTML body, shown within it (by ``Content-ID``, say)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkCounts:
+    """What a sink did with the messages received over SMTP since it started.
+
+    ``rejected`` counts messages received in full and then refused: a mail
+    loop, no room for them, a store that could not keep them.
+    """
+
+    accepted: int = 0
+    accepted_octets: int = 0
+    rejected: int = 0
 
 
 @dataclass(frozen=True, slots=True)

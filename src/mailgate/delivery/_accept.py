@@ -41,7 +41,7 @@ from mailgate.delivery._return_path import return_path_header
 from mailgate.delivery._spool import SPOOL_SUFFIX, MemoryThresholdSpool
 from mailgate.delivery._summary import summarize
 from mailgate.delivery._trace import received_header
-from mailgate.model import Envelope, MessageId, MessageSummary
+from mailgate.model import Envelope, MessageId, MessageSummary, SinkCounts
 from mailgate.ports import (
     Clock,
     InsufficientStorageError,
@@ -120,10 +120,14 @@ class ReceivedMessage:
 
 
 class Acceptor:
-    """The ``ports.MailSink`` that every new message goes through.
+    """The ``ports.MailSink`` that every new message goes through, and a
+    ``ports.CountingSink``.
 
     ``begin`` never blocks; ``commit`` parses the summary (in a worker thread
     when the content is in a file) and awaits the store's durable commit.
+    ``counts`` are of this acceptor's messages received over SMTP (those whose
+    envelope names an SMTP protocol, RFC 3848), not of mail the HTTP API or
+    the queue's reports hand it.
     """
 
     def __init__(
@@ -135,6 +139,12 @@ class Acceptor:
         self._clock: Clock = clock if clock is not None else SystemClock()
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _claim_spool(settings.spool_dir)
+        self._accepted = self._accepted_octets = self._rejected = 0
+
+    @property
+    def counts(self) -> SinkCounts:
+        """Messages received over SMTP since it started: stored, their octets, refused."""
+        return SinkCounts(self._accepted, self._accepted_octets, self._rejected)
 
     def close(self) -> None:
         """Let go of the spool directory; harmless to call again."""
@@ -179,6 +189,19 @@ class Acceptor:
         if not isinstance(spool, MemoryThresholdSpool):
             raise TypeError(f"not a spool from this sink: {spool!r}")
         spool.close()
+        smtp = "SMTP" in spool.envelope.protocol
+        try:
+            message_id = await self._commit(spool)
+        except (SMTPReplyError, StoreError):
+            if smtp:
+                self._rejected += 1
+            raise
+        if smtp:
+            self._accepted += 1
+            self._accepted_octets += spool.size
+        return message_id
+
+    async def _commit(self, spool: MemoryThresholdSpool) -> MessageId:
         try:
             if spool.received_fields >= MAX_RECEIVED_FIELDS:
                 raise SMTPReplyError(_TOO_MANY_HOPS)
@@ -282,7 +305,11 @@ def _writer_gone(name: str) -> bool:
 def _summarize(spool: MemoryThresholdSpool, reader: BinaryIO) -> MessageSummary:
     try:
         return summarize(
-            reader, message_id=spool.id, received_at=spool.received_at, size=spool.size
+            reader,
+            message_id=spool.id,
+            received_at=spool.received_at,
+            size=spool.size,
+            envelope=spool.envelope,
         )
     except Exception:
         # Unforeseen input must not cost the message: store it with what is certain.

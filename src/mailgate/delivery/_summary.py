@@ -8,6 +8,15 @@ text/plain and text/html parts, whose first ``SNIPPET_RAW_OCTETS`` are kept
 to make the snippet.  Lines are read at most ``MAX_LINE_OCTETS`` at a time,
 so even a binary body without line ends stays bounded.
 
+Blind copies: a client sends a Bcc recipient in the envelope only, and strips
+the header (RFC 5322 3.6.3), so the summary's ``bcc`` adds to any ``Bcc``
+header the envelope's recipients that ``To``, ``Cc`` and ``Bcc`` do not
+name, as Mailpit shows them.  A recipient is named as the client named it:
+the address its ``ORCPT`` holds when it has one (RFC 3461 4.2), so an
+alias's members, which the session gives the alias's address as ``ORCPT``,
+show as the alias (and as nothing when the alias is in ``To``); otherwise
+the ``RCPT`` address.  The stored bytes are never changed.
+
 Nothing here raises on bad input: a header that cannot be parsed leaves its
 summary field empty, and the caller falls back to an empty summary should
 anything unforeseen escape.  Parsing is deliberately simpler than the
@@ -21,7 +30,7 @@ import binascii
 import functools
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.errors import HeaderParseError
@@ -29,7 +38,8 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import BinaryIO
 
-from mailgate.model import Address, MessageId, MessageSummary
+from mailgate.model import Address, Envelope, MessageId, MessageSummary
+from mailgate.protocol import parse_orcpt
 
 __all__ = ["summarize"]
 
@@ -53,9 +63,12 @@ _TOP_FIELDS = frozenset(
         b"content-type",
         b"content-transfer-encoding",
         b"content-disposition",
+        b"content-id",
     }
 )
-_PART_FIELDS = frozenset({b"content-type", b"content-transfer-encoding", b"content-disposition"})
+_PART_FIELDS = frozenset(
+    {b"content-type", b"content-transfer-encoding", b"content-disposition", b"content-id"}
+)
 _PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"?|([^;\s]*))')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
@@ -118,6 +131,8 @@ class _Part:
     params: dict[str, str]
     encoding: str
     attachment: bool
+    inline: bool
+    """Shown within the body, unless it is the body: ``inline`` or with a ``Content-ID``."""
 
     @classmethod
     def from_headers(cls, headers: dict[bytes, list[str]]) -> _Part:
@@ -130,7 +145,10 @@ class _Part:
         )
         attachment = disposition == "attachment" or (named and disposition != "inline")
         encoding = _first(headers, b"content-transfer-encoding").strip().lower()
-        return cls(content_type, params, encoding, attachment)
+        inline = not attachment and (
+            disposition == "inline" or bool(_first(headers, b"content-id").strip("<> "))
+        )
+        return cls(content_type, params, encoding, attachment, inline)
 
 
 def _first(headers: dict[bytes, list[str]], name: bytes) -> str:
@@ -151,12 +169,14 @@ def _parse_params(value: str) -> tuple[str, dict[str, str]]:
 
 
 class _BodyScan:
-    """Walks the MIME tree in one pass: counts attachments, keeps snippet sources."""
+    """Walks the MIME tree in one pass: counts attachments and inline parts, keeps snippet
+    sources (the first text/plain and text/html parts, the bodies)."""
 
     def __init__(self, readline: ReadLine, read: ReadLine) -> None:
         self._readline = readline
         self._read = read
         self.attachments = 0
+        self.inline = 0
         self.kept: dict[str, tuple[_Part, bytearray]] = {}
 
     def run(self, part: _Part) -> None:
@@ -211,6 +231,8 @@ class _BodyScan:
             kept = bytearray()
             self.kept[part.content_type] = (part, kept)
             return kept
+        if part.inline:
+            self.inline += 1
         return None
 
     def snippet(self) -> str:
@@ -306,10 +328,50 @@ def _parse_date(value: str) -> datetime | None:
     return date if date.tzinfo is not None else date.replace(tzinfo=UTC)
 
 
+_MAILBOX_ADDRESS_TYPES = frozenset({"rfc822", "utf-8"})  # RFC 3461 4.2, RFC 6533 3
+
+
+def _as_given(recipient: str, params: Mapping[str, str | None]) -> str:
+    """The address the client named for an envelope recipient: its ORCPT's, if a mailbox."""
+    value = params.get("ORCPT")
+    if value:
+        try:
+            original = parse_orcpt(value, utf8=True)
+        except ValueError:
+            return recipient
+        if original.addr_type in _MAILBOX_ADDRESS_TYPES and original.address:
+            return original.address
+    return recipient
+
+
+def _blind_copies(
+    envelope: Envelope, visible: tuple[Address, ...], bcc: tuple[Address, ...]
+) -> tuple[Address, ...]:
+    """``bcc`` (the header's), then the envelope's recipients that neither it nor
+    ``visible`` (To and Cc) names."""
+    named = {a.address.casefold() for a in visible + bcc}
+    added: list[Address] = []
+    params = envelope.rcpt_params
+    for index, recipient in enumerate(envelope.rcpt_to):
+        given = _printable(_as_given(recipient, params[index] if index < len(params) else {}))
+        if given and given.casefold() not in named:
+            named.add(given.casefold())
+            added.append(Address(name="", address=given))
+    return bcc + tuple(added) if added else bcc
+
+
 def summarize(
-    reader: BinaryIO, *, message_id: MessageId, received_at: datetime, size: int
+    reader: BinaryIO,
+    *,
+    message_id: MessageId,
+    received_at: datetime,
+    size: int,
+    envelope: Envelope | None = None,
 ) -> MessageSummary:
     """Read the message from ``reader`` and summarize it; never raises on bad input.
+
+    With ``envelope``, its recipients that no ``To``, ``Cc`` or ``Bcc``
+    header names are added to ``bcc`` (see the module's docstring).
 
     Raises only what reading ``reader`` raises (``OSError``).
     """
@@ -318,14 +380,19 @@ def summarize(
     scan = _BodyScan(readline, reader.read)
     scan.run(_Part.from_headers(headers))
     senders = _addresses(headers, b"from")
+    to = _addresses(headers, b"to")
+    cc = _addresses(headers, b"cc")
+    bcc = _addresses(headers, b"bcc")
+    if envelope is not None:
+        bcc = _blind_copies(envelope, to + cc, bcc)
     return MessageSummary(
         id=message_id,
         received_at=received_at,
         size=size,
         sender=senders[0] if senders else None,
-        to=_addresses(headers, b"to"),
-        cc=_addresses(headers, b"cc"),
-        bcc=_addresses(headers, b"bcc"),
+        to=to,
+        cc=cc,
+        bcc=bcc,
         reply_to=_addresses(headers, b"reply-to"),
         subject=_decode_words(_first(headers, b"subject")),
         date=_date(headers),
@@ -334,4 +401,5 @@ def summarize(
         ],
         attachments=scan.attachments,
         snippet=scan.snippet(),
+        inline=scan.inline,
     )
