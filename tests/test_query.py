@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -55,6 +56,8 @@ def test_free_words_and_phrases() -> None:
         ("is:tagged", FlagTerm(Flag.TAGGED)),
         ("has:attachment", FlagTerm(Flag.ATTACHMENT)),
         ("has:attachments", FlagTerm(Flag.ATTACHMENT)),
+        ("has:inline", FlagTerm(Flag.INLINE)),
+        ("-has:inline", FlagTerm(Flag.INLINE, negated=True)),
         ("-from:alice", TextTerm(Field.FROM, "alice", negated=True)),
         ("!is:read", FlagTerm(Flag.READ, negated=True)),
         ('-"two words"', TextTerm(Field.TEXT, "two words", negated=True)),
@@ -85,7 +88,17 @@ def test_dates_without_a_zone_use_the_callers() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["before:soon", "after:2024-13-01", "larger:lots", "is:starred", "has:cats"]
+    "text",
+    [
+        "before:soon",
+        "after:2024-13-01",
+        "larger:lots",
+        "is:starred",
+        "has:cats",
+        "larger:9223372036854775808",  # past any store's 64-bit integers
+        "larger:10000000000G",
+        "smaller:" + "9" * 400,  # past a float, too
+    ],
 )
 def test_what_cannot_be_read_is_refused(text: str) -> None:
     with pytest.raises(QueryError):
@@ -158,6 +171,8 @@ SUMMARY = MessageSummary(
         ("is:tagged", True),
         ("has:attachment", True),
         ("-has:attachment", False),
+        ("has:inline", False),
+        ("-has:inline", True),
         ("larger:4000", True),
         ("smaller:4000", False),
         ("before:2024-05-02", True),
@@ -169,6 +184,13 @@ SUMMARY = MessageSummary(
 )
 def test_matches(text: str, expected: bool) -> None:
     assert matches(parse_query(text), SUMMARY) is expected
+
+
+def test_has_inline_is_about_inline_parts_not_attachments() -> None:
+    with_image = dataclasses.replace(SUMMARY, inline=1, attachments=0)
+    assert matches(parse_query("has:inline"), with_image)
+    assert not matches(parse_query("has:attachment"), with_image)
+    assert matches(parse_query("larger:9223372036854775807"), SUMMARY) is False
 
 
 # -- the SQLite store answers as matches() does -------------------------------------------

@@ -397,7 +397,7 @@ def test_a_record_round_trips_and_a_garbled_one_is_refused() -> None:
         b"",
         b"\x00",
         marshal.dumps(fields[:-1]),  # a field short
-        marshal.dumps((2, *fields[1:])),  # another wire version
+        marshal.dumps((fields[0] + 1, *fields[1:])),  # another wire version
         marshal.dumps((*fields[:1], 7, *fields[2:])),  # an id that is not text
         marshal.dumps((*fields[:-1], (("a@b.test",),))),  # a queue row without its due time
     ]

@@ -14,6 +14,7 @@ from mailgate import MailgateError
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import MessageId
 from mailgate.ports import StoreError
+from mailgate.query import parse_query
 from mailgate.stores import SQLiteStore, StoreURLError, open_store
 from mailgate.stores.sqlite._schema import (
     _INCOMING_COLUMNS,
@@ -331,6 +332,43 @@ async def test_a_version_2_database_is_upgraded_and_stores_new_mail(tmp_path: Pa
         assert (await store.list()).total == 3
     finally:
         await store.aclose()
+
+
+_INLINE = (
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/related; boundary="r"\r\n\r\n'
+    b"--r\r\nContent-Type: text/html\r\n\r\n<img src=cid:i@x>\r\n"
+    b"--r\r\nContent-Type: image/gif\r\nContent-ID: <i@x>\r\n\r\nGIF\r\n--r--\r\n"
+)
+
+
+@pytest.mark.asyncio
+async def test_a_version_7_database_is_upgraded_and_counts_inline_parts(tmp_path: Path) -> None:
+    path = tmp_path / "mail.db"
+    # As mailgate with schema 7 left it: no inline part counts.
+    old = await one_message_then(
+        path, tmp_path, "DROP VIEW incoming; DROP TABLE inline_parts; PRAGMA user_version = 7;"
+    )
+    store = SQLiteStore(path)
+    acceptor = Acceptor(store, DeliverySettings(hostname="mx.test", spool_dir=tmp_path / "spool"))
+    try:
+        spool = acceptor.begin(make_envelope())
+        spool.write(b"Subject: image\r\n" + _INLINE)
+        new = await acceptor.commit(spool)
+        page = await store.search(parse_query("has:inline"))
+        assert [m.id for m in page.messages] == [new]
+        assert page.messages[0].inline == 1
+        assert [m.inline for m in (await store.list()).messages if m.id == old] == [0]
+        await store.delete([new])
+        assert (await store.search(parse_query("has:inline"))).total == 0
+    finally:
+        acceptor.close()
+        await store.aclose()
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert connection.execute("SELECT count(*) FROM inline_parts").fetchone() == (0,)
+    finally:
+        connection.close()
 
 
 @pytest.mark.asyncio

@@ -18,8 +18,11 @@ so ``http://example.com`` searches for that text.
 | ``tag:`` | tags include it |
 | ``is:read`` ``is:unread`` ``is:tagged`` | read flag, or having any tag |
 | ``has:attachment`` (or ``has:attachments``) | attachment count is not zero |
+| ``has:inline`` | inline part count (images the HTML shows) is not zero |
 | ``before:DATE`` ``after:DATE`` | received time is before / at or after ``DATE`` |
 | ``larger:SIZE`` ``smaller:SIZE`` | size is at least / below ``SIZE`` (``10K``, ``2MB``) |
+
+A ``SIZE`` over ``MAX_SIZE_OCTETS`` is refused, as one that cannot be read is.
 
 ``DATE`` is ``YYYY-MM-DD`` (midnight in the caller's time zone) or an ISO
 8601 time.  Parsing is pure: the caller gives the time zone, and
@@ -33,6 +36,7 @@ import enum
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from fractions import Fraction
 
 from mailgate import MailgateError
 from mailgate.model import Address, MessageSummary
@@ -54,6 +58,8 @@ __all__ = [
 
 MAX_QUERY_CHARS = 2000
 """Longer queries are refused: a search box never needs more."""
+MAX_SIZE_OCTETS = 2**63 - 1
+"""The largest ``SIZE`` a term may name: what a store's 64-bit integer column can compare."""
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]?)i?b?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -85,6 +91,7 @@ class Flag(enum.StrEnum):
     UNREAD = "unread"
     TAGGED = "tagged"
     ATTACHMENT = "attachment"
+    INLINE = "inline"
 
 
 class Bound(enum.StrEnum):
@@ -143,6 +150,7 @@ _FLAGS = {
     "is:tagged": Flag.TAGGED,
     "has:attachment": Flag.ATTACHMENT,
     "has:attachments": Flag.ATTACHMENT,
+    "has:inline": Flag.INLINE,
 }
 
 
@@ -182,7 +190,10 @@ def _parse_size(value: str) -> int:
     match = _SIZE.fullmatch(value.strip())
     if match is None:
         raise QueryError(f"not a size: {value!r} (use a number of octets, 10K or 2MB)")
-    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+    octets = int(Fraction(match[1]) * _SIZE_UNITS[match[2].lower()])  # exact, however long
+    if octets > MAX_SIZE_OCTETS:
+        raise QueryError(f"size too large: {value!r} (at most {MAX_SIZE_OCTETS} octets)")
+    return octets
 
 
 def _term(token: str, quoted: bool, tz: tzinfo) -> Term | None:
@@ -280,6 +291,8 @@ def _holds(term: Term, summary: MessageSummary) -> bool:
             return bool(summary.tags)
         case FlagTerm(flag=Flag.ATTACHMENT):
             return summary.attachments > 0
+        case FlagTerm(flag=Flag.INLINE):
+            return summary.inline > 0
         case BoundTerm(bound=Bound.BEFORE, when=when):
             return when is not None and summary.received_at < when
         case BoundTerm(bound=Bound.AFTER, when=when):

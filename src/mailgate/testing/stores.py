@@ -358,6 +358,12 @@ _ATTACHED = (
     b"--b\r\nContent-Type: application/pdf\r\n"
     b'Content-Disposition: attachment; filename="q3.pdf"\r\n\r\n%PDF-1.4\r\n--b--\r\n'
 )
+_INLINE_IMAGE = (
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/related; boundary="r"\r\n\r\n'
+    b'--r\r\nContent-Type: text/html\r\n\r\n<p>Looks fine.</p><img src="cid:ok@x">\r\n'
+    b"--r\r\nContent-Type: image/gif\r\nContent-ID: <ok@x>\r\n"
+    b"Content-Transfer-Encoding: base64\r\n\r\nR0lGODlhAQABAAAAACw=\r\n--r--\r\n"
+)
 
 
 def _mail(subject: str, sender: str, to: str, body: bytes, *, cc: str = "") -> bytes:
@@ -411,7 +417,7 @@ async def _search_corpus(subject: StoreUnderTest, acceptor: Acceptor) -> dict[st
             "Re: Quarterly report",
             "Carol <carol@example.net>",
             "Alice Example <alice@example.com>",
-            b"Looks fine.\r\n",
+            _INLINE_IMAGE,
         ),
     )
     ids["sale"] = await _deliver(
@@ -444,6 +450,8 @@ SEARCHES = (
     "is:read",
     "is:unread",
     "has:attachment",
+    "has:inline",
+    "-has:inline",
     "before:2026-01-02",
     "after:2026-01-02",
     "larger:4K",
@@ -485,6 +493,7 @@ async def check_search(subject: StoreUnderTest) -> None:
         assert await found("quarterly") == [ids["reply"], ids["report"]]
         assert await found("müller") == [ids["invoice"]]
         assert await found("has:attachment") == [ids["report"]]
+        assert await found("has:inline") == [ids["reply"]]
         assert await found("before:2026-01-02") == [ids["lunch"], ids["report"]]
         assert await found("larger:4K") == [ids["invoice"]]
         assert await found("is:read") == [ids["sale"], ids["reply"]]

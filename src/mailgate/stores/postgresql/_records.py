@@ -49,14 +49,14 @@ __all__ = [
 
 MESSAGE_COLUMNS = (
     "id, received_at, size, sender, recipients, subject, date, message_id,"
-    " attachments, snippet, envelope, search"
+    " attachments, snippet, envelope, search, inline_parts"
 )
 """The columns of a new message's row, in the order ``NewMessageRow.values`` lists them."""
 
 SUMMARY_COLUMNS = (
     "m.id, m.received_at, m.size, m.read, m.sender, m.recipients, m.subject, m.date,"
     " m.message_id, m.attachments, m.snippet,"
-    " (SELECT array_agg(t.tag) FROM tags AS t WHERE t.message_id = m.id)"
+    " (SELECT array_agg(t.tag) FROM tags AS t WHERE t.message_id = m.id), m.inline_parts"
 )
 """What ``summary_from_row`` reads, of ``messages AS m``."""
 
@@ -181,6 +181,7 @@ def new_message_row(summary: MessageSummary, envelope: Envelope, content: bytes)
         summary.snippet,
         Jsonb(envelope_json(envelope)),
         Jsonb(search),
+        summary.inline,
     )
     received = envelope.received_at
     queued = tuple(
@@ -205,7 +206,8 @@ def summary_from_row(row: Sequence[Any]) -> MessageSummary:
         attachments,
         snippet,
         tags,
-    ) = row[:12]
+        inline_parts,
+    ) = row[:13]
     return MessageSummary(
         id=MessageId(message_id),
         received_at=received_at.astimezone(UTC),
@@ -222,9 +224,10 @@ def summary_from_row(row: Sequence[Any]) -> MessageSummary:
         snippet=snippet,
         read=read,
         tags=tuple(sorted(tags)) if tags else (),
+        inline=inline_parts,
     )
 
 
 def stored_message(row: Sequence[Any]) -> StoredMessage:
     """A stored message from a row of ``SUMMARY_COLUMNS`` followed by ``envelope``."""
-    return StoredMessage(summary=summary_from_row(row), envelope=envelope_from_json(row[12]))
+    return StoredMessage(summary=summary_from_row(row), envelope=envelope_from_json(row[13]))

@@ -10,7 +10,9 @@ database of an older version and refuses one of a newer version
 does not know.
 
 Versions: 1, the messages, their content, tags and the event log; 2, the
-outbound queue (``_queue.QUEUE_SCHEMA``), which references ``messages``.
+outbound queue (``_queue.QUEUE_SCHEMA``), which references ``messages``; 3,
+``messages.inline_parts``, the summary's ``inline`` (0 for the messages stored
+before).
 
 Tables:
 - ``messages``: one row per message, the summary's columns as the SQLite
@@ -99,7 +101,11 @@ CREATE INDEX IF NOT EXISTS events_by_xid ON events (xid);
 CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
 """
 
-MIGRATIONS: tuple[str, ...] = (_VERSION_1, QUEUE_SCHEMA)
+_VERSION_3 = """
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS inline_parts integer NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: tuple[str, ...] = (_VERSION_1, QUEUE_SCHEMA, _VERSION_3)
 """``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1`` (0: an empty one)."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -59,6 +59,8 @@ def _condition(term: Term) -> tuple[str, list[Any]]:
             return _HAS_TAG.format(""), []
         case FlagTerm(flag=Flag.ATTACHMENT):
             return "m.attachments > 0", []
+        case FlagTerm(flag=Flag.INLINE):
+            return "m.inline_parts > 0", []
         case BoundTerm(bound=Bound.BEFORE, when=when) if when is not None:
             return "m.received_at < %s", [when]
         case BoundTerm(bound=Bound.AFTER, when=when) if when is not None:

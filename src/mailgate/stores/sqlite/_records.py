@@ -35,9 +35,10 @@ from mailgate.model import MessageId
 
 __all__ = ["WIRE_VERSION", "NewMessageRecord", "QueuedRecipient"]
 
-WIRE_VERSION = 1
-"""Changes whenever the fields change: a frame of another version is refused."""
-_WIRE_FIELDS = 16  # the version and the fifteen fields
+WIRE_VERSION = 2
+"""Changes whenever the fields change: a frame of another version is refused.  (2 added
+``inline_parts``.)"""
+_WIRE_FIELDS = 17  # the version and the sixteen fields
 
 
 @final
@@ -85,6 +86,7 @@ class NewMessageRecord:
         "envelope_json",
         "header_message_id",
         "id",
+        "inline_parts",
         "origin",
         "queued",
         "received_at_ms",
@@ -107,6 +109,7 @@ class NewMessageRecord:
         date_iso: str | None,
         header_message_id: str,
         attachments: int,
+        inline_parts: int,
         snippet: str,
         envelope_json: str,
         body_file: str | None,
@@ -123,6 +126,7 @@ class NewMessageRecord:
         self.date_iso: Final = date_iso
         self.header_message_id: Final = header_message_id
         self.attachments: Final = attachments
+        self.inline_parts: Final = inline_parts
         self.snippet: Final = snippet
         self.envelope_json: Final = envelope_json
         self.body_file: Final = body_file
@@ -145,6 +149,7 @@ class NewMessageRecord:
             self.date_iso,
             self.header_message_id,
             self.attachments,
+            self.inline_parts,
             self.snippet,
             self.envelope_json,
             self.body_file,
@@ -176,6 +181,7 @@ class NewMessageRecord:
                 self.date_iso,
                 self.header_message_id,
                 self.attachments,
+                self.inline_parts,
                 self.snippet,
                 self.envelope_json,
                 self.body_file,
@@ -209,6 +215,7 @@ class NewMessageRecord:
             date_iso,
             header_message_id,
             attachments,
+            inline_parts,
             snippet,
             envelope_json,
             body_file,
@@ -228,6 +235,7 @@ class NewMessageRecord:
             and (date_iso is None or isinstance(date_iso, str))
             and isinstance(header_message_id, str)
             and isinstance(attachments, int)
+            and isinstance(inline_parts, int)
             and isinstance(snippet, str)
             and isinstance(envelope_json, str)
             and (body_file is None or isinstance(body_file, str))
@@ -256,6 +264,7 @@ class NewMessageRecord:
             date_iso=date_iso,
             header_message_id=header_message_id,
             attachments=attachments,
+            inline_parts=inline_parts,
             snippet=snippet,
             envelope_json=envelope_json,
             body_file=body_file,

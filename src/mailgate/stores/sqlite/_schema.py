@@ -5,7 +5,8 @@ envelope; ``bodies`` holds the content of messages small enough to stay in
 memory while received, keyed by the message's ``seq``, so listing never
 pages through message content; larger bodies are files named by
 ``messages.body_file``.  ``counts`` keeps the totals a listing shows, up to
-date through triggers, so a listing never counts rows.  ``changes`` logs
+date through triggers, so a listing never counts rows.  ``inline_parts`` holds
+the count of inline parts of each message that has any (few do).  ``changes`` logs
 every committed change as the events ``subscribe`` reports, so that a store
 sees the changes other processes make too (see ``_follow``).
 
@@ -26,7 +27,8 @@ Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``; 4 let
 ``incoming`` write the change log; 5 added ``unindexed``, in place of indexing
 each new message in the transaction that stores it; 6 keeps the search index in
 lower case beyond ASCII (``_search``), so an older one is rebuilt; 7 added the
-outbound queue, ``deliveries`` (``_queue``).  Opening
+outbound queue, ``deliveries`` (``_queue``); 8 added ``inline_parts``, the summary's
+``inline`` of each message that has any (none for the messages stored before).  Opening
 a database of an older version runs ``upgrade(version)``, then ``SCHEMA`` (every
 statement ``IF NOT EXISTS``), on it.
 """
@@ -71,7 +73,7 @@ __all__ = [
     "upgrade",
 ]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # The columns of a new message's row, in the order ``incoming_values`` lists them.
 _INCOMING_COLUMNS = (
@@ -112,6 +114,10 @@ CREATE TABLE IF NOT EXISTS counts (
     unread INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO counts VALUES (1, 0, 0);
+CREATE TABLE IF NOT EXISTS inline_parts (
+    seq INTEGER PRIMARY KEY,       -- a message with inline parts: most have none, and no row
+    count INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS unindexed (
     seq INTEGER PRIMARY KEY        -- a message the search index lacks
 );
@@ -122,6 +128,7 @@ END;
 CREATE TRIGGER IF NOT EXISTS message_deleted AFTER DELETE ON messages BEGIN
     UPDATE counts SET total = total - 1, unread = unread - (OLD.read = 0);
     DELETE FROM bodies WHERE seq = OLD.seq;
+    DELETE FROM inline_parts WHERE seq = OLD.seq;
     DELETE FROM tags WHERE seq = OLD.seq;
     DELETE FROM unindexed WHERE seq = OLD.seq;
     DELETE FROM deliveries WHERE message_id = OLD.id;
@@ -141,10 +148,13 @@ SCHEMA = QUEUE_SCHEMA + SCHEMA  # the message_deleted trigger names deliveries
 _NEW_COLUMNS = ", ".join("NEW." + column.strip() for column in _INCOMING_COLUMNS.split(","))
 SCHEMA += f"""
 CREATE VIEW IF NOT EXISTS incoming AS
-    SELECT {_INCOMING_COLUMNS}, NULL AS content, NULL AS change_origin, NULL AS change_ids
+    SELECT {_INCOMING_COLUMNS}, NULL AS inline_parts, NULL AS content,
+        NULL AS change_origin, NULL AS change_ids
     FROM messages;
 CREATE TRIGGER IF NOT EXISTS incoming_inserted INSTEAD OF INSERT ON incoming BEGIN
     INSERT INTO messages ({_INCOMING_COLUMNS}) VALUES ({_NEW_COLUMNS});
+    INSERT INTO inline_parts (seq, count) SELECT last_insert_rowid(), NEW.inline_parts
+    WHERE NEW.inline_parts > 0;
     INSERT INTO bodies (seq, data) SELECT last_insert_rowid(), NEW.content
     WHERE NEW.content IS NOT NULL;
     INSERT INTO changes (origin, kind, ids)
@@ -178,7 +188,7 @@ def upgrade(version: int) -> str:
 
 
 MAX_ROWS_PER_INSERT = 256
-"""Rows one INSERT statement carries at most (15 variables each; SQLite allows 32766)."""
+"""Rows one INSERT statement carries at most (16 variables each; SQLite allows 32766)."""
 
 
 @functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
@@ -191,8 +201,8 @@ def insert_messages(rows: int) -> str:
     gives up the GIL once for all of them, or, outside a transaction, once
     for the whole commit.
     """
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-    columns = f"{_INCOMING_COLUMNS}, content, change_origin, change_ids"
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    columns = f"{_INCOMING_COLUMNS}, inline_parts, content, change_origin, change_ids"
     return f"INSERT INTO incoming ({columns}) VALUES {values}"  # noqa: S608
 
 
@@ -201,6 +211,7 @@ INSERT_CHANGE = "INSERT INTO changes (origin, kind, ids) VALUES (?, ?, ?)"
 SELECT_SUMMARY = """
 SELECT id, received_at, size, read, sender, recipients, subject, date, message_id,
        attachments, snippet,
+       coalesce((SELECT count FROM inline_parts WHERE inline_parts.seq = messages.seq), 0),
        (SELECT group_concat(tag, char(31)) FROM tags WHERE tags.seq = messages.seq)
 FROM messages
 """
@@ -232,6 +243,7 @@ def incoming_values(
             record.snippet,
             record.envelope_json,
             record.body_file,
+            record.inline_parts,
             record.content,
             change_origin,
             change_ids,
@@ -328,6 +340,7 @@ def new_message_record(
         date_iso=summary.date.isoformat() if summary.date else None,
         header_message_id=summary.message_id,
         attachments=summary.attachments,
+        inline_parts=summary.inline,
         snippet=summary.snippet,
         envelope_json=_envelope_json(envelope),
         body_file=body_file,
@@ -351,6 +364,7 @@ def summary_from_row(row: Sequence[Any]) -> MessageSummary:
         header_message_id,
         attachments,
         snippet,
+        inline_parts,
         tags,
     ) = row
     people = json.loads(recipients)
@@ -371,6 +385,7 @@ def summary_from_row(row: Sequence[Any]) -> MessageSummary:
         snippet=snippet,
         read=bool(read),
         tags=tuple(sorted(tags.split("\x1f"))) if tags else (),
+        inline=inline_parts,
     )
 
 

@@ -218,6 +218,8 @@ def _condition(term: Term) -> tuple[str, list[Any]]:
             return _HAS_TAG.format(""), []
         case FlagTerm(flag=Flag.ATTACHMENT):
             return "attachments > 0", []
+        case FlagTerm(flag=Flag.INLINE):
+            return "seq IN (SELECT seq FROM inline_parts)", []
         case BoundTerm(bound=Bound.BEFORE, when=when) if when is not None:
             return "received_at < ?", [millis(when)]
         case BoundTerm(bound=Bound.AFTER, when=when) if when is not None:
