@@ -144,7 +144,9 @@ def test_mail_appears_live_opens_is_found_and_is_deleted(tmp_path: Path, browser
         open_live(browser, inbox)
         browser.execute_script("window.notReloaded = true")
 
-        send(inbox.smtp_port, newsletter())
+        sale_message = newsletter()
+        sale_message["Bcc"] = "archive@shop.example"  # smtplib sends it in the envelope only
+        send(inbox.smtp_port, sale_message)
         other = EmailMessage()
         other["From"] = "bob@example.org"
         other["To"] = "you@example.org"
@@ -172,6 +174,7 @@ def test_mail_appears_live_opens_is_found_and_is_deleted(tmp_path: Path, browser
         wait_until(browser, lambda d: d.find_elements(*by_css("#headline")), "HTML rendered")
         assert browser.find_element(*by_css("#headline")).text == "Spring sale"
         browser.switch_to.default_content()
+        assert browser.find_element(*by_css("#view-bcc")).text == "archive@shop.example"
         wait_until(browser, lambda d: "unread" not in row(d, "Spring sale")["classes"], "read")
 
         for tab, panel, expected in (

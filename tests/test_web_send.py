@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from mailgate.delivery import Acceptor, DeliverySettings
+from mailgate.model import Address
 from mailgate.stores import SQLiteStore
 from mailgate.web import WebSettings, create_app
 
@@ -78,6 +79,7 @@ async def test_a_message_from_json_is_stored_as_smtp_mail_is(tmp_path: Path) -> 
         assert stored.envelope.protocol == "HTTP"
         assert stored.envelope.outbound == ()
         assert stored.summary.tags == ("onboarding",)
+        assert stored.summary.bcc == (Address("", "dan@here.test"),)  # from the envelope
         message = email.message_from_bytes(raw, policy=email.policy.default)
         assert message["Subject"] == "Welcome, Bob"
         assert message["From"] == "The App <app@here.test>"

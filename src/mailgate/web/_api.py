@@ -8,6 +8,8 @@ answers ``ok`` as plain text.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import resource
 import sys
 import time
@@ -61,8 +63,16 @@ def sandbox_headers(disposition: str | None = None) -> dict[str, str]:
     return headers
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def content_disposition(kind: str, filename: str) -> str:
-    """``attachment; filename="a.pdf"; filename*=UTF-8''a.pdf`` (RFC 6266)."""
+    """``attachment; filename="a.pdf"; filename*=UTF-8''a.pdf`` (RFC 6266).
+
+    Control characters are left out of the name: a header cannot carry CR or
+    LF (RFC 9110 5.5), and no file name needs any of them.
+    """
+    filename = _CONTROLS.sub("", filename)
     if not filename:
         return kind
     ascii_name = filename.encode("ascii", "replace").decode().replace('"', "'").replace("\\", "_")
@@ -123,7 +133,7 @@ async def set_read(inbox: Inbox, request: Request) -> Response:
 
 async def delete_messages(inbox: Inbox, request: Request) -> Response:
     ids = string_list(await body_fields(request), "ids")
-    await inbox.store.delete([MessageId(i) for i in ids] if ids else None)
+    inbox.deleted += await inbox.store.delete([MessageId(i) for i in ids] if ids else None)
     return PlainTextResponse("ok")
 
 
@@ -139,7 +149,7 @@ async def delete_search(inbox: Inbox, request: Request) -> Response:
     query = query_param(request)
     matching = await all_matching_ids(inbox.store, query)
     if matching:
-        await inbox.store.delete(matching)
+        inbox.deleted += await inbox.store.delete(matching)
     return PlainTextResponse("ok")
 
 
@@ -154,6 +164,8 @@ async def get_message(inbox: Inbox, request: Request) -> Response:
     parsed = await inbox.parse(raw)
     if not stored.summary.read:
         await inbox.store.mark_read([stored.summary.id], True)
+        # Reading it marked it read: say so, as a listing now would.
+        stored = dataclasses.replace(stored, summary=dataclasses.replace(stored.summary, read=True))
     return JSONResponse(message_json(stored, parsed))
 
 
@@ -259,7 +271,7 @@ async def info(inbox: Inbox, request: Request) -> Response:
             "RuntimeStats": {
                 "Uptime": int(time.monotonic() - inbox.started),
                 "Memory": memory,
-                "MessagesDeleted": 0,
+                "MessagesDeleted": inbox.deleted,
                 "SMTPAccepted": 0,
                 "SMTPAcceptedSize": 0,
                 "SMTPRejected": 0,

@@ -178,6 +178,8 @@ class Inbox:
     is_local: Callable[[str], bool] = _everyone_is_local
     started: float = field(default_factory=time.monotonic)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    deleted: int = 0
+    """Messages this app deleted since it started (``/api/v1/info``'s ``MessagesDeleted``)."""
 
     async def resolve(self, message_id: str) -> MessageId | None:
         """``latest`` as the newest message's id; any other id as it is."""

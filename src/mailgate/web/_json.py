@@ -2,9 +2,11 @@
 
 Field names and formats follow ``mailpit-api-v1.swagger.json``: times are
 RFC 3339 with milliseconds, absent address lists are ``[]``, an absent
-sender is ``null``.  A few fields older Mailpit versions sent (``count``
-in a listing, ``Read`` in a message) are kept, because client libraries
-written against them still read them.
+sender is an empty address (``{"Name": "", "Address": ""}``), as Mailpit
+sends it.  A few fields older Mailpit versions sent (``count`` in a
+listing, ``Read`` in a message) are kept, because client libraries written
+against them still read them.  ``Bcc`` is what the summary holds: the
+``Bcc`` header and the envelope's recipients no header names.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Any
 from mailgate.model import Address, MessagePage, MessageSummary, StoredMessage
 from mailgate.web._mime import ParsedMessage, Part
 
-__all__ = ["address_list", "message_json", "messages_json", "rfc3339", "summary_json"]
+__all__ = [
+    "address_list",
+    "message_json",
+    "messages_json",
+    "rfc3339",
+    "sender_json",
+    "summary_json",
+]
 
 JSON = dict[str, Any]
 
@@ -37,13 +46,21 @@ def address_list(addresses: tuple[Address, ...]) -> list[JSON]:
     return [address_json(a) for a in addresses]
 
 
+_NO_ADDRESS = Address(name="", address="")
+
+
+def sender_json(sender: Address | None) -> JSON:
+    """``From``: the sender, or an empty address for a message without one."""
+    return address_json(sender or _NO_ADDRESS)
+
+
 def summary_json(summary: MessageSummary, username: str = "") -> JSON:
     """A ``MessageSummary`` of the API."""
     return {
         "ID": summary.id,
         "MessageID": summary.message_id,
         "Read": summary.read,
-        "From": address_json(summary.sender) if summary.sender else None,
+        "From": sender_json(summary.sender),
         "To": address_list(summary.to),
         "Cc": address_list(summary.cc),
         "Bcc": address_list(summary.bcc),
@@ -98,15 +115,15 @@ def _date(parsed: ParsedMessage, received_at: datetime) -> str:
 
 
 def message_json(stored: StoredMessage, parsed: ParsedMessage) -> JSON:
-    """A ``Message`` of the API."""
+    """A ``Message`` of the API; ``Read`` as ``stored`` says."""
     summary, envelope = stored.summary, stored.envelope
     unsubscribe = parsed.header("List-Unsubscribe")
     links = [link.strip() for link in unsubscribe.replace(" ", "").strip("<>").split(">,<") if link]
     return {
         "ID": summary.id,
         "MessageID": summary.message_id,
-        "Read": True,
-        "From": address_json(summary.sender) if summary.sender else None,
+        "Read": summary.read,
+        "From": sender_json(summary.sender),
         "To": address_list(summary.to),
         "Cc": address_list(summary.cc),
         "Bcc": address_list(summary.bcc),

@@ -267,6 +267,8 @@ async function openMessage(id) {
   $("view-to").textContent = people(message.To);
   $("view-cc").textContent = people(message.Cc);
   for (const node of document.querySelectorAll(".cc")) node.hidden = !(message.Cc || []).length;
+  $("view-bcc").textContent = people(message.Bcc);
+  for (const node of document.querySelectorAll(".bcc")) node.hidden = !(message.Bcc || []).length;
   $("view-date").textContent = new Date(message.Date).toLocaleString();
   $("toggle-read").textContent = "Mark unread";
   $("download").href = `/api/v1/message/${encodeURIComponent(id)}/raw?dl=1`;
