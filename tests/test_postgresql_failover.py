@@ -43,8 +43,9 @@ pytestmark = [
 PG_BIN = Path(os.environ.get("MAILGATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 RECOVERY_S = 30.0
 """Mail must flow again within this many seconds of the database being back."""
-SENDERS = 3
-"""Client threads sending at once: the store's writer batches what they send together."""
+SENDERS = 4
+"""Client threads sending at once, each in a session of its own: the store's writer batches
+what they send together (with two SMTP processes, the kernel shares the sessions out)."""
 AWAY_ANSWERS = 6
 """Answers the clients must get while the database is away."""
 """Client threads sending at once: the store's writer batches what they send together."""
@@ -143,6 +144,11 @@ class Outcomes:
         with self.lock:
             return [s for s in self.order if self.replies[s] != "250"]
 
+    def senders_accepted_since(self, count: int) -> set[str]:
+        """The senders (``c0``...) that got a ``250`` after the first ``count`` outcomes."""
+        with self.lock:
+            return {s.rpartition("-")[0] for s in self.order[count:] if self.replies[s] == "250"}
+
     def since(self, count: int) -> list[str]:
         """The outcomes recorded after the first ``count``."""
         with self.lock:
@@ -219,18 +225,25 @@ def go_away_and_come_back(cluster: Cluster, http_url: str, outcomes: Outcomes) -
     until(lambda: "250" in outcomes.since(back), "a message is accepted again", RECOVERY_S)
     recovered_s = time.monotonic() - started
     until(lambda: readyz(http_url) == 200, "/readyz answers 200", RECOVERY_S)
+    # Each sender keeps its session, and so its SMTP process: every one is served again.
+    until(
+        lambda: len(outcomes.senders_accepted_since(back)) == SENDERS,
+        "every sender has a message accepted again",
+        RECOVERY_S,
+    )
     flowing = len(outcomes)
     until(lambda: len(outcomes) >= flowing + 30, "30 more messages are answered")
     assert set(outcomes.since(flowing)) == {"250"}, outcomes.since(flowing)
     return recovered_s
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_the_database_goes_away_under_load_and_comes_back(
-    cluster: Cluster, launcher: Launcher, tmp_path: Path
+    cluster: Cluster, launcher: Launcher, tmp_path: Path, workers: str
 ) -> None:
     served = launcher.serve(
         "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / "node"),
-        "--store", cluster.url, "--hostname", "node.here.test",
+        "--store", cluster.url, "--hostname", "node.here.test", "--workers", workers,
     )  # fmt: skip
     assert readyz(served.http_url) == 200
     outcomes, stop = Outcomes(), threading.Event()
