@@ -783,7 +783,9 @@ def render(data: dict[str, Any], chart: str | None) -> str:
         "same two CPUs."
     )
     w(
-        "- Kept counts: `mailgate messages --data DIR --count` after mailgate exits; files in "
+        "- Kept counts: `mailgate messages --data DIR --count` after mailgate exits (with "
+        "`--store postgresql://…/DB` for mailgate on PostgreSQL, before its database is "
+        "dropped); files in "
         "`Maildir/new` for the Maildir servers; smtp-sink's `-c` counter; the discarding "
         "handler's counter."
     )
