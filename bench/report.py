@@ -811,7 +811,7 @@ def render(data: dict[str, Any], chart: str | None) -> str:
     w("")
     w("```sh")
     w("sh bench/setup.sh                       # Postfix tools, aiosmtpd, uvloop, matplotlib")
-    w(".venv/bin/python bench/run.py           # every scenario and server, about 20 minutes")
+    w(".venv/bin/python bench/run.py           # every scenario and server, about 25 minutes")
     w(".venv/bin/python bench/run.py --quick   # one short run, written to bench/results/quick/")
     w(".venv/bin/python bench/run.py --help    # choose scenarios, servers, runs")
     w("```")

@@ -1,6 +1,6 @@
 """Run the benchmarks and write the report.
 
-    .venv/bin/python bench/run.py              # everything, about 20 minutes
+    .venv/bin/python bench/run.py              # everything, about 25 minutes
     .venv/bin/python bench/run.py --quick      # one short run, to try it
     .venv/bin/python bench/run.py --scenarios s1,s6 --servers mailgate,smtp-sink
 
