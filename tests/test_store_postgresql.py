@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
+from mailgate.query import parse_query
 from mailgate.stores import StoreURLError, open_store
 from mailgate.stores.postgresql import SCHEMA_VERSION, PostgreSQLSettings, PostgreSQLStore
 from mailgate.testing.queues import QUEUE_STORE_CHECKS
@@ -119,6 +121,42 @@ async def test_a_version_1_database_is_upgraded_in_place(database: str, tmp_path
         assert (await store.list()).total == 2
         assert await store.get(new) is not None
     finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_version_2_database_gains_inline_parts_and_a_size(
+    database: str, tmp_path: Path
+) -> None:
+    store = PostgreSQLStore(database)
+    try:
+        (old,) = await store_many(store, tmp_path, 1)
+    finally:
+        await store.aclose()
+    # As a mailgate of schema 2 left it: no inline part counts.
+    query(database, "ALTER TABLE messages DROP COLUMN inline_parts")
+    query(database, "UPDATE mailgate_schema SET version = 2")
+    store = PostgreSQLStore(database)
+    acceptor = Acceptor(store, DeliverySettings(hostname="mx.test", spool_dir=tmp_path / "spool"))
+    try:
+        assert query(database, "SELECT version FROM mailgate_schema") == [(SCHEMA_VERSION,)]
+        empty = await store.disk_usage()
+        assert empty > 0
+        spool = acceptor.begin(make_envelope())
+        spool.write(
+            b'Subject: image\r\nContent-Type: multipart/related; boundary="r"\r\n\r\n'
+            b"--r\r\nContent-Type: text/html\r\n\r\n<img src=cid:i@x>\r\n"
+            b"--r\r\nContent-Type: image/gif\r\nContent-ID: <i@x>\r\n\r\n"
+            + os.urandom(300_000).hex().encode()
+            + b"\r\n--r--\r\n"
+        )
+        new = await acceptor.commit(spool)
+        page = await store.search(parse_query("has:inline"))
+        assert [(m.id, m.inline) for m in page.messages] == [(new, 1)]
+        assert [m.inline for m in (await store.list()).messages if m.id == old] == [0]
+        assert await store.disk_usage() > empty + 300_000  # 300,000 random octets
+    finally:
+        acceptor.close()
         await store.aclose()
 
 

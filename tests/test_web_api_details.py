@@ -5,6 +5,7 @@ As in test_web_api.py: a real SQLite store, mail put in by the accept path.
 
 from __future__ import annotations
 
+import dataclasses
 import smtplib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from mailgate.config import Domain
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import Envelope, MessageId
-from mailgate.ports import MessageStore
+from mailgate.ports import MessageStore, SMTPReplyError
 from mailgate.stores import open_store
 from mailgate.web import WebSettings, create_app
 from test_web_api import rich_message, with_inline_image
@@ -125,6 +127,28 @@ def test_smtplib_with_an_extra_envelope_recipient_shows_it_as_bcc(tmp_path: Path
         assert found.json()["messages_count"] == 1
 
 
+def test_an_alias_over_smtp_shows_as_the_alias_not_its_members(tmp_path: Path) -> None:
+    live = LiveInbox(tmp_path)
+    domain = Domain("example.org", mailboxes=("ann", "bob"), aliases={"team": ("ann", "bob")})
+    live.settings = dataclasses.replace(live.settings, domains=(domain,))
+    hidden, shown = EmailMessage(), EmailMessage()
+    for message, to in ((hidden, "bob@example.org"), (shown, "team@example.org")):
+        message["From"] = "app@example.com"
+        message["To"] = to
+        message["Subject"] = "alias in Bcc" if message is hidden else "alias in To"
+        message.set_content("Hi.")
+    with live, smtplib.SMTP("127.0.0.1", live.smtp_port, timeout=30) as smtp:
+        smtp.send_message(hidden, to_addrs=["bob@example.org", "team@example.org"])
+        smtp.send_message(shown, to_addrs=["team@example.org"])
+        listed = httpx.get(f"{live.url}/api/v1/messages", timeout=30).json()["messages"]
+        bcc = {m["Subject"]: m["Bcc"] for m in listed}
+        team = [{"Name": "", "Address": "team@example.org"}]
+        assert bcc == {"alias in Bcc": team, "alias in To": []}
+        stored = live.call(live.store.list())
+        envelopes = [live.call(live.store.get(m.id)) for m in stored.messages]
+        assert all(e is not None and "ann@example.org" in e.envelope.rcpt_to for e in envelopes)
+
+
 # -- Read and From ---------------------------------------------------------------------------
 
 
@@ -150,6 +174,37 @@ async def test_a_message_without_from_has_an_empty_sender(inbox: Inbox) -> None:
     assert (await inbox.client.get(f"/api/v1/message/{message_id}")).json()["From"] == empty
     listed = (await inbox.client.get("/api/v1/messages")).json()["messages"]
     assert listed[0]["From"] == empty
+
+
+# -- /api/v1/info ----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_info_reports_the_store_and_what_smtp_brought(inbox: Inbox, tmp_path: Path) -> None:
+    before = (await inbox.client.get("/api/v1/info")).json()
+    assert before["RuntimeStats"]["SMTPAccepted"] == 0
+    sizes = []
+    for n in range(3):
+        message_id = await inbox.send(email(f"counted {n}"))
+        stored = await inbox.store.get(message_id)
+        assert stored is not None
+        sizes.append(stored.summary.size)
+    looping = b"Received: from x by y; Sun, 6 Dec 2026 00:00:00 +0000\r\n" * 100
+    with pytest.raises(SMTPReplyError, match="hops"):
+        await inbox.send(looping + email("loop"))
+    await inbox.client.get("/api/v1/message/latest")
+    await inbox.client.request("DELETE", "/api/v1/search", params={"query": "subject:0"})
+
+    info = (await inbox.client.get("/api/v1/info")).json()
+    assert (info["Messages"], info["Unread"]) == (2, 1)
+    files = [tmp_path / "mail.db", tmp_path / "mail.db-wal"]
+    assert info["DatabaseSize"] >= (tmp_path / "mail.db").stat().st_size > 0
+    assert info["DatabaseSize"] <= sum(f.stat().st_size for f in files if f.exists())
+    stats = info["RuntimeStats"]
+    assert stats["SMTPAccepted"] == 3
+    assert stats["SMTPAcceptedSize"] == sum(sizes)
+    assert stats["SMTPRejected"] == 1
+    assert stats["MessagesDeleted"] == 1
 
 
 # -- search and downloads --------------------------------------------------------------------

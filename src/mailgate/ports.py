@@ -31,6 +31,7 @@ from mailgate.model import (
     MessagePage,
     MessageSummary,
     QueuedDelivery,
+    SinkCounts,
     StoredMessage,
     StoreEvent,
 )
@@ -40,6 +41,7 @@ from mailgate.query import Query
 __all__ = [
     "Authenticator",
     "Clock",
+    "CountingSink",
     "InsufficientStorageError",
     "MailSink",
     "MessageStore",
@@ -47,6 +49,7 @@ __all__ = [
     "QueueStore",
     "SMTPReplyError",
     "SearchableStore",
+    "SizedStore",
     "Spool",
     "StoreError",
     "StoreEvent",
@@ -228,6 +231,25 @@ class SearchableStore(MessageStore, Protocol):
 
         ``total`` and ``unread`` count the matches.
         """
+        ...
+
+
+@runtime_checkable
+class SizedStore(MessageStore, Protocol):
+    """A store that can say how much disk it takes."""
+
+    async def disk_usage(self) -> int:
+        """Octets its files take now: the database, its journal, files of messages."""
+        ...
+
+
+@runtime_checkable
+class CountingSink(MailSink, Protocol):
+    """A sink that counts the messages it received over SMTP."""
+
+    @property
+    def counts(self) -> SinkCounts:
+        """The counts since the sink started."""
         ...
 
 

@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mailgate import __version__
-from mailgate.model import MessageId, MessagePage
-from mailgate.ports import TaggableStore
+from mailgate.model import MessageId, MessagePage, SinkCounts
+from mailgate.ports import CountingSink, SizedStore, TaggableStore
 from mailgate.web._context import (
     DEFAULT_PAGE,
     BadRequest,
@@ -257,14 +257,20 @@ async def delete_tag(inbox: Inbox, request: Request) -> Response:
 
 
 async def info(inbox: Inbox, request: Request) -> Response:
-    totals = await inbox.store.list(limit=0)
+    store, sink = inbox.store, inbox.sink
+    totals = await store.list(limit=0)
     memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    size = await store.disk_usage() if isinstance(store, SizedStore) else 0
+    # The sink is this process's: what its SMTP sessions received.  SMTP workers (other
+    # processes) receive with sinks of their own, which this process cannot see, so with
+    # workers the counts are this process's share, not the node's.
+    counts = sink.counts if isinstance(sink, CountingSink) else SinkCounts()
     return JSONResponse(
         {
             "Version": __version__,
             "LatestVersion": "",
             "Database": inbox.settings.database,
-            "DatabaseSize": 0,
+            "DatabaseSize": size,
             "Messages": totals.total,
             "Unread": totals.unread,
             "Tags": await _tags(inbox),
@@ -272,10 +278,10 @@ async def info(inbox: Inbox, request: Request) -> Response:
                 "Uptime": int(time.monotonic() - inbox.started),
                 "Memory": memory,
                 "MessagesDeleted": inbox.deleted,
-                "SMTPAccepted": 0,
-                "SMTPAcceptedSize": 0,
-                "SMTPRejected": 0,
-                "SMTPIgnored": 0,
+                "SMTPAccepted": counts.accepted,
+                "SMTPAcceptedSize": counts.accepted_octets,
+                "SMTPRejected": counts.rejected,
+                "SMTPIgnored": 0,  # mailgate ignores no message (Mailpit: duplicate ids)
             },
         }
     )

@@ -26,7 +26,10 @@ from mailgate.stores.postgresql._records import (
 )
 from mailgate.stores.postgresql._search import where_clause
 
-__all__ = ["Reads"]
+__all__ = ["STORE_TABLES", "Reads"]
+
+STORE_TABLES = ("messages", "contents", "tags", "events", "deliveries", "mailgate_schema")
+"""Every table of the store (``_schema``, ``_queue``)."""
 
 _PAGE = """
 WITH counts AS (
@@ -88,3 +91,13 @@ class Reads:
         """Every tag in use, with how many messages carry it."""
         rows = await self._fetch("SELECT tag, count(*) FROM tags GROUP BY tag", ())
         return {tag: int(count) for tag, count in rows}
+
+    async def disk_usage(self) -> int:
+        """Octets the store's tables take, with their indexes and out-of-line values: not
+        the whole database, which may hold more than the store."""
+        rows = await self._fetch(
+            "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0)"
+            " FROM unnest(%s::text[]) AS t",
+            (list(STORE_TABLES),),
+        )
+        return int(rows[0][0])

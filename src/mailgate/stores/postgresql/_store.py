@@ -57,8 +57,9 @@ def _read_all(message: NewMessage) -> bytes:
 
 
 class PostgreSQLStore(QueueOperations):
-    """A ``ports.SearchableStore``, ``ports.TaggableStore`` and ``ports.QueueStore`` in a
-    PostgreSQL database that any number of mailgate nodes may share.
+    """A ``ports.SearchableStore``, ``ports.TaggableStore``, ``ports.QueueStore`` and
+    ``ports.SizedStore`` in a PostgreSQL database that any number of mailgate nodes may
+    share.
 
     Use it from one event loop: the one it was opened on, or, for a store
     made outside any loop, the first that uses it.
@@ -209,6 +210,13 @@ class PostgreSQLStore(QueueOperations):
         """Messages matching ``query``, newest first; ``total`` and ``unread`` count matches."""
         self._start()
         return await self._reads.page(query, offset=offset, limit=limit)
+
+    # ports.SizedStore
+
+    async def disk_usage(self) -> int:
+        """Octets the store's tables take, their indexes included."""
+        self._start()
+        return await self._reads.disk_usage()
 
     # ports.TaggableStore
 

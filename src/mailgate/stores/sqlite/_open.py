@@ -20,6 +20,8 @@ of it or nothing; one of a newer version is refused.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,22 @@ class StorePaths:
     def write_lock(self) -> Path:
         """Where writers take turns (``_transactions.WriteTurns``)."""
         return self._beside("-write-lock")
+
+    def disk_usage(self) -> int:
+        """Octets of the database, its write-ahead log and the body files, now.
+
+        A file that goes while it is counted counts nothing; so does a
+        directory that cannot be read.
+        """
+        total = 0
+        for path in (self.database, self._beside("-wal")):
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        with contextlib.suppress(OSError), os.scandir(self.bodies) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    total += entry.stat().st_size
+        return total
 
 
 class OpenLock:

@@ -67,8 +67,8 @@ times the CPU a message at 32 KiB, 0.82 and 1.35 at 64 KiB, 1.19 and 0.99 at
 
 
 class SQLiteStore:
-    """A ``ports.SearchableStore``, ``ports.TaggableStore`` and ``ports.QueueStore`` in one
-    SQLite database.
+    """A ``ports.SearchableStore``, ``ports.TaggableStore``, ``ports.QueueStore`` and
+    ``ports.SizedStore`` in one SQLite database.
 
     Opening creates the database, its schema and the bodies directory as
     needed.  Use it from asyncio; one store may serve several event loops.
@@ -349,6 +349,11 @@ class SQLiteStore:
         """Every tag in use, with how many messages carry it."""
         self._check_open()
         return await self._reads.tags()
+
+    async def disk_usage(self) -> int:
+        """Octets the database, its write-ahead log and the bodies directory's files take."""
+        self._check_open()
+        return await asyncio.to_thread(self._paths.disk_usage)
 
     # Events
 
