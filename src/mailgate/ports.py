@@ -20,6 +20,7 @@ cannot, when the store lacks it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -39,7 +40,11 @@ from mailgate.protocol import Reply
 from mailgate.query import Query
 
 __all__ = [
+    "AuthAdmission",
+    "AuthFailure",
+    "AuthThrottle",
     "Authenticator",
+    "AuthenticatorBusyError",
     "Clock",
     "CountingSink",
     "InsufficientStorageError",
@@ -348,12 +353,72 @@ class QueueStore(MessageStore, Protocol):
         ...
 
 
+class AuthenticatorBusyError(MailgateError):
+    """Too many password checks are running or waiting: try again later.
+
+    Not a failed authentication: the credentials were not checked.
+    """
+
+
 class Authenticator(Protocol):
     """Checks SMTP AUTH credentials (users and their password hashes)."""
 
     async def authenticate(self, username: str, password: str) -> bool:
         """Whether ``password`` is right for ``username``.
 
-        Takes as long for unknown users as for known ones.
+        Takes as long for unknown users as for known ones.  Raises
+        ``AuthenticatorBusyError`` when it has too many checks in hand.
         """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAdmission:
+    """Whether a client's credentials may be checked now.
+
+    When not, ``retry_after`` says in how many seconds to try again, and
+    ``blocked`` whether the client is blocked for failing too often (rather
+    than asking again too soon after a failure, or too often at once).
+    """
+
+    allowed: bool
+    retry_after: float = 0.0
+    blocked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """What a failed check costs: wait ``delay`` seconds before answering it.
+
+    ``failures`` counts the client's recent failures, this one included;
+    ``blocked_for`` is more than 0 when this failure blocked the client.
+    """
+
+    delay: float
+    failures: int
+    blocked_for: float = 0.0
+
+
+class AuthThrottle(Protocol):
+    """Password guessing limited per client address, for every service of a process.
+
+    A service asks ``admit`` before it checks a client's credentials and,
+    when admitted, reports the outcome with exactly one of ``succeeded``,
+    ``failed`` or ``withdrawn`` (the check could not be made).
+    """
+
+    def admit(self, client: str) -> AuthAdmission:
+        """Whether credentials from the address ``client`` may be checked now."""
+        ...
+
+    def succeeded(self, client: str) -> None:
+        """The admitted check from ``client`` succeeded."""
+        ...
+
+    def failed(self, client: str, username: str, service: str) -> AuthFailure:
+        """The admitted check from ``client`` failed; logged with ``service`` (smtp, http)."""
+        ...
+
+    def withdrawn(self, client: str) -> None:
+        """The admitted check from ``client`` was not made."""
         ...

@@ -5,12 +5,12 @@ the cost can rise later without breaking stored hashes.  The file is
 rewritten atomically (temporary file, fsync, rename) and read again when
 it changes on disk, so ``mailgate users add`` takes effect in a running
 server.  Checking a password costs the same whether or not the user
-exists, and runs in a worker thread, off the event loop.
+exists, and runs on the password-checking threads (``_checks``), off the
+event loop and off its default executor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import hashlib
@@ -21,6 +21,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from mailgate.auth._checks import SHARED_CHECKS, PasswordChecks
 from mailgate.ports import StoreError
 
 __all__ = [
@@ -94,10 +95,15 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 class UsersFile:
-    """Users and their password hashes in one file (an ``Authenticator``)."""
+    """Users and their password hashes in one file (an ``Authenticator``).
 
-    def __init__(self, path: Path) -> None:
+    Passwords are checked on ``checks`` (by default the process's shared
+    ``PasswordChecks``).
+    """
+
+    def __init__(self, path: Path, *, checks: PasswordChecks | None = None) -> None:
         self.path = path
+        self._checks = checks or SHARED_CHECKS
         self._users: dict[str, str] = {}
         self._stamp: tuple[int, int] | None = None
 
@@ -186,8 +192,11 @@ class UsersFile:
         return verify_password(password, stored)
 
     async def authenticate(self, username: str, password: str) -> bool:
-        """``check``, in a worker thread."""
-        return await asyncio.to_thread(self.check, username, password)
+        """``check``, on a password-checking thread.
+
+        Raises ``AuthenticatorBusyError`` when too many checks are in hand.
+        """
+        return await self._checks.run(self.check, username, password)
 
 
 class AcceptAnyAuthenticator:

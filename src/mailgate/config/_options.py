@@ -226,7 +226,17 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "limits.auth_failure_delay", "--auth-failure-delay", "MAILGATE_AUTH_FAILURE_DELAY",
         "limits.auth_failure_delay", parse_duration(least=0), "SECONDS",
-        "pause before answering a failed AUTH (default 1)",
+        "pause before answering a failed password, doubling per failure of the address (default 1)",
+    ),
+    Option(
+        "limits.auth_block_after", "--auth-block-after", "MAILGATE_AUTH_BLOCK_AFTER",
+        "limits.auth_block_after", parse_int(least=1), "N",
+        "failed passwords from one address (IPv6: its /64) that block it (default 10)",
+    ),
+    Option(
+        "limits.auth_block_time", "--auth-block-time", "MAILGATE_AUTH_BLOCK_TIME",
+        "limits.auth_block_time", parse_duration(least=1), "SECONDS",
+        "how long a blocked address is refused AUTH and HTTP auth (default 600)",
     ),
     Option(
         "outbound.resolver", "--resolver", "MAILGATE_RESOLVER", "outbound.resolver",

@@ -104,6 +104,12 @@ class Limits:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     max_auth_failures: int = 3
     auth_failure_delay: float = 1.0
+    """Seconds before answering a failed password check; doubles with each failure of the
+    client address, to 16 times as long."""
+    auth_block_after: int = 10
+    """Failed password checks from one address (an IPv6 /64) that block it."""
+    auth_block_time: float = 600.0
+    """How long a block lasts; failures older than this are forgotten."""
     min_free_space: int = 0
     """Octets that must stay free on the data directory's file system for ``MAIL``
     to be accepted; 0: one and a half times ``max_message_size`` (as Postfix does)."""

@@ -1,21 +1,29 @@
 """AUTH on one session: checking credentials, slowing down guessing, giving up.
 
 The engine runs the SASL exchange and hands over the credentials; this
-decides the answer.  A failure is answered after a delay that grows with
-each failure on the session (at most ``MAX_AUTH_DELAY_SECONDS``), and after
-``max_auth_failures`` of them (never fewer than 3, RFC 4954 9) the session
-is ended.  The address and user name are logged, never the password.
+decides the answer.  With the process's ``AuthThrottle`` (``mailgate
+serve`` always gives one) failures are counted per client address across
+connections: a check the throttle does not admit gets ``454 4.7.0`` without
+being made, and the session ends when the address is blocked; a failure is
+answered after the delay the throttle sets.  Without one, the delay grows
+with each failure on the session (``auth_failure_delay`` times their number,
+at most ``MAX_AUTH_DELAY_SECONDS``).  Either way the session ends after
+``max_auth_failures`` failures or refusals (never fewer than 3, RFC 4954 9).
+An authenticator with too many checks in hand gets ``454 4.7.0`` too.  The
+address and user name are logged, never the password.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass
 
-from mailgate.config import Limits
-from mailgate.ports import Authenticator
+from mailgate.ports import Authenticator, AuthenticatorBusyError, AuthThrottle
 from mailgate.protocol import AuthCredentials, Reply
+from mailgate.server._context import SessionContext
+from mailgate.server._log import clean
 
 __all__ = ["AUTH_FAILED", "AuthAttempts", "AuthOutcome"]
 
@@ -24,8 +32,10 @@ log = logging.getLogger("mailgate.smtp")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_UNAVAILABLE = Reply(454, "4.7.0", "Temporary authentication failure")
+AUTH_BUSY = Reply(454, "4.7.0", "Try again later")
 MAX_AUTH_DELAY_SECONDS = 10.0
 MIN_AUTH_FAILURES_BEFORE_CLOSING = 3  # RFC 4954 9: SHOULD NOT close before 3 failures
+MAX_LOGGED_USER_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,32 +50,58 @@ class AuthOutcome:
 class AuthAttempts:
     """The AUTH attempts of one session from ``client``."""
 
-    def __init__(self, authenticator: Authenticator, limits: Limits, client: str) -> None:
+    def __init__(self, authenticator: Authenticator, context: SessionContext, client: str) -> None:
         self._authenticator = authenticator
-        self._limits = limits
+        self._limits = context.limits
+        self._throttle: AuthThrottle | None = context.auth_throttle
         self._client = client
         self.failures = 0
 
+    def _enough(self) -> bool:
+        most = max(self._limits.max_auth_failures, MIN_AUTH_FAILURES_BEFORE_CLOSING)
+        return self.failures >= most
+
     async def check(self, credentials: AuthCredentials) -> AuthOutcome:
         """Check ``credentials``; a failure is answered only after its delay."""
+        throttle = self._throttle
+        if throttle is not None:
+            admission = throttle.admit(self._client)
+            if not admission.allowed:
+                self.failures += 1
+                seconds = math.ceil(admission.retry_after)
+                if admission.blocked:
+                    text = f"Too many authentication failures, try again in {seconds} seconds"
+                    return AuthOutcome(Reply(454, "4.7.0", text), give_up=True)
+                return AuthOutcome(AUTH_BUSY, give_up=self._enough())
         try:
             ok = await self._authenticator.authenticate(credentials.username, credentials.password)
+        except AuthenticatorBusyError:
+            if throttle is not None:
+                throttle.withdrawn(self._client)
+            return AuthOutcome(AUTH_BUSY)
         except Exception:
+            if throttle is not None:
+                throttle.withdrawn(self._client)
             log.exception("authenticating %s failed", self._client)
             return AuthOutcome(AUTH_UNAVAILABLE)
         if ok:
+            if throttle is not None:
+                throttle.succeeded(self._client)
             log.info("%s authenticated as %s", self._client, credentials.username)
             return AuthOutcome(AUTH_OK, user=credentials.username)
         self.failures += 1
-        log.warning(
-            "authentication failure %d from %s for user %r",
-            self.failures,
-            self._client,
-            credentials.username[:64],
-        )
-        limits = self._limits
-        delay = min(limits.auth_failure_delay * self.failures, MAX_AUTH_DELAY_SECONDS)
+        if throttle is not None:
+            failure = throttle.failed(self._client, credentials.username, "smtp")
+            delay, blocked = failure.delay, failure.blocked_for > 0
+        else:
+            log.warning(
+                "auth failed user=%s client=[%s] failures=%d service=smtp",
+                clean(credentials.username, MAX_LOGGED_USER_CHARS),
+                self._client,
+                self.failures,
+            )
+            delay = min(self._limits.auth_failure_delay * self.failures, MAX_AUTH_DELAY_SECONDS)
+            blocked = False
         if delay > 0:
             await asyncio.sleep(delay)
-        most = max(limits.max_auth_failures, MIN_AUTH_FAILURES_BEFORE_CLOSING)
-        return AuthOutcome(AUTH_FAILED, give_up=self.failures >= most)
+        return AuthOutcome(AUTH_FAILED, give_up=blocked or self._enough())

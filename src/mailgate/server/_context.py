@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from mailgate.config import Limits, Listen
-from mailgate.ports import Authenticator, Clock, MailSink
+from mailgate.ports import Authenticator, AuthThrottle, Clock, MailSink
 from mailgate.protocol import ConnectionSettings, Reply
 from mailgate.server._policy import RecipientPolicy
 
@@ -100,3 +100,5 @@ class SessionContext:
     host: SessionHost
     shutdown_reply: Reply
     """What the session says when the server stops."""
+    auth_throttle: AuthThrottle | None = None
+    """Counts AUTH failures per client address across sessions (and other services)."""

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from mailgate import MailgateError
 from mailgate.config import Listen, Settings
-from mailgate.ports import Authenticator, Clock, MailSink
+from mailgate.ports import Authenticator, AuthThrottle, Clock, MailSink
 from mailgate.protocol import MECHANISMS, ConnectionSettings, Reply
 from mailgate.server._context import Listener, ServedSession, SessionContext
 from mailgate.server._log import RefusalLog
@@ -62,7 +62,8 @@ class SMTPServer:
 
     ``sink`` receives every accepted message; ``tls_context``, when given,
     makes STARTTLS (and the ``smtps`` listener) available; ``authenticator``
-    makes AUTH available, after TLS; ``clock`` stamps each message's received
+    makes AUTH available, after TLS, its failures counted per client address
+    by ``auth_throttle`` when given; ``clock`` stamps each message's received
     time (give the one the sink uses, so that a message has one).
 
     Raises ``ServerConfigError`` when a listener cannot work as configured
@@ -77,11 +78,13 @@ class SMTPServer:
         tls_context: ssl.SSLContext | None = None,
         authenticator: Authenticator | None = None,
         clock: Clock | None = None,
+        auth_throttle: AuthThrottle | None = None,
     ) -> None:
         limits = settings.limits
         self.settings = settings
         self.sink = sink
         self.authenticator = authenticator
+        self.auth_throttle = auth_throttle
         self.policy = RecipientPolicy(settings)
         self.hostname = settings.hostname or socket.getfqdn()
         self.idle_timeout = limits.idle_timeout
@@ -164,6 +167,7 @@ class SMTPServer:
             clock=self.clock,
             host=self,
             shutdown_reply=self.shutdown_reply,
+            auth_throttle=self.auth_throttle,
         )
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:

@@ -471,7 +471,7 @@ class Session(asyncio.Protocol):
         if self._auth is None:
             authenticator = self._context.authenticator
             assert authenticator is not None  # AUTH is offered only with one (SMTPServer)
-            self._auth = AuthAttempts(authenticator, self._context.limits, self._peer[0])
+            self._auth = AuthAttempts(authenticator, self._context, self._peer[0])
         outcome = await self._auth.check(credentials)
         if outcome.user is not None:
             self.auth_user = outcome.user
