@@ -23,7 +23,7 @@ import ssl
 from types import TracebackType
 from typing import Self
 
-from mailgate.auth import AcceptAnyAuthenticator, UsersFile
+from mailgate.auth import AcceptAnyAuthenticator, Throttle, UsersFile
 from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings, SystemClock
 from mailgate.ports import Authenticator, MessageStore, QueueStore, StoreError
@@ -166,6 +166,8 @@ class Mailgate:
         try:
             await self._reach_commit_service(self._store)
             clock = SystemClock()  # one clock for the node: a message has one received time
+            # One for SMTP AUTH and HTTP basic auth: guesses count alike, whichever they try.
+            throttle = Throttle.from_limits(settings.limits)
             self._sink = sink = Acceptor(
                 self._store,
                 DeliverySettings(
@@ -181,6 +183,7 @@ class Mailgate:
                 tls_context=tls_context,
                 authenticator=authenticator,
                 clock=clock,
+                auth_throttle=throttle,
             )
             # With workers, accept only once they are all serving too (see SMTPServer.start).
             await self._server.start(serve=settings.workers <= 1 or bool(self.worker))
@@ -203,6 +206,7 @@ class Mailgate:
                         self._store,
                         sink=sink,
                         is_local=self._server.policy.is_local,
+                        auth_throttle=throttle,
                         settings=WebSettings(
                             http_auth=settings.http_auth,
                             database=settings.store_url,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import ipaddress
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mailgate.ports import MailSink, MessageStore
+from mailgate.ports import AuthThrottle, MailSink, MessageStore
 from mailgate.web._api import api_routes
 from mailgate.web._context import Inbox, WebSettings
 from mailgate.web._events import EventHub
@@ -34,43 +36,87 @@ UNAUTHENTICATED_PATHS = frozenset({"/livez", "/readyz"})
 
 
 class BasicAuth:
-    """ASGI middleware asking for HTTP basic auth (RFC 7617), compared in constant time."""
+    """ASGI middleware asking for HTTP basic auth (RFC 7617), compared in constant time.
 
-    def __init__(self, app: ASGIApp, user: str, password: str, realm: str = "mailgate") -> None:
+    With ``throttle`` (``mailgate serve`` gives the one SMTP AUTH uses) wrong
+    passwords are counted per client address: a failure is answered
+    (``401``) after the throttle's delay, and a request the throttle does not
+    admit gets ``429`` with ``Retry-After`` without being checked.  A request
+    without credentials is not a failure: a browser asks so first.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        user: str,
+        password: str,
+        realm: str = "mailgate",
+        throttle: AuthThrottle | None = None,
+    ) -> None:
         self._app = app
         self._user = user.encode()
         self._password = password.encode()
         self._realm = realm
+        self._throttle = throttle
 
-    def _allowed(self, header: bytes) -> bool:
+    def _check(self, header: bytes) -> tuple[str, bool]:
+        """The user name the header gives, and whether the credentials are right."""
         scheme, _, encoded = header.partition(b" ")
         if scheme.lower() != b"basic":
-            return False
+            return "", False
         try:
             decoded = base64.b64decode(encoded.strip(), validate=True)
         except (binascii.Error, ValueError):
-            return False
+            return "", False
         user, colon, password = decoded.partition(b":")
         # Both compared, always: the time taken says nothing about which one was wrong.
         user_ok = hmac.compare_digest(user, self._user)
         password_ok = hmac.compare_digest(password, self._password)
-        return bool(colon) and user_ok and password_ok
+        return user.decode("utf-8", "replace"), bool(colon) and user_ok and password_ok
+
+    async def _checked(self, scope: Scope, header: bytes) -> Response | None:
+        """``None`` when the credentials are right, or the response refusing them."""
+        throttle = self._throttle
+        if throttle is None:
+            return None if self._check(header)[1] else self._challenge()
+        client = scope.get("client") or ("", 0)
+        admission = throttle.admit(client[0])
+        if not admission.allowed:
+            return Response(
+                "too many failed logins from your address, try again later\n"
+                if admission.blocked
+                else "try again later\n",
+                status_code=429,
+                media_type="text/plain",
+                headers={"Retry-After": str(math.ceil(admission.retry_after))},
+            )
+        user, ok = self._check(header)
+        if ok:
+            throttle.succeeded(client[0])
+            return None
+        failure = throttle.failed(client[0], user, "http")
+        if failure.delay > 0:
+            await asyncio.sleep(failure.delay)
+        return self._challenge()
+
+    def _challenge(self) -> Response:
+        return Response(
+            "authentication required\n",
+            status_code=401,
+            media_type="text/plain",
+            headers={"WWW-Authenticate": f'Basic realm="{self._realm}", charset="UTF-8"'},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNAUTHENTICATED_PATHS:
             await self._app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
-        if self._allowed(header):
+        refusal = await self._checked(scope, header) if header else self._challenge()
+        if refusal is None:
             await self._app(scope, receive, send)
             return
-        response = Response(
-            "authentication required\n",
-            status_code=401,
-            media_type="text/plain",
-            headers={"WWW-Authenticate": f'Basic realm="{self._realm}", charset="UTF-8"'},
-        )
-        await response(scope, receive, send)
+        await refusal(scope, receive, send)
 
 
 class AllowedHosts:
@@ -132,12 +178,14 @@ def create_app(
     settings: WebSettings | None = None,
     sink: MailSink | None = None,
     is_local: Callable[[str], bool] | None = None,
+    auth_throttle: AuthThrottle | None = None,
 ) -> Starlette:
     """The web inbox and JSON API over ``store``, as an ASGI application.
 
     ``sink`` takes the mail ``POST /api/v1/send`` builds (without one that
     endpoint answers ``501``); ``is_local`` says which recipients are this
-    server's (default: all of them, as in catch-all mode).
+    server's (default: all of them, as in catch-all mode); ``auth_throttle``
+    counts wrong basic-auth passwords per client address (see ``BasicAuth``).
 
     The app subscribes to the store's events when the first live client
     arrives.  Call ``await inbox_of(app).close()`` (``HTTPService.aclose``
@@ -165,7 +213,7 @@ def create_app(
     app.state.inbox = inbox
     if settings.http_auth is not None:
         user, password = settings.http_auth
-        app.add_middleware(BasicAuth, user=user, password=password)
+        app.add_middleware(BasicAuth, user=user, password=password, throttle=auth_throttle)
     if settings.allowed_hosts is not None:
         app.add_middleware(AllowedHosts, names=settings.allowed_hosts)  # outermost: first
     return app
