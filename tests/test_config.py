@@ -737,6 +737,16 @@ auth_failure_delay = "1.5s"
     assert not settings.auth_accept_any
 
 
+def test_the_guessing_limits_from_each_source(tmp_path: Path) -> None:
+    toml = '[limits]\nauth_block_after = 4\nauth_block_time = "15m"\n'
+    limits = load(toml=toml, tmp_path=tmp_path).limits
+    assert (limits.auth_block_after, limits.auth_block_time) == (4, 900.0)
+    env = {"MAILGATE_AUTH_BLOCK_AFTER": "6", "MAILGATE_AUTH_BLOCK_TIME": "30"}
+    limits = load({"auth_block_after": "7"}, env=env).limits
+    assert (limits.auth_block_after, limits.auth_block_time) == (7, 30.0)
+    assert "--auth-block-after" in error_of({"auth_block_after": "0"})
+
+
 def test_switches_and_networks_from_text() -> None:
     settings = load(
         {"tls_self_signed": "on", "relay_network": ["192.0.2.0/24", "192.0.2.7/24"]},
