@@ -21,7 +21,7 @@ Reports are accepted as new mail through the accept path (``ports.MailSink``)
 before the outcomes are recorded: a crash between the two sends a report
 twice, never none.  Likewise a crash between a remote ``250`` and the
 record of it delivers that recipient once more when the lease runs out
-(at most one duplicate per crash); the runner renews its leases while
+(at most one duplicate per delivery in flight at the crash); the runner renews its leases while
 deliveries run, so a slow one is never claimed a second time.
 
 Time is the injected ``Clock``'s; waiting is the only sleeping, and any
