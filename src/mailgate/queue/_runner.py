@@ -65,6 +65,8 @@ __all__ = [
 
 log = logging.getLogger("mailgate.queue")
 
+MIN_LOOK_SECONDS = 0.25
+"""The shortest time between two looks for due work that found none."""
 OPERATOR_BOUNCE = Reply(550, "5.0.0", "Returned to the sender by the mail system's operator")
 EXPIRED_TEXT = "delivery time expired; the last attempt got: "
 
@@ -252,8 +254,10 @@ class QueueRunner:
                     log.warning("queue: could not renew leases: %s", error)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
+            looked = loop.time()
             try:
                 claimed = await self.run_once()
             except MailgateError as error:
@@ -263,6 +267,12 @@ class QueueRunner:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
+            # Under load every message stored wakes the runner, and most are not for
+            # elsewhere: look at most every MIN_LOOK_SECONDS, or the looks cost the SMTP
+            # sessions of this process a sixth more CPU a message.
+            pause = MIN_LOOK_SECONDS - (loop.time() - looked)
+            if pause > 0:
+                await asyncio.sleep(pause)
 
     async def run_once(self) -> int:
         """Claim what is due now and start delivering it; return how many recipients."""
