@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -306,27 +307,40 @@ def test_tls_and_auth_for_development(launcher: Launcher, tmp_path: Path) -> Non
 
 ANY_ID = re.compile(r"\b[0-9A-Z]{26}\b")
 OCTETS = re.compile(r"(?<=SIZE=)\d+|(?<=BDAT )\d+|(?<=\[)\d+(?= octets)")
-REMOTE = "127.0.25.1"
-"""The example's example.net: another mailgate, on a loopback address of its own."""
+
+
+def free_loopback_address(port: int) -> str:
+    """A 127.0.25.N nobody listens on at ``port``: the example's example.net, another mailgate
+    on a loopback address of its own (two suites running at once each get one)."""
+    for n in range(1, 255):
+        address = f"127.0.25.{n}"
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, port))
+            except OSError:
+                continue
+            return address
+    raise RuntimeError(f"no 127.0.25.N address is free on port {port}")
 
 
 def test_sending_mail_onward(
     launcher: Launcher, tmp_path: Path, dns_zone: Callable[[], DnsZone]
 ) -> None:
     """The example as shown, but for the DNS: the test's own server answers for example.net
-    (``--resolver``), and example.net's MX is a second mailgate on 127.0.25.1."""
+    (``--resolver``), and example.net's MX is a second mailgate on 127.0.25.N."""
     block = readme_block("console", "$ mailgate serve --hostname mail.example.org")
     (serve, _), (send, transcript), (show, listing) = commands(block)
     port = 25 if os.geteuid() == 0 else 0
+    remote_address = free_loopback_address(port)
     remote = launcher.serve(
-        "--smtp", f"{REMOTE}:{port}", "--no-http", "--hostname", "mx.example.net",
+        "--smtp", f"{remote_address}:{port}", "--no-http", "--hostname", "mx.example.net",
         "--domain", "example.net", "--data", str(tmp_path / "example.net"),
     )  # fmt: skip
-    bound = re.search(rf"smtp {re.escape(REMOTE)}:(\d+)", remote.ready_line)
+    bound = re.search(rf"smtp {re.escape(remote_address)}:(\d+)", remote.ready_line)
     assert bound is not None, remote.ready_line
     zone = dns_zone()
     zone.mx("example.net", (10, "mx.example.net"))
-    zone.a("mx.example.net", REMOTE)
+    zone.a("mx.example.net", remote_address)
     argv = shlex.split(serve.removesuffix("&"))
     assert argv[:2] == ["mailgate", "serve"]
     served = launcher.serve(
