@@ -17,13 +17,13 @@ that falls ``MAX_SUBSCRIBER_BACKLOG`` events behind gets a single
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from psycopg import AsyncCursor
 
-from mailgate.model import MessageId, StoreEvent, StoreEventKind
+from mailgate.model import StoreEvent
+from mailgate.stores._subscription import MAX_SUBSCRIBER_BACKLOG, Subscription, known_event
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -39,8 +39,6 @@ EVENTS_CHANNEL = "mailgate_events"
 """The ``LISTEN``/``NOTIFY`` channel: a hint that ``events`` has new rows, nothing more."""
 NO_ORIGIN = ""
 """The origin of rows no store has told its subscribers of: every follower tells them."""
-MAX_SUBSCRIBER_BACKLOG = 10_000
-"""Events a subscriber may fall behind by before it gets ``OVERFLOW`` instead."""
 
 
 async def insert_events(
@@ -58,44 +56,7 @@ async def insert_events(
 
 def event_from_row(kind: str, message_ids: Sequence[str]) -> StoreEvent | None:
     """The event a log row records, or ``None`` for a kind this mailgate does not know."""
-    try:
-        event_kind = StoreEventKind(kind)
-    except ValueError:
-        return None
-    return StoreEvent(event_kind, tuple(MessageId(i) for i in message_ids))
-
-
-class Subscription:
-    """One subscriber's events; an async iterator that ends when the store closes."""
-
-    def __init__(self, subscriptions: Subscriptions) -> None:
-        self._subscriptions = subscriptions
-        self._queue: asyncio.Queue[StoreEvent | None] = asyncio.Queue()
-
-    def push(self, events: Sequence[StoreEvent | None]) -> None:
-        """Queue events; ``None`` ends the iteration."""
-        queue = self._queue
-        for event in events:
-            if event is not None and queue.qsize() >= MAX_SUBSCRIBER_BACKLOG:
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(StoreEvent(StoreEventKind.OVERFLOW))
-            else:
-                queue.put_nowait(event)
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> StoreEvent:
-        event = await self._queue.get()
-        if event is None:
-            self._subscriptions.remove(self)
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        """Stop receiving events."""
-        self._subscriptions.remove(self)
+    return known_event(kind, message_ids)
 
 
 class Subscriptions:

@@ -17,55 +17,18 @@ end of its iteration.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from mailgate.model import StoreEvent, StoreEventKind
+from mailgate.model import StoreEvent
 from mailgate.ports import StoreError
+from mailgate.stores._subscription import MAX_SUBSCRIBER_BACKLOG, Subscription
 from mailgate.stores.sqlite._follow import Follower
 
 __all__ = ["MAX_SUBSCRIBER_BACKLOG", "Subscription", "Subscriptions"]
-
-MAX_SUBSCRIBER_BACKLOG = 10_000
-"""Events a subscriber may fall behind by before it gets ``OVERFLOW`` instead."""
-
-
-class Subscription:
-    """One subscriber's events, delivered on its event loop; an async iterator."""
-
-    def __init__(self, subscriptions: Subscriptions) -> None:
-        self._subscriptions = subscriptions
-        self.loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[StoreEvent | None] = asyncio.Queue()
-
-    def push(self, events: Sequence[StoreEvent | None]) -> None:
-        """Called on the subscriber's loop; ``None`` ends the iteration."""
-        queue = self._queue
-        for event in events:
-            if event is not None and queue.qsize() >= MAX_SUBSCRIBER_BACKLOG:
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(StoreEvent(StoreEventKind.OVERFLOW))
-            else:
-                queue.put_nowait(event)
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> StoreEvent:
-        event = await self._queue.get()
-        if event is None:
-            self._subscriptions.remove(self)
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        """Stop receiving events."""
-        self._subscriptions.remove(self)
 
 
 class Subscriptions:

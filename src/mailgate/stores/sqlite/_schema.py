@@ -51,6 +51,7 @@ from mailgate.model import (
     StoreEventKind,
     TLSInfo,
 )
+from mailgate.stores._subscription import known_event
 from mailgate.stores.sqlite._queue import QUEUE_SCHEMA
 from mailgate.stores.sqlite._records import NewMessageRecord, QueuedRecipient
 
@@ -406,8 +407,4 @@ def change_row(origin: str, event: StoreEvent) -> tuple[str, str, str]:
 
 def event_from_change(kind: str, ids: str) -> StoreEvent | None:
     """The event a ``changes`` row records, or ``None`` for a kind this mailgate does not know."""
-    try:
-        event_kind = StoreEventKind(kind)
-    except ValueError:
-        return None
-    return StoreEvent(event_kind, tuple(MessageId(i) for i in json.loads(ids)))
+    return known_event(kind, json.loads(ids))
