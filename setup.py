@@ -28,6 +28,7 @@ COMPILED = [
     "src/mailgate/server/_session.py",
     "src/mailgate/server/_transaction.py",
     "src/mailgate/delivery",
+    "src/mailgate/stores/_rows.py",
     "src/mailgate/stores/sqlite/_schema.py",
     "src/mailgate/stores/sqlite/_records.py",
 ]

@@ -18,7 +18,7 @@ display name) is kept as U+FFFD, and the summary a read returns says so.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -30,9 +30,14 @@ from mailgate.model import (
     MessageId,
     MessageSummary,
     StoredMessage,
-    TLSInfo,
 )
 from mailgate.query import Field, field_text
+from mailgate.stores._rows import (
+    address_pairs,
+    addresses_from_pairs,
+    envelope_data,
+    envelope_from_data,
+)
 
 __all__ = [
     "MESSAGE_COLUMNS",
@@ -40,8 +45,6 @@ __all__ = [
     "SELECT_SUMMARY",
     "SUMMARY_COLUMNS",
     "NewMessageRow",
-    "envelope_from_json",
-    "envelope_json",
     "new_message_row",
     "stored_message",
     "summary_from_row",
@@ -107,53 +110,6 @@ def _clean_summary(summary: MessageSummary) -> MessageSummary:
     )
 
 
-def _pairs(addresses: Sequence[Address]) -> list[list[str]]:
-    return [[a.name, a.address] for a in addresses]
-
-
-def _addresses(pairs: Sequence[Sequence[str]]) -> tuple[Address, ...]:
-    return tuple(Address(name, address) for name, address in pairs)
-
-
-def envelope_json(envelope: Envelope) -> dict[str, object]:
-    """The envelope as the ``envelope`` column keeps it."""
-    return {
-        "mail_from": envelope.mail_from,
-        "rcpt_to": list(envelope.rcpt_to),
-        "received_at": envelope.received_at.isoformat(),
-        "helo_name": envelope.helo_name,
-        "client_address": envelope.client_address,
-        "client_hostname": envelope.client_hostname,
-        "client_port": envelope.client_port,
-        "protocol": envelope.protocol,
-        "mail_params": dict(envelope.mail_params),
-        "rcpt_params": [dict(p) for p in envelope.rcpt_params],
-        "auth_user": envelope.auth_user,
-        "tls": [envelope.tls.version, envelope.tls.cipher] if envelope.tls else None,
-        "outbound": list(envelope.outbound),
-    }
-
-
-def envelope_from_json(data: Mapping[str, Any]) -> Envelope:
-    """The envelope the ``envelope`` column holds."""
-    tls = data["tls"]
-    return Envelope(
-        mail_from=data["mail_from"],
-        rcpt_to=tuple(data["rcpt_to"]),
-        received_at=datetime.fromisoformat(data["received_at"]),
-        helo_name=data["helo_name"],
-        client_address=data["client_address"],
-        client_hostname=data["client_hostname"],
-        client_port=data["client_port"],
-        protocol=data["protocol"],
-        mail_params=data["mail_params"],
-        rcpt_params=tuple(data["rcpt_params"]),
-        auth_user=data["auth_user"],
-        tls=TLSInfo(tls[0], tls[1]) if tls else None,
-        outbound=tuple(data["outbound"]),
-    )
-
-
 def new_message_row(summary: MessageSummary, envelope: Envelope, content: bytes) -> NewMessageRow:
     """The rows that store a new message: its ``messages`` row, content and queue rows.
 
@@ -162,10 +118,10 @@ def new_message_row(summary: MessageSummary, envelope: Envelope, content: bytes)
     summary = _clean_summary(summary)
     sender = summary.sender
     recipients = {
-        "to": _pairs(summary.to),
-        "cc": _pairs(summary.cc),
-        "bcc": _pairs(summary.bcc),
-        "reply_to": _pairs(summary.reply_to),
+        "to": address_pairs(summary.to),
+        "cc": address_pairs(summary.cc),
+        "bcc": address_pairs(summary.bcc),
+        "reply_to": address_pairs(summary.reply_to),
     }
     search = {field.value: field_text(summary, field) for field in SEARCH_FIELDS}
     values = (
@@ -179,7 +135,7 @@ def new_message_row(summary: MessageSummary, envelope: Envelope, content: bytes)
         summary.message_id,
         summary.attachments,
         summary.snippet,
-        Jsonb(envelope_json(envelope)),
+        Jsonb(envelope_data(envelope)),
         Jsonb(search),
         summary.inline,
     )
@@ -213,10 +169,10 @@ def summary_from_row(row: Sequence[Any]) -> MessageSummary:
         received_at=received_at.astimezone(UTC),
         size=size,
         sender=Address(*sender) if sender else None,
-        to=_addresses(recipients["to"]),
-        cc=_addresses(recipients["cc"]),
-        bcc=_addresses(recipients["bcc"]),
-        reply_to=_addresses(recipients["reply_to"]),
+        to=addresses_from_pairs(recipients["to"]),
+        cc=addresses_from_pairs(recipients["cc"]),
+        bcc=addresses_from_pairs(recipients["bcc"]),
+        reply_to=addresses_from_pairs(recipients["reply_to"]),
         subject=subject,
         date=datetime.fromisoformat(date) if date else None,
         message_id=header_message_id,
@@ -230,4 +186,4 @@ def summary_from_row(row: Sequence[Any]) -> MessageSummary:
 
 def stored_message(row: Sequence[Any]) -> StoredMessage:
     """A stored message from a row of ``SUMMARY_COLUMNS`` followed by ``envelope``."""
-    return StoredMessage(summary=summary_from_row(row), envelope=envelope_from_json(row[13]))
+    return StoredMessage(summary=summary_from_row(row), envelope=envelope_from_data(row[13]))

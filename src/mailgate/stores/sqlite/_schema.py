@@ -49,7 +49,12 @@ from mailgate.model import (
     StoredMessage,
     StoreEvent,
     StoreEventKind,
-    TLSInfo,
+)
+from mailgate.stores._rows import (
+    address_pairs,
+    addresses_from_pairs,
+    envelope_data,
+    envelope_from_data,
 )
 from mailgate.stores._subscription import known_event
 from mailgate.stores.sqlite._queue import QUEUE_SCHEMA
@@ -262,53 +267,13 @@ def millis(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
-def _pairs(addresses: Sequence[Address]) -> list[list[str]]:
-    return [[a.name, a.address] for a in addresses]
-
-
-def _addresses(pairs: Sequence[Sequence[str]]) -> tuple[Address, ...]:
-    return tuple(Address(name, address) for name, address in pairs)
-
-
 def _envelope_json(envelope: Envelope) -> str:
-    return _COMPACT.encode(
-        {
-            "mail_from": envelope.mail_from,
-            "rcpt_to": envelope.rcpt_to,
-            "received_at": envelope.received_at.isoformat(),
-            "helo_name": envelope.helo_name,
-            "client_address": envelope.client_address,
-            "client_hostname": envelope.client_hostname,
-            "client_port": envelope.client_port,
-            "protocol": envelope.protocol,
-            "mail_params": dict(envelope.mail_params),
-            "rcpt_params": [dict(p) for p in envelope.rcpt_params],
-            "auth_user": envelope.auth_user,
-            "tls": [envelope.tls.version, envelope.tls.cipher] if envelope.tls else None,
-            "outbound": envelope.outbound,
-        }
-    )
+    return _COMPACT.encode(envelope_data(envelope))
 
 
 def envelope_from_json(text: str) -> Envelope:
     """The envelope stored as ``text``."""
-    data = json.loads(text)
-    tls = data["tls"]
-    return Envelope(
-        mail_from=data["mail_from"],
-        rcpt_to=tuple(data["rcpt_to"]),
-        received_at=datetime.fromisoformat(data["received_at"]),
-        helo_name=data["helo_name"],
-        client_address=data["client_address"],
-        client_hostname=data["client_hostname"],
-        client_port=data["client_port"],
-        protocol=data["protocol"],
-        mail_params=data["mail_params"],
-        rcpt_params=tuple(data["rcpt_params"]),
-        auth_user=data["auth_user"],
-        tls=TLSInfo(tls[0], tls[1]) if tls else None,
-        outbound=tuple(data["outbound"]),
-    )
+    return envelope_from_data(json.loads(text))
 
 
 def new_message_record(
@@ -324,10 +289,10 @@ def new_message_record(
     its content or body file, the origin its change is logged under, its queue rows."""
     recipients = _COMPACT.encode(
         {
-            "to": _pairs(summary.to),
-            "cc": _pairs(summary.cc),
-            "bcc": _pairs(summary.bcc),
-            "reply_to": _pairs(summary.reply_to),
+            "to": address_pairs(summary.to),
+            "cc": address_pairs(summary.cc),
+            "bcc": address_pairs(summary.bcc),
+            "reply_to": address_pairs(summary.reply_to),
         }
     )
     sender = summary.sender
@@ -375,10 +340,10 @@ def summary_from_row(row: Sequence[Any]) -> MessageSummary:
         received_at=datetime.fromtimestamp(received_at / 1000, UTC),
         size=size,
         sender=Address(*sender_pair) if sender_pair else None,
-        to=_addresses(people["to"]),
-        cc=_addresses(people["cc"]),
-        bcc=_addresses(people["bcc"]),
-        reply_to=_addresses(people["reply_to"]),
+        to=addresses_from_pairs(people["to"]),
+        cc=addresses_from_pairs(people["cc"]),
+        bcc=addresses_from_pairs(people["bcc"]),
+        reply_to=addresses_from_pairs(people["reply_to"]),
         subject=subject,
         date=datetime.fromisoformat(date) if date else None,
         message_id=header_message_id,
