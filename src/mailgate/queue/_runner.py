@@ -48,7 +48,8 @@ from mailgate.model import (
     StoredMessage,
 )
 from mailgate.ports import Clock, QueueStore
-from mailgate.protocol import Reply
+from mailgate.protocol import Notify, Reply, parse_notify
+from mailgate.queue._reports import Action, should_report
 from mailgate.queue._schedule import RetrySchedule
 
 __all__ = [
@@ -165,8 +166,13 @@ class RunnerSettings:
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
 
-def _notify_words(notify: str | None) -> frozenset[str]:
-    return frozenset(w.strip().upper() for w in (notify or "").split(",") if w.strip())
+def _notify(value: str | None) -> Notify | None:
+    """A recipient's NOTIFY as stored; ``None`` when it gave none (or one this mailgate
+    cannot read: checked on receipt, so only a store written by another version)."""
+    try:
+        return parse_notify(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _status_of(reply: Reply) -> str:
@@ -391,8 +397,9 @@ class QueueRunner:
         now = self._clock.now()
         schedule = self._settings.schedule
         envelope = stored.envelope
+        sender = envelope.mail_from
         notify = {
-            r: _notify_words(p.get("NOTIFY"))
+            r: _notify(p.get("NOTIFY"))
             for r, p in zip(envelope.rcpt_to, envelope.rcpt_params, strict=False)
         }
         by_recipient = {result.recipient: result for result in results}
@@ -404,13 +411,14 @@ class QueueRunner:
                 row.recipient, Reply(451, "4.3.0", "No reply for this recipient")
             )
             reply = result.reply
-            words = notify.get(row.recipient, frozenset())
+            wanted = notify.get(row.recipient)
             attempts = row.attempts + int(attempted)
             delay_notified = False
             if reply.code < 400:
                 state = DeliveryState.DELIVERED
-                if "SUCCESS" in words:
-                    reports.append(("delivered" if dsn else "relayed", result, row))
+                action = Action.DELIVERED if dsn else Action.RELAYED
+                if should_report(action, sender=sender, notify=wanted):
+                    reports.append((action.value, result, row))
                 next_attempt = None
             elif reply.code >= 500:
                 state, next_attempt = DeliveryState.BOUNCED, None
@@ -428,18 +436,16 @@ class QueueRunner:
                 else:
                     state = DeliveryState.DEFERRED
                     if (
-                        "DELAY" in words
+                        should_report(Action.DELAYED, sender=sender, notify=wanted)
                         and not row.delay_notified
                         and schedule.delay_notice_due(row.queued_at, now)
                     ):
-                        delays.append(("delayed", result, row))
+                        delays.append((Action.DELAYED.value, result, row))
                         delay_notified = True
-            if (
-                state is DeliveryState.BOUNCED
-                and "NEVER" not in words
-                and (not words or "FAILURE" in words)
+            if state is DeliveryState.BOUNCED and should_report(
+                Action.FAILED, sender=sender, notify=wanted
             ):
-                reports.append(("failed", result, row))
+                reports.append((Action.FAILED.value, result, row))
             outcomes.append(
                 DeliveryOutcome(
                     message_id=row.message_id,
@@ -455,7 +461,7 @@ class QueueRunner:
             )
             self._log_attempt(row, result, state, now)
         for entries in (reports, delays):
-            if entries and envelope.mail_from:  # never a report about a report (RFC 3464 2)
+            if entries:  # should_report sends none to the null sender (RFC 3461 6.2)
                 await self._reporter.send(ReportRequest(stored, content, tuple(entries), now))
         await self._store.record(self._settings.owner, outcomes)
 
