@@ -17,7 +17,7 @@ from mailgate.cli._messages import with_store
 from mailgate.config import Settings
 from mailgate.model import MessageId, QueuedDelivery
 from mailgate.ports import MessageStore, QueueStore
-from mailgate.web import delivery_json
+from mailgate.web import delivery_json, queue_action
 
 __all__ = ["QUEUE_ACTIONS", "queue_command"]
 
@@ -78,23 +78,8 @@ def queue_command(
             elif action == "list":
                 print("The queue is empty.")
             return EXIT_OK
-        now = datetime.now(UTC)
-        if action == "retry" and all_:
-            count = await store.retry(None, now)
-        else:
-            assert message_id is not None, "the parser asks for an ID"
-            target = MessageId(message_id)
-            match action:
-                case "retry":
-                    count = await store.retry(target, now)
-                case "hold":
-                    count = await store.hold(target)
-                case "release":
-                    count = await store.release(target, now)
-                case "delete":
-                    count = await store.dequeue(target)
-                case _:
-                    count = await store.request_bounce(target, now)
+        target = None if action == "retry" and all_ else MessageId(message_id or "")
+        count = await queue_action(store, action, target, datetime.now(UTC))
         if not count:
             what = "held " if action == "release" else "waiting "
             return fail(f"no {what}recipient of {message_id or 'any message'} to {action}")

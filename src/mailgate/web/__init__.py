@@ -15,7 +15,7 @@ from mailgate.web._app import BasicAuth, create_app, inbox_of
 from mailgate.web._context import WebSettings
 from mailgate.web._events import EVENTS_VERSION
 from mailgate.web._openapi import openapi_document
-from mailgate.web._queue import delivery_json
+from mailgate.web._queue import delivery_json, queue_action
 from mailgate.web._service import HTTPService
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "delivery_json",
     "inbox_of",
     "openapi_document",
+    "queue_action",
 ]

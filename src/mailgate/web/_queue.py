@@ -26,7 +26,7 @@ from mailgate.model import MessageId, QueuedDelivery
 from mailgate.ports import QueueStore
 from mailgate.web._context import BadRequest, Inbox, body_fields, json_error, string_list
 
-__all__ = ["delivery_json", "queue_endpoints"]
+__all__ = ["delivery_json", "queue_action", "queue_endpoints"]
 
 MAX_RELEASE_RECIPIENTS = 100
 _ADDRESS = re.compile(r"[^\s<>()@,;:\\\"\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.\-\[\]:]{1,255}\Z")
@@ -83,27 +83,35 @@ async def message_queue(inbox: Inbox, request: Request) -> Response:
     return JSONResponse({"Total": len(rows), "Recipients": [delivery_json(r) for r in rows]})
 
 
+async def queue_action(
+    queue: QueueStore, action: str, message_id: MessageId | None, now: datetime
+) -> int:
+    """Apply an operator's ``action`` (``retry``, ``hold``, ``release``, ``bounce``,
+    ``delete``) to a message's recipients, or with ``retry`` and no id to every message's;
+    how many recipients it changed.  For the API and ``mailgate queue`` alike."""
+    if action == "retry":
+        return await queue.retry(message_id, now)
+    assert message_id is not None, "only retry acts on every message"
+    match action:
+        case "hold":
+            return await queue.hold(message_id)
+        case "release":
+            return await queue.release(message_id, now)
+        case "bounce":
+            return await queue.request_bounce(message_id, now)
+        case "delete":
+            return await queue.dequeue(message_id)
+    raise ValueError(f"no queue action {action!r}")
+
+
 def _action(name: str) -> Work:
     async def act(inbox: Inbox, request: Request) -> Response:
         queue = _queue(inbox)
         if queue is None:
             return json_error(501, NO_QUEUE)
-        now = datetime.now(UTC)
         raw_id = request.path_params.get("id")
         target = MessageId(raw_id) if raw_id else None
-        if name == "retry":
-            count = await queue.retry(target, now)
-        else:
-            assert target is not None, "the route has an id"
-            match name:
-                case "hold":
-                    count = await queue.hold(target)
-                case "release":
-                    count = await queue.release(target, now)
-                case "bounce":
-                    count = await queue.request_bounce(target, now)
-                case _:
-                    count = await queue.dequeue(target)
+        count = await queue_action(queue, name, target, datetime.now(UTC))
         if not count:
             return PlainTextResponse(f"no recipient to {name}", status_code=404)
         return JSONResponse({"Recipients": count})
