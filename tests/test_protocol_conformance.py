@@ -397,6 +397,20 @@ def test_a_bad_parameter_is_echoed_printable_only() -> None:
     assert last_reply([EHLO + line], ascii_only) == b"501 5.5.4 Bad parameter syntax: X=?"
 
 
+def test_a_long_parameter_name_is_echoed_short() -> None:
+    # A MAIL or RCPT line may be over 1000 octets, a reply line at most 512 (RFC 5321
+    # 4.5.3.1.5): a reply names at most 40 characters of a parameter.
+    shown = b"X" * 40
+    long_key = b"X" * 600 + b"=1"
+    assert last_reply([EHLO + b"MAIL FROM:<a@b.c> " + long_key + b"\r\n"], AUTH) == (
+        b"555 5.5.4 Unsupported parameter " + shown
+    )
+    rcpt = MAIL + b"RCPT TO:<d@e.f> " + long_key + b"\r\n"
+    assert last_reply([EHLO + rcpt]) == b"555 5.5.4 Unsupported parameter " + shown
+    twice = b"MAIL FROM:<a@b.c> " + b"X" * 300 + b"=1 " + b"X" * 300 + b"=2\r\n"
+    assert last_reply([EHLO + twice]) == b"501 5.5.4 Parameter " + shown + b" given twice"
+
+
 def test_non_ascii_hello_names_are_not_control_characters() -> None:
     dialogue = check(["EHLO exämple.org\r\n".encode()])
     assert dialogue.events == [Ehlo("exämple.org")]

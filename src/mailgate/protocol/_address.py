@@ -35,7 +35,14 @@ from mailgate.protocol._limits import (
 )
 from mailgate.protocol._replies import Reply
 
-__all__ = ["ArgumentError", "ParsedPath", "dot_atom_local_part", "parse_params", "parse_path"]
+__all__ = [
+    "ArgumentError",
+    "ParsedPath",
+    "dot_atom_local_part",
+    "parse_params",
+    "parse_path",
+    "shown_in_reply",
+]
 
 # Non-ASCII starts at U+00A0: the C1 controls U+0080-U+009F are never text.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]"
@@ -219,6 +226,15 @@ def dot_atom_local_part(local: str) -> str | None:
     return local if _DOT_ATOM.match(local) else None
 
 
+def shown_in_reply(word: str) -> str:
+    """A client's word as a reply may repeat it: printable ASCII, and at most 40 characters.
+
+    A command line may be over 1000 octets (SIZE, DSN and AUTH= lengthen MAIL's
+    and RCPT's), a reply line at most 512 (RFC 5321 4.5.3.1.5).
+    """
+    return word[:40].encode("ascii", "replace").decode("ascii")
+
+
 def parse_params(words: list[str], *, utf8: bool) -> dict[str, str | None]:
     """Parse ``esmtp-param`` words (RFC 5321 4.1.2) into an upper-cased dict.
 
@@ -230,10 +246,11 @@ def parse_params(words: list[str], *, utf8: bool) -> dict[str, str | None]:
         key, eq, value = word.partition("=")
         if not _PARAM_KEYWORD.match(key) or (eq and not value_re.match(value)):
             # Echoed as printable ASCII only: a reply never carries what it cannot show.
-            shown = word[:40].encode("ascii", "replace").decode("ascii")
+            shown = shown_in_reply(word)
             raise ArgumentError(Reply(501, "5.5.4", f"Bad parameter syntax: {shown}"))
         upper = key.upper()
         if upper in params:
-            raise ArgumentError(Reply(501, "5.5.4", f"Parameter {upper} given twice"))
+            shown = shown_in_reply(upper)
+            raise ArgumentError(Reply(501, "5.5.4", f"Parameter {shown} given twice"))
         params[upper] = value if eq else None
     return params

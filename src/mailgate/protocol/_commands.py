@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-from mailgate.protocol._address import ArgumentError, parse_params, parse_path
+from mailgate.protocol._address import ArgumentError, parse_params, parse_path, shown_in_reply
 from mailgate.protocol._dsn import (
     Notify,
     OriginalRecipient,
@@ -227,7 +227,7 @@ def parse_mail(
         elif key == "ENVID":
             envid = _dsn_value(parse_envid, value)
         else:
-            raise ArgumentError(Reply(555, SYNTAX, f"Unsupported parameter {key}"))
+            raise _unsupported(key)
     parsed = parse_path(
         path,
         allow_null=True,
@@ -237,6 +237,11 @@ def parse_mail(
         enhanced="5.1.7",
     )
     return MailFrom(parsed.address, params, size, body, utf8, ret, envid)
+
+
+def _unsupported(key: str) -> ArgumentError:
+    """RFC 5321 4.1.1.11: 555 for a parameter not recognized (or not offered)."""
+    return ArgumentError(Reply(555, SYNTAX, f"Unsupported parameter {shown_in_reply(key)}"))
 
 
 def _dsn_value(parse: Callable[[str | None], _T], value: str | None) -> _T:
@@ -275,7 +280,7 @@ def parse_rcpt(argument: str, *, extended: bool, smtputf8: bool, full: bool = Fa
         elif key == "ORCPT":
             orcpt = _dsn_value(partial(parse_orcpt, utf8=smtputf8), value)
         else:
-            raise ArgumentError(Reply(555, SYNTAX, f"Unsupported parameter {key}"))
+            raise _unsupported(key)
     parsed = parse_path(
         path,
         allow_null=False,
