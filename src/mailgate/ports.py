@@ -47,6 +47,8 @@ __all__ = [
     "AuthenticatorBusyError",
     "Clock",
     "CountingSink",
+    "HealthCheck",
+    "HealthReporter",
     "InsufficientStorageError",
     "MailSink",
     "MessageStore",
@@ -76,6 +78,29 @@ class InsufficientStorageError(StoreError):
     The server's own condition, never the client's error: the client is told
     ``452 4.3.1`` and tries again later.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """One check ``/readyz`` reports: its name and, when it fails, why, in one line.
+
+    Names: ``store`` (the store answers a read), ``commits`` (new mail and
+    changes are being committed), ``disk`` (free space is above the floor
+    under which ``MAIL`` gets ``452``).
+    """
+
+    name: str
+    error: str | None = None
+    """``None`` while the check passes."""
+
+
+@runtime_checkable
+class HealthReporter(Protocol):
+    """Something that knows whether the node can take mail now: a store, the commit service."""
+
+    def health(self) -> Sequence[HealthCheck]:
+        """Its checks now, passing or not.  Cheap: no I/O beyond a ``statvfs``."""
+        ...
 
 
 class SMTPReplyError(MailgateError):

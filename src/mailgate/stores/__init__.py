@@ -17,9 +17,10 @@ from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from mailgate.ports import MessageStore, StoreError
+from mailgate.stores._health import WriteHealth, WriteState
 from mailgate.stores.sqlite import SQLiteStore
 
-__all__ = ["SQLiteStore", "StoreError", "StoreURLError", "open_store"]
+__all__ = ["SQLiteStore", "StoreError", "StoreURLError", "WriteHealth", "WriteState", "open_store"]
 
 SQLITE_URL_EXAMPLE = "sqlite:///path/to/mail.db"
 PLANNED_SCHEMES = frozenset({"maildir"})

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import AsyncCursor
 
 from mailgate.model import MessageId, MessagePage, StoredMessage, StoreEvent, StoreEventKind
-from mailgate.ports import NewMessage, StoreError
+from mailgate.ports import HealthCheck, NewMessage, StoreError
 from mailgate.query import Query
 from mailgate.stores.postgresql import _changes, _search
 from mailgate.stores.postgresql._connection import (
@@ -57,9 +57,9 @@ def _read_all(message: NewMessage) -> bytes:
 
 
 class PostgreSQLStore(QueueOperations):
-    """A ``ports.SearchableStore``, ``ports.TaggableStore``, ``ports.QueueStore`` and
-    ``ports.SizedStore`` in a PostgreSQL database that any number of mailgate nodes may
-    share.
+    """A ``ports.SearchableStore``, ``ports.TaggableStore``, ``ports.QueueStore``,
+    ``ports.SizedStore`` and ``ports.HealthReporter`` in a PostgreSQL database that any
+    number of mailgate nodes may share.
 
     Use it from one event loop: the one it was opened on, or, for a store
     made outside any loop, the first that uses it.
@@ -113,6 +113,10 @@ class PostgreSQLStore(QueueOperations):
     def stats(self) -> WriterStats:
         """A snapshot of what the store's writer has done since it opened."""
         return WriterStats(self._writer.stats.transactions, self._writer.stats.messages)
+
+    def health(self) -> list[HealthCheck]:
+        """``commits``: whether this store's writer commits (``ports.HealthReporter``)."""
+        return [HealthCheck("commits", self._writer.health.problem())]
 
     def _start(self) -> None:
         """Check the store is open and on its loop; start the follower on the first call."""

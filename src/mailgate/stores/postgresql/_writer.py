@@ -42,6 +42,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from mailgate.model import StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
+from mailgate.stores._health import WriteHealth
 from mailgate.stores.postgresql._connection import store_error
 from mailgate.stores.postgresql._events import insert_events
 from mailgate.stores.postgresql._queue import insert_queued
@@ -125,6 +126,8 @@ class Writer:
         self._stopping = False
         self._last_prune = 0.0
         self.stats = WriterStats()
+        self.health = WriteHealth()
+        """Whether the writer's commits go through (``/readyz``'s ``commits``)."""
 
     async def submit(self, operation: Operation) -> object:
         """Commit ``operation`` (with whatever else is waiting); return its result.
@@ -165,11 +168,17 @@ class Writer:
                     self._pending.popleft()
                     for _ in range(min(len(self._pending), MAX_BATCH_OPERATIONS))
                 ]
-                await self._commit(taken)
+                results = await self._commit(taken)
+                failures = [r for r in results if isinstance(r, BaseException)]
+                if len(failures) < len(results):
+                    self.health.succeeded()
+                else:
+                    self.health.failed(str(failures[0]))
             if self._stopping:
                 return
 
-    async def _commit(self, taken: list[tuple[Operation, asyncio.Future[object]]]) -> None:
+    async def _commit(self, taken: list[tuple[Operation, asyncio.Future[object]]]) -> list[object]:
+        """Commit and settle ``taken``; return each one's result, or the error it failed with."""
         operations = [operation for operation, _ in taken]
         try:
             batch = await self._transaction(operations)
@@ -181,13 +190,12 @@ class Writer:
                 log.error("store write failed: %s", failure)
                 for _, future in taken:
                     _settle(future, failure)
-                return
-            for one in taken:
-                await self._commit([one])
-            return
+                return [failure] * len(taken)
+            return [result for one in taken for result in await self._commit([one])]
         self._publish(batch.events)
         for (_, future), result in zip(taken, batch.results, strict=True):
             _settle(future, result)
+        return batch.results
 
     async def _transaction(self, operations: list[Operation]) -> _Batch:
         batch = _Batch()

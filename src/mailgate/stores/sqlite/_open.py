@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from mailgate.ports import StoreError
+from mailgate.stores._health import WriteHealth
 from mailgate.stores.sqlite._bodies import BodyFiles
 from mailgate.stores.sqlite._connection import connect
 from mailgate.stores.sqlite._schema import SCHEMA, SCHEMA_VERSION, upgrade
@@ -174,8 +175,11 @@ def open_database(
     return connection, lock, turns
 
 
-def open_write_connection(paths: StorePaths, bodies: BodyFiles, origin: str) -> WriteConnection:
-    """Another write connection to an open store, taking turns with its other writers.
+def open_write_connection(
+    paths: StorePaths, bodies: BodyFiles, origin: str, health: WriteHealth | None = None
+) -> WriteConnection:
+    """Another write connection to an open store, taking turns with its other writers;
+    ``health`` records its commits.
 
     Raises ``StoreError`` when the database or the write lock cannot be opened.
     """
@@ -188,4 +192,4 @@ def open_write_connection(paths: StorePaths, bodies: BodyFiles, origin: str) -> 
     except sqlite3.Error as error:
         turns.close()
         raise StoreError(f"cannot open message store {paths.database}: {error}") from error
-    return WriteConnection(connection, bodies, origin, turns)
+    return WriteConnection(connection, bodies, origin, turns, health)

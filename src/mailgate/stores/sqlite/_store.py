@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -27,8 +27,9 @@ from mailgate.model import (
     StoreEvent,
     StoreEventKind,
 )
-from mailgate.ports import NewMessage, StoreError
+from mailgate.ports import HealthCheck, NewMessage, StoreError
 from mailgate.query import Query
+from mailgate.stores._health import WriteHealth, WriteState
 from mailgate.stores.sqlite import _queue
 from mailgate.stores.sqlite._bodies import BodyFiles
 from mailgate.stores.sqlite._commit_service import (
@@ -67,8 +68,8 @@ times the CPU a message at 32 KiB, 0.82 and 1.35 at 64 KiB, 1.19 and 0.99 at
 
 
 class SQLiteStore:
-    """A ``ports.SearchableStore``, ``ports.TaggableStore``, ``ports.QueueStore`` and
-    ``ports.SizedStore`` in one SQLite database.
+    """A ``ports.SearchableStore``, ``ports.TaggableStore``, ``ports.QueueStore``,
+    ``ports.SizedStore`` and ``ports.HealthReporter`` in one SQLite database.
 
     Opening creates the database, its schema and the bodies directory as
     needed.  Use it from asyncio; one store may serve several event loops.
@@ -91,8 +92,9 @@ class SQLiteStore:
         connection, self._open_lock, turns = open_database(paths, self._bodies)
         self._subscriptions = Subscriptions(self.path, self._origin)
         self._reads = Reads(self.path, self._bodies)
+        self._write_health = WriteHealth()
         self._writer = Writer(
-            WriteConnection(connection, self._bodies, self._origin, turns),
+            WriteConnection(connection, self._bodies, self._origin, turns, self._write_health),
             self._subscriptions.publish,
         )
 
@@ -100,6 +102,14 @@ class SQLiteStore:
     def stats(self) -> WriterStats:
         """A snapshot of what the store's own writer has done since the store opened."""
         return dataclasses.replace(self._writer.stats)
+
+    def health(self) -> list[HealthCheck]:
+        """``commits``: whether this store's own writer commits (``ports.HealthReporter``).
+
+        Its new mail, when it sends it to a commit service, is that service's
+        to report (``serve_commit_service``).
+        """
+        return [HealthCheck("commits", self._write_health.problem())]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -196,15 +206,23 @@ class SQLiteStore:
         """The commit service stored these messages of this store's."""
         self._subscriptions.publish([StoreEvent(StoreEventKind.STORED, tuple(message_ids))])
 
-    def serve_commit_service(self, listener: socket.socket, stop_fd: int) -> None:
+    def serve_commit_service(
+        self,
+        listener: socket.socket,
+        stop_fd: int,
+        on_health: Callable[[WriteState], None] | None = None,
+    ) -> None:
         """Be the commit service: store the new mail clients send to ``listener``.
 
         Blocks until ``stop_fd`` is readable; run it on a thread of its own.  It
-        writes on a connection of its own, taking turns with every other writer.
-        Raises ``StoreError`` when it cannot open that connection.
+        writes on a connection of its own, taking turns with every other writer,
+        and calls ``on_health``, on that thread, whenever whether its commits go
+        through changes.  Raises ``StoreError`` when it cannot open that connection.
         """
         self._check_open()
-        connection = open_write_connection(self._paths, self._bodies, self._origin)
+        connection = open_write_connection(
+            self._paths, self._bodies, self._origin, WriteHealth(on_health)
+        )
         try:
             CommitService(connection, listener, stop_fd).serve()
         finally:

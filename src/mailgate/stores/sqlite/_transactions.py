@@ -64,6 +64,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 from mailgate.model import MessageId, StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
+from mailgate.stores._health import WriteHealth
 from mailgate.stores.sqlite._bodies import BodyFiles
 from mailgate.stores.sqlite._connection import write_transaction
 from mailgate.stores.sqlite._queue import insert_queued
@@ -231,9 +232,16 @@ class WriteConnection:
     """
 
     def __init__(
-        self, connection: sqlite3.Connection, bodies: BodyFiles, origin: str, turns: WriteTurns
+        self,
+        connection: sqlite3.Connection,
+        bodies: BodyFiles,
+        origin: str,
+        turns: WriteTurns,
+        health: WriteHealth | None = None,
     ) -> None:
         self._connection = connection
+        self.health = health or WriteHealth()
+        """Whether this connection's commits go through (``/readyz``'s ``commits``)."""
         self.turns = turns
         self._bodies = bodies
         self._origin = origin
@@ -253,7 +261,17 @@ class WriteConnection:
         """Apply the operations in one transaction; when that fails, each in its own.
 
         One bad operation must not fail its neighbours: it alone gets a ``StoreError``.
+        ``health`` records whether any committed.
         """
+        outcome = self._commit(operations)
+        failures = [r for r in outcome.results if isinstance(r, BaseException)]
+        if len(failures) < len(outcome.results):
+            self.health.succeeded()
+        elif failures:
+            self.health.failed(str(failures[0]))
+        return outcome
+
+    def _commit(self, operations: list[Operation]) -> Outcome:
         try:
             batch = self._transaction(operations)
         except (sqlite3.Error, OSError, StoreError) as error:
@@ -262,7 +280,7 @@ class WriteConnection:
             results: list[object] = []
             events: list[StoreEvent] = []
             for operation in operations:
-                alone = self.commit([operation])
+                alone = self._commit([operation])
                 results += alone.results
                 events += alone.events
             return Outcome(results, events)
