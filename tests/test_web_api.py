@@ -6,6 +6,8 @@ import asyncio
 import base64
 import hashlib
 import json
+import re
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email import message_from_bytes, policy
@@ -18,7 +20,7 @@ import pytest_asyncio
 
 from mailgate.config import Listen
 from mailgate.model import MessageId
-from mailgate.ports import MessageStore, SearchableStore, TaggableStore
+from mailgate.ports import MessageStore, SearchableStore, StoreError, TaggableStore
 from mailgate.stores import open_store
 from mailgate.web import EVENTS_VERSION, HTTPService, WebSettings, create_app
 from mailgate.web import _search as web_search
@@ -364,7 +366,11 @@ async def test_info_webui_health_and_openapi(inbox: Inbox) -> None:
     assert webui["Label"] == "test"
     assert webui["MessageRelay"]["Enabled"] is False
     assert (await inbox.client.get("/livez")).json() == {"status": "ok"}
-    assert (await inbox.client.get("/readyz")).json() == {"status": "ready"}
+    ready = await inbox.client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (
+        200,
+        {"status": "ready", "checks": {"store": "ok", "commits": "ok"}},
+    )
     document = (await inbox.client.get("/api/v1/openapi.json")).json()
     assert document["openapi"].startswith("3.")
     for path in ("/api/v1/messages", "/api/v1/events", "/api/v1/wait", "/livez", "/view/{ID}.html"):
@@ -372,6 +378,44 @@ async def test_info_webui_health_and_openapi(inbox: Inbox) -> None:
     for path in ("/api/v1/queue", "/api/v1/queue/{ID}", "/api/v1/queue/{ID}/hold"):
         assert path in document["paths"]
     assert "403" in document["paths"]["/api/v1/message/{ID}/release"]["post"]["responses"]
+
+
+@pytest.mark.asyncio
+async def test_readyz_says_commits_fail_until_one_succeeds_again(
+    inbox: Inbox, tmp_path: Path
+) -> None:
+    await inbox.send(email("before"))
+    # The table small bodies go to refuses rows, as a faulty disk under it would.
+    fault = sqlite3.connect(tmp_path / "mail.db", isolation_level=None)
+    try:
+        fault.execute(
+            "CREATE TRIGGER fault BEFORE INSERT ON bodies"
+            " BEGIN SELECT RAISE(ABORT, 'the bodies table cannot be written'); END"
+        )
+        with pytest.raises(StoreError, match="the bodies table cannot be written"):
+            await inbox.send(email("refused"))
+        ready = await inbox.client.get("/readyz")
+        assert ready.status_code == 503
+        body = ready.json()
+        assert (body["status"], body["failed"], body["checks"]["store"]) == (
+            "not ready",
+            "commits",
+            "ok",
+        )
+        assert body["error"] == body["checks"]["commits"]
+        assert re.fullmatch(
+            r"a commit failed \d+ s ago and none has succeeded since:"
+            r" could not write to the message store: the bodies table cannot be written",
+            body["error"],
+        ), body
+        fault.execute("DROP TRIGGER fault")
+    finally:
+        fault.close()
+    # Repaired: the next commit goes through, and the node is ready again by itself.
+    await inbox.send(email("after"))
+    assert (await inbox.client.get("/readyz")).status_code == 200
+    page = (await inbox.client.get("/api/v1/messages")).json()
+    assert [m["Subject"] for m in page["messages"]] == ["after", "before"]
 
 
 @pytest.mark.asyncio

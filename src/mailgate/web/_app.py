@@ -18,7 +18,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mailgate.ports import AuthThrottle, MailSink, MessageStore
+from mailgate.ports import AuthThrottle, HealthReporter, MailSink, MessageStore
 from mailgate.web._api import api_routes
 from mailgate.web._context import Inbox, WebSettings
 from mailgate.web._events import EventHub
@@ -179,13 +179,16 @@ def create_app(
     sink: MailSink | None = None,
     is_local: Callable[[str], bool] | None = None,
     auth_throttle: AuthThrottle | None = None,
+    health: HealthReporter | None = None,
 ) -> Starlette:
     """The web inbox and JSON API over ``store``, as an ASGI application.
 
     ``sink`` takes the mail ``POST /api/v1/send`` builds (without one that
     endpoint answers ``501``); ``is_local`` says which recipients are this
     server's (default: all of them, as in catch-all mode); ``auth_throttle``
-    counts wrong basic-auth passwords per client address (see ``BasicAuth``).
+    counts wrong basic-auth passwords per client address (see ``BasicAuth``);
+    ``health`` is what ``/readyz`` checks besides a read of the store
+    (default: the store's own checks, when it is a ``ports.HealthReporter``).
 
     The app subscribes to the store's events when the first live client
     arrives.  Call ``await inbox_of(app).close()`` (``HTTPService.aclose``
@@ -195,6 +198,7 @@ def create_app(
     inbox = Inbox(store=store, settings=settings, hub=EventHub(store), sink=sink)
     if is_local is not None:
         inbox.is_local = is_local
+    inbox.health = health if health is not None or not isinstance(store, HealthReporter) else store
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers=_page_headers())

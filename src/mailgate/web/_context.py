@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from mailgate.model import MessageId, StoredMessage
-from mailgate.ports import MailSink, MessageStore
+from mailgate.ports import HealthReporter, MailSink, MessageStore
 from mailgate.query import Query, QueryError, parse_query
 from mailgate.web._events import EventHub
 from mailgate.web._mime import ParsedMessage, parse_message
@@ -176,6 +176,8 @@ class Inbox:
     hub: EventHub
     sink: MailSink | None = None
     is_local: Callable[[str], bool] = _everyone_is_local
+    health: HealthReporter | None = None
+    """What ``/readyz`` asks besides the store's read: its commits, the disk."""
     started: float = field(default_factory=time.monotonic)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     deleted: int = 0

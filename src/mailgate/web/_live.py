@@ -162,13 +162,32 @@ async def livez(inbox: Inbox, request: Request) -> Response:
 
 
 async def readyz(inbox: Inbox, request: Request) -> Response:
+    """Whether this node can take mail: ``store`` answers a read, and each check of
+    ``inbox.health`` passes (``commits``, ``disk``).
+
+    ``200 {"status": "ready", "checks": {name: "ok", ...}}``, or ``503`` with
+    ``"status": "not ready"``, ``failed`` and ``error`` naming the first
+    failing check and its one-line error, and ``checks`` giving each one's
+    error or ``"ok"``.  Nothing is remembered here: once the store commits
+    again, it is ready again.
+    """
     if inbox.closing.is_set():
         return JSONResponse({"status": "shutting down"}, status_code=503)
+    checks: dict[str, str | None] = {"store": None}
     try:
         await inbox.store.list(limit=0)
     except StoreError as error:
-        return JSONResponse({"status": "store unavailable", "error": str(error)}, 503)
-    return JSONResponse({"status": "ready"})
+        checks["store"] = str(error)
+    for check in inbox.health.health() if inbox.health is not None else ():
+        if checks.get(check.name) is None:  # the first failure of a name says why
+            checks[check.name] = check.error
+    failed = [(name, error) for name, error in checks.items() if error is not None]
+    shown = {name: error or "ok" for name, error in checks.items()}
+    if not failed:
+        return JSONResponse({"status": "ready", "checks": shown})
+    name, why = failed[0]
+    body = {"status": "not ready", "failed": name, "error": why, "checks": shown}
+    return JSONResponse(body, status_code=503)
 
 
 async def view_html(inbox: Inbox, request: Request) -> Response:

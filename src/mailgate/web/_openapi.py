@@ -29,6 +29,8 @@ STRING: JSON = {"type": "string"}
 INTEGER: JSON = {"type": "integer"}
 BOOLEAN: JSON = {"type": "boolean"}
 TIME: JSON = {"type": "string", "format": "date-time"}
+CHECKS: JSON = {"type": "object", "additionalProperties": STRING}
+"""``/readyz``'s checks: each one's name, and ``ok`` or its one-line error."""
 TEXT_OK: JSON = {"description": "ok", "content": {"text/plain": {"schema": STRING}}}
 TEXT_ERROR: JSON = {
     "description": "the error, as text",
@@ -337,8 +339,14 @@ def _paths() -> JSON:
         "/livez": {"get": _op("The process is up", {"200": _json(_object(status=STRING))})},
         "/readyz": {
             "get": _op(
-                "The store answers",
-                {"200": _json(_object(status=STRING)), "503": _json(_object(status=STRING))},
+                "The node can take mail: the store answers, commits go through, the disk has room"
+                " (503 names the failing check and its error)",
+                {
+                    "200": _json(_object(status=STRING, checks=CHECKS)),
+                    "503": _json(
+                        _object(status=STRING, failed=STRING, error=STRING, checks=CHECKS)
+                    ),
+                },
             )
         },
         "/api/v1/message/{ID}/release": {
