@@ -32,6 +32,9 @@ Invariants.
   UTF-8 gets a 500 and nothing of it runs.
 - The same input gives the same events and replies however it is split
   into packets.
+- Once ``next_event`` says ``NEED_DATA`` the engine keeps only input it
+  could not read yet (a line not finished), so a client that stops
+  part-way through a message costs that much, not its last packet.
 - Every byte received before a ``220`` to STARTTLS is dropped when that
   reply is sent (RFC 3207 4.2, CVE-2011-0411).
 """
@@ -189,6 +192,11 @@ class ServerConnection(Dialogue):
 
     def _need_data_or_close(self) -> _NeedData | None:
         if not self._eof:
+            if self._pos:
+                # Let go of what was read now, not at the next receive_data: a
+                # client that stops part-way would keep its last packet in memory.
+                del self._buf[: self._pos]
+                self._pos = 0
             return NEED_DATA
         # RFC 5321 4.1.1.10: a premature close aborts the open transaction.
         self._close(abort="connection closed")
