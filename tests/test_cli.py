@@ -63,7 +63,7 @@ def test_no_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert (status, out) == (2, "")
     assert (
         one_error_line(err)
-        == "choose a command: serve, messages, queue, send or users (see mailgate --help)"
+        == "choose a command: serve, messages, queue, send, sendmail or users (see mailgate --help)"
     )
 
 

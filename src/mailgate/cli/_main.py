@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         _add_store_flags(sub)
 
     add_send_parser(commands)
+    # Listed for --help only: main hands ``sendmail``'s arguments over before argparse sees them.
+    commands.add_parser(
+        "sendmail",
+        help="read a message on standard input, as sendmail does, and send it",
+        add_help=False,
+    )
 
     users = commands.add_parser(
         "users",
@@ -166,7 +173,18 @@ def _add_users_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``mailgate`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    """Run ``mailgate`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    Run as ``sendmail`` (a link of that name), it is ``mailgate sendmail``.
+    """
+    if argv is None:
+        argv = sys.argv[1:]
+        if Path(sys.argv[0]).name == "sendmail":
+            argv = ["sendmail", *argv]
+    if argv[:1] == ["sendmail"]:  # sendmail's options are getopt's, not argparse's
+        from mailgate.cli._sendmail import sendmail_command  # noqa: PLC0415
+
+        return sendmail_command(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -174,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
     if args.command is None:
         return fail(
-            "choose a command: serve, messages, queue, send or users (see mailgate --help)",
+            "choose a command: serve, messages, queue, send, sendmail or users"
+            " (see mailgate --help)",
             EXIT_USAGE,
         )
 

@@ -28,7 +28,7 @@ from mailgate.model import MessageId
 if TYPE_CHECKING:
     from mailgate.queue import TLSPolicy
 
-__all__ = ["add_send_parser", "send_command"]
+__all__ = ["add_send_parser", "send_command", "server_address"]
 
 PASSWORD_VARIABLE = "MAILGATE_SEND_PASSWORD"
 
@@ -110,7 +110,11 @@ def _context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=str(args.ca) if args.ca else None)
 
 
-def _host_port(text: str) -> tuple[str, int]:
+def server_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[IPv6]:PORT``; port 25 when left out) as a host and a port.
+
+    Raises ``ValueError`` naming ``--server`` for anything else.
+    """
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port = rest.removeprefix(":")
@@ -130,7 +134,7 @@ async def _submit(args: argparse.Namespace, content: bytes, recipients: list[str
         connect,
     )
 
-    host, port = _host_port(args.server)
+    host, port = server_address(args.server)
     context = _context(args)
     policy: TLSPolicy = "may"
     if args.tls or args.tls_on_connect or args.auth_user:
