@@ -15,7 +15,7 @@ from mailgate.delivery._accept import (
     SystemClock,
 )
 from mailgate.delivery._ids import id_timestamp, new_message_id
-from mailgate.delivery._spool import MemoryThresholdSpool, SpoolClosedError
+from mailgate.delivery._spool import MemoryThresholdSpool, SpoolBudget, SpoolClosedError
 from mailgate.delivery._summary import summarize
 from mailgate.delivery._trace import received_header
 
@@ -25,6 +25,7 @@ __all__ = [
     "DeliverySettings",
     "MemoryThresholdSpool",
     "ReceivedMessage",
+    "SpoolBudget",
     "SpoolClosedError",
     "SystemClock",
     "id_timestamp",

@@ -38,7 +38,7 @@ from typing import BinaryIO
 
 from mailgate.delivery._ids import new_message_id
 from mailgate.delivery._return_path import return_path_header
-from mailgate.delivery._spool import SPOOL_SUFFIX, MemoryThresholdSpool
+from mailgate.delivery._spool import SPOOL_SUFFIX, MemoryThresholdSpool, SpoolBudget
 from mailgate.delivery._summary import summarize
 from mailgate.delivery._trace import received_header
 from mailgate.model import Envelope, MessageId, MessageSummary, SinkCounts
@@ -68,6 +68,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_THRESHOLD_OCTETS = 256 * 1024
+DEFAULT_SPOOL_MEMORY_OCTETS = 64 * 1024 * 1024
 MAX_RECEIVED_FIELDS = 100  # RFC 5321 6.3: a loop threshold of "normally at least 100"
 _TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops")  # RFC 3463 3.5: routing loop detected
 SPOOL_LOCK = ".lock"
@@ -90,12 +91,15 @@ class DeliverySettings:
     ``hostname`` names this server in trace headers; ``spool_dir`` holds the
     content of messages larger than ``memory_threshold`` octets while they
     stream in (it should be on the store's file system, so the store can
-    move a body into place rather than copy it).
+    move a body into place rather than copy it), and of every message that
+    arrives while the acceptor's spools hold ``spool_memory`` octets in
+    memory together (0: no limit).
     """
 
     hostname: str
     spool_dir: Path
     memory_threshold: int = DEFAULT_MEMORY_THRESHOLD_OCTETS
+    spool_memory: int = DEFAULT_SPOOL_MEMORY_OCTETS
     min_free_space: int = 0
     """Octets that must stay free on the spool's file system for a sender to be accepted."""
 
@@ -125,6 +129,9 @@ class Acceptor:
 
     ``begin`` never blocks; ``commit`` parses the summary (in a worker thread
     when the content is in a file) and awaits the store's durable commit.
+    Its spools share one ``SpoolBudget`` of ``spool_memory`` octets: a
+    process has one acceptor, so that is the process's memory for messages
+    on their way in.
     ``counts`` are of this acceptor's messages received over SMTP (those whose
     envelope names an SMTP protocol, RFC 3848), not of mail the HTTP API or
     the queue's reports hand it.
@@ -139,7 +146,13 @@ class Acceptor:
         self._clock: Clock = clock if clock is not None else SystemClock()
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _claim_spool(settings.spool_dir)
+        self._budget = SpoolBudget(settings.spool_memory)
         self._accepted = self._accepted_octets = self._rejected = 0
+
+    @property
+    def spool_budget(self) -> SpoolBudget:
+        """The memory this acceptor's spools share."""
+        return self._budget
 
     @property
     def counts(self) -> SinkCounts:
@@ -170,6 +183,7 @@ class Acceptor:
             received_at=now,
             directory=self._settings.spool_dir,
             threshold=self._settings.memory_threshold,
+            budget=self._budget,
             # RFC 5321 4.4: final delivery puts the reverse-path first, then the trace.
             trace_header=return_path_header(envelope.mail_from)
             + received_header(envelope, message_id, hostname=self._settings.hostname, when=now),

@@ -6,6 +6,17 @@ there, so a 50 MB message never sits whole in the process.  The file is
 written but not synced: making it durable is the store's job, done once at
 commit.
 
+The threshold bounds one spool; a ``SpoolBudget`` bounds them all.  Every
+spool of a process takes what it holds in memory from one budget, and one
+that would take more than is left goes to its file at once (a new one, its
+trace header already), so a thousand connections part-way through a
+message cost the process the budget, not a thousand thresholds.  A spool
+gives its share back when it rolls over, when it is discarded, and when it
+is released after its commit.  The accounting is an integer taken and given
+back on the event loop's thread, the only one that writes, discards or
+releases a spool (a worker thread only reads a closed spool's file), so it
+needs no lock.
+
 A ``Return-Path`` field in the header the client sent is left out as the
 content streams in (``_return_path``): the accept path writes its own.  The
 same pass counts the header's ``Received`` fields (``received_fields``), for
@@ -18,7 +29,8 @@ sink refuses to commit it.
 
 A spool is used from one task at a time.  Its life is ``write``* then
 ``discard``, or ``close`` (the sink closes it to commit it) and later
-``release`` once the store has taken the content.
+``release`` once the store has taken the content.  Closing freezes content
+held in memory as ``bytes``, the one copy the store is handed.
 """
 
 from __future__ import annotations
@@ -33,19 +45,44 @@ from mailgate import MailgateError
 from mailgate.delivery._return_path import ReturnPathFilter
 from mailgate.model import Envelope, MessageId
 
-__all__ = ["SPOOL_SUFFIX", "MemoryThresholdSpool", "SpoolClosedError"]
+__all__ = ["SPOOL_SUFFIX", "MemoryThresholdSpool", "SpoolBudget", "SpoolClosedError"]
 
 SPOOL_SUFFIX = ".spool"
+_NO_LIMIT_OCTETS = 1 << 60
+"""What a budget of 0 (no limit) starts with: more than any process holds."""
 
 
 class SpoolClosedError(MailgateError):
     """Content was written to a spool that was already committed or discarded."""
 
 
+class SpoolBudget:
+    """The octets of content that the spools sharing it may hold in memory together.
+
+    ``limit`` 0 means no limit.  ``free`` is what is left: a spool takes from
+    it what it keeps in memory and gives it back when it lets that go.
+    """
+
+    __slots__ = ("_total", "free", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._total = limit if limit > 0 else _NO_LIMIT_OCTETS
+        self.free = self._total
+        """Octets a spool may still take."""
+
+    @property
+    def held(self) -> int:
+        """Octets the spools hold in memory now."""
+        return self._total - self.free
+
+
 class MemoryThresholdSpool:
-    """A ``ports.Spool`` that rolls over from memory to a file past a threshold."""
+    """A ``ports.Spool`` that rolls over from memory to a file past a threshold,
+    or at once when its ``budget`` has no room for what it would hold."""
 
     __slots__ = (
+        "_budget",
         "_buffer",
         "_directory",
         "_file",
@@ -70,14 +107,16 @@ class MemoryThresholdSpool:
         directory: Path,
         threshold: int,
         trace_header: bytes,
+        budget: SpoolBudget,
     ) -> None:
         self.id = message_id
         self.envelope = envelope
         self.received_at = received_at
         self._directory = directory
         self._threshold = threshold
-        self._buffer = bytearray(trace_header)
-        self._size = len(trace_header)
+        self._budget = budget
+        self._buffer: bytearray | bytes = bytearray()
+        self._size = 0
         self._file: BinaryIO | None = None
         self._path: str | None = None
         self._header_filter: ReturnPathFilter | None = ReturnPathFilter()
@@ -86,6 +125,7 @@ class MemoryThresholdSpool:
         """Why the content could not be kept, once writing it failed."""
         self.received_fields = 0
         """``Received`` fields in the header the client sent (the trace header not counted)."""
+        self._append(trace_header)
 
     @property
     def size(self) -> int:
@@ -114,22 +154,25 @@ class MemoryThresholdSpool:
         self._append(data)
 
     def _append(self, data: bytes) -> None:
-        self._size += len(data)
+        size = len(data)
+        self._size += size
         if self.failure is not None:
             return
         try:
             if self._file is not None:
                 self._file.write(data)
                 return
+            budget = self._budget
+            if size > budget.free or len(self._buffer) + size > self._threshold:
+                self._roll_over(data)
+                return
+            budget.free -= size
             self._buffer += data
-            if len(self._buffer) > self._threshold:
-                self._roll_over()
         except OSError as error:
             self.failure = error
-            self._buffer = bytearray()
             self.release()
 
-    def _roll_over(self) -> None:
+    def _roll_over(self, data: bytes) -> None:
         # The name carries the process's id, so that a process started later can tell
         # the files of one that died from those of one that still receives (Acceptor).
         path = self._directory / f"{self.id}.{os.getpid()}{SPOOL_SUFFIX}"
@@ -137,12 +180,18 @@ class MemoryThresholdSpool:
         file = open(path, "xb")  # noqa: SIM115 - the spool owns it until close()
         try:
             file.write(self._buffer)
+            file.write(data)
         except BaseException:
             file.close()
             path.unlink(missing_ok=True)
             raise
         self._file = file
         self._path = str(path)
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Drop the content held in memory, giving its share of the budget back."""
+        self._budget.free += len(self._buffer)
         self._buffer = bytearray()
 
     def discard(self) -> None:
@@ -150,7 +199,6 @@ class MemoryThresholdSpool:
         if self._state == "discarded":
             return
         self._state = "discarded"
-        self._buffer = bytearray()
         self.release()
 
     def close(self) -> None:
@@ -162,6 +210,8 @@ class MemoryThresholdSpool:
             self.received_fields = self._header_filter.received
             self._header_filter = None
         self._state = "closed"
+        if self._path is None:
+            self._buffer = bytes(self._buffer)  # what ``content`` hands on, uncopied
         if self._file is not None:
             file, self._file = self._file, None
             try:
@@ -170,7 +220,9 @@ class MemoryThresholdSpool:
                 self.failure = error
 
     def release(self) -> None:
-        """Remove the spool file, if the store left one behind."""
+        """Let go of the content: what is held in memory, and the spool file if the
+        store left one behind."""
+        self._let_go()
         if self._file is not None:
             file, self._file = self._file, None
             with contextlib.suppress(OSError):  # the content is being thrown away
@@ -182,7 +234,10 @@ class MemoryThresholdSpool:
 
     @property
     def content(self) -> bytes | None:
-        """The content so far while it is held in memory, else ``None``."""
+        """The content so far while it is held in memory, else ``None``.
+
+        Empty once released: the store has taken it.
+        """
         return None if self._path is not None else bytes(self._buffer)
 
     @property
