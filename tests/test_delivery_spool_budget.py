@@ -9,12 +9,13 @@ after its commit; and the message stored is the same either way.
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from mailgate.config import ConfigError, Limits, load_settings
 from mailgate.delivery import Acceptor, DeliverySettings, MemoryThresholdSpool
 from mailgate.stores import SQLiteStore
 from mailgate.testing.stores import StepClock, make_envelope, make_message
@@ -177,3 +178,35 @@ async def test_a_budget_of_0_has_no_limit(store: SQLiteStore, tmp_path: Path) ->
     for spool in spools:
         spool.discard()
     assert sink.spool_budget.held == 0
+
+
+# -- the setting -------------------------------------------------------------------------------
+
+
+def test_the_default_is_64_mib_a_process_in_settings_and_acceptor(tmp_path: Path) -> None:
+    assert Limits().spool_memory == 64 * MIB
+    delivery = DeliverySettings(hostname="mx.test", spool_dir=tmp_path)
+    assert delivery.spool_memory == Limits().spool_memory
+
+
+def test_spool_memory_from_each_source(tmp_path: Path) -> None:
+    config = tmp_path / "mailgate.toml"
+    config.write_text('[limits]\nspool_memory = "1G"\n', encoding="utf-8")
+
+    def spool_memory(
+        argv: Mapping[str, object] | None = None,
+        env: Mapping[str, str] | None = None,
+        toml: Path | None = None,
+    ) -> int:
+        settings = load_settings(argv_values=argv or {}, environ=env or {}, config_file=toml)
+        return settings.limits.spool_memory
+
+    assert spool_memory(toml=config) == 1024 * MIB
+    assert spool_memory(toml=config, env={"MAILGATE_SPOOL_MEMORY": "32M"}) == 32 * MIB
+    assert spool_memory(toml=config, argv={"spool_memory": "512K"}) == 512 * KIB
+    assert spool_memory(argv={"spool_memory": "0"}) == 0
+    with pytest.raises(ConfigError) as caught:
+        spool_memory(argv={"spool_memory": "lots"})
+    assert str(caught.value) == (
+        "--spool-memory: 'lots' is not a size: give octets, or a number with K, M or G (e.g. 25M)"
+    )

@@ -114,6 +114,12 @@ OPTIONS: tuple[Option, ...] = (
         "free disk space below which MAIL gets 452 4.3.1 (default 1.5 x the largest message)",
     ),
     Option(
+        "limits.spool_memory", "--spool-memory", "MAILGATE_SPOOL_MEMORY", "limits.spool_memory",
+        parse_size(least=1), "SIZE",
+        "memory for messages on their way in, per SMTP process; past it they go to spool "
+        "files (default 64M; 0 for no limit)",
+    ),
+    Option(
         "limits.max_recipients", "--max-recipients", "MAILGATE_MAX_RECIPIENTS",
         "limits.max_recipients", parse_int(least=MIN_RECIPIENTS, reason="RFC 5321 4.5.3.1.8"),
         "N", "most recipients of one message (default 1000)",

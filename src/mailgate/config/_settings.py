@@ -31,6 +31,8 @@ DEFAULT_IDLE_TIMEOUT_SECONDS = 300.0  # RFC 5321 4.5.3.2.7: at least 5 minutes
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 30.0
 DEFAULT_FREE_SPACE_FLOOR_OCTETS = 64 * 1024 * 1024
 """The free space ``MAIL`` needs when messages have no size limit."""
+DEFAULT_SPOOL_MEMORY_OCTETS = 64 * 1024 * 1024
+"""What one SMTP process may hold in memory of messages on their way in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,11 @@ class Limits:
     min_free_space: int = 0
     """Octets that must stay free on the data directory's file system for ``MAIL``
     to be accepted; 0: one and a half times ``max_message_size`` (as Postfix does)."""
+    spool_memory: int = DEFAULT_SPOOL_MEMORY_OCTETS
+    """Octets of messages on their way in (part-way through DATA or BDAT, or being
+    committed) that one SMTP process holds in memory, all connections together; past
+    it a message goes to a spool file at once, so memory stays bounded however many
+    clients send.  Each message holds at most 256 KiB in memory.  0: no limit."""
 
     @property
     def free_space_floor(self) -> int:

@@ -174,6 +174,7 @@ class Mailgate:
                     hostname=settings.hostname or "localhost",
                     spool_dir=settings.data_dir / "spool",
                     min_free_space=settings.limits.free_space_floor,
+                    spool_memory=settings.limits.spool_memory,
                 ),
                 clock=clock,
             )
