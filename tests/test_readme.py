@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,9 @@ BLOCKS = {
     ("console", "$ echo secret | mailgate users add"): "test_tls_and_auth_for_development",
     ("console", "$ mailgate serve --hostname mail.example.org"): "test_sending_mail_onward",
     ("console", "$ mailgate serve --store postgresql://"): "test_several_nodes_on_postgresql",
+    ("console", "$ printf 'Subject: Backup done"): "test_sendmail",
+    ("ini", 'sendmail_path = "mailgate sendmail -t -i"'): "test_sendmail_for_php",
+    ("console", "$ sudo ln -s"): "test_sendmail_for_cron",
     ("python", "import smtplib"): "test_the_pytest_example",
     ("", "src/mailgate/"): "test_the_layout",
 }
@@ -70,13 +73,15 @@ TRACE_DATE = re.compile(
 )
 
 
-def shell(command: str, *, cwd: Path) -> subprocess.CompletedProcess[str]:
+def shell(
+    command: str, *, cwd: Path, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a README command line with ``sh``, ``mailgate`` being the console script."""
-    env = environment({"PATH": f"{MAILGATE.parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    path = {"PATH": f"{MAILGATE.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(
         ["sh", "-c", command],
         cwd=cwd,
-        env=env,
+        env=environment({**path, **(env or {})}),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -404,6 +409,107 @@ def test_several_nodes_on_postgresql(launcher: Launcher, tmp_path: Path) -> None
         assert ANY_ID.sub("ID", sent.stdout) == ANY_ID.sub("ID", sent_shown)
         found = shell(here(curl), cwd=tmp_path)
         assert found.stdout + "\n" == found_shown
+
+
+# -- mail from PHP, cron and other programs ------------------------------------------------------
+
+MESSAGE_ID = re.compile(r"<\d+\.\d+\.\d+@[^>\s]+>")
+
+
+def catcher(launcher: Launcher) -> tuple[Serving, dict[str, str]]:
+    """A server named as the examples show, on free ports; where sendmail finds it."""
+    served = launcher.serve(
+        "--hostname", "mail.example.test", "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0"
+    )  # fmt: skip
+    return served, {"MAILGATE_SENDMAIL_SERVER": f"127.0.0.1:{served.port}"}
+
+
+def latest(served: Serving) -> tuple[bytes, dict[str, object]]:
+    """The newest message's bytes, and its summary from the API."""
+    url = f"{served.http_url}api/v1/message/latest"
+    return httpx.get(f"{url}/raw", timeout=TIMEOUT).content, httpx.get(url, timeout=TIMEOUT).json()
+
+
+def test_sendmail(launcher: Launcher, tmp_path: Path) -> None:
+    """The example as shown, but for the ports: the server is found through
+    MAILGATE_SENDMAIL_SERVER, and the curl asks the test's server."""
+    block = readme_block("console", "$ printf 'Subject: Backup done")
+    (send, sent), (curl, raw) = commands(block)
+    served, env = catcher(launcher)
+    done = shell(send, cwd=tmp_path, env=env)
+    assert (done.returncode, done.stdout, done.stderr, sent) == (0, "", "", "")
+    url = served.http_url.removeprefix("http://").rstrip("/")
+    command = curl.replace("127.0.0.1:8025", url)
+    if shutil.which("curl") is None:  # as in test_messages_show_and_curl
+        got = httpx.get(command.split()[-1], timeout=TIMEOUT).text
+    else:
+        got = run_console_command(command, cwd=tmp_path)
+    assert "<backup@example.org>" in got
+
+    def same(text: str) -> str:
+        text = text.replace("\r\n", "\n")
+        return MESSAGE_ID.sub("<MESSAGE-ID>", TRACE_DATE.sub("DATE", ANY_ID.sub("ID", text)))
+
+    assert same(got) == same(raw)
+    assert "`127.0.0.1:1025`, the default listener" in README.read_text()
+    assert "else 127.0.0.1:1025" in mailgate("sendmail", "--help", cwd=tmp_path).stdout
+    served.stop_cleanly()
+
+
+PHP_MAIL = (
+    'exit(mail("ops@example.org", "Backup done", "All 3\\n.\\nvolumes copied.",'
+    ' "From: backup@example.org\\r\\nBcc: boss@example.org") ? 0 : 1);'
+)
+
+
+def test_sendmail_for_php(launcher: Launcher, tmp_path: Path) -> None:
+    """PHP's mail() with the php.ini line shown, and with the shorter one the text names."""
+    php = require_tool("php")
+    text = README.read_text()
+    default = subprocess.run(
+        [php, "-n", "-r", 'echo ini_get("sendmail_path");'],
+        capture_output=True, text=True, timeout=TIMEOUT, check=True,
+    ).stdout  # fmt: skip
+    assert default.endswith(" -t -i")
+    assert "the flags of PHP's own default, `sendmail -t -i`" in text
+    served, env = catcher(launcher)
+    env["PATH"] = f"{MAILGATE.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    shorter = 'sendmail_path = "mailgate sendmail"'
+    assert f"`{shorter}` works too" in text
+    for ini, body in [
+        (readme_block("ini", "sendmail_path").text, b"All 3\r\n.\r\nvolumes copied.\r\n"),
+        (f"{shorter}\n", b"All 3\r\n"),  # without -i, a lone dot ends the message
+    ]:
+        (tmp_path / "php.ini").write_text(ini)
+        done = subprocess.run(
+            [php, "-c", str(tmp_path / "php.ini"), "-r", PHP_MAIL],
+            cwd=tmp_path, env=environment(env), capture_output=True, text=True,
+            timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), ini
+        content, summary = latest(served)
+        assert content.endswith(b"\r\n\r\n" + body), ini
+        assert b"boss@" not in content  # Bcc removed, in the envelope only:
+        assert summary["Bcc"] == [{"Name": "", "Address": "boss@example.org"}]
+        assert summary["To"] == [{"Name": "", "Address": "ops@example.org"}]
+    served.stop_cleanly()
+
+
+def test_sendmail_for_cron(launcher: Launcher, tmp_path: Path) -> None:
+    """The link made in a directory of the test's own rather than /usr/sbin, without sudo."""
+    block = readme_block("console", "$ sudo ln -s")
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    served, env = catcher(launcher)
+    for command, output in commands(block):
+        here = command.removeprefix("sudo ").replace("/usr/sbin/sendmail", f"{sbin}/sendmail")
+        done = shell(here, cwd=tmp_path, env=env)
+        assert (done.returncode, done.stdout, done.stderr, output) == (0, "", "", "")
+    assert (sbin / "sendmail").resolve() == MAILGATE.resolve()
+    content, summary = latest(served)
+    assert content.endswith(b"\r\n\r\ndisk 91% full\r\n")
+    assert summary["Bcc"] == [{"Name": "", "Address": "ops@example.org"}]
+    served.stop_cleanly()
 
 
 # -- in your tests --------------------------------------------------------------------------------
