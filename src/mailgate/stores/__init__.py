@@ -18,9 +18,20 @@ from urllib.parse import SplitResult, unquote, urlsplit
 
 from mailgate.ports import MessageStore, StoreError
 from mailgate.stores._health import WriteHealth, WriteState
-from mailgate.stores.sqlite import SQLiteStore
+from mailgate.stores.sqlite import INTEGRITY_CHECK_SECONDS, Integrity, SQLiteStore, check_integrity
 
-__all__ = ["SQLiteStore", "StoreError", "StoreURLError", "WriteHealth", "WriteState", "open_store"]
+__all__ = [
+    "INTEGRITY_CHECK_SECONDS",
+    "Integrity",
+    "SQLiteStore",
+    "StoreError",
+    "StoreURLError",
+    "WriteHealth",
+    "WriteState",
+    "check_integrity",
+    "check_store",
+    "open_store",
+]
 
 SQLITE_URL_EXAMPLE = "sqlite:///path/to/mail.db"
 PLANNED_SCHEMES = frozenset({"maildir"})
@@ -53,13 +64,32 @@ async def open_store(url: str) -> MessageStore:
     return await opener(url, parts)
 
 
-async def _open_sqlite(url: str, parts: SplitResult) -> MessageStore:
+async def check_store(url: str) -> Integrity | None:
+    """Check the store a URL names before a server opens it, off the event loop.
+
+    For SQLite, ``stores.sqlite.check_integrity`` (at most
+    ``INTEGRITY_CHECK_SECONDS``), whose findings short of damage it returns;
+    ``None`` for PostgreSQL, whose server checks its own pages.  Raises
+    ``StoreError`` (one line, naming the file and what is damaged) for a
+    damaged database, ``StoreURLError`` for a URL naming no known store.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        return None
+    return await asyncio.to_thread(check_integrity, _sqlite_path(url, parts))
+
+
+def _sqlite_path(url: str, parts: SplitResult) -> Path:
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise StoreURLError(f"bad message store URL {url!r}: expected {SQLITE_URL_EXAMPLE}")
     path = Path(unquote(parts.path))
     if not parts.path or path.name in ("", ".", "..") or parts.path.endswith("/"):
         raise StoreURLError(f"message store URL {url!r} names no database file")
-    return await asyncio.to_thread(_sqlite_store, path)
+    return path
+
+
+async def _open_sqlite(url: str, parts: SplitResult) -> MessageStore:
+    return await asyncio.to_thread(_sqlite_store, _sqlite_path(url, parts))
 
 
 def _sqlite_store(path: Path) -> SQLiteStore:

@@ -9,6 +9,8 @@ own:
   commit service, for a store connected to one, else its own writer;
 - ``_open``: the files, the schema and its upgrades, the open lock, and the
   sweep of body files no row names;
+- ``_integrity``: the check of the file a server makes before it opens the
+  store (``PRAGMA quick_check``), which refuses a damaged database;
 - ``_schema``: the tables, and the mapping between rows and the model
   (compiled with mypyc, as a new message's row is made there);
 - ``_records``: ``NewMessageRecord``, a new message as a transaction takes
@@ -37,7 +39,8 @@ changes.
 
 from __future__ import annotations
 
+from mailgate.stores.sqlite._integrity import INTEGRITY_CHECK_SECONDS, Integrity, check_integrity
 from mailgate.stores.sqlite._store import SQLiteStore
 from mailgate.stores.sqlite._transactions import WriterStats
 
-__all__ = ["SQLiteStore", "WriterStats"]
+__all__ = ["INTEGRITY_CHECK_SECONDS", "Integrity", "SQLiteStore", "WriterStats", "check_integrity"]
