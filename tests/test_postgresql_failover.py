@@ -219,7 +219,7 @@ def go_away_and_come_back(cluster: Cluster, http_url: str, outcomes: Outcomes) -
     # Away: the node says it is not ready, and every message is refused for now.
     until(lambda: readyz(http_url) == 503, "/readyz answers 503")
     ready = httpx.get(f"{http_url}readyz", timeout=TIMEOUT).json()
-    assert ready["status"] == "store unavailable", ready
+    assert (ready["status"], ready["failed"]) == ("not ready", "store"), ready
     away = len(outcomes)
     until(lambda: len(outcomes) >= away + AWAY_ANSWERS, f"{AWAY_ANSWERS} answers while away")
     settled = outcomes.since(away)
