@@ -348,6 +348,22 @@ def test_bad_durations(text: str) -> None:
     )
 
 
+def test_session_deadlines(tmp_path: Path) -> None:
+    limits = load(
+        {"stress_timeout": "5", "min_data_rate": "2K", "data_rate_grace": "1m"},
+        env={"MAILGATE_MAX_SESSION_TIME": "2h"},
+    ).limits
+    assert (limits.stress_timeout, limits.min_data_rate, limits.data_rate_grace) == (5, 2048, 60)
+    assert limits.max_session_time == 7200
+    toml = "[limits]\nmin_data_rate = 0\nmax_session_time = 600\n"
+    limits = load(toml=toml, tmp_path=tmp_path).limits
+    assert (limits.min_data_rate, limits.max_session_time) == (0, 600)
+    assert error_of({"max_session_time": "0.5"}) == (
+        "--max-session-time: must be at least 1 seconds, got 0.5"
+    )
+    assert error_of({"min_data_rate": "fast"}).startswith("--min-data-rate: 'fast' is not a size")
+
+
 def test_duration_bounds(tmp_path: Path) -> None:
     assert error_of({"idle_timeout": "0"}) == (
         "--idle-timeout: must be at least 0.001 seconds, got 0"

@@ -137,7 +137,28 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "limits.idle_timeout", "--idle-timeout", "MAILGATE_IDLE_TIMEOUT", "limits.idle_timeout",
         parse_duration(least=0.001), "SECONDS",
-        "close a connection silent this long (default 300; RFC 5321 4.5.3.2.7)",
+        "close a connection that finishes no command line in this long (default 300; "
+        "RFC 5321 4.5.3.2.7)",
+    ),
+    Option(
+        "limits.stress_timeout", "--stress-timeout", "MAILGATE_STRESS_TIMEOUT",
+        "limits.stress_timeout", parse_duration(least=0.001), "SECONDS",
+        "the idle timeout once 3/4 of the connection slots are taken (default 10)",
+    ),
+    Option(
+        "limits.min_data_rate", "--min-data-rate", "MAILGATE_MIN_DATA_RATE",
+        "limits.min_data_rate", parse_size(least=0), "OCTETS",
+        "octets a second a message's content must average after its grace (default 1K; 0: any)",
+    ),
+    Option(
+        "limits.data_rate_grace", "--data-rate-grace", "MAILGATE_DATA_RATE_GRACE",
+        "limits.data_rate_grace", parse_duration(least=0), "SECONDS",
+        "seconds of content before --min-data-rate applies (default 30)",
+    ),
+    Option(
+        "limits.max_session_time", "--max-session-time", "MAILGATE_MAX_SESSION_TIME",
+        "limits.max_session_time", parse_duration(least=1), "SECONDS",
+        "longest one SMTP connection may last (default 3600)",
     ),
     Option(
         "limits.error_budget", "--error-budget", "MAILGATE_ERROR_BUDGET", "limits.error_budget",

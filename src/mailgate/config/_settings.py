@@ -101,6 +101,18 @@ class Limits:
     max_connections: int = 1000
     max_connections_per_ip: int = 100
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    """Seconds a client may take to finish its next command line, or to send more of a
+    message's content; bytes that finish nothing do not count (server._deadlines)."""
+    stress_timeout: float = 10.0
+    """The idle timeout (and the content rate's grace) once three quarters of the
+    connection slots are taken, as Postfix's stress mode has it."""
+    min_data_rate: int = 1024
+    """Octets a second a message's content must average once past ``data_rate_grace``;
+    0: no minimum."""
+    data_rate_grace: float = 30.0
+    """Seconds of content before ``min_data_rate`` applies."""
+    max_session_time: float = 3600.0
+    """Seconds one connection may last, however busy."""
     error_budget: int = DEFAULT_ERROR_BUDGET
     max_line_length: int = MAX_TEXT_LINE_OCTETS
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE_SECONDS

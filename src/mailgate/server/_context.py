@@ -63,6 +63,34 @@ class ServedSession(Protocol):
         """Say ``reply`` (a 421) and close, abandoning any open transaction."""
         ...
 
+    # What the server's deadlines (server._deadlines) read, in the event loop's time.
+
+    @property
+    def admitted_at(self) -> float:
+        """When the session was greeted."""
+        ...
+
+    @property
+    def progress_at(self) -> float:
+        """When the client last finished a command line or sent content, or the server
+        last finished a reply it had to wait for."""
+        ...
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the client waits on the server (a commit, a password check, a TLS
+        handshake), or the session is closed already: no deadline runs then."""
+        ...
+
+    @property
+    def content_progress(self) -> tuple[float, int] | None:
+        """While a message's content arrives: when it began, and its octets so far."""
+        ...
+
+    def time_out(self, reason: str) -> None:
+        """Say ``421 4.4.2`` with ``reason`` and close, abandoning any open transaction."""
+        ...
+
 
 class SessionHost(Protocol):
     """The server a session runs in, as the session sees it."""

@@ -2,7 +2,10 @@
 
 Connection limits are checked before the greeting: a client over the
 overall or per-address limit gets ``421`` and is closed; the log has one
-line per client address a minute for those, with a count.  ``aclose`` stops
+line per client address a minute for those, with a count.  When every
+slot is taken, a session that has long made no progress gives way to the
+newcomer; the server's sweep holds sessions to their deadlines
+(``server._deadlines``).  ``aclose`` stops
 accepting, says ``421`` to idle sessions at once, lets sessions inside a
 transaction finish within the grace period, then closes what is left.
 """
@@ -23,6 +26,7 @@ from mailgate.config import Listen, Settings
 from mailgate.ports import Authenticator, AuthThrottle, Clock, MailSink
 from mailgate.protocol import MECHANISMS, ConnectionSettings, Reply
 from mailgate.server._context import Listener, ServedSession, SessionContext
+from mailgate.server._deadlines import Deadlines
 from mailgate.server._log import RefusalLog
 from mailgate.server._policy import RecipientPolicy
 from mailgate.server._session import Session
@@ -126,6 +130,8 @@ class SMTPServer:
         """What every session is told when the server stops."""
         self._sessions: set[ServedSession] = set()
         self._per_address: Counter[str] = Counter()
+        self._deadlines = Deadlines(limits)
+        self._sweeping: asyncio.Handle | None = None
         self._refusal_log = RefusalLog(log)
         self._bound: dict[str, asyncio.Server] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -153,6 +159,13 @@ class SMTPServer:
         """Accept connections on every bound listener."""
         for server in self._bound.values():
             await server.start_serving()
+        if self._sweeping is None:
+            self._sweeping = asyncio.get_running_loop().call_soon(self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadlines.sweep(self._sessions, loop.time())
+        self._sweeping = loop.call_later(self._deadlines.period, self._sweep)
 
     def session_context(self, listener: Listener) -> SessionContext:
         """What each session accepted on ``listener`` is given."""
@@ -210,12 +223,16 @@ class SMTPServer:
         address = session.peer[0]
         if self.closing:
             return "Shutting down"
-        if len(self._sessions) >= limits.max_connections:
-            refusal = "Too many connections, try again later"
-        elif self._per_address[address] >= limits.max_connections_per_ip:
+        refusal = None
+        if self._per_address[address] >= limits.max_connections_per_ip:
             refusal = "Too many connections from your address, try again later"
-        else:
-            refusal = None
+        elif len(self._sessions) >= limits.max_connections:
+            now = asyncio.get_running_loop().time()
+            stalled = self._deadlines.give_way(self._sessions, self._per_address, address, now)
+            if stalled is None:
+                refusal = "Too many connections, try again later"
+            else:  # it gives its slot to the newcomer
+                stalled.time_out("Idle timeout")
         if refusal is not None:
             # A flood of these would flood the log: one line per address a minute.
             self._refusal_log.refused(address, f"421 4.7.0 {refusal}")
@@ -246,6 +263,8 @@ class SMTPServer:
             await self._closed.wait()
             return
         self.closing = True
+        if self._sweeping is not None:
+            self._sweeping.cancel()
         for listener in self._bound.values():
             listener.close()
         bye = self.shutdown_reply

@@ -3,13 +3,12 @@
 The session is a thin shell.  The engine parses and answers protocol
 errors; the session decides policy (who may send to whom), streams content
 into a spool and commits it through the ``MailSink`` port.  Only the shell
-knows about time: the idle timeout lives here.
+knows about time: it notes when the client last made progress, and the
+server's deadlines (``server._deadlines``) read that.
 
-The session is made with a ``SessionContext`` (``server._context``): what
-it needs of the server that accepted it, and nothing more.  The received
-time of a message comes from the context's clock, the one the rest of the
-node uses.  AUTH reaches the session as the credentials to check, the
-engine having run the SASL exchange.
+It is made with a ``SessionContext`` (``server._context``): what it needs
+of its server, the node's one clock included.  AUTH reaches it as the
+credentials to check, the engine having run the SASL exchange.
 
 Replies to pipelined commands are collected and written once the engine
 needs more input (RFC 2920 3.2).  While a commit is in flight the session
@@ -97,8 +96,7 @@ class Session(asyncio.Protocol):
         self._paused = False
         self._write_paused = False
         self._closed = False
-        self._last_activity = 0.0
-        self._idle_handle: asyncio.TimerHandle | None = None
+        self.admitted_at = self.progress_at = 0.0
         self._tls: TLSInfo | None = None
         self._tls_layer: TLSLayer | None = None
         self._handshake_handle: asyncio.TimerHandle | None = None
@@ -139,13 +137,11 @@ class Session(asyncio.Protocol):
             return
         self._conn.send(Reply(220, None, f"{hostname} ESMTP mailgate ready"))
         self._flush()
-        self._touch()
+        self.admitted_at = self.progress_at = self._loop.time()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._abort_transaction()
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
         if self._handshake_handle is not None:
             self._handshake_handle.cancel()
         if self._linger_handle is not None:
@@ -156,7 +152,7 @@ class Session(asyncio.Protocol):
             self.closed.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        self._touch()
+        # Only progress counts against the deadlines, not bytes: see _pump.
         if self._tls_layer is not None:
             self._receive_tls(data, eof=False)
             return
@@ -217,25 +213,24 @@ class Session(asyncio.Protocol):
             State.BDAT,
         )
 
-    def _touch(self) -> None:
-        loop = self._loop
-        self._last_activity = loop.time()
-        if self._idle_handle is None:
-            self._idle_handle = loop.call_later(self._context.limits.idle_timeout, self._check_idle)
+    @property
+    def waiting(self) -> bool:
+        """Whether the client waits on the server, or the session is closed already."""
+        return self._busy or self._closed
 
-    def _check_idle(self) -> None:
-        loop = self._loop
-        remaining = self._last_activity + self._context.limits.idle_timeout - loop.time()
-        if remaining > 0:
-            self._idle_handle = loop.call_later(remaining, self._check_idle)
-            return
-        self._idle_handle = None
-        if self._busy:  # the store is slow, not the client
-            self._touch()
-            return
-        log.info("idle timeout for %s", self._peer[0])
+    @property
+    def content_progress(self) -> tuple[float, int] | None:
+        """While a message's content arrives: when it began, and its octets so far."""
+        txn = self._txn
+        if txn is None or txn.spool is None:
+            return None
+        return txn.content_started, txn.spool.size
+
+    def time_out(self, reason: str) -> None:
+        """Cut the client off for a deadline it missed (server._deadlines)."""
+        log.info("%s for %s", reason.lower(), self._peer[0])
         self._log.end = "timeout"
-        self.shutdown(Reply(421, "4.4.2", f"{self._context.hostname} Idle timeout, closing"))
+        self.shutdown(Reply(421, "4.4.2", f"{self._context.hostname} {reason}, closing"))
 
     def shutdown(self, reply: Reply) -> None:
         """Say ``reply`` (a 421) and close, abandoning any open transaction.
@@ -305,18 +300,24 @@ class Session(asyncio.Protocol):
 
     def _pump(self) -> None:
         conn = self._conn
+        progress = False
         try:
             while not self._closed:
                 event = conn.next_event()
-                if event is NEED_DATA or self._handle(event):
-                    # Input ran dry, or an asynchronous step took over (it resumes
-                    # the pump), or the session is over.
+                if event is NEED_DATA:
+                    break
+                progress = True
+                if self._handle(event):
+                    # An asynchronous step took over (it resumes the pump), or the
+                    # session is over.
                     break
         except Exception:
             log.exception("session with %s failed", self._peer[0])
             self._log.end = "error"
             self.shutdown(Reply(421, "4.3.0", f"{self._context.hostname} Internal error, closing"))
             return
+        if progress:  # a whole command line, or content: bytes alone are no progress
+            self.progress_at = self._loop.time()
         self._flush()
         if self._host.closing and not self.in_transaction and not self._closed:
             self.shutdown(self._context.shutdown_reply)
@@ -371,16 +372,14 @@ class Session(asyncio.Protocol):
         conn = self._conn
         hostname = self._context.hostname
         if isinstance(event, Ehlo):
-            conn.send(conn.ehlo_reply(f"{hostname} Hello {self._greeting_name(event.name)}"))
+            # Any name is taken (RFC 5321 4.1.4), cleaned of what would make the reply unsendable.
+            conn.send(
+                conn.ehlo_reply(f"{hostname} Hello {clean(event.name, 64)} [{self._peer[0]}]")
+            )
         elif isinstance(event, Helo):
             conn.send(Reply(250, None, hostname))
         else:
             conn.send(_RSET_OK)
-
-    def _greeting_name(self, name: str) -> str:
-        # Any name is taken (RFC 5321 4.1.4), but a control character in it would
-        # make the reply unsendable.
-        return f"{clean(name, 64)} [{self._peer[0]}]"
 
     def _envelope_command(self, event: MailFrom | RcptTo) -> None:
         conn = self._conn
@@ -410,6 +409,7 @@ class Session(asyncio.Protocol):
         assert txn is not None
         if txn.spool is None:
             txn.spool = self._sink.begin(self._envelope(txn))
+            txn.content_started = self._loop.time()
         return txn.spool
 
     def _protocol(self, mail: MailFrom) -> str:
@@ -440,8 +440,7 @@ class Session(asyncio.Protocol):
     def _content_refused(self, event: DataAborted) -> None:
         """The engine refused the message (too big, a bad line) and has said so."""
         txn = self._txn
-        # The refusal is among the replies not yet written (before a 421, if
-        # that was the client's last error): written now, a little early.
+        # The refusal is among the replies not yet written (before a 421, maybe): written now.
         reply = refusal_in(self._flush(), event.reason)
         if reply is not None and txn is not None:
             self._log_refusal(reply, txn.mail.address, txn.recipients)
@@ -530,6 +529,7 @@ class Session(asyncio.Protocol):
         self._backlog = 0
         if self._closed:
             return
+        self.progress_at = self._loop.time()  # the wait was the server's, not the client's
         self._conn.send(reply)
         self._set_reading()
         self._pump()
@@ -598,3 +598,4 @@ class Session(asyncio.Protocol):
         self._conn.tls_established()
         self._busy = False
         self._backlog = 0
+        self.progress_at = self._loop.time()

@@ -40,13 +40,15 @@ def protocol_name(*, extended: bool, smtputf8: bool, tls: bool, authenticated: b
 class Transaction:
     """The open transaction: its ``MAIL``, accepted recipients and their parameters."""
 
-    __slots__ = ("mail", "rcpt_params", "recipients", "spool")
+    __slots__ = ("content_started", "mail", "rcpt_params", "recipients", "spool")
 
     def __init__(self, mail: MailFrom) -> None:
         self.mail = mail
         self.recipients: list[str] = []
         self.rcpt_params: list[dict[str, str | None]] = []
         self.spool: Spool | None = None
+        self.content_started = 0.0
+        """When the spool was opened, in the event loop's time (server._deadlines)."""
 
     def add(self, address: str, members: Sequence[str], params: Mapping[str, str | None]) -> None:
         """Add an accepted ``RCPT``: ``members`` is who receives mail to ``address``.
