@@ -84,7 +84,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
             subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-def test_a_message_that_fills_the_disk_gets_452_after_its_end(small_disk: Path) -> None:
+def test_a_message_that_fills_the_disk_gets_452_after_its_end(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = Settings(limits=Limits(max_message_size=0, min_free_space=1))
     line = b"x" * 998 + b"\r\n"
     with (
@@ -108,3 +110,6 @@ def test_a_message_that_fills_the_disk_gets_452_after_its_end(small_disk: Path) 
         [stored] = server.messages()
         assert stored.subject == "small"
     assert not list((small_disk / "spool").glob("*.spool"))
+    # A resource shortage is logged in one line, never with a traceback.
+    assert not [record for record in caplog.records if record.exc_info], caplog.text
+    assert "No space left on device" in caplog.text
