@@ -13,7 +13,10 @@ here:
   SMTP process has finished its transactions.  While it is being started
   again the SMTP processes answer new mail with ``451`` and reach it again
   as soon as it listens (``mailgate.stores.SQLiteStore``'s route for new
-  mail): clients send again, as they do.
+  mail): clients send again, as they do.  It is what ``/readyz`` asks
+  whether new mail is committed (``health``): the service reports, on its
+  stdout, each change of whether its commits go through
+  (``mailgate.stores.WriteState``), whichever SMTP process sent the mail.
 - ``run_commit_service``, the service itself (``python -m mailgate.runtime
   commit-service``): reads the settings and the socket path on its stdin,
   opens the store, listens on the socket, answers ``ready``, and commits what
@@ -40,6 +43,7 @@ from typing import NoReturn
 
 from mailgate import MailgateError
 from mailgate.config import Settings
+from mailgate.ports import HealthCheck
 from mailgate.runtime._process import (
     COMMIT_SERVICE,
     EXIT_FAILURE,
@@ -51,7 +55,7 @@ from mailgate.runtime._process import (
     when_parent_gone,
 )
 from mailgate.runtime._supervisor import Child, Supervisor
-from mailgate.stores import SQLiteStore, open_store
+from mailgate.stores import SQLiteStore, WriteHealth, WriteState, open_store
 
 __all__ = ["CommitService", "run_commit_service"]
 
@@ -59,13 +63,37 @@ LISTEN_BACKLOG = 128
 
 
 class CommitService(Supervisor):
-    """The commit service of the store ``settings`` name, listening at ``socket_path``."""
+    """The commit service of the store ``settings`` name, listening at ``socket_path``;
+    a ``ports.HealthReporter`` of its commits."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(1, settings.limits.shutdown_grace)
         self.settings = settings
         self._directory = Path(tempfile.mkdtemp(prefix="mailgate-"))  # mode 0700
         self.socket_path = str(self._directory / "commit.sock")
+        self._commits = WriteHealth()
+        self._running = False
+
+    def health(self) -> list[HealthCheck]:
+        """``commits``: whether the service runs and its commits go through."""
+        if not self._running:
+            return [HealthCheck("commits", "the commit service is not running; it is starting")]
+        return [HealthCheck("commits", self._commits.problem())]
+
+    def _started(self, number: int) -> None:
+        self._commits.adopt(WriteState())  # a new process, which has committed nothing yet
+        self._running = True
+
+    def _exited(self, number: int) -> None:
+        self._running = False
+
+    def _reported(self, number: int, line: str) -> None:
+        try:
+            state = WriteState.from_line(line)
+        except ValueError:
+            super()._reported(number, line)
+            return
+        self._commits.adopt(state)
 
     def _child(self, number: int) -> Child:
         return Child(
@@ -124,7 +152,9 @@ async def _commit(settings: Settings, socket_path: str) -> int:
         when_parent_gone(loop, parent_gone)
         answer_parent(READY)
         with listener:
-            await asyncio.to_thread(store.serve_commit_service, listener, stop_reader.fileno())
+            await asyncio.to_thread(
+                store.serve_commit_service, listener, stop_reader.fileno(), _tell_parent
+            )
         if orphaned:  # nobody else is left to remove the socket and its directory
             with contextlib.suppress(OSError):
                 os.unlink(socket_path)
@@ -134,6 +164,14 @@ async def _commit(settings: Settings, socket_path: str) -> int:
         stop_writer.close()
         await store.aclose()
     return EXIT_OK
+
+
+def _tell_parent(state: WriteState) -> None:
+    """Report a change of whether the service's commits go through: one line on stdout."""
+    try:
+        answer_parent(state.to_line())
+    except OSError:  # the parent is gone: the service stops on its stdin's end
+        pass
 
 
 def _listen(path: str) -> socket.socket:

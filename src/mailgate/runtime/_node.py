@@ -26,8 +26,9 @@ from typing import Self
 from mailgate.auth import AcceptAnyAuthenticator, Throttle, UsersFile
 from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings, SystemClock
-from mailgate.ports import Authenticator, MessageStore, QueueStore, StoreError
+from mailgate.ports import Authenticator, HealthReporter, MessageStore, QueueStore, StoreError
 from mailgate.runtime._commit_service import CommitService
+from mailgate.runtime._health import DiskRoom, NodeHealth
 from mailgate.runtime._queue_service import QueueService
 from mailgate.runtime._workers import WorkerPool, worker_settings
 from mailgate.server import (
@@ -37,12 +38,16 @@ from mailgate.server import (
     ensure_self_signed,
     server_context,
 )
-from mailgate.stores import SQLiteStore, open_store
+from mailgate.stores import Integrity, SQLiteStore, check_store, open_store
 from mailgate.web import HTTPService, WebSettings, create_app
 
 __all__ = ["Mailgate"]
 
 log = logging.getLogger("mailgate")
+
+SLOW_CHECK_SECONDS = 1.0
+"""A check of the store at start-up that takes this long is logged (a big store, a cold
+disk), so a slow start says why."""
 
 
 def tls_context_for(settings: Settings) -> ssl.SSLContext | None:
@@ -86,6 +91,30 @@ def release_allowed(settings: Settings) -> bool:
         return http.host == "localhost"
 
 
+def _report_integrity(integrity: Integrity | None) -> None:
+    """Log what the check of the store at start-up found short of damage (which it raises)."""
+    if integrity is None:
+        return
+    where = integrity.database
+    if not integrity.finished:
+        log.warning(
+            "the integrity check of %s stopped after %.1f s, before its end: damage it did not"
+            " reach shows on /readyz once a commit fails",
+            where,
+            integrity.seconds,
+        )
+    elif integrity.unused_pages:
+        log.error(
+            "%s has %d pages that no table uses (space lost, no mail at risk): VACUUM it"
+            " while mailgate is stopped to get the space back",
+            where,
+            integrity.unused_pages,
+        )
+    else:  # said when it made the start slow to see
+        level = logging.INFO if integrity.seconds >= SLOW_CHECK_SECONDS else logging.DEBUG
+        log.log(level, "checked the integrity of %s in %.2f s", where, integrity.seconds)
+
+
 class Mailgate:
     """A running mailgate: ``async with Mailgate(settings) as app: ...``.
 
@@ -95,8 +124,9 @@ class Mailgate:
     processes less one (see ``_workers``); ``worker`` is the number of the
     worker this is, which serves SMTP only.  With an SQLite store the node
     starts the commit service and sends it all new mail; a worker is given
-    its socket as ``commit_service_socket``.  ``start`` raises
-    ``StoreError``, ``TLSConfigError``, ``ServerConfigError``,
+    its socket as ``commit_service_socket``.  Before it opens an SQLite store
+    it checks the file (``stores.check_store``): a damaged one is refused.
+    ``start`` raises ``StoreError``, ``TLSConfigError``, ``ServerConfigError``,
     ``ChildStartError`` (a worker or the commit service could not start) or
     ``OSError`` (an address in use) with a one-line message.
     """
@@ -162,6 +192,8 @@ class Mailgate:
         settings = self.settings
         tls_context = self._tls_context or tls_context_for(settings)
         authenticator = self._authenticator or authenticator_for(settings)
+        if not self.worker:  # the serving process checks, before anything writes
+            _report_integrity(await check_store(settings.store_url))
         self._store = await open_store(settings.store_url)
         try:
             await self._reach_commit_service(self._store)
@@ -205,6 +237,7 @@ class Mailgate:
                 self._http = HTTPService(
                     create_app(
                         self._store,
+                        health=self._health(),
                         sink=sink,
                         is_local=self._server.policy.is_local,
                         auth_throttle=throttle,
@@ -228,6 +261,13 @@ class Mailgate:
         except BaseException:
             await self.aclose()
             raise
+
+    def _health(self) -> NodeHealth:
+        """What ``/readyz`` asks besides a read of the store: the store's own writer, the
+        commit service (new mail), and room on the spool's file system, as ``MAIL`` asks."""
+        parts = [p for p in (self._store, self._commit_service) if isinstance(p, HealthReporter)]
+        room = DiskRoom(self.settings.data_dir / "spool", self.settings.limits.free_space_floor)
+        return NodeHealth([*parts, room])
 
     async def _reach_commit_service(self, store: MessageStore) -> None:
         """Start the commit service (a worker: reach the serving process's) and send it new mail.

@@ -81,7 +81,8 @@ def new_runner() -> asyncio.Runner:
 
 
 def answer_parent(line: str) -> None:
-    """Tell the parent process ``READY`` or ``error: ...``: one line on stdout."""
+    """Tell the parent process ``READY`` or ``error: ...``, or later a report: one line on
+    stdout."""
     sys.stdout.buffer.write(line.replace("\n", " ").encode() + b"\n")
     sys.stdout.buffer.flush()
 

@@ -6,8 +6,10 @@ are children of the serving process, each a fresh interpreter running
 its payload on the child's stdin (a pickle; both ends are this program) and
 keeps that pipe open: a child whose stdin reaches end-of-file has lost its
 parent and stops.  A child answers ``ready``, or ``error: ...`` on one line,
-on its stdout.  SIGTERM stops a child gracefully; one that takes too long is
-killed.  A child that dies is started again, after a pause that grows with
+on its stdout; each line it writes there afterwards is a report for its
+parent (``Supervisor._reported``: the commit service says so whether its
+commits go through).  SIGTERM stops a child gracefully; one that takes too
+long is killed.  A child that dies is started again, after a pause that grows with
 each failure in a row.
 """
 
@@ -19,7 +21,9 @@ import logging
 import pickle
 import signal
 from asyncio.subprocess import PIPE, Process
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from mailgate import MailgateError
 from mailgate.runtime._process import READY, child_command
@@ -70,6 +74,16 @@ class Supervisor:
         """What child ``number`` runs."""
         raise NotImplementedError
 
+    def _started(self, number: int) -> None:
+        """Child ``number`` answered ``ready`` (at start, or started again)."""
+
+    def _exited(self, number: int) -> None:
+        """Child ``number`` exited, and is to be started again."""
+
+    def _reported(self, number: int, line: str) -> None:
+        """Child ``number`` wrote ``line`` (without its end) on its stdout after ``ready``."""
+        log.warning("%s said %r", self._child(number).name, line[:200])
+
     @property
     def pids(self) -> list[int]:
         """The process ids of the children running now."""
@@ -87,9 +101,17 @@ class Supervisor:
             await self.aclose()
             raise failure
         for number in numbers:
-            task = asyncio.create_task(self._supervise(number), name=f"mailgate-child-{number}")
-            self._watchers.add(task)
-            task.add_done_callback(self._watchers.discard)
+            self._track(self._supervise(number), f"mailgate-child-{number}")
+
+    def _track(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _listen(self, number: int, stdout: asyncio.StreamReader) -> None:
+        """Hand each line child ``number`` writes to ``_reported``, until it exits."""
+        while line := await stdout.readline():
+            self._reported(number, line.decode("utf-8", "replace").rstrip("\n"))
 
     async def _spawn(self, number: int) -> None:
         child = self._child(number)
@@ -106,6 +128,8 @@ class Supervisor:
         except (TimeoutError, ConnectionError):
             line = b""
         if line.rstrip(b"\n") == READY.encode():
+            self._started(number)
+            self._track(self._listen(number, process.stdout), f"mailgate-child-{number}-reports")
             return
         await _stop(process, STOP_MARGIN_SECONDS)
         reason = line.decode("utf-8", "replace").strip().removeprefix("error: ")
@@ -122,6 +146,7 @@ class Supervisor:
             status = await self._processes[number].wait()
             if self._closing:
                 return
+            self._exited(number)
             if loop.time() - started >= HEALTHY_AFTER_SECONDS:
                 failures = 0
             delay = RESTART_DELAYS_SECONDS[min(failures, len(RESTART_DELAYS_SECONDS) - 1)]
