@@ -115,8 +115,6 @@ class MemoryThresholdSpool:
         self._directory = directory
         self._threshold = threshold
         self._budget = budget
-        self._buffer: bytearray | bytes = bytearray()
-        self._size = 0
         self._file: BinaryIO | None = None
         self._path: str | None = None
         self._header_filter: ReturnPathFilter | None = ReturnPathFilter()
@@ -125,7 +123,15 @@ class MemoryThresholdSpool:
         """Why the content could not be kept, once writing it failed."""
         self.received_fields = 0
         """``Received`` fields in the header the client sent (the trace header not counted)."""
-        self._append(trace_header)
+        size = len(trace_header)
+        if size <= budget.free and size <= threshold:  # as _append does it, a call less
+            budget.free -= size
+            self._buffer: bytearray | bytes = bytearray(trace_header)
+            self._size = size
+        else:  # no room in memory: to a file at once
+            self._buffer = bytearray()
+            self._size = 0
+            self._append(trace_header)
 
     @property
     def size(self) -> int:
