@@ -263,6 +263,11 @@ def test_a_dead_commit_service_means_451_until_it_is_started_again(
     first = served.commit_service()
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: gone(first), "the commit service to die")
+    # /readyz says so until it is back (it is started again after half a second).
+    wait_until(
+        lambda: readyz_error(served) == "the commit service is not running; it is starting",
+        "/readyz to say the commit service is not running",
+    )
     outcomes: dict[str, str] = {}
     deadline = time.monotonic() + TIMEOUT
     in_a_row = 0
@@ -273,6 +278,7 @@ def test_a_dead_commit_service_means_451_until_it_is_started_again(
         in_a_row = in_a_row + 1 if code == "250" else 0
     assert set(outcomes.values()) == {"250", "451 4.3.0"}, "none refused, or not with 451"
     assert served.commit_services() not in ([], [first])
+    assert readyz_error(served) is None
     status, err = served.stop()
     assert status == 0, err
     assert "the commit service exited with status -9; starting it again" in err, err
@@ -286,6 +292,14 @@ def test_a_dead_commit_service_means_451_until_it_is_started_again(
     finally:
         connection.close()
     assert stored == Counter(subject for subject, code in outcomes.items() if code == "250")
+
+
+def readyz_error(served: Served) -> str | None:
+    """Why ``/readyz`` says the node is not ready, or ``None`` when it is."""
+    ready = httpx.get(f"{served.http_url}readyz", timeout=TIMEOUT)
+    error: str | None = ready.json().get("error")
+    assert (ready.status_code == 200) == (error is None), ready.text
+    return error
 
 
 def send_once(port: int, message: str) -> str:

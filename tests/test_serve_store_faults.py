@@ -301,3 +301,43 @@ def test_a_full_disk_fails_readyz_until_space_is_freed(
     assert readyz(served).status_code == 200
     assert listed_subjects(served) == {"before", "after"}
     served.stop_cleanly()
+
+
+_DISK_FULL = """
+CREATE FUNCTION mailgate_test_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'disk_full',
+        MESSAGE = 'could not extend file "base/1/2": No space left on device';
+END $$
+"""
+
+
+def test_failing_commits_on_postgresql_fail_readyz_until_one_succeeds(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    psycopg = pytest.importorskip("psycopg", reason="PostgreSQL stores need psycopg")
+    from postgresql_helpers import fresh_database  # noqa: PLC0415 - needs psycopg
+
+    with fresh_database() as store:
+        served = serve(launcher, tmp_path / "data", "--store", store)
+        assert send(served.port, "before") == "250"
+        assert readyz(served).status_code == 200
+        # The database's disk fills up: it answers reads, and refuses every write.
+        with psycopg.connect(store, autocommit=True) as database:
+            database.execute(_DISK_FULL)
+            database.execute(
+                "CREATE TRIGGER fault BEFORE INSERT ON contents"
+                " FOR EACH ROW EXECUTE FUNCTION mailgate_test_fault()"
+            )
+            refused = send(served.port, "refused")
+            assert refused == "452 4.3.1 Insufficient system storage", refused
+            unready = readyz(served)
+            assert unready.status_code == 503
+            body = unready.json()
+            assert (body["failed"], body["checks"]["store"]) == ("commits", "ok"), body
+            assert "No space left on device" in body["error"], body
+            database.execute("DROP TRIGGER fault ON contents")
+        assert send(served.port, "after") == "250"
+        assert readyz(served).status_code == 200
+        assert listed_subjects(served) == {"before", "after"}
+        served.stop_cleanly()
