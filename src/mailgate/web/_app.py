@@ -211,6 +211,8 @@ def create_app(
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         *api_routes(inbox),
         *live_routes(inbox),
+        # A message's own address in the page (Mailpit's); after /view/{id}.html and .txt.
+        Route("/view/{id}", index, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes)
