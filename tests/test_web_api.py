@@ -21,8 +21,17 @@ import pytest_asyncio
 from mailgate.config import Listen
 from mailgate.model import MessageId
 from mailgate.ports import MessageStore, SearchableStore, StoreError, TaggableStore
+from mailgate.query import Query, parse_query
 from mailgate.stores import open_store
-from mailgate.web import EVENTS_VERSION, HTTPService, WebSettings, create_app
+from mailgate.web import (
+    EVENTS_VERSION,
+    EventHub,
+    EventsEndedError,
+    HTTPService,
+    WebSettings,
+    create_app,
+    wait_for_match,
+)
 from mailgate.web import _search as web_search
 from web_helpers import deliver, email
 
@@ -575,6 +584,49 @@ async def test_wait_returns_a_message_as_it_arrives(live: tuple[MessageStore, st
         assert "no matching message" in late.json()["Error"]
         bad = await client.get("/api/v1/wait", params={"timeout": "soon"})
         assert bad.status_code == 400
+
+
+class SearchSpy:
+    """A real store that says when it is searched."""
+
+    def __init__(self, store: MessageStore) -> None:
+        self._store = store
+        self.searched = asyncio.Event()
+        self.searches = 0
+
+    async def search(self, query: Query, *, offset: int = 0, limit: int = 50) -> object:
+        assert isinstance(self._store, SearchableStore)
+        self.searches += 1
+        self.searched.set()
+        return await self._store.search(query, offset=offset, limit=limit)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+
+@pytest.mark.asyncio
+async def test_a_wait_searches_again_when_read_flags_change(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite://{tmp_path}/mail.db")
+    hub = EventHub(store)
+    try:
+        message_id = await deliver(store, email("Code 1234"), spool_dir=tmp_path / "spool")
+        spy = SearchSpy(store)
+        query = parse_query("is:read code")
+        waiting = asyncio.create_task(wait_for_match(spy, hub, query, 30))  # type: ignore[arg-type]
+        await asyncio.wait_for(spy.searched.wait(), 10)  # listening: it listens, then searches
+        await store.mark_read([message_id], True)
+        found = await asyncio.wait_for(waiting, 10)
+        assert found is not None
+        assert (found.id, found.read, spy.searches) == (message_id, True, 2)
+
+        assert await wait_for_match(store, hub, parse_query("subject:none"), 0.05) is None
+        ending = asyncio.create_task(wait_for_match(store, hub, parse_query("nothing"), 30))
+        await hub.aclose()
+        with pytest.raises(EventsEndedError, match="shutting down"):
+            await asyncio.wait_for(ending, 10)
+    finally:
+        await hub.aclose()
+        await store.aclose()
 
 
 @pytest.mark.asyncio

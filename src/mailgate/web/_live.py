@@ -13,17 +13,17 @@ stream open.
 
 ``GET /api/v1/wait?query=...&timeout=30&since=...`` answers with the newest
 message that matches ``query`` (Mailpit's search language; empty matches
-any message) as soon as one exists, as the full ``Message`` JSON, without
-marking it read.  ``since`` (RFC 3339) ignores messages received before
-it.  When none arrives within ``timeout`` seconds (at most
-``MAX_WAIT_SECONDS``) it answers ``408`` with ``{"Error": ...}``; ``503``
-when the server is shutting down.
+any message) as soon as one exists (``_search.wait_for_match``: no
+polling), as the full ``Message`` JSON, without marking it read.
+``since`` (RFC 3339) ignores messages received before it.  When none
+arrives within ``timeout`` seconds (at most ``MAX_WAIT_SECONDS``) it
+answers ``408`` with ``{"Error": ...}``; ``503`` when the server is
+shutting down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -38,14 +38,14 @@ from starlette.responses import (
 )
 from starlette.routing import BaseRoute, Route
 
-from mailgate.model import MessageSummary, StoreEventKind
+from mailgate.model import StoreEventKind
 from mailgate.ports import StoreError
-from mailgate.query import Bound, BoundTerm, Query, matches
+from mailgate.query import Bound, BoundTerm, Query
 from mailgate.web._api import sandbox_headers
 from mailgate.web._context import BadRequest, Inbox, json_error, query_param, text_error
 from mailgate.web._events import EVENTS_VERSION, InboxEvent
 from mailgate.web._json import message_json, summary_json
-from mailgate.web._search import search_page
+from mailgate.web._search import EventsEndedError, wait_for_match
 
 __all__ = ["VIEW_CSP", "VIEW_CSP_REMOTE", "live_routes"]
 
@@ -119,11 +119,6 @@ def _since(request: Request) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-async def _first_match(inbox: Inbox, query: Query) -> MessageSummary | None:
-    page = await search_page(inbox.store, query, limit=1)
-    return page.messages[0] if page.messages else None
-
-
 async def wait(inbox: Inbox, request: Request) -> Response:
     try:
         query = query_param(request, required=False)
@@ -133,21 +128,10 @@ async def wait(inbox: Inbox, request: Request) -> Response:
         return json_error(400, str(error))
     if since is not None:
         query = Query((*query.terms, BoundTerm(Bound.AFTER, when=since)))
-    found: MessageSummary | None = None
-    with inbox.hub.listen() as listener:
-        found = await _first_match(inbox, query)
-        if found is None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    async for event in listener:
-                        if event.kind is StoreEventKind.OVERFLOW:
-                            found = await _first_match(inbox, query)
-                        elif event.kind is StoreEventKind.STORED:
-                            found = next((s for s in event.messages if matches(query, s)), None)
-                        if found is not None:
-                            break
-                    else:
-                        return json_error(503, "the server is shutting down")
+    try:
+        found = await wait_for_match(inbox.store, inbox.hub, query, timeout)
+    except EventsEndedError as error:
+        return json_error(503, str(error))
     if found is None:
         return json_error(408, f"no matching message arrived within {timeout:g} seconds")
     loaded = await inbox.load(found.id)
