@@ -373,9 +373,8 @@ class Session(asyncio.Protocol):
         hostname = self._context.hostname
         if isinstance(event, Ehlo):
             # Any name is taken (RFC 5321 4.1.4), cleaned of what would make the reply unsendable.
-            conn.send(
-                conn.ehlo_reply(f"{hostname} Hello {clean(event.name, 64)} [{self._peer[0]}]")
-            )
+            name = clean(event.name, 64)
+            conn.send(conn.ehlo_reply(f"{hostname} Hello {name} [{self._peer[0]}]"))
         elif isinstance(event, Helo):
             conn.send(Reply(250, None, hostname))
         else:
