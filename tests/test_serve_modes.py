@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import signal
 import smtplib
 import ssl
@@ -546,3 +547,29 @@ def test_ctrl_c_stops_every_process(launcher: Launcher, tmp_path: Path) -> None:
     served.stop_cleanly(signal.SIGINT, group=True)
     listed = mailgate("messages", "--count", "--data", str(tmp_path / "data"), cwd=tmp_path)
     assert listed.stdout == "1\n"
+
+
+def open_files_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-files line")
+
+
+def test_every_process_raises_its_open_files_limit_for_its_connections(
+    launcher: Launcher,
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 3000:
+        pytest.skip(f"the hard open-files limit here is {hard}")
+    # A soft limit of 1,024, as many systems start with, passed on to mailgate serve.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        serving = launcher.serve("--smtp", "127.0.0.1:0", "--no-http", "--workers", "2")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # 1,000 connections, each with a socket and maybe a spool file, and some to spare.
+    pids = [serving.process.pid, *serving.children("")]
+    assert len(pids) >= 3  # the serving process, its commit service, a second worker
+    assert [open_files_limit(pid) for pid in pids] == [2256] * len(pids)
+    serving.stop_cleanly()

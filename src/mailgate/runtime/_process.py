@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable
 
@@ -28,8 +29,11 @@ __all__ = [
     "child_command",
     "configure_process",
     "new_runner",
+    "open_files_wanted",
     "when_parent_gone",
 ]
+
+log = logging.getLogger("mailgate")
 
 GIL_SWITCH_INTERVAL_SECONDS = 0.002
 STDIN = 0
@@ -69,6 +73,34 @@ def configure_process(settings: Settings, label: str = "") -> None:
     # threads trade it so often that both spend more CPU a message
     # (docs/design/performance.md).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
+    _raise_open_files_limit(open_files_wanted(settings))
+
+
+def open_files_wanted(settings: Settings) -> int:
+    """File descriptors an SMTP process may need at its limits: each connection holds its
+    socket and, once its message is past the spool budget, the spool file; then some to
+    spare for listeners, the store and logs."""
+    return 2 * settings.limits.max_connections + 256
+
+
+def _raise_open_files_limit(wanted: int) -> None:
+    """Raise the soft open-files limit towards ``wanted`` (as far as the hard one allows).
+
+    A default soft limit of 1,024 would have a process with 1,000 connections, some of
+    them spooling to files, fail to accept or to spool well before its own limits.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < wanted:
+        log.warning(
+            "the open-files limit (%d) is below the %d that --max-connections may need",
+            target,
+            wanted,
+        )
 
 
 def new_runner() -> asyncio.Runner:
