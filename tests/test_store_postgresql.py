@@ -20,6 +20,7 @@ from mailgate.ports import StoreError
 from mailgate.query import parse_query
 from mailgate.stores import StoreURLError, open_store
 from mailgate.stores.postgresql import SCHEMA_VERSION, PostgreSQLSettings, PostgreSQLStore
+from mailgate.testing.pruning import PRUNABLE_STORE_CHECKS
 from mailgate.testing.queues import QUEUE_STORE_CHECKS
 from mailgate.testing.stores import (
     SEARCHABLE_STORE_CHECKS,
@@ -47,7 +48,11 @@ def under_test(url: str, tmp_path: Path) -> StoreUnderTest:
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     "check",
-    STORE_CHECKS + SEARCHABLE_STORE_CHECKS + TAGGABLE_STORE_CHECKS + QUEUE_STORE_CHECKS,
+    STORE_CHECKS
+    + SEARCHABLE_STORE_CHECKS
+    + TAGGABLE_STORE_CHECKS
+    + QUEUE_STORE_CHECKS
+    + PRUNABLE_STORE_CHECKS,
     ids=lambda check: check.__name__,
 )
 async def test_conformance(
@@ -313,3 +318,37 @@ def socket_closed_port() -> Iterator[int]:
     with socket.socket() as bound:
         bound.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         yield bound.getsockname()[1]
+
+
+@pytest.mark.asyncio
+async def test_nodes_pruning_at_once_delete_each_message_once(
+    database: str, tmp_path: Path
+) -> None:
+    """Three stores on one database (three nodes) prune together: one at a time holds the
+    prune lock, and between them every message over the limit goes exactly once."""
+    stores = [await PostgreSQLStore.open(database) for _ in range(3)]
+    try:
+        ids = await store_many(stores[0], tmp_path, 60)
+        events = stores[0].subscribe()
+
+        async def prune_all(store: PostgreSQLStore) -> int:
+            pruned = 0
+            while True:
+                count = await store.prune(keep_newest=10, limit=7)
+                pruned += count
+                if not count and (await store.list(limit=0)).total <= 10:
+                    return pruned
+                await asyncio.sleep(0)
+
+        counts = await asyncio.gather(*(prune_all(store) for store in stores))
+        assert sum(counts) == 50
+        assert sorted(m.id for m in (await stores[1].list(limit=100)).messages) == sorted(ids)[50:]
+        deleted: list[MessageId] = []
+        while len(deleted) < 50:
+            event = await asyncio.wait_for(anext(events), timeout=10)
+            if event.kind is StoreEventKind.DELETED:
+                deleted += event.message_ids
+        assert sorted(deleted) == sorted(ids)[:50]
+    finally:
+        for store in stores:
+            await store.aclose()

@@ -22,6 +22,7 @@ from mailgate.stores.sqlite._schema import (
     SCHEMA_VERSION,
     new_message_record,
 )
+from mailgate.testing.pruning import PRUNABLE_STORE_CHECKS
 from mailgate.testing.queues import QUEUE_STORE_CHECKS
 from mailgate.testing.stores import (
     SEARCHABLE_STORE_CHECKS,
@@ -43,7 +44,7 @@ def under_test(tmp_path: Path) -> StoreUnderTest:
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     "check",
-    STORE_CHECKS + SEARCHABLE_STORE_CHECKS + TAGGABLE_STORE_CHECKS,
+    STORE_CHECKS + SEARCHABLE_STORE_CHECKS + TAGGABLE_STORE_CHECKS + PRUNABLE_STORE_CHECKS,
     ids=lambda check: check.__name__,
 )
 async def test_conformance(

@@ -53,6 +53,7 @@ __all__ = [
     "MailSink",
     "MessageStore",
     "NewMessage",
+    "PrunableStore",
     "QueueStore",
     "SMTPReplyError",
     "SearchableStore",
@@ -270,6 +271,42 @@ class SizedStore(MessageStore, Protocol):
 
     async def disk_usage(self) -> int:
         """Octets its files take now: the database, its journal, files of messages."""
+        ...
+
+
+@runtime_checkable
+class PrunableStore(MessageStore, Protocol):
+    """A store that deletes its oldest messages itself, for retention limits
+    (``--max-messages``, ``--max-age``).
+
+    Pruning is idempotent: each call deletes what is over the limits now, so
+    calls that overlap (two nodes on one database) delete each message once
+    between them, and a call that finds another pruning may do nothing.
+    """
+
+    async def prune(
+        self,
+        *,
+        keep_newest: int | None = None,
+        older_than: datetime | None = None,
+        limit: int,
+    ) -> int:
+        """Delete up to ``limit`` of the oldest messages (in ``list``'s order) that are
+        beyond the newest ``keep_newest``, or were received before ``older_than``, in
+        one transaction; return how many.
+
+        ``None`` sets no such limit.  Only the oldest ``limit`` messages, and those the
+        queue holds back, are looked at, so a call costs the same however large the
+        store; a message received before ``older_than`` but listed after a newer one
+        (from a node whose clock was behind) goes once the messages before it have.
+
+        A message with a pending outbound recipient (queued, deferred or held) is
+        never pruned: it waits until its delivery is done.  Pruned messages go as
+        ``delete`` takes them (content, tags, search entries, queue rows), and
+        subscribers are told ``DELETED`` with their ids.  Asking when nothing is over
+        the limits writes nothing.  Raises ``StoreError`` when the store cannot be
+        read or written.
+        """
         ...
 
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any, BinaryIO
 
 import psycopg
@@ -23,7 +24,7 @@ from psycopg import AsyncCursor
 from mailgate.model import MessageId, MessagePage, StoredMessage, StoreEvent, StoreEventKind
 from mailgate.ports import HealthCheck, NewMessage, StoreError
 from mailgate.query import Query
-from mailgate.stores.postgresql import _changes, _search
+from mailgate.stores.postgresql import _changes, _prune, _search
 from mailgate.stores.postgresql._connection import (
     PostgreSQLSettings,
     StorePool,
@@ -58,8 +59,8 @@ def _read_all(message: NewMessage) -> bytes:
 
 class PostgreSQLStore(QueueOperations):
     """A ``ports.SearchableStore``, ``ports.TaggableStore``, ``ports.QueueStore``,
-    ``ports.SizedStore`` and ``ports.HealthReporter`` in a PostgreSQL database that any
-    number of mailgate nodes may share.
+    ``ports.PrunableStore``, ``ports.SizedStore`` and ``ports.HealthReporter`` in a
+    PostgreSQL database that any number of mailgate nodes may share.
 
     Use it from one event loop: the one it was opened on, or, for a store
     made outside any loop, the first that uses it.
@@ -214,6 +215,28 @@ class PostgreSQLStore(QueueOperations):
         """Messages matching ``query``, newest first; ``total`` and ``unread`` count matches."""
         self._start()
         return await self._reads.page(query, offset=offset, limit=limit)
+
+    # ports.PrunableStore
+
+    async def prune(
+        self,
+        *,
+        keep_newest: int | None = None,
+        older_than: datetime | None = None,
+        limit: int,
+    ) -> int:
+        """Delete up to ``limit`` of the oldest messages over these limits, none still queued
+        for delivery, unless another node is pruning; return how many (``_prune``).
+
+        A read finds out first whether any is over them, so a check that finds
+        none writes nothing.
+        """
+        self._start()
+        if not await _prune.anything_to_prune(self._pool, keep_newest, older_than):
+            return 0
+        return await self._submit_change(
+            lambda cursor: _prune.prune(cursor, keep_newest, older_than, limit)
+        )
 
     # ports.SizedStore
 

@@ -39,6 +39,7 @@ from mailgate.stores.sqlite._commit_service import (
 )
 from mailgate.stores.sqlite._events import Subscriptions
 from mailgate.stores.sqlite._open import StorePaths, open_database, open_write_connection
+from mailgate.stores.sqlite._prune import anything_to_prune
 from mailgate.stores.sqlite._reads import Reads
 from mailgate.stores.sqlite._records import QueuedRecipient
 from mailgate.stores.sqlite._schema import millis, new_message_record
@@ -48,6 +49,7 @@ from mailgate.stores.sqlite._transactions import (
     ChangeQueue,
     Delete,
     MarkRead,
+    Prune,
     WriteConnection,
     WriterStats,
 )
@@ -69,7 +71,8 @@ times the CPU a message at 32 KiB, 0.82 and 1.35 at 64 KiB, 1.19 and 0.99 at
 
 class SQLiteStore:
     """A ``ports.SearchableStore``, ``ports.TaggableStore``, ``ports.QueueStore``,
-    ``ports.SizedStore`` and ``ports.HealthReporter`` in one SQLite database.
+    ``ports.PrunableStore``, ``ports.SizedStore`` and ``ports.HealthReporter`` in one
+    SQLite database.
 
     Opening creates the database, its schema and the bodies directory as
     needed.  Use it from asyncio; one store may serve several event loops.
@@ -236,6 +239,26 @@ class SQLiteStore:
         count: int = await self._writer.submit(
             Delete(None if message_ids is None else list(message_ids))
         )
+        return count
+
+    async def prune(
+        self,
+        *,
+        keep_newest: int | None = None,
+        older_than: datetime | None = None,
+        limit: int,
+    ) -> int:
+        """Delete up to ``limit`` of the oldest messages over these limits, none still queued
+        for delivery; return how many (``ports.PrunableStore``, ``_prune``).
+
+        A read finds out first whether any is over them, so a check that finds
+        none writes nothing.
+        """
+        self._check_open()
+        before = None if older_than is None else millis(older_than)
+        if not await self._reads.run(lambda c: anything_to_prune(c, keep_newest, before)):
+            return 0
+        count: int = await self._writer.submit(Prune(keep_newest, before, limit))
         return count
 
     async def mark_read(self, message_ids: Sequence[MessageId] | None, read: bool) -> int:

@@ -2,7 +2,7 @@
 
 A ``WriteConnection`` owns one write connection.  ``commit`` applies a list of
 operations (new messages as ``_records.NewMessageRecord``, ``Delete``,
-``MarkRead``, ``Apply``) in ONE transaction and commits it: one fsync of the
+``Prune``, ``MarkRead``, ``Apply``) in ONE transaction and commits it: one fsync of the
 WAL (``synchronous = FULL``) for all of them.  A store's writer thread drives
 one (``_writer``, group commit); so does the commit service
 (``_commit_service``), the one writer of new mail for every SMTP process of
@@ -67,6 +67,7 @@ from mailgate.ports import StoreError
 from mailgate.stores._health import WriteHealth
 from mailgate.stores.sqlite._bodies import BodyFiles
 from mailgate.stores.sqlite._connection import write_transaction
+from mailgate.stores.sqlite._prune import prune
 from mailgate.stores.sqlite._queue import insert_queued
 from mailgate.stores.sqlite._records import NewMessageRecord
 from mailgate.stores.sqlite._schema import (
@@ -91,6 +92,7 @@ __all__ = [
     "MarkRead",
     "Operation",
     "Outcome",
+    "Prune",
     "WriteConnection",
     "WriteTurns",
     "WriterStats",
@@ -153,6 +155,15 @@ class Delete:
 
 
 @dataclass(slots=True)
+class Prune:
+    """Delete up to ``limit`` of the oldest messages over the retention limits (``_prune``)."""
+
+    keep_newest: int | None
+    before_ms: int | None
+    limit: int
+
+
+@dataclass(slots=True)
 class MarkRead:
     """Set the read flag of these messages, or all for ``None``."""
 
@@ -182,7 +193,7 @@ class ChangeQueue:
     work: Callable[[sqlite3.Connection], tuple[object, Sequence[MessageId]]]
 
 
-Operation = NewMessageRecord | Delete | MarkRead | Apply | ChangeQueue
+Operation = NewMessageRecord | Delete | Prune | MarkRead | Apply | ChangeQueue
 """What one transaction applies: storing a new message (its result, the message's id),
 or a change to stored ones (its result, a count, or what an ``Apply`` returned)."""
 
@@ -369,6 +380,11 @@ class WriteConnection:
                 pending = []
                 if isinstance(operation, Delete):
                     batch.results.append(self._delete(operation, batch))
+                elif isinstance(operation, Prune):
+                    pruned = prune(
+                        connection, operation.keep_newest, operation.before_ms, operation.limit
+                    )
+                    batch.results.append(self._deleted(pruned, batch))
                 elif isinstance(operation, Apply):
                     batch.results.append(operation.work(connection))
                 elif isinstance(operation, ChangeQueue):
@@ -464,6 +480,11 @@ class WriteConnection:
             " RETURNING id, body_file",
             (json.dumps(list(operation.ids)),),
         ).fetchall()
+        return self._deleted(rows, batch)
+
+    def _deleted(self, rows: Sequence[tuple[str, str | None]], batch: _Batch) -> int:
+        """The messages ``rows`` names (id, body file) were deleted: unlink their body files
+        once the transaction commits, and tell of them."""
         batch.unlink.extend(name for _, name in rows if name is not None)
         if rows:
             deleted = tuple(MessageId(message_id) for message_id, _ in rows)
