@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mailgate.server._context import Listener, SessionContext, SessionHost
+from mailgate.server._counters import SMTPCounters
 from mailgate.server._policy import RecipientPolicy
 from mailgate.server._server import ListenError, ServerConfigError, SMTPServer
 from mailgate.server._session import Session
@@ -12,6 +13,7 @@ __all__ = [
     "ListenError",
     "Listener",
     "RecipientPolicy",
+    "SMTPCounters",
     "SMTPServer",
     "ServerConfigError",
     "Session",

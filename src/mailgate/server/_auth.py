@@ -10,7 +10,8 @@ with each failure on the session (``auth_failure_delay`` times their number,
 at most ``MAX_AUTH_DELAY_SECONDS``).  Either way the session ends after
 ``max_auth_failures`` failures or refusals (never fewer than 3, RFC 4954 9).
 An authenticator with too many checks in hand gets ``454 4.7.0`` too.  The
-address and user name are logged, never the password.
+address and user name are logged, never the password.  Each exchange's outcome
+is counted in the process's ``SMTPCounters.auth``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class AuthAttempts:
         self._authenticator = authenticator
         self._limits = context.limits
         self._throttle: AuthThrottle | None = context.auth_throttle
+        self._counted = context.counters.auth
         self._client = client
         self.failures = 0
 
@@ -70,26 +72,32 @@ class AuthAttempts:
                 self.failures += 1
                 seconds = math.ceil(admission.retry_after)
                 if admission.blocked:
+                    self._counted["blocked"] += 1
                     text = f"Too many authentication failures, try again in {seconds} seconds"
                     return AuthOutcome(Reply(454, "4.7.0", text), give_up=True)
+                self._counted["throttled"] += 1
                 return AuthOutcome(AUTH_BUSY, give_up=self._enough())
         try:
             ok = await self._authenticator.authenticate(credentials.username, credentials.password)
         except AuthenticatorBusyError:
             if throttle is not None:
                 throttle.withdrawn(self._client)
+            self._counted["unavailable"] += 1
             return AuthOutcome(AUTH_BUSY)
         except Exception:
             if throttle is not None:
                 throttle.withdrawn(self._client)
             log.exception("authenticating %s failed", self._client)
+            self._counted["unavailable"] += 1
             return AuthOutcome(AUTH_UNAVAILABLE)
         if ok:
             if throttle is not None:
                 throttle.succeeded(self._client)
             log.info("%s authenticated as %s", self._client, credentials.username)
+            self._counted["ok"] += 1
             return AuthOutcome(AUTH_OK, user=credentials.username)
         self.failures += 1
+        self._counted["failed"] += 1
         if throttle is not None:
             failure = throttle.failed(self._client, credentials.username, "smtp")
             delay, blocked = failure.delay, failure.blocked_for > 0

@@ -4,9 +4,9 @@ A ``Session`` never reaches into ``SMTPServer``.  It is made with one
 ``SessionContext``, frozen and shared by every session of a listener: the
 listener's rules, the policy, the ports it works through (the sink, the
 authenticator, the one clock that stamps a message's received time), the
-limits, and ``SessionHost``, the few calls back into the server (admission,
-background tasks, whether it is shutting down).  The server in turn sees a
-session only as a ``ServedSession``.
+limits, the process's ``SMTPCounters``, and ``SessionHost``, the few calls back
+into the server (admission, background tasks, whether it is shutting down).  The
+server in turn sees a session only as a ``ServedSession``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Protocol
 from mailgate.config import Limits, Listen
 from mailgate.ports import Authenticator, AuthThrottle, Clock, MailSink
 from mailgate.protocol import ConnectionSettings, Reply
+from mailgate.server._counters import SMTPCounters
 from mailgate.server._policy import RecipientPolicy
 
 __all__ = ["Listener", "ServedSession", "SessionContext", "SessionHost"]
@@ -130,3 +131,5 @@ class SessionContext:
     """What the session says when the server stops."""
     auth_throttle: AuthThrottle | None = None
     """Counts AUTH failures per client address across sessions (and other services)."""
+    counters: SMTPCounters
+    """What the process counts (refusals, TLS handshakes, AUTH outcomes), for ``/metrics``."""

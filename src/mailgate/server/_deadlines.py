@@ -28,6 +28,8 @@ moment after it has reconnected.
 A session waiting on the server (a commit, a password check, a TLS
 handshake, which has a deadline of its own) is not charged for the wait:
 its clock starts again when the server answers.
+
+Each cut-off is counted, by reason, in the process's ``SMTPCounters.cut_offs``.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailgate.config import Limits
 from mailgate.server._context import ServedSession
+from mailgate.server._counters import SMTPCounters
 
 __all__ = ["EVICTABLE_AFTER_SECONDS", "Deadlines"]
 
@@ -47,13 +50,19 @@ STRESS_SHARE = 0.75
 EVICTABLE_AFTER_SECONDS = 1.0
 """How long a session must have gone without progress to give its slot to a newcomer."""
 SWEEP_SECONDS = 1.0
+_COUNTED_AS = {
+    "Session too long": "session_too_long",
+    "Idle timeout": "idle",
+    "Transfer too slow": "slow_transfer",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Deadlines:
-    """The time limits of sessions, as ``limits`` sets them."""
+    """The time limits of sessions, as ``limits`` sets them; cut-offs counted in ``counters``."""
 
     limits: Limits
+    counters: SMTPCounters = field(default_factory=SMTPCounters)
 
     @property
     def period(self) -> float:
@@ -98,7 +107,9 @@ class Deadlines:
             for session in sessions
             if (reason := self.overdue(session, now, stressed=stressed)) is not None
         ]
+        cut_offs = self.counters.cut_offs
         for session, reason in overdue:
+            cut_offs[_COUNTED_AS[reason]] += 1
             session.time_out(reason)
         return len(overdue)
 

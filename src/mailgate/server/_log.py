@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from mailgate.protocol import Reply
+from mailgate.server._counters import SMTPCounters, refusal_reason
 
 __all__ = [
     "MAX_LOGGED_VALUE_CHARS",
@@ -219,13 +220,15 @@ class SessionLog:
     """What one session logs: a line per message and per refusal (info), a summary (debug).
 
     The session counts into it as it goes (``commands``, ``messages``, and
-    ``end``: how the connection ended); refusals count themselves.
+    ``end``: how the connection ended); refusals count themselves, here and,
+    by reason, in the process's ``counters``.
     """
 
-    __slots__ = ("_started", "commands", "end", "messages", "refusals")
+    __slots__ = ("_counters", "_started", "commands", "end", "messages", "refusals")
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, counters: SMTPCounters) -> None:
         self._started = started
+        self._counters = counters
         self.commands = 0
         self.messages = 0
         self.refusals = 0
@@ -241,6 +244,7 @@ class SessionLog:
     ) -> None:
         """Count a refusal; log it at info with ``reply`` (a ``Reply``, or its first line)."""
         self.refusals += 1
+        self._counters.refusals[refusal_reason(reply)] += 1
         if not log.isEnabledFor(logging.INFO):
             return
         fields = _client_fields(_address_fields(LogFields(), sender, recipients), client, helo)

@@ -8,6 +8,7 @@ newcomer; the server's sweep holds sessions to their deadlines
 (``server._deadlines``).  ``aclose`` stops
 accepting, says ``421`` to idle sessions at once, lets sessions inside a
 transaction finish within the grace period, then closes what is left.
+What it and its sessions count is in ``counters`` (``server._counters``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mailgate.config import Listen, Settings
 from mailgate.ports import Authenticator, AuthThrottle, Clock, MailSink
 from mailgate.protocol import MECHANISMS, ConnectionSettings, Reply
 from mailgate.server._context import Listener, ServedSession, SessionContext
+from mailgate.server._counters import SMTPCounters
 from mailgate.server._deadlines import Deadlines
 from mailgate.server._log import RefusalLog
 from mailgate.server._policy import RecipientPolicy
@@ -128,9 +130,11 @@ class SMTPServer:
         self.closing = False
         self.shutdown_reply = Reply(421, "4.3.2", f"{self.hostname} Shutting down")
         """What every session is told when the server stops."""
+        self.counters = SMTPCounters()
+        """This process's SMTP counts, for ``/metrics``; they only grow."""
         self._sessions: set[ServedSession] = set()
         self._per_address: Counter[str] = Counter()
-        self._deadlines = Deadlines(limits)
+        self._deadlines = Deadlines(limits, self.counters)
         self._sweeping: asyncio.Handle | None = None
         self._refusal_log = RefusalLog(log)
         self._bound: dict[str, asyncio.Server] = {}
@@ -181,6 +185,7 @@ class SMTPServer:
             host=self,
             shutdown_reply=self.shutdown_reply,
             auth_throttle=self.auth_throttle,
+            counters=self.counters,
         )
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, listener: Listener) -> asyncio.Server:
@@ -221,22 +226,28 @@ class SMTPServer:
         """Admit a new session, or say why not (sent with a 421)."""
         limits = self.settings.limits
         address = session.peer[0]
+        refused = self.counters.connections_refused
         if self.closing:
+            refused["shutting_down"] += 1
             return "Shutting down"
         refusal = None
         if self._per_address[address] >= limits.max_connections_per_ip:
             refusal = "Too many connections from your address, try again later"
+            refused["per_address"] += 1
         elif len(self._sessions) >= limits.max_connections:
             now = asyncio.get_running_loop().time()
             stalled = self._deadlines.give_way(self._sessions, self._per_address, address, now)
             if stalled is None:
                 refusal = "Too many connections, try again later"
+                refused["too_many"] += 1
             else:  # it gives its slot to the newcomer
+                self.counters.cut_offs["evicted"] += 1
                 stalled.time_out("Idle timeout")
         if refusal is not None:
             # A flood of these would flood the log: one line per address a minute.
             self._refusal_log.refused(address, f"421 4.7.0 {refusal}")
             return refusal
+        self.counters.admitted += 1
         self._sessions.add(session)
         self._per_address[address] += 1
         return None

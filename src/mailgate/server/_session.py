@@ -107,7 +107,7 @@ class Session(asyncio.Protocol):
         # The loop that made the session runs it; asked once, as asking costs a getpid().
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
-        self._log = SessionLog(self._loop.time())
+        self._log = SessionLog(self._loop.time(), context.counters)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -545,7 +545,7 @@ class Session(asyncio.Protocol):
         return True
 
     def _begin_tls(self, context: ssl.SSLContext) -> None:
-        self._tls_layer = TLSLayer(context)
+        self._tls_layer = TLSLayer(context, self._context.counters)
         timeout = min(TLS_HANDSHAKE_TIMEOUT_SECONDS, self._context.limits.idle_timeout)
         self._handshake_handle = self._loop.call_later(timeout, self._handshake_timed_out)
 

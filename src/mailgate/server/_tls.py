@@ -20,6 +20,7 @@ import ssl
 from pathlib import Path
 
 from mailgate import MailgateError
+from mailgate.server._counters import SMTPCounters
 
 __all__ = ["TLSConfigError", "TLSLayer", "ensure_self_signed", "server_context"]
 
@@ -116,12 +117,18 @@ class TLSLayer:
     the ciphertext for the socket (handshake records included).  ``eof``
     turns true once the client has ended its side (close_notify, or the
     connection's end); replies may still be sent after that, until ``close``.
+
+    The handshake's outcome is counted in ``counters`` (``tls_handshakes``):
+    ``ok`` with its version, or ``failed`` when it raised, or was still
+    unfinished at ``close`` (it timed out, the server is stopping).
     """
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(self, context: ssl.SSLContext, counters: SMTPCounters | None = None) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._counters = counters if counters is not None else SMTPCounters()
+        self._failed = False
         self.handshake_done = False
         self.eof = False
 
@@ -144,12 +151,11 @@ class TLSLayer:
     def _read(self) -> bytes:
         if not self.handshake_done:
             try:
-                self._tls.do_handshake()
+                self._handshake()
             except ssl.SSLWantReadError:
-                if self._incoming.eof:
-                    raise ssl.SSLEOFError("the connection ended during the handshake") from None
                 return b""
             self.handshake_done = True
+            self._counters.tls_succeeded(self.version)
         chunks: list[bytes] = []
         while not self.eof:
             try:
@@ -168,6 +174,24 @@ class TLSLayer:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _handshake(self) -> None:
+        """Go on with the handshake; ``ssl.SSLWantReadError`` while it needs more."""
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            if not self._incoming.eof:
+                raise
+            self._handshake_failed()
+            raise ssl.SSLEOFError("the connection ended during the handshake") from None
+        except ssl.SSLError:
+            self._handshake_failed()
+            raise
+
+    def _handshake_failed(self) -> None:
+        if not self._failed:
+            self._failed = True
+            self._counters.tls_handshakes["failed"] += 1
+
     def send(self, data: bytes) -> None:
         """Encrypt ``data`` for the client (``data_to_send`` has the records)."""
         self._tls.write(data)
@@ -179,6 +203,7 @@ class TLSLayer:
     def close(self) -> None:
         """Say close_notify (in ``data_to_send``); the client's need not be awaited."""
         if not self.handshake_done:
+            self._handshake_failed()  # cut short: timed out, or the server is stopping
             return
         try:
             self._tls.unwrap()
