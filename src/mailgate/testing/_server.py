@@ -5,31 +5,80 @@ the SMTP server, the accept path, the SQLite store, and the commit service, a
 child process that stores all new mail) on its own event loop in a thread,
 bound to a free port, so synchronous test code can send with ``smtplib`` and
 read back what arrived.
+
+``wait_for(query)`` waits as the web inbox's ``GET /api/v1/wait`` does, with
+the same code (``web.wait_for_match``): it listens to the store's events, so
+it returns as soon as a matching message is stored, and polls nothing.  Its
+answer is a parsed ``Message`` (``_message``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import ssl
 import tempfile
 import threading
-import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from mailgate import MailgateError
 from mailgate.config import Domain, Limits, Listen, Settings
-from mailgate.model import MessageId, MessageSummary, StoredMessage
+from mailgate.model import Address, MessageId, MessagePage, MessageSummary, StoredMessage
 from mailgate.ports import Authenticator, MessageStore
+from mailgate.query import Query, parse_query
 from mailgate.runtime import Mailgate
 from mailgate.server import SMTPServer
+from mailgate.testing._message import Message, message_from
+from mailgate.web import EventHub, search_page, wait_for_match
 
-__all__ = ["MailgateServer"]
+__all__ = ["MailgateServer", "WaitTimeoutError"]
 
 _T = TypeVar("_T")
+
+LISTED = 1000
+"""Messages ``wait_for_messages`` returns at least."""
+SHOWN_ON_TIMEOUT = 20
+"""Messages a ``WaitTimeoutError`` lists, newest first."""
+CALL_MARGIN_SECONDS = 30.0
+"""How much longer than its own time-out the caller waits for a call to the server's loop."""
+
+
+def _people(addresses: Sequence[Address]) -> str:
+    return ", ".join(f"{a.name} <{a.address}>" if a.name else a.address for a in addresses)
+
+
+class WaitTimeoutError(MailgateError, TimeoutError):
+    """No message matched a ``wait_for`` in time.
+
+    ``seen`` holds the messages stored when it gave up (at most
+    ``SHOWN_ON_TIMEOUT``, newest first) and ``total`` how many there were;
+    the error's text lists each one's subject, sender and recipients.
+    """
+
+    __module__ = "mailgate.testing"  # where it is imported from, and shown in a failure
+
+    def __init__(self, query: str, timeout: float, seen: Sequence[MessageSummary], total: int):
+        self.query, self.timeout, self.seen, self.total = query, timeout, tuple(seen), total
+        text = f"no message matching {query!r} arrived within {timeout:g} seconds"
+        if not seen:
+            text += "; the store holds no message"
+        else:
+            plural = "message" if total == 1 else "messages"
+            shown = "" if total <= len(seen) else f" (the newest {len(seen)} shown)"
+            text += f"; the store holds {total} {plural}{shown}:"
+            for summary in seen:
+                sender = _people((summary.sender,) if summary.sender else ())
+                text += (
+                    f"\n  Subject: {summary.subject!r}  From: {sender}  To: {_people(summary.to)}"
+                )
+                for label, addresses in (("Cc", summary.cc), ("Bcc", summary.bcc)):
+                    text += f"  {label}: {_people(addresses)}" if addresses else ""
+        super().__init__(text)
 
 
 class MailgateServer:
@@ -80,6 +129,7 @@ class MailgateServer:
         self._ready = threading.Event()
         self._failure: BaseException | None = None
         self._store: MessageStore | None = None
+        self._hub: EventHub | None = None
         self.server: SMTPServer | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -136,6 +186,7 @@ class MailgateServer:
             self.settings, tls_context=self._tls_context, authenticator=self._authenticator
         )
         await app.start()
+        self._hub = EventHub(app.store)
         try:
             self._store = app.store
             self.server = app.server
@@ -146,6 +197,7 @@ class MailgateServer:
             self._ready.set()
             await self._stop.wait()
         finally:
+            await self._hub.aclose()  # ends waits in hand, as the web app's does
             await app.aclose()
 
     # ------------------------------------------------------------- reading
@@ -153,7 +205,11 @@ class MailgateServer:
     def _call(self, coro: Coroutine[Any, Any, _T], timeout: float = 30.0) -> _T:
         assert self._loop is not None, "the server is not running"
         future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()  # the caller gave up (a time-out, ^C): so does the loop
+            raise
 
     def port_of(self, listener: str) -> int:
         """The port a listener (``smtp``, ``submission``, ``smtps``) is bound to."""
@@ -166,9 +222,16 @@ class MailgateServer:
         assert self._store is not None, "the server is not running"
         return self._store
 
-    def messages(self, limit: int = 1000) -> list[MessageSummary]:
-        """Stored messages, newest first."""
-        page = self._call(self.store.list(limit=limit))
+    def messages(self, limit: int = 1000, *, query: str | None = None) -> list[MessageSummary]:
+        """Stored messages, newest first; with ``query``, those it matches.
+
+        ``query`` is the web inbox's search language (``mailgate.query``):
+        ``to:bob@example.org subject:"Welcome"``, ``has:attachment``,
+        ``is:unread``, ``tag:signup``.  Raises ``QueryError`` for a query that
+        cannot be read.
+        """
+        parsed = parse_query(query or "")
+        page = self._call(search_page(self.store, parsed, limit=limit))
         return list(page.messages)
 
     def get(self, message_id: MessageId | str) -> StoredMessage | None:
@@ -179,17 +242,74 @@ class MailgateServer:
         """The exact stored bytes of a message."""
         return self._call(self.store.raw(MessageId(message_id)))
 
+    def message(self, message_id: MessageId | str) -> Message:
+        """One stored message, parsed.  Raises ``KeyError`` when there is no such message."""
+        loaded = self._call(self._load(MessageId(message_id)))
+        if loaded is None:
+            raise KeyError(message_id)
+        return message_from(*loaded)
+
+    def wait_for(self, query: str = "", timeout: float = 5.0) -> Message:
+        """The newest stored message ``query`` matches, else the first to arrive that does.
+
+        ``query`` is the search language of ``messages`` (empty: any
+        message).  The wait is on the store's events, not a polling loop: it
+        returns as soon as the message is stored.  Nothing is marked read.
+        Raises ``QueryError`` for a query that cannot be read and
+        ``WaitTimeoutError`` when no message matches within ``timeout``
+        seconds: its text lists the messages that were stored.
+        """
+        __tracebackhide__ = True  # pytest shows the failure at the caller's line
+        parsed = parse_query(query)
+        found = self._call(self._wait(parsed, timeout), timeout + CALL_MARGIN_SECONDS)
+        if isinstance(found, MessagePage):
+            raise WaitTimeoutError(query, timeout, found.messages, found.total)
+        return message_from(*found)
+
+    async def _load(self, message_id: MessageId) -> tuple[StoredMessage, bytes] | None:
+        stored = await self.store.get(message_id)
+        raw = None if stored is None else await self.store.raw(message_id)
+        return None if stored is None or raw is None else (stored, raw)
+
+    async def _wait(
+        self, query: Query, timeout: float
+    ) -> tuple[StoredMessage, bytes] | MessagePage:
+        """The matching message loaded, or the newest messages when none matched in time."""
+        assert self._hub is not None, "the server is not running"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = max(0.0, deadline - loop.time())
+            found = await wait_for_match(self.store, self._hub, query, left)
+            if found is None:
+                return await self.store.list(limit=SHOWN_ON_TIMEOUT)
+            loaded = await self._load(found.id)
+            if loaded is not None:  # else deleted meanwhile: wait on
+                return loaded
+
     def wait_for_messages(self, count: int, timeout: float = 10.0) -> list[MessageSummary]:
         """Wait until at least ``count`` messages are stored; return them all.
 
         Raises ``TimeoutError`` if they do not arrive in time.  (Mail that
         got a 250 is already stored; this is for mail sent in the background.)
+        Like ``wait_for``, it waits on the store's events.
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.messages()
-            if len(found) >= count:
-                return found
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(found)} of {count} messages arrived")
-            time.sleep(0.02)
+        page = self._call(self._wait_count(count, timeout), timeout + CALL_MARGIN_SECONDS)
+        if page.total < count:
+            raise TimeoutError(f"{page.total} of {count} messages arrived")
+        return list(page.messages)
+
+    async def _wait_count(self, count: int, timeout: float) -> MessagePage:
+        assert self._hub is not None, "the server is not running"
+        limit = max(count, LISTED)
+        with self._hub.listen() as listener:  # before counting: nothing stored between is missed
+            page = await self.store.list(limit=limit)
+            if page.total >= count:
+                return page
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    async for _ in listener:  # any change: count again
+                        page = await self.store.list(limit=limit)
+                        if page.total >= count:
+                            break
+            return page
