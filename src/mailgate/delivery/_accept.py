@@ -3,8 +3,10 @@
 ``Acceptor.begin`` gives each message its id and a spool that starts with
 ``Return-Path:`` and the ``Received:`` trace header; ``Acceptor.commit`` summarizes the message
 and hands it to the store, returning the id only once the store says it is
-durable.  A message whose header already holds ``MAX_RECEIVED_FIELDS``
-``Received`` fields is going round in a loop: it is refused, and nothing of
+durable.  The tags the message gets as it arrives (``DeliverySettings.tags``:
+its ``X-Tags``, plus addresses, rules) are in its summary, which the store
+commits with it (``_tags``).  A message whose header already holds
+``MAX_RECEIVED_FIELDS`` ``Received`` fields is going round in a loop: it is refused, and nothing of
 it stored (RFC 5321 6.3).  Whatever happens, the spool's file is gone once ``commit`` returns
 or raises: either the store took it, or it is removed.
 
@@ -31,7 +33,7 @@ import errno
 import io
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -40,6 +42,7 @@ from mailgate.delivery._ids import new_message_id
 from mailgate.delivery._return_path import return_path_header
 from mailgate.delivery._spool import SPOOL_SUFFIX, MemoryThresholdSpool, SpoolBudget
 from mailgate.delivery._summary import summarize
+from mailgate.delivery._tags import Tagger
 from mailgate.delivery._trace import received_header
 from mailgate.model import Envelope, MessageId, MessageSummary, SinkCounts
 from mailgate.ports import (
@@ -51,6 +54,7 @@ from mailgate.ports import (
     StoreError,
 )
 from mailgate.protocol import Reply
+from mailgate.tags import AutoTags
 
 try:
     import fcntl
@@ -102,6 +106,8 @@ class DeliverySettings:
     spool_memory: int = DEFAULT_SPOOL_MEMORY_OCTETS
     min_free_space: int = 0
     """Octets that must stay free on the spool's file system for a sender to be accepted."""
+    tags: AutoTags = field(default_factory=AutoTags)
+    """Where new mail's tags come from: by default its ``X-Tags`` and plus addresses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,8 @@ class Acceptor:
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
         self._lock = _claim_spool(settings.spool_dir)
         self._budget = SpoolBudget(settings.spool_memory)
+        self._header_tags = settings.tags.x_tags
+        self._tagger = Tagger(settings.tags) if settings.tags.enabled else None
         self._accepted = self._accepted_octets = self._rejected = 0
 
     @property
@@ -223,9 +231,12 @@ class Acceptor:
                 raise self._storage_error(spool.failure, "could not spool the message")
             content = spool.content
             if content is not None:
-                summary = _summarize(spool, io.BytesIO(content))
+                summary = _summarize(spool, io.BytesIO(content), self._header_tags)
             else:
-                summary = await asyncio.to_thread(_summarize_file, spool)
+                summary = await asyncio.to_thread(_summarize_file, spool, self._header_tags)
+            tagger = self._tagger
+            if tagger is not None:
+                summary = tagger.tag(summary, spool.envelope)
             message = ReceivedMessage(
                 id=spool.id,
                 envelope=spool.envelope,
@@ -316,7 +327,7 @@ def _writer_gone(name: str) -> bool:
     return False
 
 
-def _summarize(spool: MemoryThresholdSpool, reader: BinaryIO) -> MessageSummary:
+def _summarize(spool: MemoryThresholdSpool, reader: BinaryIO, header_tags: bool) -> MessageSummary:
     try:
         return summarize(
             reader,
@@ -324,6 +335,7 @@ def _summarize(spool: MemoryThresholdSpool, reader: BinaryIO) -> MessageSummary:
             received_at=spool.received_at,
             size=spool.size,
             envelope=spool.envelope,
+            header_tags=header_tags,
         )
     except Exception:
         # Unforeseen input must not cost the message: store it with what is certain.
@@ -331,7 +343,7 @@ def _summarize(spool: MemoryThresholdSpool, reader: BinaryIO) -> MessageSummary:
         return MessageSummary(id=spool.id, received_at=spool.received_at, size=spool.size)
 
 
-def _summarize_file(spool: MemoryThresholdSpool) -> MessageSummary:
+def _summarize_file(spool: MemoryThresholdSpool, header_tags: bool) -> MessageSummary:
     assert spool.path is not None
     with open(spool.path, "rb") as reader:
-        return _summarize(spool, reader)
+        return _summarize(spool, reader, header_tags)

@@ -17,6 +17,12 @@ alias's members, which the session gives the alias's address as ``ORCPT``,
 show as the alias (and as nothing when the alias is in ``To``); otherwise
 the ``RCPT`` address.  The stored bytes are never changed.
 
+Tags: asked to (``header_tags``), ``summarize`` gives the summary the tags its
+``X-Tags`` headers list, comma-separated, each cleaned as Mailpit cleans a tag
+(``mailgate.tags.clean_tag``); the accept path adds the others and keeps each
+once (``_tags``).  The header is read in the same pass as the others: a message
+without it costs nothing more.
+
 Nothing here raises on bad input: a header that cannot be parsed leaves its
 summary field empty, and the caller falls back to an empty summary should
 anything unforeseen escape.  Parsing is deliberately simpler than the
@@ -40,6 +46,7 @@ from typing import BinaryIO
 
 from mailgate.model import Address, Envelope, MessageId, MessageSummary
 from mailgate.protocol import parse_orcpt
+from mailgate.tags import clean_tag
 
 __all__ = ["summarize"]
 
@@ -64,6 +71,7 @@ _TOP_FIELDS = frozenset(
         b"content-transfer-encoding",
         b"content-disposition",
         b"content-id",
+        b"x-tags",
     }
 )
 _PART_FIELDS = frozenset(
@@ -360,6 +368,12 @@ def _blind_copies(
     return bcc + tuple(added) if added else bcc
 
 
+def _header_tags(values: list[str]) -> tuple[str, ...]:
+    """The tags ``X-Tags`` values list, cleaned, in order; duplicates left to the caller."""
+    found = (clean_tag(item) for value in values for item in _decode_words(value).split(","))
+    return tuple(tag for tag in found if tag)
+
+
 def summarize(
     reader: BinaryIO,
     *,
@@ -367,11 +381,13 @@ def summarize(
     received_at: datetime,
     size: int,
     envelope: Envelope | None = None,
+    header_tags: bool = False,
 ) -> MessageSummary:
     """Read the message from ``reader`` and summarize it; never raises on bad input.
 
     With ``envelope``, its recipients that no ``To``, ``Cc`` or ``Bcc``
-    header names are added to ``bcc`` (see the module's docstring).
+    header names are added to ``bcc`` (see the module's docstring).  With
+    ``header_tags``, ``tags`` are those of its ``X-Tags`` headers.
 
     Raises only what reading ``reader`` raises (``OSError``).
     """
@@ -385,6 +401,11 @@ def summarize(
     bcc = _addresses(headers, b"bcc")
     if envelope is not None:
         bcc = _blind_copies(envelope, to + cc, bcc)
+    tags: tuple[str, ...] = ()
+    if header_tags:
+        values = headers.get(b"x-tags")
+        if values:
+            tags = _header_tags(values)
     return MessageSummary(
         id=message_id,
         received_at=received_at,
@@ -401,5 +422,6 @@ def summarize(
         ],
         attachments=scan.attachments,
         snippet=scan.snippet(),
+        tags=tags,
         inline=scan.inline,
     )
