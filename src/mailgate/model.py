@@ -71,6 +71,10 @@ class Envelope:
     tls: TLSInfo | None = None
     outbound: tuple[str, ...] = ()
     """Recipients that are not local and are to be relayed onward."""
+    node: str = ""
+    """The node that accepted the message: a token each ``mailgate serve`` draws as it starts
+    and shares with its SMTP processes, so that a node can tell its own mail from other
+    nodes' on a shared store; ``""`` when unknown (mail an older mailgate stored)."""
 
 
 @dataclass(frozen=True, slots=True)

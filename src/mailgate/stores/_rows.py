@@ -28,8 +28,8 @@ def addresses_from_pairs(pairs: Sequence[Sequence[str]]) -> tuple[Address, ...]:
 
 
 def envelope_data(envelope: Envelope) -> dict[str, object]:
-    """The envelope as the JSON object a store keeps."""
-    return {
+    """The envelope as the JSON object a store keeps; ``node`` only when known."""
+    data: dict[str, object] = {
         "mail_from": envelope.mail_from,
         "rcpt_to": list(envelope.rcpt_to),
         "received_at": envelope.received_at.isoformat(),
@@ -44,6 +44,9 @@ def envelope_data(envelope: Envelope) -> dict[str, object]:
         "tls": [envelope.tls.version, envelope.tls.cipher] if envelope.tls else None,
         "outbound": list(envelope.outbound),
     }
+    if envelope.node:
+        data["node"] = envelope.node
+    return data
 
 
 def envelope_from_data(data: Mapping[str, Any]) -> Envelope:
@@ -63,4 +66,5 @@ def envelope_from_data(data: Mapping[str, Any]) -> Envelope:
         auth_user=data["auth_user"],
         tls=TLSInfo(tls[0], tls[1]) if tls else None,
         outbound=tuple(data["outbound"]),
+        node=data.get("node", ""),
     )
