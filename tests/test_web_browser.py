@@ -7,6 +7,7 @@ Mail goes in over SMTP, as an application under test would send it.
 
 from __future__ import annotations
 
+import os
 import smtplib
 import socket
 import threading
@@ -41,6 +42,10 @@ CHROMIUM_FLAGS = (
     "--disable-dev-shm-usage",
 )
 WAIT_SECONDS = 15
+PHONE = (390, 844)
+DESKTOP = (1280, 900)
+SCREENSHOTS = "MAILGATE_SCREENSHOTS"
+"""A directory to save screenshots of the page in, for a person to look at; none: none."""
 
 
 @pytest.fixture
@@ -61,6 +66,15 @@ def browser() -> Iterator[Any]:
         yield driver
     finally:
         driver.quit()
+
+
+def snapshot(driver: Any, name: str) -> None:
+    """Save what the page looks like now as ``NAME-WIDTH.png``, when asked to."""
+    directory = os.environ.get(SCREENSHOTS)
+    if directory:
+        width = driver.execute_script("return window.innerWidth")
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(Path(directory) / f"{name}-{width}.png"))
 
 
 def wait_until(driver: Any, condition: Any, message: str) -> Any:
@@ -117,6 +131,33 @@ def open_row(driver: Any, subject: str) -> None:
         """,
         subject,
     )
+
+
+def address(driver: Any) -> str:
+    """The page's address past the host: path, query and fragment."""
+    shown: str = driver.execute_script("return location.pathname + location.search + location.hash")
+    return shown
+
+
+def opened(driver: Any, subject: str) -> None:
+    wait_until(
+        driver,
+        lambda d: (
+            d.find_element(*by_css("#view")).is_displayed()
+            and d.find_element(*by_css("#view-subject")).text == subject
+        ),
+        f"{subject} opened",
+    )
+
+
+def listing(driver: Any, subjects: list[str]) -> None:
+    """Wait until the list shows ``subjects`` (and no message, where the list hides then)."""
+    wait_until(driver, lambda d: rows(d) == subjects, f"listed: {subjects}")
+    wait_until(driver, lambda d: d.find_element(*by_css(".list-pane")).is_displayed(), "shown")
+
+
+def ids_by_subject(inbox: LiveInbox) -> dict[str, str]:
+    return {s.subject: s.id for s in inbox.call(inbox.store.list()).messages}
 
 
 def send(port: int, message: EmailMessage) -> None:
@@ -253,6 +294,77 @@ def test_phone_width_shows_list_then_message(tmp_path: Path, browser: Any) -> No
         assert browser.execute_script("return document.documentElement.scrollWidth <= 390")
         browser.find_element(*by_css("#back")).click()
         wait_until(browser, lambda d: d.find_element(*by_css(".list-pane")).is_displayed(), "back")
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_the_address_keeps_search_and_message_for_back_forward_and_links(
+    tmp_path: Path, browser: Any, size: tuple[int, int]
+) -> None:
+    browser.set_window_size(*size)
+    with LiveInbox(tmp_path) as inbox:
+        send(inbox.smtp_port, newsletter())
+        send(inbox.smtp_port, simple("Lunch tomorrow?"))
+        ids = ids_by_subject(inbox)
+        lunch, sale = ids["Lunch tomorrow?"], ids["Spring sale"]
+        open_live(browser, inbox)
+        listing(browser, ["Lunch tomorrow?", "Spring sale"])
+        browser.execute_script("window.notReloaded = true")
+
+        # A search typed in two goes is one step in the history, not one per pause.
+        box = browser.find_element(*by_css("#search"))
+        box.send_keys("subject:")
+        wait_until(browser, lambda d: address(d) == "/?q=subject%3A", "first part in address")
+        box.send_keys("lunch")
+        wait_until(browser, lambda d: address(d) == "/?q=subject%3Alunch", "search in address")
+        listing(browser, ["Lunch tomorrow?"])
+        open_row(browser, "Lunch tomorrow?")
+        opened(browser, "Lunch tomorrow?")
+        assert address(browser) == f"/view/{lunch}?q=subject%3Alunch"
+        snapshot(browser, "address-message")
+
+        browser.back()
+        listing(browser, ["Lunch tomorrow?"])
+        assert address(browser) == "/?q=subject%3Alunch"
+        assert not browser.find_element(*by_css("#view")).is_displayed()
+        browser.back()
+        listing(browser, ["Lunch tomorrow?", "Spring sale"])
+        assert (address(browser), box.get_attribute("value")) == ("/", "")
+        browser.forward()
+        listing(browser, ["Lunch tomorrow?"])
+        assert box.get_attribute("value") == "subject:lunch"
+        browser.forward()
+        opened(browser, "Lunch tomorrow?")
+        assert address(browser) == f"/view/{lunch}?q=subject%3Alunch"
+
+        # Back to the list by the page's own button is a step back too, when it can be.
+        if size == PHONE:
+            browser.find_element(*by_css("#back")).click()
+        else:
+            keys = require_module("selenium.webdriver.common.keys").Keys
+            browser.find_element(*by_css("body")).send_keys(keys.ESCAPE)
+        listing(browser, ["Lunch tomorrow?"])
+        assert address(browser) == "/?q=subject%3Alunch"
+        browser.back()
+        listing(browser, ["Lunch tomorrow?", "Spring sale"])
+        assert address(browser) == "/"
+        assert browser.execute_script("return window.notReloaded") is True
+
+        # Links: /view/ID, the older /#ID, and /view/latest open their message.
+        browser.get(f"{inbox.url}/view/{sale}")
+        opened(browser, "Spring sale")
+        browser.get(f"{inbox.url}/#{sale}")
+        opened(browser, "Spring sale")
+        assert address(browser) == f"/view/{sale}"
+        browser.get(f"{inbox.url}/view/latest?q=bob")
+        opened(browser, "Lunch tomorrow?")
+        assert address(browser) == f"/view/{lunch}?q=bob"
+        browser.get(f"{inbox.url}/view/no-such-message")
+        wait_until(
+            browser, lambda d: "not here" in d.find_element(*by_css("#error")).text, "said so"
+        )
+        assert address(browser) == "/"
+        listing(browser, ["Lunch tomorrow?", "Spring sale"])
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= size[0]
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -519,7 +631,7 @@ def test_the_message_view_shows_delivery_and_releases(
             lambda d: d.find_element(*by_css("#view-subject")).text == "Caught",
             "opened",
         )
-        caught = browser.execute_script("return location.hash.slice(1)")
+        caught = browser.execute_script("return location.pathname.split('/').pop()")
         assert delivery(browser) == []
         click(browser, "#release")
         field = browser.find_element(*by_css("#release-to"))

@@ -12,7 +12,8 @@ const REMOTE = /(?:src|background)\s*=\s*["']?\s*(?:https?:)?\/\/|url\(\s*["']?\
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  query: "",
+  query: "",          // the search the list shows
+  page: 1,
   messages: [],       // summaries shown, newest first
   total: 0,
   unread: 0,
@@ -47,8 +48,11 @@ async function api(method, path, body) {
   return type.includes("application/json") ? response.json() : response.text();
 }
 
-function showError(error) {
+// The error shown, and whether the list's loading said it (a good load then clears it).
+let errorOfList = false;
+function showError(error, ofList = false) {
   $("error").textContent = error ? String(error.message || error) : "";
+  errorOfList = Boolean(error) && ofList;
 }
 
 function formatSize(octets) {
@@ -110,7 +114,11 @@ function row(summary) {
   }
   const snippet = element("span", "snippet", summary.Snippet || "");
   item.append(from, time, subject, size, snippet);
-  item.addEventListener("click", () => openMessage(summary.ID));
+  item.tabIndex = 0;
+  item.addEventListener("click", () => navigate({ selected: summary.ID }));
+  item.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") navigate({ selected: summary.ID });
+  });
   return item;
 }
 
@@ -154,9 +162,9 @@ async function load(append = false) {
     state.total = page.total + newer.length;
     state.unread = page.unread + newer.filter((m) => !m.Read).length;
     state.matching = page.messages_count + newer.length;
-    showError(null);
+    if (errorOfList) showError(null);
   } catch (error) {
-    showError(error);
+    showError(error, true);
   }
   render();
 }
@@ -212,7 +220,10 @@ function connect() {
     liveChanges += 1;
     const ids = JSON.parse(event.data).ids;
     state.messages = ids.length === 0 ? [] : state.messages.filter((m) => !ids.includes(m.ID));
-    if (state.selected && (ids.length === 0 || ids.includes(state.selected))) closeMessage();
+    if (state.selected && (ids.length === 0 || ids.includes(state.selected))) {
+      closeMessage();
+      rewriteAddress();
+    }
     render();
     reloadSoon();
     if (state.view === "queue") queueSoon();
@@ -236,13 +247,24 @@ function selectTab(name) {
   }
 }
 
+// A new frame for each HTML body: navigating the old one would add an entry to the
+// page's history, and Back would then step through frames instead of the inbox.
+function showHtml(path) {
+  const old = $("html-frame");
+  const frame = element("iframe");
+  for (const name of ["id", "title", "sandbox", "referrerpolicy"]) {
+    frame.setAttribute(name, old.getAttribute(name));
+  }
+  if (path) frame.src = path;
+  frame.hidden = !path;
+  old.replaceWith(frame);
+}
+
 function closeMessage() {
-  const id = state.selected;
   state.selected = null;
   $("view").hidden = true;
   $("layout").classList.remove("viewing");
-  $("html-frame").src = "about:blank";
-  if (id && location.hash === `#${id}`) history.replaceState(null, "", location.pathname);
+  showHtml(null);
   render();
 }
 
@@ -252,12 +274,19 @@ async function openMessage(id) {
   try {
     message = await api("GET", `/api/v1/message/${encodeURIComponent(id)}`);
   } catch (error) {
-    showError(error);
+    if (state.selected !== id) return;
+    showError(error.status === 404 ? new Error("That message is not here (deleted?).") : error);
     closeMessage();
+    rewriteAddress();
     return;
   }
   if (state.selected !== id) return;
-  if (location.hash !== `#${id}`) history.replaceState(null, "", `#${id}`);
+  if (message.ID !== id) {
+    // /view/latest: the address names the message itself from now on.
+    state.selected = message.ID;
+    id = message.ID;
+    rewriteAddress();
+  }
   setRead([id], true);
   render();
   $("view").hidden = false;
@@ -278,10 +307,9 @@ async function openMessage(id) {
   loadDelivery(id);
 
   const hasHtml = Boolean(message.HTML);
-  $("html-frame").hidden = !hasHtml;
   $("remote-bar").hidden = !hasHtml || !REMOTE.test(message.HTML);
   $("no-html").hidden = hasHtml;
-  $("html-frame").src = hasHtml ? `/view/${encodeURIComponent(id)}.html` : "about:blank";
+  showHtml(hasHtml ? `/view/${encodeURIComponent(id)}.html` : null);
   $("text-body").textContent = message.Text || "(no text part)";
 
   const parts = (message.Attachments || []).concat(message.Inline || []);
@@ -316,24 +344,134 @@ async function openMessage(id) {
   $("raw-body").textContent = raw;
 }
 
+// -- the address -----------------------------------------------------------------------
+// What the page shows is in its address, so Back and Forward step through it and a link
+// shows it again: /view/ID for an open message (/ for none), ?q= the search, ?page= the
+// page of the list; /#queue the queue. Old /#ID links open their message too.
+
+function decoded(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+function addressOf(place) {
+  if (place.view === "queue") return "/#queue";
+  const params = new URLSearchParams();
+  if (place.query) params.set("q", place.query);
+  if (place.page > 1) params.set("page", String(place.page));
+  const path = place.selected ? `/view/${encodeURIComponent(place.selected)}` : "/";
+  const search = params.toString();
+  return search ? `${path}?${search}` : path;
+}
+
+function readAddress() {
+  const params = new URLSearchParams(location.search);
+  const viewed = /^\/view\/([^/]+)$/.exec(location.pathname);
+  const hash = decoded(location.hash.slice(1));
+  const page = Number.parseInt(params.get("page") || "1", 10);
+  let selected = viewed ? decoded(viewed[1]) : null;
+  if (hash && hash !== "queue") selected = hash;
+  return {
+    view: hash === "queue" ? "queue" : "inbox",
+    query: (params.get("q") || "").trim(),
+    page: page > 1 ? page : 1,
+    selected,
+  };
+}
+
+function here() {
+  return location.pathname + location.search + location.hash;
+}
+
+function currentPlace() {
+  return { view: state.view, query: state.query, page: state.page, selected: state.selected };
+}
+
+// Show a place, as a new entry in the history (or in place of the current one). An entry
+// remembers the address it was reached from, and whether a search being typed made it.
+function navigate(changes, { replace = false, typing = false } = {}) {
+  showError(null); // about where the page was
+  const place = { ...currentPlace(), ...changes };
+  const address = addressOf(place);
+  if (replace) {
+    history.replaceState({ ...history.state, typing }, "", address);
+  } else if (address !== here()) {
+    history.pushState({ from: here(), typing }, "", address);
+  }
+  show(place);
+}
+
+// The address says what the page shows now, when it was changed without navigate.
+function rewriteAddress() {
+  if (state.view === "inbox") history.replaceState(history.state, "", addressOf(currentPlace()));
+}
+
+function show(place) {
+  if (place.view === "queue") {
+    if (state.view !== "queue") showView("queue");
+    return; // the inbox stays as it was, for coming back to it
+  }
+  if (state.view !== "inbox") showView("inbox");
+  if ($("search").value.trim() !== place.query) $("search").value = place.query;
+  if (place.query !== state.query || place.page !== state.page) {
+    state.query = place.query;
+    state.page = place.page;
+    load();
+  }
+  if (place.selected !== state.selected) {
+    if (place.selected) openMessage(place.selected);
+    else closeMessage();
+  }
+}
+
+// Back to the list: a step back when the list is where the message was opened from.
+function leaveMessage() {
+  const list = addressOf({ ...currentPlace(), selected: null });
+  if (history.state && history.state.from === list) history.back();
+  else navigate({ selected: null });
+}
+
+// A search as it is typed replaces its own history entry; another search gets a new one.
+function searchFor(text, typing) {
+  const query = text.trim();
+  const typed = Boolean(history.state && history.state.typing);
+  if (query === state.query) {
+    if (typed && !typing) history.replaceState({ ...history.state, typing: false }, "", here());
+    return;
+  }
+  navigate({ query, page: 1 }, { replace: typed, typing });
+}
+
+// A plain click on a link of the page moves within it; others open a tab as usual.
+function inPage(event) {
+  if (event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) {
+    return false;
+  }
+  event.preventDefault();
+  return true;
+}
+
 // -- wiring ----------------------------------------------------------------------------
 
 function init() {
   let typing = null;
   $("search").addEventListener("input", () => {
     clearTimeout(typing);
-    typing = setTimeout(() => {
-      state.query = $("search").value.trim();
-      load();
-    }, 250);
+    typing = setTimeout(() => searchFor($("search").value, true), 250);
   });
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    state.query = $("search").value.trim();
-    load();
+    clearTimeout(typing);
+    searchFor($("search").value, false);
   });
   $("more").addEventListener("click", () => load(true));
-  $("back").addEventListener("click", closeMessage);
+  $("back").addEventListener("click", leaveMessage);
+  $("brand").addEventListener("click", (event) => {
+    if (inPage(event)) navigate({ view: "inbox", query: "", page: 1, selected: null });
+  });
   $("mark-all-read").addEventListener("click", async () => {
     try {
       await api("PUT", "/api/v1/messages", { Read: true });
@@ -346,6 +484,7 @@ function init() {
     try {
       await api("DELETE", "/api/v1/messages", {});
       closeMessage();
+      rewriteAddress();
       load();
     } catch (error) { showError(error); }
   });
@@ -355,7 +494,10 @@ function init() {
     try {
       await api("DELETE", "/api/v1/messages", { IDs: [id] });
       state.messages = state.messages.filter((m) => m.ID !== id);
-      closeMessage();
+      if (state.selected === id) {
+        closeMessage();
+        rewriteAddress();
+      }
       load();
     } catch (error) { showError(error); }
   });
@@ -372,7 +514,7 @@ function init() {
   });
   $("load-remote").addEventListener("click", () => {
     if (state.selected) {
-      $("html-frame").src = `/view/${encodeURIComponent(state.selected)}.html?remote=1`;
+      showHtml(`/view/${encodeURIComponent(state.selected)}.html?remote=1`);
       $("remote-bar").hidden = true;
     }
   });
@@ -380,21 +522,23 @@ function init() {
     button.addEventListener("click", () => selectTab(button.dataset.tab));
   }
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && state.selected && state.view === "inbox") closeMessage();
+    if (event.key !== "Escape" || !state.selected || state.view !== "inbox") return;
+    if (!event.target.closest("input, select, textarea")) leaveMessage();
   });
   initQueue();
-  // The address says what to show: #queue, a message's #id, or the list.
-  const follow = () => {
-    const id = location.hash.slice(1);
-    if (id === "queue") {
-      if (state.view !== "queue") showView("queue");
-    } else {
-      if (state.view !== "inbox") showView("inbox");
-      if (id && id !== state.selected) openMessage(id);
-    }
-  };
-  window.addEventListener("hashchange", follow);
-  load().then(follow);
+  window.addEventListener("popstate", () => {
+    const place = readAddress();
+    if (addressOf(place) !== here()) history.replaceState(history.state, "", addressOf(place));
+    show(place);
+  });
+  // The address the page was opened at says what to show, in the form it is kept in.
+  const place = readAddress();
+  history.replaceState({ from: null, typing: false }, "", addressOf(place));
+  state.query = place.query;
+  state.page = place.page;
+  $("search").value = place.query;
+  load();
+  show(place);
   connect();
 }
 

@@ -88,13 +88,7 @@ function showView(name) {
   $("delete-all").hidden = queueShown;
   $(queueShown ? "show-queue" : "show-inbox").setAttribute("aria-current", "page");
   $(queueShown ? "show-inbox" : "show-queue").removeAttribute("aria-current");
-  if (queueShown) {
-    if (location.hash !== "#queue") history.replaceState(null, "", "#queue");
-    loadQueue();
-  } else {
-    const hash = state.selected ? `#${state.selected}` : "";
-    if (location.hash !== hash) history.replaceState(null, "", location.pathname + hash);
-  }
+  if (queueShown) loadQueue();
 }
 
 function queueChanged(ids) {
@@ -172,12 +166,10 @@ function queuedMessage(id, rows) {
       const cell = element("td", "message-cell");
       cell.rowSpan = rows.length;
       const link = element("a", "", queue.subjects.get(id) || id);
-      link.href = `#${id}`;
+      link.href = `/view/${encodeURIComponent(id)}`;
       link.title = `${id}, from ${r.Sender || "<>"}`;
       link.addEventListener("click", (event) => {
-        event.preventDefault();
-        showView("inbox");
-        openMessage(id);
+        if (inPage(event)) navigate({ view: "inbox", selected: id });
       });
       cell.append(link);
       tr.append(cell);
@@ -240,12 +232,10 @@ async function queueAction(id, action) {
 
 function initQueue() {
   $("show-inbox").addEventListener("click", (event) => {
-    event.preventDefault();
-    showView("inbox");
+    if (inPage(event)) navigate({ view: "inbox" });
   });
   $("show-queue").addEventListener("click", (event) => {
-    event.preventDefault();
-    showView("queue");
+    if (inPage(event)) navigate({ view: "queue" });
   });
   $("queue-all").addEventListener("change", () => {
     queue.all = $("queue-all").checked;
