@@ -28,6 +28,7 @@ from mailgate.config._values import (
     parse_optional_host_port,
     parse_optional_listen,
     parse_optional_path,
+    parse_origins,
     parse_path,
     parse_size,
     parse_store_url,
@@ -229,6 +230,11 @@ OPTIONS: tuple[Option, ...] = (
         "http_allowed_hosts", "--http-allowed-host", "MAILGATE_HTTP_ALLOWED_HOST",
         "http_allowed_hosts", parse_domain_names_list, "NAME",
         "a host name the web inbox answers to (besides IPs, localhost and --hostname); repeat",
+        repeatable=True,
+    ),
+    Option(
+        "api_cors", "--api-cors", "MAILGATE_API_CORS", "api_cors", parse_origins, "ORIGIN",
+        "let pages from this origin (scheme://host[:port], or *) call the API; repeat",
         repeatable=True,
     ),
     Option(

@@ -223,6 +223,9 @@ class Settings:
     http_allowed_hosts: tuple[str, ...] = ()
     """Host names the web inbox answers to besides IP addresses, ``localhost`` and ``hostname``
     (a defence against DNS rebinding: a page whose name rebinds to this address gets 400)."""
+    api_cors: tuple[str, ...] = ()
+    """Origins (``https://app.example:8443``, or ``*`` for any) whose pages may call the API
+    from a browser (CORS) and open its websocket, besides the inbox's own."""
     workers: int = 1
     """SMTP processes; above 1 they share the ports through ``SO_REUSEPORT``; 0: one per CPU."""
     outbound: Outbound = Outbound()

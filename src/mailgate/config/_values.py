@@ -32,6 +32,7 @@ __all__ = [
     "parse_networks",
     "parse_optional_listen",
     "parse_optional_path",
+    "parse_origins",
     "parse_path",
     "parse_size",
     "parse_store_url",
@@ -472,6 +473,39 @@ def parse_tls_policies(value: object) -> tuple[tuple[str, str], ...]:
             )
         policies[name] = text
     return tuple(policies.items())
+
+
+def parse_origins(value: object) -> tuple[str, ...]:
+    """Web origins (``scheme://host[:port]``, as an ``Origin`` header names them) or ``*``,
+    from flags (commas separate several, as Mailpit's ``--api-cors`` has it), the
+    environment or a TOML array."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise InvalidValue(f"expected an array of origins, got {_describe(value)}")
+    parts = [part.strip() for item in value for part in _text(item).split(",")]
+    return tuple(dict.fromkeys(_origin(part) for part in parts))
+
+
+def _origin(text: str) -> str:
+    if text == "*":
+        return text
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port == -1
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise InvalidValue(f"{text!r} is not an origin: give scheme://host[:port], or *")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 def parse_domain_names_list(value: object) -> tuple[str, ...]:

@@ -250,6 +250,7 @@ class Mailgate:
                                 {"localhost", settings.hostname or "localhost"}
                                 | set(settings.http_allowed_hosts)
                             ),
+                            cors_origins=settings.api_cors,
                         ),
                     ),
                     settings.http,

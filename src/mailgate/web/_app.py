@@ -12,11 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from mailgate.ports import AuthThrottle, HealthReporter, MailSink, MessageStore
 from mailgate.web._api import api_routes
@@ -24,8 +26,9 @@ from mailgate.web._context import Inbox, WebSettings
 from mailgate.web._events import EventHub
 from mailgate.web._live import live_routes
 from mailgate.web._openapi import openapi_document
+from mailgate.web._websocket import mailpit_events
 
-__all__ = ["AllowedHosts", "BasicAuth", "create_app", "inbox_of"]
+__all__ = ["AllowedHosts", "ApiCors", "BasicAuth", "create_app", "inbox_of"]
 
 STATIC = Path(__file__).with_name("static")
 PAGE_CSP = (
@@ -108,15 +111,39 @@ class BasicAuth:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNAUTHENTICATED_PATHS:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in UNAUTHENTICATED_PATHS:
             await self._app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")
         refusal = await self._checked(scope, header) if header else self._challenge()
         if refusal is None:
             await self._app(scope, receive, send)
-            return
-        await refusal(scope, receive, send)
+        elif scope["type"] == "websocket":  # closed before it is accepted: the handshake gets 403
+            await send({"type": "websocket.close", "code": 1008})
+        else:
+            await refusal(scope, receive, send)
+
+
+class ApiCors:
+    """CORS (``Access-Control-Allow-Origin`` and preflights) for the API's paths only, for
+    pages from ``origins`` (``*``: any); outside basic auth, as preflights carry none."""
+
+    def __init__(self, app: ASGIApp, origins: tuple[str, ...]) -> None:
+        self._app = app
+        self._cors = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            # Credentials (basic auth) only to origins named one by one, never to any.
+            allow_credentials="*" not in origins,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/"):
+            await self._cors(scope, receive, send)
+        else:
+            await self._app(scope, receive, send)
 
 
 class AllowedHosts:
@@ -206,11 +233,17 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
+    cors = settings.cors_origins
+
+    async def websocket_events(websocket: WebSocket) -> None:
+        await mailpit_events(inbox, websocket, lambda origin: "*" in cors or origin in cors)
+
     routes = [
         Route("/", index, methods=["GET"]),
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         *api_routes(inbox),
         *live_routes(inbox),
+        WebSocketRoute("/api/events", websocket_events),
         # A message's own address in the page (Mailpit's); after /view/{id}.html and .txt.
         Route("/view/{id}", index, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
@@ -220,6 +253,8 @@ def create_app(
     if settings.http_auth is not None:
         user, password = settings.http_auth
         app.add_middleware(BasicAuth, user=user, password=password, throttle=auth_throttle)
+    if cors:
+        app.add_middleware(ApiCors, origins=cors)
     if settings.allowed_hosts is not None:
         app.add_middleware(AllowedHosts, names=settings.allowed_hosts)  # outermost: first
     return app

@@ -55,6 +55,8 @@ class WebSettings:
     allowed_hosts: frozenset[str] | None = None
     """Host names requests may name besides IP addresses (``Host``); ``None``: any (an app
     embedded behind a proxy that checks them).  ``mailgate serve`` always sets them."""
+    cors_origins: tuple[str, ...] = ()
+    """Origins (or ``*``) whose pages may call the API and open its websocket (CORS)."""
 
 
 class BadRequest(Exception):

@@ -103,6 +103,7 @@ class HTTPService:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+            ws="wsproto",  # the websocket /api/events; a dependency, so always there
         )
         server = _Server(config)
         self._server = server
