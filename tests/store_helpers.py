@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -51,11 +52,15 @@ def summary(number: int) -> MessageSummary:
 
 
 def record(
-    number: int, *, origin: str = "origin", queued: tuple[QueuedRecipient, ...] = ()
+    number: int,
+    *,
+    origin: str = "origin",
+    queued: tuple[QueuedRecipient, ...] = (),
+    tags: tuple[str, ...] = (),
 ) -> NewMessageRecord:
     """The record that stores made-up message ``number``, its content inline."""
     return new_message_record(
-        summary(number),
+        dataclasses.replace(summary(number), tags=tags),
         make_envelope(),
         body_file=None,
         content=b"x",

@@ -269,10 +269,11 @@ async def test_a_failed_message_fails_alone(
 
 
 @pytest.mark.asyncio
-async def test_a_message_and_its_queue_rows_commit_together_in_the_commit_service(
+async def test_a_message_its_queue_rows_and_tags_commit_together_in_the_commit_service(
     tmp_path: Path, socket_path: str
 ) -> None:
-    """The record carries its queue rows to the commit service, which stores both at once."""
+    """The record carries its queue rows and tags to the commit service, which stores them
+    with the message at once."""
     async with serving(tmp_path, socket_path), client_store(tmp_path, socket_path) as store:
         client = store._route()
         assert client is not None
@@ -282,8 +283,15 @@ async def test_a_message_and_its_queue_rows_commit_together_in_the_commit_servic
             queued=(QueuedRecipient("someone@elsewhere.test", 1_767_323_045_000),),
         )
         plain = record(8, origin=store._origin)
-        results = await asyncio.gather(client.submit(queued), client.submit(plain))
-        assert results == [queued.id, plain.id]
+        tagged = record(9, origin=store._origin, tags=("Billing", "urgent"))
+        results = await asyncio.gather(
+            client.submit(queued), client.submit(plain), client.submit(tagged)
+        )
+        assert results == [queued.id, plain.id, tagged.id]
+        assert await store.tags() == {"Billing": 1, "urgent": 1}
+        stored = await store.get(tagged.id)
+        assert stored is not None
+        assert stored.summary.tags == ("Billing", "urgent")
         rows = await store.queued()
         assert [(r.message_id, r.recipient) for r in rows] == [
             (queued.id, "someone@elsewhere.test")
@@ -387,7 +395,11 @@ async def test_a_garbled_frame_drops_that_client_only(tmp_path: Path, socket_pat
 
 
 def test_a_record_round_trips_and_a_garbled_one_is_refused() -> None:
-    sent = record(1, queued=(QueuedRecipient("a@b.test", 5), QueuedRecipient("c@d.test", 6)))
+    sent = record(
+        1,
+        queued=(QueuedRecipient("a@b.test", 5), QueuedRecipient("c@d.test", 6)),
+        tags=("Billing", "urgent"),
+    )
     header, payload = commit_service.frame(sent)
     assert int.from_bytes(header, "big") == len(payload)
     assert NewMessageRecord.from_wire(memoryview(payload)) == sent
@@ -400,6 +412,7 @@ def test_a_record_round_trips_and_a_garbled_one_is_refused() -> None:
         marshal.dumps((fields[0] + 1, *fields[1:])),  # another wire version
         marshal.dumps((*fields[:1], 7, *fields[2:])),  # an id that is not text
         marshal.dumps((*fields[:-1], (("a@b.test",),))),  # a queue row without its due time
+        marshal.dumps((*fields[:-2], (7,), fields[-1])),  # a tag that is not text
     ]
     for bad in garbled:
         with pytest.raises(ValueError, match="frame"):

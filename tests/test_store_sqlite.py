@@ -32,6 +32,7 @@ from mailgate.testing.stores import (
     make_envelope,
     make_message,
 )
+from mailgate.testing.tagging import COMMITTED_TAG_CHECKS
 from store_helpers import until
 
 
@@ -44,7 +45,11 @@ def under_test(tmp_path: Path) -> StoreUnderTest:
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     "check",
-    STORE_CHECKS + SEARCHABLE_STORE_CHECKS + TAGGABLE_STORE_CHECKS + PRUNABLE_STORE_CHECKS,
+    STORE_CHECKS
+    + SEARCHABLE_STORE_CHECKS
+    + TAGGABLE_STORE_CHECKS
+    + COMMITTED_TAG_CHECKS
+    + PRUNABLE_STORE_CHECKS,
     ids=lambda check: check.__name__,
 )
 async def test_conformance(

@@ -322,7 +322,11 @@ class CountingSink(MailSink, Protocol):
 
 @runtime_checkable
 class TaggableStore(MessageStore, Protocol):
-    """A store that keeps tags on messages."""
+    """A store that keeps tags on messages.
+
+    ``store`` keeps a new message's tags (its summary's, as the accept path gave
+    them) in the same transaction as the message: durable with it, or not at all.
+    """
 
     async def tags(self) -> dict[str, int]:
         """Every tag in use, with how many messages carry it."""

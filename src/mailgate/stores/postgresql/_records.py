@@ -1,7 +1,8 @@
 """The mapping between the model and the PostgreSQL store's rows.
 
 A new message becomes a ``NewMessageRow``: the values of its ``messages``
-row in ``MESSAGE_COLUMNS`` order, its content, and its outbound queue rows.
+row in ``MESSAGE_COLUMNS`` order, its content, its tags' rows, and its outbound
+queue rows.
 Addresses are jsonb (``sender`` ``[name, address]``, ``recipients``
 ``{"to": [[name, address], ...], "cc": ..., "bcc": ..., "reply_to": ...}``),
 as the SQLite store keeps them as JSON text; the envelope is jsonb.
@@ -79,6 +80,8 @@ class NewMessageRow:
     content: bytes
     queued: tuple[tuple[str, str, datetime, datetime], ...]
     """Outbound queue rows: (message id, recipient, queued at, due)."""
+    tags: tuple[tuple[str, str, str], ...] = ()
+    """``tags`` rows: (message id, tag, the tag in lower case)."""
 
 
 def _clean(text: str) -> str:
@@ -111,7 +114,7 @@ def _clean_summary(summary: MessageSummary) -> MessageSummary:
 
 
 def new_message_row(summary: MessageSummary, envelope: Envelope, content: bytes) -> NewMessageRow:
-    """The rows that store a new message: its ``messages`` row, content and queue rows.
+    """The rows that store a new message: its ``messages`` row, content, tags and queue rows.
 
     Its outbound recipients are due at once: at the time it was received.
     """
@@ -144,7 +147,8 @@ def new_message_row(summary: MessageSummary, envelope: Envelope, content: bytes)
         (summary.id, recipient, received, received)
         for recipient in dict.fromkeys(envelope.outbound)
     )
-    return NewMessageRow(id=summary.id, values=values, content=content, queued=queued)
+    tags = tuple((summary.id, tag, tag.lower()) for tag in summary.tags)
+    return NewMessageRow(id=summary.id, values=values, content=content, queued=queued, tags=tags)
 
 
 def summary_from_row(row: Sequence[Any]) -> MessageSummary:

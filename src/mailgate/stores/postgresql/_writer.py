@@ -9,8 +9,8 @@ write-ahead log (group commit).  New mail is inserted with ``executemany``,
 which psycopg runs in pipeline mode: one round trip for the whole batch.
 
 One transaction holds, in the order they were submitted: each new message's
-row, its content and its outbound queue rows (``_queue.insert_queued``), so
-that the ``250`` a client gets covers all of them; the changes; and the
+row, its content, its tags and its outbound queue rows (``_queue.insert_queued``),
+so that the ``250`` a client gets covers all of them; the changes; and the
 batch's events with one ``NOTIFY`` (``_events.insert_events``).  A future
 resolves only after COMMIT returned, and ``synchronous_commit`` is ``on`` for
 the store's connections (``_connection``): so ``store`` returns once the
@@ -70,6 +70,9 @@ _INSERT_MESSAGE = (
     f" VALUES ({', '.join(['%s'] * len(MESSAGE_COLUMNS.split(',')))})"
 )
 _INSERT_CONTENT = "INSERT INTO contents (message_id, data) VALUES (%s, %b)"
+_INSERT_TAG = (
+    "INSERT INTO tags (message_id, tag, folded) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"
+)
 _PRUNE = (
     "DELETE FROM events WHERE at < clock_timestamp() - make_interval(secs => %s)"
     " AND xid < pg_snapshot_xmin(pg_current_snapshot())"
@@ -225,11 +228,14 @@ class Writer:
     async def _insert(
         self, cursor: AsyncCursor[Any], rows: list[NewMessageRow], batch: _Batch
     ) -> None:
-        """Insert new messages, their content and queue rows; log their event."""
+        """Insert new messages, their content, tags and queue rows; log their event."""
         if not rows:
             return
         await cursor.executemany(_INSERT_MESSAGE, [row.values for row in rows])
         await cursor.executemany(_INSERT_CONTENT, [(row.id, row.content) for row in rows])
+        tags = [tag for row in rows for tag in row.tags]
+        if tags:
+            await cursor.executemany(_INSERT_TAG, tags)
         queued = [queued for row in rows for queued in row.queued]
         if queued:
             await insert_queued(cursor, queued)

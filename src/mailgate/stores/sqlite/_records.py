@@ -3,7 +3,7 @@
 ``NewMessageRecord`` is everything a transaction needs to store a new message:
 the columns of its ``messages`` row (see ``_schema``), its content when the
 row keeps it (``_store.MAX_INLINE_CONTENT_OCTETS``), the origin whose
-subscribers hear of it, and the outbound queue rows (``QueuedRecipient``)
+subscribers hear of it, and the tags and outbound queue rows (``QueuedRecipient``)
 that must be durable in the same transaction as the message.  The SMTP
 processes of a node send it to the commit service; a store with no commit
 service (a command's) gives the very same record to its own writer thread:
@@ -35,10 +35,10 @@ from mailgate.model import MessageId
 
 __all__ = ["WIRE_VERSION", "NewMessageRecord", "QueuedRecipient"]
 
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 """Changes whenever the fields change: a frame of another version is refused.  (2 added
-``inline_parts``.)"""
-_WIRE_FIELDS = 17  # the version and the sixteen fields
+``inline_parts``, 3 ``tags``.)"""
+_WIRE_FIELDS = 18  # the version and the seventeen fields
 
 
 @final
@@ -72,7 +72,7 @@ class QueuedRecipient:
 
 @final
 class NewMessageRecord:
-    """A new message for a write transaction: its row, content, origin and queue rows.
+    """A new message for a write transaction: its row, content, origin, tags and queue rows.
 
     Immutable: the attributes are ``Final``, which mypy holds every use to, and
     which the compiled build makes read-only.
@@ -95,6 +95,7 @@ class NewMessageRecord:
         "size",
         "snippet",
         "subject",
+        "tags",
     )
 
     def __init__(
@@ -115,6 +116,7 @@ class NewMessageRecord:
         body_file: str | None,
         content: bytes | None,
         origin: str,
+        tags: tuple[str, ...] = (),
         queued: tuple[QueuedRecipient, ...] = (),
     ) -> None:
         self.id: Final = id
@@ -136,6 +138,8 @@ class NewMessageRecord:
         self.origin: Final = origin
         """The store whose subscribers learn of the message: the writer's own, or, for a
         message the commit service stores, the SMTP process's store that sent it."""
+        self.tags: Final = tags
+        """The tags the message is stored with (most have none)."""
         self.queued: Final = queued
 
     def _fields(self) -> tuple[object, ...]:
@@ -155,6 +159,7 @@ class NewMessageRecord:
             self.body_file,
             self.content,
             self.origin,
+            self.tags,
             self.queued,
         )
 
@@ -187,6 +192,7 @@ class NewMessageRecord:
                 self.body_file,
                 self.content,
                 self.origin,
+                self.tags,
                 tuple([(queued.recipient, queued.due_ms) for queued in self.queued]),
             )
         )
@@ -221,6 +227,7 @@ class NewMessageRecord:
             body_file,
             content,
             origin,
+            tags,
             queued,
         ) = fields
         if version != WIRE_VERSION:
@@ -241,6 +248,8 @@ class NewMessageRecord:
             and (body_file is None or isinstance(body_file, str))
             and (content is None or isinstance(content, bytes))
             and isinstance(origin, str)
+            and isinstance(tags, tuple)
+            and all(isinstance(tag, str) for tag in tags)
             and isinstance(queued, tuple)
         ):
             raise ValueError("a frame whose fields are not a new message's")
@@ -270,5 +279,6 @@ class NewMessageRecord:
             body_file=body_file,
             content=content,
             origin=origin,
+            tags=tags,
             queued=tuple(recipients),
         )

@@ -286,7 +286,8 @@ def new_message_record(
     queued: tuple[QueuedRecipient, ...] = (),
 ) -> NewMessageRecord:
     """The record that stores a new message: its ``messages`` row but ``seq`` and ``read``,
-    its content or body file, the origin its change is logged under, its queue rows."""
+    its content or body file, the origin its change is logged under, its tags (the
+    summary's) and queue rows."""
     recipients = _COMPACT.encode(
         {
             "to": address_pairs(summary.to),
@@ -312,6 +313,7 @@ def new_message_record(
         body_file=body_file,
         content=content,
         origin=origin,
+        tags=summary.tags,
         queued=queued,
     )
 

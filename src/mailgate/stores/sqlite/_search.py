@@ -40,6 +40,7 @@ from typing import Any
 from mailgate.model import MessageId, MessagePage
 from mailgate.query import Bound, BoundTerm, Field, Flag, FlagTerm, Query, Term, TextTerm
 from mailgate.stores.sqlite._connection import write_transaction
+from mailgate.stores.sqlite._records import NewMessageRecord
 from mailgate.stores.sqlite._schema import SELECT_SUMMARY, millis, summary_from_row
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "delete_tag",
     "ensure_search_schema",
     "index_unindexed",
+    "insert_tags",
     "rename_tag",
     "search_page",
     "set_tags",
@@ -274,6 +276,15 @@ def search_page(
 def tag_counts(connection: sqlite3.Connection) -> dict[str, int]:
     """Every tag in use and how many messages carry it."""
     return dict(connection.execute("SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag"))
+
+
+def insert_tags(connection: sqlite3.Connection, records: Sequence[NewMessageRecord]) -> None:
+    """Insert the tags the new messages carry, in the transaction that inserted them."""
+    rows = [(tag, record.id) for record in records for tag in record.tags]
+    if rows:
+        connection.executemany(
+            "INSERT OR IGNORE INTO tags (seq, tag) SELECT seq, ? FROM messages WHERE id = ?", rows
+        )
 
 
 def set_tags(

@@ -16,8 +16,9 @@ acknowledged message and shows no partial one:
   once per transaction, before the COMMIT whose rows name it;
 - a body file is unlinked only after the transaction deleting its row
   committed.  A body file without a row is garbage the store sweeps at open;
-- a message's outbound queue rows (``NewMessageRecord.queued``) are durable in
-  the same transaction as the message (``_queue.insert_queued``).
+- a message's outbound queue rows (``NewMessageRecord.queued``) and tags
+  (``NewMessageRecord.tags``) are durable in the same transaction as the message
+  (``_queue.insert_queued``, ``_search.insert_tags``).
 
 Each transaction that changes messages also appends its events to the
 ``changes`` log, each under the ``origin`` of the store whose subscribers hear
@@ -29,9 +30,10 @@ Stores in other processes follow the log (``_follow``).  Every
 log is pruned to the newest ``CHANGE_LOG_KEEP`` rows, in the same transaction:
 a range delete on the primary key, about a millisecond every thousand rows.
 
-A batch of new mail alone, the common case, is ONE statement outside any
-explicit transaction: an INSERT through the ``incoming`` view whose last row
-of each origin also logs the change (``_schema.incoming_values``).  SQLite
+A batch of new mail alone, none of it with queue rows or tags, the common case,
+is ONE statement outside any explicit transaction: an INSERT through the
+``incoming`` view whose last row of each origin also logs the change
+(``_schema.incoming_values``).  SQLite
 commits it on its own, so the driving thread gives up the GIL (and, on a busy
 process, waits to get it back) once a transaction rather than four times
 (BEGIN, INSERT, change log, COMMIT).
@@ -78,7 +80,7 @@ from mailgate.stores.sqlite._schema import (
     incoming_values,
     insert_messages,
 )
-from mailgate.stores.sqlite._search import index_unindexed
+from mailgate.stores.sqlite._search import index_unindexed, insert_tags
 
 __all__ = [
     "CHANGE_LOG_KEEP",
@@ -363,7 +365,7 @@ class WriteConnection:
         stored = self._stored_by_origin(records)
         if (
             len(records) == len(operations) <= MAX_ROWS_PER_INSERT
-            and not any(record.queued for record in records)
+            and not any(record.queued or record.tags for record in records)
             and self._logged_without_pruning(len(stored))
         ):
             return self._insert_alone(records, stored)
@@ -460,6 +462,7 @@ class WriteConnection:
             chunk = records[start : start + MAX_ROWS_PER_INSERT]
             self._connection.execute(insert_messages(len(chunk)), incoming_values(chunk, {}))
         insert_queued(self._connection, records)
+        insert_tags(self._connection, records)
         batch.stored += len(records)
 
     def _delete(self, operation: Delete, batch: _Batch) -> int:
