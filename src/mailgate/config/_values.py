@@ -13,6 +13,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from mailgate.config._settings import MAX_WORKERS, Domain, Listen
 from mailgate.protocol import MAX_DOMAIN_OCTETS, MAX_LOCAL_PART_OCTETS
