@@ -367,6 +367,74 @@ def test_the_address_keeps_search_and_message_for_back_forward_and_links(
         assert browser.execute_script("return document.documentElement.scrollWidth") <= size[0]
 
 
+def count(driver: Any, where: str = "#count") -> str:
+    """The list's count, its range with a plain hyphen (1-50 of 1,938)."""
+    shown: str = driver.find_element(*by_css(where)).text
+    return shown.replace("\N{EN DASH}", "-")
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_the_list_goes_by_pages_with_a_count_and_shows_recipients(
+    tmp_path: Path, browser: Any, size: tuple[int, int]
+) -> None:
+    browser.set_window_size(*size)
+    with LiveInbox(tmp_path) as inbox:
+        spool = inbox.settings.data_dir / "test-spool"
+
+        async def fill() -> None:
+            for number in range(1, 121):
+                content = email(f"Message {number:03}", to="Carol <carol@example.org>, d@x.test")
+                await deliver(inbox.store, content, spool_dir=spool)
+
+        inbox.call(fill(), timeout=120)
+        open_live(browser, inbox)
+        wait_until(browser, lambda d: count(d) == "1-50 of 120, 120 unread", "counted")
+        assert len(rows(browser)) == 50
+        assert rows(browser)[0] == "Message 120"
+        to = browser.execute_script(
+            "const to = document.querySelector('#messages .message .to');"
+            "return [to.textContent, to.title];"
+        )
+        assert to == ["To: Carol, d@x.test", "Carol <carol@example.org>, d@x.test"]
+        assert browser.find_element(*by_css("#prev")).get_attribute("disabled")
+        browser.execute_script("window.notReloaded = true")
+
+        click(browser, "#next")
+        wait_until(browser, lambda d: count(d).startswith("51-100 of 120"), "page 2")
+        assert (rows(browser)[0], address(browser)) == ("Message 070", "/?page=2")
+        click(browser, "#next")
+        wait_until(browser, lambda d: count(d).startswith("101-120 of 120"), "page 3")
+        assert rows(browser)[-1] == "Message 001"
+        assert browser.find_element(*by_css("#next")).get_attribute("disabled")
+        snapshot(browser, "pages-last")
+        browser.back()
+        wait_until(browser, lambda d: count(d).startswith("51-100 of 120"), "back to page 2")
+
+        # Mail arriving moves every later page along by one.
+        send(inbox.smtp_port, simple("Newest"))
+        wait_until(browser, lambda d: count(d).startswith("51-100 of 121"), "one more")
+        wait_until(browser, lambda d: rows(d)[0] == "Message 071", "moved along")
+        bottom = browser.find_element(*by_css("#pager-bottom"))
+        assert bottom.is_displayed()
+        assert count(browser, "#count-bottom") == "51-100 of 121"
+        assert bottom.find_element(*by_css("#next-bottom")).text.startswith("Next")
+
+        # A search starts at its first page.
+        box = browser.find_element(*by_css("#search"))
+        box.send_keys('subject:"message 1"')
+        wait_until(browser, lambda d: count(d) == "1-21 of 21 matching", "searched")
+        assert address(browser) == "/?q=subject%3A%22message+1%22"
+        assert not browser.find_element(*by_css("#pager-bottom")).is_displayed()
+        assert browser.execute_script("return window.notReloaded") is True
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= size[0]
+
+        # A page past the end is the last page.
+        browser.get(f"{inbox.url}/?page=9")
+        wait_until(browser, lambda d: count(d).startswith("101-121 of 121"), "last page")
+        assert address(browser) == "/?page=3"
+        snapshot(browser, "pages-list")
+
+
 class _Recorder(BaseHTTPRequestHandler):
     hits: list[str]
 

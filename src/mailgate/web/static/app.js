@@ -14,7 +14,8 @@ const $ = (id) => document.getElementById(id);
 const state = {
   query: "",          // the search the list shows
   page: 1,
-  messages: [],       // summaries shown, newest first
+  messages: [],       // summaries shown, newest first: one page
+  tags: [],           // every tag in use
   total: 0,
   unread: 0,
   matching: 0,
@@ -104,6 +105,9 @@ function row(summary) {
   item.classList.toggle("selected", summary.ID === state.selected);
   const from = element("span", "from", person(summary.From) || "(no sender)");
   from.title = person(summary.From);
+  const names = (summary.To || []).map((a) => a.Name || a.Address);
+  const to = element("span", "to", names.length ? `To: ${names.join(", ")}` : "(no To)");
+  to.title = people(summary.To);
   const time = element("span", "time", formatTime(summary.Created));
   time.title = new Date(summary.Created).toLocaleString();
   const subject = element("span", "subject", summary.Subject || "(no subject)");
@@ -113,7 +117,7 @@ function row(summary) {
     size.title = `${summary.Attachments} attachment(s)`;
   }
   const snippet = element("span", "snippet", summary.Snippet || "");
-  item.append(from, time, subject, size, snippet);
+  item.append(from, time, to, size, subject, snippet);
   item.tabIndex = 0;
   item.addEventListener("click", () => navigate({ selected: summary.ID }));
   item.addEventListener("keydown", (event) => {
@@ -122,35 +126,63 @@ function row(summary) {
   return item;
 }
 
+const count = (n) => n.toLocaleString();
+
+function pages() {
+  return Math.max(1, Math.ceil(state.matching / PAGE));
+}
+
 function render() {
   const list = $("messages");
   list.replaceChildren(...state.messages.map(row));
   const searching = state.query !== "";
+  const first = (state.page - 1) * PAGE;
+  const range = state.messages.length
+    ? `${count(first + 1)}–${count(first + state.messages.length)} of ${count(state.matching)}`
+    : `0 of ${count(state.matching)}`;
   $("count").textContent = searching
-    ? `${state.matching} matching of ${state.total}`
-    : `${state.total} messages, ${state.unread} unread`;
+    ? `${range} matching`
+    : `${range}, ${count(state.unread)} unread`;
+  $("count-bottom").textContent = range;
+  for (const id of ["prev", "prev-bottom"]) $(id).disabled = state.page <= 1;
+  for (const id of ["next", "next-bottom"]) $(id).disabled = state.page >= pages();
+  $("pager-bottom").hidden = pages() <= 1;
   $("empty").hidden = state.messages.length > 0;
   $("empty").textContent = searching ? "No message matches this search." :
     "No messages. Send mail to the SMTP port and it appears here.";
-  $("more").hidden = state.messages.length >= state.matching;
   document.title = state.unread > 0 ? `(${state.unread}) mailgate inbox` : "mailgate inbox";
+}
+
+function turnPage(step) {
+  const page = Math.min(Math.max(1, state.page + step), pages());
+  if (page === state.page) return;
+  navigate({ page });
+  $("messages").parentElement.scrollTop = 0;
+  window.scrollTo(0, 0);
 }
 
 // Live changes seen so far: a page fetched while one arrived may predate it.
 let liveChanges = 0;
+let loadAsked = 0;
 
-async function load(append = false) {
+async function load() {
+  const asked = ++loadAsked;
   const changesBefore = liveChanges;
-  const start = append ? state.messages.length : 0;
-  const limit = append ? PAGE : Math.max(PAGE, state.messages.length);
+  const start = (state.page - 1) * PAGE;
   const path = state.query
-    ? `/api/v1/search?query=${encodeURIComponent(state.query)}&start=${start}&limit=${limit}` +
+    ? `/api/v1/search?query=${encodeURIComponent(state.query)}&start=${start}&limit=${PAGE}` +
       `&tz=${encodeURIComponent(ZONE)}`
-    : `/api/v1/messages?start=${start}&limit=${limit}`;
+    : `/api/v1/messages?start=${start}&limit=${PAGE}`;
   try {
     const page = await api("GET", path);
+    if (asked !== loadAsked) return; // another page or search was asked for since
+    if (!page.messages.length && page.messages_count > 0 && state.page > 1) {
+      // Past the end (mail was deleted): the last page instead.
+      navigate({ page: Math.ceil(page.messages_count / PAGE) }, { replace: true });
+      return;
+    }
     let newer = [];
-    if (!append && liveChanges !== changesBefore) {
+    if (state.page === 1 && liveChanges !== changesBefore) {
       // Mail arrived live while this page was on its way: keep the rows newer than the
       // page, and ask again for whatever else changed meanwhile.
       const listed = new Set(page.messages.map((m) => m.ID));
@@ -158,12 +190,14 @@ async function load(append = false) {
       newer = state.messages.filter((m) => !listed.has(m.ID) && m.ID > newest);
       reloadSoon();
     }
-    state.messages = append ? state.messages.concat(page.messages) : newer.concat(page.messages);
+    state.messages = newer.concat(page.messages).slice(0, PAGE);
+    state.tags = page.tags || [];
     state.total = page.total + newer.length;
     state.unread = page.unread + newer.filter((m) => !m.Read).length;
     state.matching = page.messages_count + newer.length;
     if (errorOfList) showError(null);
   } catch (error) {
+    if (asked !== loadAsked) return;
     showError(error, true);
   }
   render();
@@ -195,14 +229,14 @@ function connect() {
     liveChanges += 1;
     if (state.view === "queue") queueSoon(); // new mail may be on its way out
     const data = JSON.parse(event.data);
-    if (state.query) {
-      reloadSoon(); // the server decides what matches
+    if (state.query || state.page > 1) {
+      reloadSoon(); // the server decides what matches, and what a later page holds
       return;
     }
     const known = new Set(state.messages.map((m) => m.ID));
     const fresh = (data.messages || []).filter((m) => !known.has(m.ID));
     fresh.sort((a, b) => (a.ID < b.ID ? 1 : -1));
-    state.messages = fresh.concat(state.messages);
+    state.messages = fresh.concat(state.messages).slice(0, PAGE);
     state.total += fresh.length;
     state.matching += fresh.length;
     state.unread += fresh.filter((m) => !m.Read).length;
@@ -467,7 +501,9 @@ function init() {
     clearTimeout(typing);
     searchFor($("search").value, false);
   });
-  $("more").addEventListener("click", () => load(true));
+  for (const [id, step] of [["prev", -1], ["next", 1], ["prev-bottom", -1], ["next-bottom", 1]]) {
+    $(id).addEventListener("click", () => turnPage(step));
+  }
   $("back").addEventListener("click", leaveMessage);
   $("brand").addEventListener("click", (event) => {
     if (inPage(event)) navigate({ view: "inbox", query: "", page: 1, selected: null });
