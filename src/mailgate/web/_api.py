@@ -277,7 +277,7 @@ async def info(inbox: Inbox, request: Request) -> Response:
             "RuntimeStats": {
                 "Uptime": int(time.monotonic() - inbox.started),
                 "Memory": memory,
-                "MessagesDeleted": inbox.deleted,
+                "MessagesDeleted": inbox.deleted + inbox.pruned(),
                 "SMTPAccepted": counts.accepted,
                 "SMTPAcceptedSize": counts.accepted_octets,
                 "SMTPRejected": counts.rejected,

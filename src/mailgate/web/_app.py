@@ -207,6 +207,7 @@ def create_app(
     is_local: Callable[[str], bool] | None = None,
     auth_throttle: AuthThrottle | None = None,
     health: HealthReporter | None = None,
+    pruned: Callable[[], int] | None = None,
 ) -> Starlette:
     """The web inbox and JSON API over ``store``, as an ASGI application.
 
@@ -215,7 +216,9 @@ def create_app(
     server's (default: all of them, as in catch-all mode); ``auth_throttle``
     counts wrong basic-auth passwords per client address (see ``BasicAuth``);
     ``health`` is what ``/readyz`` checks besides a read of the store
-    (default: the store's own checks, when it is a ``ports.HealthReporter``).
+    (default: the store's own checks, when it is a ``ports.HealthReporter``);
+    ``pruned`` says how many messages the node's retention has pruned, for
+    ``/api/v1/info``.
 
     The app subscribes to the store's events when the first live client
     arrives.  Call ``await inbox_of(app).close()`` (``HTTPService.aclose``
@@ -225,6 +228,8 @@ def create_app(
     inbox = Inbox(store=store, settings=settings, hub=EventHub(store), sink=sink)
     if is_local is not None:
         inbox.is_local = is_local
+    if pruned is not None:
+        inbox.pruned = pruned
     inbox.health = health if health is not None or not isinstance(store, HealthReporter) else store
 
     async def index(request: Request) -> Response:

@@ -184,6 +184,9 @@ class Inbox:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     deleted: int = 0
     """Messages this app deleted since it started (``/api/v1/info``'s ``MessagesDeleted``)."""
+    pruned: Callable[[], int] = lambda: 0
+    """Messages the node's retention pruned since it started (counted in ``MessagesDeleted``
+    too: they were deleted all the same)."""
 
     async def resolve(self, message_id: str) -> MessageId | None:
         """``latest`` as the newest message's id; any other id as it is."""
