@@ -12,16 +12,19 @@ from __future__ import annotations
 from mailgate.config._load import ConfigError, load_settings
 from mailgate.config._options import OPTIONS, Option
 from mailgate.config._settings import (
+    CATCH_ALL_MAX_MESSAGES,
     MAX_WORKERS,
     TLS,
     Domain,
     Limits,
     Listen,
     Outbound,
+    Retention,
     Settings,
 )
 
 __all__ = [
+    "CATCH_ALL_MAX_MESSAGES",
     "MAX_WORKERS",
     "OPTIONS",
     "TLS",
@@ -31,6 +34,7 @@ __all__ = [
     "Listen",
     "Option",
     "Outbound",
+    "Retention",
     "Settings",
     "load_settings",
 ]

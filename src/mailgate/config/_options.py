@@ -110,6 +110,17 @@ OPTIONS: tuple[Option, ...] = (
         "SIZE", "largest message accepted, e.g. 25M (default 25M; 0 for no limit)",
     ),
     Option(
+        "retention.max_messages", "--max-messages", "MAILGATE_MAX_MESSAGES",
+        "retention.max_messages", parse_int(least=0), "N",
+        "keep the newest N messages, deleting older ones (default 5000 without --domain, "
+        "else all; 0: all)",
+    ),
+    Option(
+        "retention.max_age", "--max-age", "MAILGATE_MAX_AGE", "retention.max_age",
+        parse_duration(least=0), "DURATION",
+        "delete messages received longer ago than this, e.g. 7d or 12h (default 0: keep)",
+    ),
+    Option(
         "limits.min_free_space", "--min-free-space", "MAILGATE_MIN_FREE_SPACE",
         "limits.min_free_space", parse_size(least=1), "SIZE",
         "free disk space below which MAIL gets 452 4.3.1 (default 1.5 x the largest message)",

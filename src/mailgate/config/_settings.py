@@ -22,7 +22,17 @@ from mailgate.protocol import (
     MAX_TEXT_LINE_OCTETS,
 )
 
-__all__ = ["MAX_WORKERS", "TLS", "Domain", "Limits", "Listen", "Outbound", "Settings"]
+__all__ = [
+    "CATCH_ALL_MAX_MESSAGES",
+    "MAX_WORKERS",
+    "TLS",
+    "Domain",
+    "Limits",
+    "Listen",
+    "Outbound",
+    "Retention",
+    "Settings",
+]
 
 MAX_WORKERS = 64
 """The most SMTP processes ``Settings.workers`` may ask for."""
@@ -190,6 +200,24 @@ class Outbound:
     destination_concurrency: int = 5
 
 
+CATCH_ALL_MAX_MESSAGES = 5000
+"""The newest messages a catch-all mailgate keeps unless told otherwise: ten times what
+Mailpit keeps (500); about 100 MB of mail at 20 KiB a message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much stored mail is kept; the node prunes what is over (``runtime``).
+
+    ``max_messages`` is how many of the newest are kept: ``None`` for the
+    default (``Settings.messages_kept``), 0 for all of them.  ``max_age`` is
+    how many seconds a message is kept after it was received; 0: for ever.
+    """
+
+    max_messages: int | None = None
+    max_age: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything ``mailgate serve`` is configured with.
@@ -229,6 +257,7 @@ class Settings:
     workers: int = 1
     """SMTP processes; above 1 they share the ports through ``SO_REUSEPORT``; 0: one per CPU."""
     outbound: Outbound = Outbound()
+    retention: Retention = Retention()
 
     @property
     def store_url(self) -> str:
@@ -242,6 +271,17 @@ class Settings:
             return self.store
         path = quote((self.data_dir / "mail.db").as_posix())
         return f"sqlite://{path}" if self.data_dir.is_absolute() else f"sqlite:{path}"
+
+    @property
+    def messages_kept(self) -> int:
+        """How many of the newest messages are kept, 0 for all: ``retention.max_messages``,
+        or by default ``CATCH_ALL_MAX_MESSAGES`` in catch-all mode, a catcher left running
+        that must not fill the disk, and all of them for a server of real domains, whose
+        mail is nobody's test data to throw away."""
+        kept = self.retention.max_messages
+        if kept is not None:
+            return kept
+        return CATCH_ALL_MAX_MESSAGES if self.catch_all else 0
 
     @property
     def catch_all(self) -> bool:
