@@ -384,6 +384,8 @@ class Mailgate(Server):
         else:
             argv += ["--no-http"]
         argv += self.scenario_flags(run)
+        if self.supports("--max-messages"):  # keep every message: the count is the result
+            argv += ["--max-messages", "0"]
         argv += self.relay_flags(run)
         argv += self.flags
         if self.workers != "1" and self.supports("--workers"):
