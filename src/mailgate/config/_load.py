@@ -66,7 +66,7 @@ def load_settings(
     for option in OPTIONS:
         text = environ.get(option.env, "")
         if text.strip():
-            raw = _split(text) if option.repeatable else text
+            raw = (option.split_env or _split)(text) if option.repeatable else text
             chosen[option.field] = _parse(option, raw, option.env)
     for dest, raw in argv_values.items():
         if raw is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailgate.config._tags import parse_tag_rules, parse_tags_disable, split_tag_rules
 from mailgate.config._values import (
     parse_choice,
     parse_credentials,
@@ -48,7 +49,8 @@ class Option:
 
     ``field`` is the dotted path in ``Settings`` (``limits.idle_timeout``).
     A ``repeatable`` option takes its flag several times and a
-    comma-separated list in the environment.  A ``switch`` is a flag without
+    comma-separated list in the environment (or the list ``split_env`` makes of it).
+    A ``switch`` is a flag without
     a value that means ``on``; its variable and TOML key take on or off.  ``parse_toml``, when set,
     replaces ``parse`` for values from the TOML file.  A ``secret`` (a password) has no flag:
     a command line is visible to every user of the machine, so it is read from the
@@ -66,6 +68,7 @@ class Option:
     repeatable: bool = False
     switch: bool = False
     secret: bool = False
+    split_env: Callable[[str], list[str]] | None = None
 
     @property
     def dest(self) -> str:
@@ -247,6 +250,22 @@ OPTIONS: tuple[Option, ...] = (
         "api_cors", "--api-cors", "MAILGATE_API_CORS", "api_cors", parse_origins, "ORIGIN",
         "let pages from this origin (scheme://host[:port], or *) call the API; repeat",
         repeatable=True,
+    ),
+    Option(
+        "tags.rules", "--tag", "MAILGATE_TAG", "tags", parse_tag_rules, "TAGS=QUERY",
+        "tag new mail that QUERY (a search, as in the inbox) matches with TAGS "
+        "(comma-separated); repeat", repeatable=True, split_env=split_tag_rules,
+    ),
+    Option(
+        "tags.disabled", "--tags-disable", "MAILGATE_TAGS_DISABLE", "tags_disable",
+        parse_tags_disable, "x-tags,plus-addresses",
+        "do not tag new mail from its X-Tags header, or from plus addresses (user+tag@)",
+        repeatable=True,
+    ),
+    Option(
+        "tags.username", "--tags-username", "MAILGATE_TAGS_USERNAME", "tags_username",
+        parse_flag, "on|off", "tag new mail with the user name its client authenticated as",
+        switch=True,
     ),
     Option(
         "users", "--users", "MAILGATE_USERS", "users", parse_optional_path, "FILE",

@@ -21,6 +21,7 @@ from mailgate.protocol import (
     DEFAULT_MAX_RECIPIENTS,
     MAX_TEXT_LINE_OCTETS,
 )
+from mailgate.tags import AutoTags
 
 __all__ = [
     "CATCH_ALL_MAX_MESSAGES",
@@ -256,6 +257,8 @@ class Settings:
     from a browser (CORS) and open its websocket, besides the inbox's own."""
     workers: int = 1
     """SMTP processes; above 1 they share the ports through ``SO_REUSEPORT``; 0: one per CPU."""
+    tags: AutoTags = field(default_factory=AutoTags)
+    """Where new mail's tags come from (``X-Tags``, plus addresses, ``--tag`` rules)."""
     outbound: Outbound = Outbound()
     retention: Retention = Retention()
 

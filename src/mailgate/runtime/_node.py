@@ -207,6 +207,7 @@ class Mailgate:
                     spool_dir=settings.data_dir / "spool",
                     min_free_space=settings.limits.free_space_floor,
                     spool_memory=settings.limits.spool_memory,
+                    tags=settings.tags,
                 ),
                 clock=clock,
             )
