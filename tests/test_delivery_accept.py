@@ -85,6 +85,21 @@ async def test_unparseable_message_is_still_stored(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_nodes_acceptor_names_the_node_on_each_envelope(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        settings = DeliverySettings(hostname="mx.test", spool_dir=tmp_path / "spool", node="n1")
+        sink = Acceptor(store, settings, clock=StepClock())
+        spool = sink.begin(make_envelope())
+        spool.write(make_message())
+        stored = await store.get(await sink.commit(spool))
+        assert stored is not None
+        assert stored.envelope.node == "n1"
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
 async def test_50_mb_message_never_sits_in_memory(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "mail.db")
     try:

@@ -1,7 +1,8 @@
 """The accept path: the one way in for new mail, from every session to the store.
 
 ``Acceptor.begin`` gives each message its id and a spool that starts with
-``Return-Path:`` and the ``Received:`` trace header; ``Acceptor.commit`` summarizes the message
+``Return-Path:`` and the ``Received:`` trace header, and names the node that accepts it on
+its envelope (``DeliverySettings.node``); ``Acceptor.commit`` summarizes the message
 and hands it to the store, returning the id only once the store says it is
 durable.  The tags the message gets as it arrives (``DeliverySettings.tags``:
 its ``X-Tags``, plus addresses, rules) are in its summary, which the store
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import io
 import logging
@@ -106,6 +108,8 @@ class DeliverySettings:
     spool_memory: int = DEFAULT_SPOOL_MEMORY_OCTETS
     min_free_space: int = 0
     """Octets that must stay free on the spool's file system for a sender to be accepted."""
+    node: str = ""
+    """The node's token, set on every envelope (``Envelope.node``); ``""``: left as given."""
     tags: AutoTags = field(default_factory=AutoTags)
     """Where new mail's tags come from: by default its ``X-Tags`` and plus addresses."""
 
@@ -184,6 +188,9 @@ class Acceptor:
     def begin(self, envelope: Envelope) -> Spool:
         """A spool for a new message, its id assigned and its trace header written."""
         now = self._clock.now()
+        node = self._settings.node
+        if node and envelope.node != node:
+            envelope = dataclasses.replace(envelope, node=node)
         message_id = new_message_id(now)
         return MemoryThresholdSpool(
             message_id,
