@@ -435,6 +435,111 @@ def test_the_list_goes_by_pages_with_a_count_and_shows_recipients(
         snapshot(browser, "pages-list")
 
 
+def details(driver: Any) -> dict[str, str]:
+    """The open message's details shown, by name (From, To, ...)."""
+    shown: dict[str, str] = driver.execute_script(
+        """
+        const shown = {};
+        for (const name of document.querySelectorAll('#view .meta dt')) {
+            if (!name.checkVisibility()) continue;
+            shown[name.textContent] = name.nextElementSibling.textContent;
+        }
+        return shown;
+        """
+    )
+    return shown
+
+
+def tabs(driver: Any) -> dict[str, Any]:
+    """The tabs shown, the one selected, and whether each lies wholly inside the window."""
+    found: dict[str, Any] = driver.execute_script(
+        """
+        const shown = [...document.querySelectorAll('.tabs button')].filter(
+            (tab) => tab.checkVisibility());
+        const width = document.documentElement.clientWidth;
+        return {
+            shown: shown.map((tab) => tab.dataset.tab),
+            selected: shown.filter((tab) => tab.ariaSelected === 'true')
+                .map((tab) => tab.dataset.tab),
+            inside: shown.every((tab) => {
+                const box = tab.getBoundingClientRect();
+                return box.left >= 0 && box.right <= width && box.width > 0;
+            }),
+        };
+        """
+    )
+    return found
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_the_message_view_shows_the_envelope_tags_and_each_body(
+    tmp_path: Path, browser: Any, size: tuple[int, int]
+) -> None:
+    browser.set_window_size(*size)
+    with LiveInbox(tmp_path) as inbox:
+        sale = newsletter()
+        sale["Cc"] = "Boss <boss@example.org>"
+        sale["Reply-To"] = "Help desk <help@shop.example>"
+        with smtplib.SMTP("127.0.0.1", inbox.smtp_port, timeout=30) as smtp:
+            everyone = ["you@example.org", "boss@example.org", "archive@shop.example"]
+            smtp.send_message(sale, from_addr="bounces+42@shop.example", to_addrs=everyone)
+        send(inbox.smtp_port, simple("Plain"))
+        ids = ids_by_subject(inbox)
+        tagged = {"IDs": [ids["Spring sale"]], "Tags": ["invoice", "to do"]}
+        httpx.put(f"{inbox.url}/api/v1/tags", json=tagged).raise_for_status()
+
+        browser.get(f"{inbox.url}/view/{ids['Spring sale']}")
+        opened(browser, "Spring sale")
+        shown = details(browser)
+        assert shown.pop("Date")
+        assert shown == {
+            "From": "Shop <news@shop.example>",
+            "To": "you@example.org",
+            "Cc": "Boss <boss@example.org>",
+            "Bcc": "archive@shop.example",
+            "Reply-To": "Help desk <help@shop.example>",
+            "Return-Path": "bounces+42@shop.example",
+            "Tags": "invoiceto do",
+        }
+        assert tabs(browser) == {
+            "shown": ["html", "source", "text", "headers", "raw", "attachments"],
+            "selected": ["html"],
+            "inside": True,
+        }
+        click(browser, ".tabs button[data-tab='source']")
+        wait_until(
+            browser,
+            lambda d: (
+                "<h1 id='headline'>Spring <i>sale</i></h1>"
+                in d.find_element(*by_css("#html-source")).text
+            ),
+            "HTML source shown",
+        )
+        click(browser, ".tabs button[data-tab='attachments']")
+        wait_until(
+            browser, lambda d: "prices.pdf" in d.find_element(*by_css("#attachments")).text, "parts"
+        )
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= size[0]
+        snapshot(browser, "message-view")
+
+        # Without HTML there is neither an HTML tab nor its source; what is empty is left out.
+        browser.get(f"{inbox.url}/view/{ids['Plain']}")
+        opened(browser, "Plain")
+        assert details(browser).keys() == {"From", "To", "Return-Path", "Date"}
+        assert tabs(browser) == {
+            "shown": ["text", "headers", "raw", "attachments"],
+            "selected": ["text"],
+            "inside": True,
+        }
+
+        # A tag lists the messages that carry it.
+        browser.back()
+        opened(browser, "Spring sale")
+        click(browser, "#view-tags .tag:last-child")
+        listing(browser, ["Spring sale"])
+        assert address(browser) == "/?q=tag%3A%22to+do%22"
+
+
 class _Recorder(BaseHTTPRequestHandler):
     hits: list[str]
 

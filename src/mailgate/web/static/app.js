@@ -1,5 +1,6 @@
-// The mailgate inbox: a list kept live over /api/v1/events, and a message view; the
-// outbound queue's part is in queue.js, which is loaded first.
+// The mailgate inbox: a list kept live over /api/v1/events, in pages, and what the page
+// shows kept in its address. The open message's part is in message.js, the outbound
+// queue's in queue.js; both are loaded first.
 // Everything from a message is put in the page as text (textContent), never as markup;
 // its HTML is shown only in a sandboxed iframe, from a route whose CSP loads nothing.
 "use strict";
@@ -7,8 +8,6 @@
 const PAGE = 50;
 // before: and after: in a search mean midnight where the reader is.
 const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
-// Something in the HTML that a remote image or style would load.
-const REMOTE = /(?:src|background)\s*=\s*["']?\s*(?:https?:)?\/\/|url\(\s*["']?\s*(?:https?:)?\/\//i;
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -20,7 +19,7 @@ const state = {
   unread: 0,
   matching: 0,
   selected: null,     // id of the open message
-  tab: "html",
+  tab: "html",        // the tab last chosen
   view: "inbox",      // or "queue"
   relay: false,       // whether the server lets this page release mail (/api/v1/webui)
 };
@@ -98,6 +97,24 @@ function element(tag, className, text) {
 
 // -- the list --------------------------------------------------------------------------
 
+// The search for a tag: tag:NAME, quoted when the name has a space.
+function tagQuery(name) {
+  return /^[^\s"]+$/.test(name) ? `tag:${name}` : `tag:"${name}"`;
+}
+
+// A tag as a link to the messages that carry it.
+function tagChip(name) {
+  const chip = element("a", "tag", name);
+  const place = { view: "inbox", query: tagQuery(name), page: 1, selected: null };
+  chip.href = addressOf(place);
+  chip.title = `Messages tagged ${name}`;
+  chip.addEventListener("click", (event) => {
+    event.stopPropagation(); // not a click on the row
+    if (inPage(event)) navigate(place);
+  });
+  return chip;
+}
+
 function row(summary) {
   const item = element("li", "message");
   item.dataset.id = summary.ID;
@@ -118,6 +135,11 @@ function row(summary) {
   }
   const snippet = element("span", "snippet", summary.Snippet || "");
   item.append(from, time, to, size, subject, snippet);
+  if ((summary.Tags || []).length) {
+    const tags = element("span", "tags");
+    tags.append(...summary.Tags.map((tag) => tagChip(tag)));
+    item.append(tags);
+  }
   item.tabIndex = 0;
   item.addEventListener("click", () => navigate({ selected: summary.ID }));
   item.addEventListener("keydown", (event) => {
@@ -245,7 +267,11 @@ function connect() {
   for (const kind of ["read", "unread"]) {
     source.addEventListener(kind, (event) => {
       liveChanges += 1;
-      setRead(JSON.parse(event.data).ids, kind === "read");
+      const ids = JSON.parse(event.data).ids;
+      setRead(ids, kind === "read");
+      if (state.selected && (ids.length === 0 || ids.includes(state.selected))) {
+        markOpened(kind === "read");
+      }
       render();
       reloadSoon(); // for the totals
     });
@@ -267,115 +293,6 @@ function connect() {
     queueChanged([]);
   });
   source.onerror = () => $("live").classList.remove("on");
-}
-
-// -- one message -----------------------------------------------------------------------
-
-function selectTab(name) {
-  state.tab = name;
-  for (const button of document.querySelectorAll(".tabs button")) {
-    button.setAttribute("aria-selected", String(button.dataset.tab === name));
-  }
-  for (const panel of document.querySelectorAll(".tab")) {
-    panel.hidden = panel.dataset.panel !== name;
-  }
-}
-
-// A new frame for each HTML body: navigating the old one would add an entry to the
-// page's history, and Back would then step through frames instead of the inbox.
-function showHtml(path) {
-  const old = $("html-frame");
-  const frame = element("iframe");
-  for (const name of ["id", "title", "sandbox", "referrerpolicy"]) {
-    frame.setAttribute(name, old.getAttribute(name));
-  }
-  if (path) frame.src = path;
-  frame.hidden = !path;
-  old.replaceWith(frame);
-}
-
-function closeMessage() {
-  state.selected = null;
-  $("view").hidden = true;
-  $("layout").classList.remove("viewing");
-  showHtml(null);
-  render();
-}
-
-async function openMessage(id) {
-  state.selected = id;
-  let message;
-  try {
-    message = await api("GET", `/api/v1/message/${encodeURIComponent(id)}`);
-  } catch (error) {
-    if (state.selected !== id) return;
-    showError(error.status === 404 ? new Error("That message is not here (deleted?).") : error);
-    closeMessage();
-    rewriteAddress();
-    return;
-  }
-  if (state.selected !== id) return;
-  if (message.ID !== id) {
-    // /view/latest: the address names the message itself from now on.
-    state.selected = message.ID;
-    id = message.ID;
-    rewriteAddress();
-  }
-  setRead([id], true);
-  render();
-  $("view").hidden = false;
-  $("layout").classList.add("viewing");
-  $("view-subject").textContent = message.Subject || "(no subject)";
-  $("view-from").textContent = person(message.From);
-  $("view-to").textContent = people(message.To);
-  $("view-cc").textContent = people(message.Cc);
-  for (const node of document.querySelectorAll(".cc")) node.hidden = !(message.Cc || []).length;
-  $("view-bcc").textContent = people(message.Bcc);
-  for (const node of document.querySelectorAll(".bcc")) node.hidden = !(message.Bcc || []).length;
-  $("view-date").textContent = new Date(message.Date).toLocaleString();
-  $("toggle-read").textContent = "Mark unread";
-  $("download").href = `/api/v1/message/${encodeURIComponent(id)}/raw?dl=1`;
-  closeReleaseForm();
-  $("release-status").hidden = true;
-  $("delivery").hidden = true;
-  loadDelivery(id);
-
-  const hasHtml = Boolean(message.HTML);
-  $("remote-bar").hidden = !hasHtml || !REMOTE.test(message.HTML);
-  $("no-html").hidden = hasHtml;
-  showHtml(hasHtml ? `/view/${encodeURIComponent(id)}.html` : null);
-  $("text-body").textContent = message.Text || "(no text part)";
-
-  const parts = (message.Attachments || []).concat(message.Inline || []);
-  $("attachment-count").textContent = parts.length ? `(${parts.length})` : "";
-  const list = $("attachments");
-  list.replaceChildren();
-  for (const part of parts) {
-    const item = element("li");
-    const link = element("a", "", part.FileName || part.ContentID || `part ${part.PartID}`);
-    link.href = `/api/v1/message/${encodeURIComponent(id)}/part/${encodeURIComponent(part.PartID)}`;
-    link.setAttribute("download", part.FileName || "");
-    item.append(link, element("span", "info", `${part.ContentType}, ${formatSize(part.Size)}`));
-    list.append(item);
-  }
-  if (!parts.length) list.append(element("li", "none", "No attachments."));
-  selectTab(!hasHtml && state.tab === "html" ? "text" : state.tab);
-
-  const [headers, raw] = await Promise.all([
-    api("GET", `/api/v1/message/${encodeURIComponent(id)}/headers`).catch(() => ({})),
-    api("GET", `/api/v1/message/${encodeURIComponent(id)}/raw`).catch(() => ""),
-  ]);
-  if (state.selected !== id) return;
-  const body = $("headers-body");
-  body.replaceChildren();
-  for (const [name, values] of Object.entries(headers)) {
-    for (const value of values) {
-      const tr = element("tr");
-      tr.append(element("th", "", name), element("td", "", value));
-      body.append(tr);
-    }
-  }
-  $("raw-body").textContent = raw;
 }
 
 // -- the address -----------------------------------------------------------------------
@@ -524,43 +441,11 @@ function init() {
       load();
     } catch (error) { showError(error); }
   });
-  $("delete-one").addEventListener("click", async () => {
-    const id = state.selected;
-    if (!id) return;
-    try {
-      await api("DELETE", "/api/v1/messages", { IDs: [id] });
-      state.messages = state.messages.filter((m) => m.ID !== id);
-      if (state.selected === id) {
-        closeMessage();
-        rewriteAddress();
-      }
-      load();
-    } catch (error) { showError(error); }
-  });
-  $("toggle-read").addEventListener("click", async () => {
-    const id = state.selected;
-    const summary = state.messages.find((m) => m.ID === id);
-    const read = summary ? !summary.Read : false;
-    try {
-      await api("PUT", "/api/v1/messages", { IDs: [id], Read: read });
-      setRead([id], read);
-      $("toggle-read").textContent = read ? "Mark unread" : "Mark read";
-      render();
-    } catch (error) { showError(error); }
-  });
-  $("load-remote").addEventListener("click", () => {
-    if (state.selected) {
-      showHtml(`/view/${encodeURIComponent(state.selected)}.html?remote=1`);
-      $("remote-bar").hidden = true;
-    }
-  });
-  for (const button of document.querySelectorAll(".tabs button")) {
-    button.addEventListener("click", () => selectTab(button.dataset.tab));
-  }
   document.addEventListener("keydown", (event) => {
     if (event.key !== "Escape" || !state.selected || state.view !== "inbox") return;
     if (!event.target.closest("input, select, textarea")) leaveMessage();
   });
+  initMessage();
   initQueue();
   window.addEventListener("popstate", () => {
     const place = readAddress();
