@@ -8,8 +8,10 @@ the message id once the store has made the message durable.
 from __future__ import annotations
 
 from mailgate.delivery._accept import (
+    COMMIT_SECONDS_BUCKETS,
     MAX_RECEIVED_FIELDS,
     Acceptor,
+    CommitTimes,
     DeliverySettings,
     ReceivedMessage,
     SystemClock,
@@ -20,8 +22,10 @@ from mailgate.delivery._summary import summarize
 from mailgate.delivery._trace import received_header
 
 __all__ = [
+    "COMMIT_SECONDS_BUCKETS",
     "MAX_RECEIVED_FIELDS",
     "Acceptor",
+    "CommitTimes",
     "DeliverySettings",
     "MemoryThresholdSpool",
     "ReceivedMessage",

@@ -11,6 +11,11 @@ commits with it (``_tags``).  A message whose header already holds
 it stored (RFC 5321 6.3).  Whatever happens, the spool's file is gone once ``commit`` returns
 or raises: either the store took it, or it is removed.
 
+``Acceptor.commit_times`` counts how long the store took to answer for each
+message received over SMTP, from the end of its data: a histogram for
+``/metrics``, kept as plain integers (a bucket found by bisection, one
+increment), since this is the path every message takes.
+
 Writing is the store's: in a node with the SQLite store, every SMTP
 process's store sends the message to the commit service, the node's one
 writer of new mail (as Postfix's smtpd hands mail to cleanup).  While that
@@ -29,12 +34,14 @@ the process that writes it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import errno
 import io
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,8 +71,10 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "COMMIT_SECONDS_BUCKETS",
     "MAX_RECEIVED_FIELDS",
     "Acceptor",
+    "CommitTimes",
     "DeliverySettings",
     "ReceivedMessage",
     "SystemClock",
@@ -80,6 +89,11 @@ _TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops")  # RFC 3463 3.5: routing l
 SPOOL_LOCK = ".lock"
 _OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+COMMIT_SECONDS_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
+"""Upper bounds of ``CommitTimes``'s buckets: a group commit answers in about a millisecond
+on a quiet disk, tens of them under load, seconds when the disk stalls."""
 
 
 class SystemClock:
@@ -133,6 +147,24 @@ class ReceivedMessage:
         return open(self.path, "rb")
 
 
+@dataclass(frozen=True, slots=True)
+class CommitTimes:
+    """How the store answered the commits of messages received over SMTP (``Acceptor``).
+
+    ``counts[i]`` of the messages stored took more than the bound before
+    ``COMMIT_SECONDS_BUCKETS[i]`` and at most it, from the end of their data
+    to the store's answer; the last count, those that took longer.
+    ``seconds`` is their times added up.  ``failed`` counts the commits the
+    store refused (``StoreError``), ``no_room`` those of them for want of
+    space (``InsufficientStorageError``).
+    """
+
+    counts: tuple[int, ...]
+    seconds: float
+    failed: int
+    no_room: int
+
+
 class Acceptor:
     """The ``ports.MailSink`` that every new message goes through, and a
     ``ports.CountingSink``.
@@ -160,6 +192,9 @@ class Acceptor:
         self._header_tags = settings.tags.x_tags
         self._tagger = Tagger(settings.tags) if settings.tags.enabled else None
         self._accepted = self._accepted_octets = self._rejected = 0
+        self._commit_counts = [0] * (len(COMMIT_SECONDS_BUCKETS) + 1)
+        self._commit_seconds = 0.0
+        self._commit_failures = self._commit_no_room = 0
 
     @property
     def spool_budget(self) -> SpoolBudget:
@@ -170,6 +205,16 @@ class Acceptor:
     def counts(self) -> SinkCounts:
         """Messages received over SMTP since it started: stored, their octets, refused."""
         return SinkCounts(self._accepted, self._accepted_octets, self._rejected)
+
+    @property
+    def commit_times(self) -> CommitTimes:
+        """How the store answered the commits of messages received over SMTP, so far."""
+        return CommitTimes(
+            tuple(self._commit_counts),
+            self._commit_seconds,
+            self._commit_failures,
+            self._commit_no_room,
+        )
 
     def close(self) -> None:
         """Let go of the spool directory; harmless to call again."""
@@ -215,19 +260,27 @@ class Acceptor:
         ran out of space, and whatever else the store raises
         (``ports.StoreError``) when it cannot take the message.
         """
+        started = time.perf_counter()
         if not isinstance(spool, MemoryThresholdSpool):
             raise TypeError(f"not a spool from this sink: {spool!r}")
         spool.close()
         smtp = "SMTP" in spool.envelope.protocol
         try:
             message_id = await self._commit(spool)
-        except (SMTPReplyError, StoreError):
+        except (SMTPReplyError, StoreError) as error:
             if smtp:
                 self._rejected += 1
+                if isinstance(error, StoreError):
+                    self._commit_failures += 1
+                    if isinstance(error, InsufficientStorageError):
+                        self._commit_no_room += 1
             raise
         if smtp:
             self._accepted += 1
             self._accepted_octets += spool.size
+            seconds = time.perf_counter() - started
+            self._commit_counts[bisect.bisect_left(COMMIT_SECONDS_BUCKETS, seconds)] += 1
+            self._commit_seconds += seconds
         return message_id
 
     async def _commit(self, spool: MemoryThresholdSpool) -> MessageId:
