@@ -26,6 +26,10 @@ deliveries run, so a slow one is never claimed a second time.
 
 Time is the injected ``Clock``'s; waiting is the only sleeping, and any
 change to the store (new mail, an operator's retry) wakes the runner.
+
+What it recorded is counted, for ``/metrics``: ``attempts`` (recipients a
+connection was tried for) and ``outcomes`` (recipients delivered, deferred
+and bounced, tried or not), plain integers that only grow.
 """
 
 from __future__ import annotations
@@ -205,6 +209,12 @@ class QueueRunner:
         """Destinations none of whose hosts could be reached: until when, and why."""
         self._slots = asyncio.Semaphore(settings.max_deliveries)
         self._tasks: list[asyncio.Task[None]] = []
+        self.attempts = 0
+        """Recipients whose outcome came of an attempt to deliver them, since it started."""
+        self.outcomes = dict.fromkeys(
+            (DeliveryState.DELIVERED, DeliveryState.DEFERRED, DeliveryState.BOUNCED), 0
+        )
+        """Outcomes recorded since it started, by state."""
 
     def wake(self) -> None:
         """Look for due work now (new mail, an operator's retry)."""
@@ -464,6 +474,10 @@ class QueueRunner:
             if entries:  # should_report sends none to the null sender (RFC 3461 6.2)
                 await self._reporter.send(ReportRequest(stored, content, tuple(entries), now))
         await self._store.record(self._settings.owner, outcomes)
+        for outcome in outcomes:
+            self.outcomes[outcome.state] += 1
+        if attempted:
+            self.attempts += len(outcomes)
 
     def _log_attempt(
         self, row: QueuedDelivery, result: RecipientResult, state: DeliveryState, now: datetime
