@@ -10,7 +10,8 @@
 
 The message parsing, search and wait the inbox uses are exported too, for
 ``mailgate.testing``: ``parse_message``, ``search_page``, and
-``wait_for_match`` over an ``EventHub``.
+``wait_for_match`` over an ``EventHub``; and ``summary_json``, the API's summary of a
+message, for the webhook (``mailgate.runtime``), which posts the same.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from mailgate.web._app import BasicAuth, create_app, inbox_of
 from mailgate.web._context import WebSettings
 from mailgate.web._events import EVENTS_VERSION, EventHub
+from mailgate.web._json import summary_json
 from mailgate.web._mime import Header, ParsedMessage, Part, parse_message
 from mailgate.web._openapi import openapi_document
 from mailgate.web._queue import delivery_json, queue_action
@@ -41,5 +43,6 @@ __all__ = [
     "parse_message",
     "queue_action",
     "search_page",
+    "summary_json",
     "wait_for_match",
 ]
