@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Literal, Protocol, runtime_checkable
 
 from mailgate import MailgateError
 from mailgate.model import (
@@ -52,6 +52,10 @@ __all__ = [
     "InsufficientStorageError",
     "MailSink",
     "MessageStore",
+    "MetricFamily",
+    "MetricKind",
+    "MetricSample",
+    "MetricsSource",
     "NewMessage",
     "PrunableStore",
     "QueueStore",
@@ -101,6 +105,41 @@ class HealthReporter(Protocol):
 
     def health(self) -> Sequence[HealthCheck]:
         """Its checks now, passing or not.  Cheap: no I/O beyond a ``statvfs``."""
+        ...
+
+
+MetricKind = Literal["counter", "gauge", "histogram"]
+"""The kinds of metric ``/metrics`` shows."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSample:
+    """One value of a metric: its sample's name (``mailgate_smtp_auth_attempts_total``, a
+    histogram's ``..._bucket`` with an ``le`` label), its labels, and the value."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetricFamily:
+    """One metric ``/metrics`` shows, in Prometheus's data model: its ``name`` (a
+    counter's samples add ``_total``; a histogram's are ``_bucket``, ``_sum`` and
+    ``_count``), ``kind``, ``help`` text, and its samples."""
+
+    name: str
+    kind: MetricKind
+    help: str
+    samples: tuple[MetricSample, ...]
+
+
+class MetricsSource(Protocol):
+    """What a node counts, for ``/metrics``."""
+
+    async def metrics(self) -> Sequence[MetricFamily]:
+        """Every metric now, summed over the node's SMTP processes.  Counters never go
+        back while the node runs."""
         ...
 
 

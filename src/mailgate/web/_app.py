@@ -20,11 +20,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from mailgate.ports import AuthThrottle, HealthReporter, MailSink, MessageStore
+from mailgate.ports import AuthThrottle, HealthReporter, MailSink, MessageStore, MetricsSource
 from mailgate.web._api import api_routes
 from mailgate.web._context import Inbox, WebSettings
 from mailgate.web._events import EventHub
 from mailgate.web._live import live_routes
+from mailgate.web._metrics import metrics_routes
 from mailgate.web._openapi import openapi_document
 from mailgate.web._websocket import mailpit_events
 
@@ -203,6 +204,7 @@ def create_app(
     store: MessageStore,
     *,
     settings: WebSettings | None = None,
+    metrics: MetricsSource | None = None,
     sink: MailSink | None = None,
     is_local: Callable[[str], bool] | None = None,
     auth_throttle: AuthThrottle | None = None,
@@ -223,6 +225,9 @@ def create_app(
     The app subscribes to the store's events when the first live client
     arrives.  Call ``await inbox_of(app).close()`` (``HTTPService.aclose``
     does) before shutting the server down, so live streams end.
+
+    ``GET /metrics`` shows what ``metrics`` counts, beside this process's
+    own metrics (``web._metrics``); it asks for basic auth as the API does.
     """
     settings = settings or WebSettings()
     inbox = Inbox(store=store, settings=settings, hub=EventHub(store), sink=sink)
@@ -248,6 +253,7 @@ def create_app(
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
         *api_routes(inbox),
         *live_routes(inbox),
+        *metrics_routes(metrics),
         WebSocketRoute("/api/events", websocket_events),
         # A message's own address in the page (Mailpit's); after /view/{id}.html and .txt.
         Route("/view/{id}", index, methods=["GET"]),
