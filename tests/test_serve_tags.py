@@ -4,11 +4,13 @@ Each test starts ``mailgate serve`` as a real process, on the SQLite store (thro
 its commit service) and on a fresh PostgreSQL database, sends mail with an
 ``X-Tags`` header, to a plus address and matching a ``--tag`` rule, and reads the
 tags back from Mailpit's API: the message JSON's ``Tags``, ``/api/v1/tags`` and a
-``tag:`` search.  A bad rule stops ``serve`` with one line naming the key.
+``tag:`` search.  A bad rule stops ``serve`` with one line naming the key.  The
+README's example is run here too.
 """
 
 from __future__ import annotations
 
+import shlex
 import smtplib
 import sys
 from collections.abc import Iterator
@@ -19,7 +21,9 @@ import httpx
 import pytest
 
 from postgresql_helpers import fresh_database
-from process_helpers import TIMEOUT, Launcher, Serving, mailgate
+from process_helpers import TIMEOUT, Launcher, Serving, mailgate, readme_block
+from server_helpers import require_tool
+from test_readme import ANY_ID, commands, shell
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real processes")
 
@@ -159,3 +163,22 @@ def test_a_bad_rule_is_one_line_naming_the_key(
     assert done.returncode == 2
     assert done.stderr == line + "\n"
     assert not (tmp_path / "mailgate-data").exists()  # refused before anything started
+
+
+def test_the_readme_example(launcher: Launcher, tmp_path: Path) -> None:
+    """The commands as shown, with free ports in place of 1025 and 8025."""
+    require_tool("curl")
+    require_tool("jq")
+    (serve_shown, _), (send_shown, sent_shown), (curl_shown, listed_shown) = commands(
+        readme_block("console", "$ mailgate serve --tag")
+    )
+    argv = shlex.split(serve_shown.removesuffix("&"))
+    assert argv[:2] == ["mailgate", "serve"]
+    served = launcher.serve(*argv[2:], "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0")
+    sent = shell(send_shown.replace("127.0.0.1:1025", f"127.0.0.1:{served.port}"), cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    assert ANY_ID.sub("ID", sent.stdout) == ANY_ID.sub("ID", sent_shown)
+    listed = shell(curl_shown.replace("http://127.0.0.1:8025/", served.http_url), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == listed_shown
+    served.stop_cleanly()
