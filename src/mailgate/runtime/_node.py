@@ -29,6 +29,7 @@ from mailgate.delivery import Acceptor, DeliverySettings, SystemClock
 from mailgate.ports import Authenticator, HealthReporter, MessageStore, QueueStore, StoreError
 from mailgate.runtime._commit_service import CommitService
 from mailgate.runtime._health import DiskRoom, NodeHealth
+from mailgate.runtime._metrics import NodeMetrics
 from mailgate.runtime._queue_service import QueueService
 from mailgate.runtime._workers import WorkerPool, worker_settings
 from mailgate.server import (
@@ -159,6 +160,7 @@ class Mailgate:
         self._server: SMTPServer | None = None
         self._http: HTTPService | None = None
         self._queue: QueueService | None = None
+        self._metrics: NodeMetrics | None = None
 
     @property
     def store(self) -> MessageStore:
@@ -180,6 +182,13 @@ class Mailgate:
     def queue(self) -> QueueService | None:
         """The queue service (runner and courier), when the store keeps a queue."""
         return self._queue
+
+    @property
+    def metrics(self) -> NodeMetrics:
+        """What the node counts (``_metrics``): this process's, and in the serving process its
+        workers' and its queue's too, as ``/metrics`` shows them."""
+        assert self._metrics is not None, "not started"
+        return self._metrics
 
     @property
     def server(self) -> SMTPServer:
@@ -221,6 +230,7 @@ class Mailgate:
             )
             # With workers, accept only once they are all serving too (see SMTPServer.start).
             await self._server.start(serve=settings.workers <= 1 or bool(self.worker))
+            self._metrics = metrics = NodeMetrics(self._server, sink, self._store)
             if self.worker:
                 return
             if settings.workers > 1:
@@ -230,10 +240,12 @@ class Mailgate:
                     self._commit_service_socket,
                 )
                 await self._workers.start()
+                metrics.workers = self._workers.counts
                 await self._server.start_serving()
             if isinstance(self._store, QueueStore):
                 self._queue = QueueService(settings, self._store, sink, clock)
                 await self._queue.start()
+                metrics.runner = self._queue.runner
             if settings.http is not None:
                 self._http = HTTPService(
                     create_app(
@@ -242,6 +254,7 @@ class Mailgate:
                         sink=sink,
                         is_local=self._server.policy.is_local,
                         auth_throttle=throttle,
+                        metrics=metrics,
                         settings=WebSettings(
                             http_auth=settings.http_auth,
                             database=settings.store_url,

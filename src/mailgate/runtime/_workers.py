@@ -11,7 +11,8 @@ store's live events.
 
 A worker reads its settings, and where the commit service listens, on its
 stdin; SIGTERM and SIGINT stop it gracefully, as they stop ``mailgate
-serve``, and so does the end of its stdin (its parent is gone).
+serve``, and so does the end of its stdin (its parent is gone).  It reports
+what it counts on its stdout, for ``/metrics`` (``_metrics``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from mailgate import MailgateError
 from mailgate.config import Listen, Settings
+from mailgate.runtime._metrics import WorkerCounts, report_counts
 from mailgate.runtime._process import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -73,6 +75,8 @@ class WorkerPool(Supervisor):
         super().__init__(count, settings.limits.shutdown_grace)
         self.settings = settings
         self.commit_service_socket = commit_service_socket
+        self.counts = WorkerCounts()
+        """What the workers counted, as they report it."""
 
     def _child(self, number: int) -> Child:
         return Child(
@@ -80,6 +84,16 @@ class WorkerPool(Supervisor):
             payload=(self.settings, self.commit_service_socket),
             name=f"SMTP worker {number}",
         )
+
+    def _started(self, number: int) -> None:
+        self.counts.started(number, self._processes[number].pid)
+
+    def _exited(self, number: int) -> None:
+        self.counts.exited(number)
+
+    def _reported(self, number: int, line: str) -> None:
+        if not self.counts.reported(number, line):
+            super()._reported(number, line)
 
 
 def run_worker(number: int) -> NoReturn:
@@ -109,7 +123,9 @@ async def _work(settings: Settings, number: int, commit_service_socket: str | No
 
         when_parent_gone(loop, stop.set)
         answer_parent(READY)
+        reporting = asyncio.create_task(report_counts(app.metrics), name="mailgate-counts")
         await stop.wait()
+        reporting.cancel()
     finally:
         await app.aclose()
     return EXIT_OK
