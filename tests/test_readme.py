@@ -63,6 +63,8 @@ BLOCKS = {
     ("ini", 'sendmail_path = "mailgate sendmail -t -i"'): "test_sendmail_for_php",
     ("console", "$ sudo ln -s"): "test_sendmail_for_cron",
     ("python", "import smtplib"): "test_the_pytest_example",
+    ("python", "# test_signup.py"): "test_the_wait_for_example",
+    ("ini", "[pytest]"): "test_the_plugins_ini_options",
     ("", "src/mailgate/"): "test_the_layout",
 }
 
@@ -516,21 +518,61 @@ def test_sendmail_for_cron(launcher: Launcher, tmp_path: Path) -> None:
 # -- in your tests --------------------------------------------------------------------------------
 
 
-def test_the_pytest_example(tmp_path: Path) -> None:
-    """The example, as a user's own test file, run by pytest with the plugin mailgate installs."""
-    (tmp_path / "test_example.py").write_text(readme_block("python", "import smtplib").text)
+def run_pytest(project: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """pytest, run in ``project`` as a user runs it: the plugin found because it is installed."""
     env = environment()
     for name in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
         env.pop(name, None)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_example.py"],
-        cwd=tmp_path,
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *argv],
+        cwd=project,
         env=env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT * 2,
         check=False,
     )
+
+
+def test_the_pytest_example(tmp_path: Path) -> None:
+    """The example, as a user's own test file, run by pytest with the plugin mailgate installs."""
+    (tmp_path / "test_example.py").write_text(readme_block("python", "import smtplib").text)
+    done = run_pytest(tmp_path, "test_example.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"\b1 passed\b", done.stdout), done.stdout
+
+
+def test_the_wait_for_example(tmp_path: Path) -> None:
+    """The sign-up example, as the file it names: the link it follows confirms the address."""
+    block = readme_block("python", "# test_signup.py")
+    (tmp_path / "test_signup.py").write_text(block.text)
+    done = run_pytest(tmp_path, "-W", "error", "-p", "no:asyncio", "test_signup.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"\b1 passed\b", done.stdout), done.stdout
+
+    # The assertions are real: a link that confirms nothing fails the test.
+    (tmp_path / "test_signup.py").write_text(block.text.replace("confirmed.update(", "len("))
+    failed = run_pytest(tmp_path, "test_signup.py")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "AssertionError: assert set() == {'t0k3n'}" in failed.stdout, failed.stdout
+
+
+def test_the_plugins_ini_options(tmp_path: Path) -> None:
+    """The ini file of the README sets mailgate_server's defaults."""
+    (tmp_path / "pytest.ini").write_text(readme_block("ini", "[pytest]").text)
+    (tmp_path / "test_defaults.py").write_text(
+        "import smtplib\n"
+        "import pytest\n\n"
+        "def test_defaults(mailgate_server):\n"
+        "    assert mailgate_server.http_url == ''\n"
+        "    with smtplib.SMTP(mailgate_server.host, mailgate_server.port) as smtp:\n"
+        "        assert smtp.ehlo()[1].startswith(b'mx.shop.example')\n"
+        "        smtp.sendmail('a@shop.example', ['b@example.org'], b'To: b@example.org\\r\\n')\n"
+        "        with pytest.raises(smtplib.SMTPRecipientsRefused):\n"
+        "            smtp.sendmail('a@shop.example', ['b@example.net'], b'\\r\\n.')\n"
+        "    assert mailgate_server.wait_for('to:b@example.org').to[0].address == 'b@example.org'\n"
+    )
+    done = run_pytest(tmp_path, "test_defaults.py")
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"\b1 passed\b", done.stdout), done.stdout
 
