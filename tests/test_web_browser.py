@@ -59,6 +59,7 @@ def browser() -> Iterator[Any]:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument("--window-size=1280,900")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(
         service=service_module.Service(executable_path=CHROMEDRIVER), options=options
     )
@@ -75,6 +76,15 @@ def snapshot(driver: Any, name: str) -> None:
         width = driver.execute_script("return window.innerWidth")
         Path(directory).mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(Path(directory) / f"{name}-{width}.png"))
+
+
+def refused_by_the_page_policy(driver: Any) -> list[str]:
+    """What the console said the page's Content-Security-Policy refused, since last asked."""
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if "Content Security Policy" in entry["message"]
+    ]
 
 
 def wait_until(driver: Any, condition: Any, message: str) -> Any:
@@ -538,6 +548,132 @@ def test_the_message_view_shows_the_envelope_tags_and_each_body(
         click(browser, "#view-tags .tag:last-child")
         listing(browser, ["Spring sale"])
         assert address(browser) == "/?q=tag%3A%22to+do%22"
+        assert refused_by_the_page_policy(browser) == []
+
+
+READABLE = 4.5
+"""WCAG 2.2 AA's least contrast for text (1.4.3)."""
+TEXTS = (
+    "body, .brand, .views a, #count, .empty, .error, #theme, .search input",
+    ".message .from, .message .to, .message .subject, .message .time, .message .snippet",
+    ".message .size, .tag, #view-subject, .meta dt, .meta dd, .view-actions button",
+    ".view-actions .button, .tabs button, #text-body, .pager-bottom, #back",
+)
+
+
+def contrasts(driver: Any) -> dict[str, float]:
+    """The least contrast of each kind of text shown (WCAG's ratio, 1 to 21) on what is
+    behind it, and of the search box's placeholder."""
+    found: dict[str, float] = driver.execute_script(
+        """
+        const rgb = (text) => text.match(/[\\d.]+/g).map(Number);
+        const luminance = ([r, g, b]) => {
+            const linear = (c) => (c /= 255) <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+            return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b);
+        };
+        const ratio = (a, b) => {
+            const [high, low] = [luminance(a), luminance(b)].sort((x, y) => y - x);
+            return (high + 0.05) / (low + 0.05);
+        };
+        const behind = (node) => {
+            for (; node; node = node.parentElement) {
+                const colour = rgb(getComputedStyle(node).backgroundColor);
+                if (colour.length < 4 || colour[3] > 0) return colour;
+            }
+            return [255, 255, 255];
+        };
+        const found = {};
+        for (const node of document.querySelectorAll(arguments[0])) {
+            if (!node.checkVisibility() || node.disabled || !node.textContent.trim()) continue;
+            const name = node.id ? '#' + node.id : node.tagName.toLowerCase() + '.' +
+                [...node.classList].join('.');
+            const value = ratio(rgb(getComputedStyle(node).color), behind(node));
+            found[name] = Math.min(found[name] || 21, value);
+        }
+        const box = document.getElementById('search');
+        found.placeholder = ratio(
+            rgb(getComputedStyle(box, '::placeholder').color), behind(box));
+        return found;
+        """,
+        ", ".join(TEXTS),
+    )
+    return found
+
+
+def dark(driver: Any) -> bool:
+    """Whether the page is drawn dark: its background darker than its text."""
+    found: bool = driver.execute_script(
+        "const style = getComputedStyle(document.body);"
+        "const grey = (c) => c.match(/\\d+/g).slice(0, 3).reduce((a, b) => a + Number(b), 0);"
+        "return grey(style.backgroundColor) < grey(style.color);"
+    )
+    return found
+
+
+def system_prefers(driver: Any, scheme: str) -> None:
+    feature = {"name": "prefers-color-scheme", "value": scheme}
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [feature]})
+
+
+def choose_theme(driver: Any, value: str) -> None:
+    select = require_module("selenium.webdriver.support.select").Select
+    select(driver.find_element(*by_css("#theme"))).select_by_value(value)
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_dark_mode_follows_the_system_or_the_choice_kept_and_reads_well(
+    tmp_path: Path, browser: Any, size: tuple[int, int]
+) -> None:
+    browser.set_window_size(*size)
+    with LiveInbox(tmp_path) as inbox:
+        send(inbox.smtp_port, newsletter())
+        send(inbox.smtp_port, simple("Lunch tomorrow?"))
+        sale = ids_by_subject(inbox)["Spring sale"]
+        tagged = {"IDs": [sale], "Tags": ["invoice"]}
+        httpx.put(f"{inbox.url}/api/v1/tags", json=tagged).raise_for_status()
+        system_prefers(browser, "light")
+        browser.get(f"{inbox.url}/view/{sale}")
+        opened(browser, "Spring sale")
+        click(browser, ".tabs button[data-tab='text']")
+
+        def looks(expected_dark: bool, name: str) -> None:
+            wait_until(
+                browser, lambda d: dark(d) == expected_dark, f"{name}: dark is {expected_dark}"
+            )
+            snapshot(browser, f"theme-{name}")
+            shown = contrasts(browser)
+            assert len(shown) > 10, shown
+            assert {k: v for k, v in shown.items() if v < READABLE} == {}, name
+            if size == PHONE:  # the list is a page of its own there
+                browser.find_element(*by_css("#back")).click()
+                listing(browser, ["Lunch tomorrow?", "Spring sale"])
+                snapshot(browser, f"theme-{name}-list")
+                shown = contrasts(browser)
+                assert {k: v for k, v in shown.items() if v < READABLE} == {}, f"{name} list"
+                browser.back()  # opened by its address, the list was a step forward
+                opened(browser, "Spring sale")
+
+        looks(False, "system-light")
+        system_prefers(browser, "dark")
+        looks(True, "system-dark")
+        choose_theme(browser, "light")
+        looks(False, "chosen-light")
+        system_prefers(browser, "light")
+        choose_theme(browser, "dark")
+        looks(True, "chosen-dark")
+
+        # The choice is kept: a new page of the inbox is dark from the start.
+        browser.get(f"{inbox.url}/")
+        listing(browser, ["Lunch tomorrow?", "Spring sale"])
+        assert dark(browser)
+        assert browser.find_element(*by_css("#theme")).get_attribute("value") == "dark"
+        choose_theme(browser, "")
+        wait_until(browser, lambda d: not dark(d), "the system's again")
+        browser.refresh()
+        listing(browser, ["Lunch tomorrow?", "Spring sale"])
+        assert not dark(browser)
+        assert browser.execute_script("return localStorage.length") == 0
+        assert refused_by_the_page_policy(browser) == []
 
 
 class _Recorder(BaseHTTPRequestHandler):
