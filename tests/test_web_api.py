@@ -436,7 +436,6 @@ async def test_readyz_says_commits_fail_until_one_succeeds_again(
         ("GET", "/api/v1/message/latest/html-check"),
         ("GET", "/api/v1/message/latest/link-check"),
         ("GET", "/api/v1/message/latest/sa-check"),
-        ("GET", "/api/v1/message/latest/part/1/thumb"),
     ],
 )
 async def test_what_mailgate_lacks_is_a_clear_501(inbox: Inbox, method: str, path: str) -> None:

@@ -41,6 +41,7 @@ from mailgate.web._json import message_json, messages_json
 from mailgate.web._queue import queue_endpoints
 from mailgate.web._search import all_matching_ids, search_page
 from mailgate.web._send import send_message
+from mailgate.web._thumbs import thumbnail
 
 __all__ = ["api_routes", "sandbox_headers"]
 
@@ -313,7 +314,6 @@ UNSUPPORTED: dict[str, tuple[str, list[str]]] = {
     "/api/v1/message/{id}/html-check": ("HTML compatibility checks", ["GET"]),
     "/api/v1/message/{id}/link-check": ("link checks", ["GET"]),
     "/api/v1/message/{id}/sa-check": ("SpamAssassin checks", ["GET"]),
-    "/api/v1/message/{id}/part/{part}/thumb": ("attachment thumbnails", ["GET"]),
 }
 
 
@@ -340,6 +340,7 @@ def api_routes(inbox: Inbox) -> list[BaseRoute]:
         route("/api/v1/message/{id}/headers", get_headers, "GET"),
         route("/api/v1/message/{id}/raw", get_raw, "GET"),
         route("/api/v1/message/{id}/part/{part}", get_part, "GET"),
+        route("/api/v1/message/{id}/part/{part}/thumb", thumbnail, "GET"),
         route("/api/v1/tags", get_tags, "GET"),
         route("/api/v1/tags", set_tags, "PUT"),
         route("/api/v1/tags/{tag:path}", rename_tag, "PUT"),

@@ -274,6 +274,20 @@ def _paths() -> JSON:
                 parameters=[ID, _param("PartID", "path", "the part's id", required=True)],
             )
         },
+        "/api/v1/message/{ID}/part/{PartID}/thumb": {
+            "get": _op(
+                "A 180x120 JPEG thumbnail of an image part (blank for a part that is not an"
+                " image); 422: an image it cannot read, or over 20 megapixels",
+                {
+                    "200": {"description": "the thumbnail", "content": {"image/jpeg": {}}},
+                    "404": not_found,
+                    "422": TEXT_ERROR,
+                    "501": JSON_ERROR,
+                    "503": TEXT_ERROR,
+                },
+                parameters=[ID, _param("PartID", "path", "the part's id", required=True)],
+            )
+        },
         "/api/v1/tags": {
             "get": _op("Every tag in use", {"200": _json(_array(STRING))}),
             "put": _op(
@@ -399,7 +413,6 @@ def _paths() -> JSON:
         "/api/v1/message/{ID}/html-check": {"get": _unsupported("HTML check")},
         "/api/v1/message/{ID}/link-check": {"get": _unsupported("Link check")},
         "/api/v1/message/{ID}/sa-check": {"get": _unsupported("SpamAssassin check")},
-        "/api/v1/message/{ID}/part/{PartID}/thumb": {"get": _unsupported("Thumbnail")},
     }
 
 
