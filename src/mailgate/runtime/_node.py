@@ -10,6 +10,10 @@ other way: SMTP first (transactions in flight finish, in the workers too),
 then the web service, the store and, last, the commit service.  ``mailgate
 serve`` and the test helper ``mailgate.testing.MailgateServer`` both run
 exactly this.
+
+The serving process also runs the retention service (``_retention``), the
+one owner of pruning, which keeps the store to ``--max-messages`` and
+``--max-age``: stopped before the store closes.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from mailgate.runtime._commit_service import CommitService
 from mailgate.runtime._health import DiskRoom, NodeHealth
 from mailgate.runtime._metrics import NodeMetrics
 from mailgate.runtime._queue_service import QueueService
+from mailgate.runtime._retention import RetentionService, retention_for
 from mailgate.runtime._workers import WorkerPool, worker_settings
 from mailgate.server import (
     ListenError,
@@ -160,6 +165,7 @@ class Mailgate:
         self._server: SMTPServer | None = None
         self._http: HTTPService | None = None
         self._queue: QueueService | None = None
+        self._retention: RetentionService | None = None
         self._metrics: NodeMetrics | None = None
 
     @property
@@ -189,6 +195,11 @@ class Mailgate:
         workers' and its queue's too, as ``/metrics`` shows them."""
         assert self._metrics is not None, "not started"
         return self._metrics
+
+    @property
+    def retention(self) -> RetentionService | None:
+        """The retention service, when the settings set a limit and the store prunes."""
+        return self._retention
 
     @property
     def server(self) -> SMTPServer:
@@ -246,10 +257,14 @@ class Mailgate:
                 self._queue = QueueService(settings, self._store, sink, clock)
                 await self._queue.start()
                 metrics.runner = self._queue.runner
+            self._retention = retention_for(settings, self._store, clock)
+            if self._retention is not None:
+                await self._retention.start()
             if settings.http is not None:
                 self._http = HTTPService(
                     create_app(
                         self._store,
+                        pruned=self._pruned,
                         health=self._health(),
                         sink=sink,
                         is_local=self._server.policy.is_local,
@@ -284,6 +299,10 @@ class Mailgate:
         room = DiskRoom(self.settings.data_dir / "spool", self.settings.limits.free_space_floor)
         return NodeHealth([*parts, room])
 
+    def _pruned(self) -> int:
+        """Messages the retention service pruned since the node started."""
+        return self._retention.pruned if self._retention is not None else 0
+
     async def _reach_commit_service(self, store: MessageStore) -> None:
         """Start the commit service (a worker: reach the serving process's) and send it new mail.
 
@@ -314,6 +333,9 @@ class Mailgate:
         finally:
             self._workers = None
             try:
+                if self._retention is not None:
+                    await self._retention.aclose()
+                    self._retention = None
                 if self._queue is not None:
                     await self._queue.aclose()
                     self._queue = None
