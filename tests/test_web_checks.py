@@ -1,6 +1,7 @@
-"""Mailpit's attachment thumbnails, on a live mailgate with mail sent over SMTP.
+"""Mailpit's attachment thumbnails and link check, on a live mailgate with mail sent over SMTP.
 
-Thumbnails are read back with Pillow.
+Thumbnails are read back with Pillow; the links point at a real HTTP server on
+loopback that this module runs and that records what it was asked.
 """
 
 from __future__ import annotations
@@ -8,17 +9,21 @@ from __future__ import annotations
 import io
 import os
 import smtplib
+import socket
 import struct
+import threading
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from mailgate.web import WebSettings
 from process_helpers import Launcher, environment
 from web_helpers import LiveInbox, require_module
 
@@ -232,10 +237,190 @@ def test_many_thumbnails_at_once_get_a_thumbnail_or_a_503(
     assert any(r.status_code == 200 for _, r in answers)
 
 
+# -- link check --------------------------------------------------------------------------------
+
+
+class Site:
+    """A real HTTP server on loopback: each path answers one way; every request is noted."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+        self.release = threading.Event()
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                site.answer(self, "HEAD")
+
+            def do_GET(self) -> None:
+                site.answer(self, "GET")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def answer(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        self.asked.append((method, handler.path))
+        path = handler.path
+        status, headers = 200, {}
+        if path == "/missing":
+            status = 404
+        elif path == "/moved":
+            status, headers = 301, {"Location": "/ok"}
+        elif path == "/again":
+            status, headers = 302, {"Location": "/again"}
+        elif path == "/slow" or path.startswith("/slow/"):
+            self.release.wait(30)
+        elif path == "/get-only" and method == "HEAD":
+            status = 405
+        body = b"a body that is never read\n" if method == "GET" else b""
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body) or 26))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    started = Site()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def refused_url() -> str:
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{spare.getsockname()[1]}/gone"
+
+
+def with_links(html: str, text: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = "app@example.com"
+    message["To"] = "dev@example.org"
+    message["Subject"] = "Links"
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
+    return message
+
+
+def link_check(inbox: LiveInbox, query: str = "") -> Any:
+    response = httpx.get(f"{inbox.url}/api/v1/message/latest/link-check{query}", timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    return response.json()
+
+
+LOOPBACK = WebSettings(allow_internal_http_requests=True, link_check_timeout=1.0)
+
+
+def test_links_are_found_once_and_checked(tmp_path: Path, site: Site) -> None:
+    gone = refused_url()
+    html = (
+        f'<p><a href="{site.url}/ok">ok</a> <a href="{site.url}/missing">missing</a>'
+        f' <img src="{site.url}/moved"> <a href="mailto:dev@example.org">mail</a>'
+        f' <link rel="stylesheet" href="{site.url}/get-only"> <a href="{site.url}/ok">again</a>'
+        f' <a href="{site.url}/slow">slow</a> <a href="{site.url}/again">loop</a></p>'
+    )
+    text = (
+        f"Open {site.url}/ok. Or {gone}, ftp://example.org/file and\n<{site.url}/ok?long=\n yes>\n"
+    )
+    with LiveInbox(tmp_path, LOOPBACK) as inbox:
+        send(inbox.smtp_port, with_links(html, text))
+        report = link_check(inbox)
+        links = [  # Mailpit's order: <a>, then stylesheets, then <img>, then the text
+            [site.url + "/ok", 200, "OK"],
+            [site.url + "/missing", 404, "Not Found"],
+            [site.url + "/slow", 0, "timed out"],
+            [site.url + "/again", 302, "Found"],
+            [site.url + "/get-only", 200, "OK"],  # HEAD refused: asked again with GET
+            [site.url + "/moved", 301, "Moved Permanently"],
+            [gone, 0, "connection refused"],
+            [site.url + "/ok?long=yes", 200, "OK"],  # a link folded in <...>
+        ]
+        assert report == {
+            "Errors": 3,
+            "Links": [{"URL": u, "StatusCode": c, "Status": s} for u, c, s in links],
+        }
+        assert ("GET", "/get-only") in site.asked
+        assert {method for method, path in site.asked if path != "/get-only"} == {"HEAD"}
+
+        followed = link_check(inbox, "?follow=true")
+        statuses = {link["URL"]: (link["StatusCode"], link["Status"]) for link in followed["Links"]}
+        assert statuses[site.url + "/moved"] == (200, "OK")
+        assert statuses[site.url + "/again"] == (0, "too many redirects")
+        assert followed["Errors"] == 4
+        # 1 + MAX_REDIRECTS requests for the loop.
+        assert site.asked.count(("HEAD", "/again")) == 1 + 4
+
+
+def test_loopback_links_are_refused_unless_allowed(tmp_path: Path, site: Site) -> None:
+    with LiveInbox(tmp_path) as inbox:
+        port = site.url.rpartition(":")[2]
+        text = f"localhost too: http://localhost:{port}/ok"
+        send(inbox.smtp_port, with_links(f'<a href="{site.url}/ok">ok</a>', text))
+        report = link_check(inbox)
+    blocked = {"StatusCode": 451, "Status": "Blocked private/reserved address"}
+    assert report["Errors"] == 2
+    assert [{k: v for k, v in link.items() if k != "URL"} for link in report["Links"]] == [
+        blocked,
+        blocked,
+    ]
+    assert site.asked == []
+
+
+def test_the_check_stops_when_its_time_is_spent(tmp_path: Path, site: Site) -> None:
+    # Twenty slow links of one host, two at a time, 0.3 seconds each: the check's budget
+    # (six timeouts) runs out before the last are asked.
+    html = "".join(f'<a href="{site.url}/slow/{n}">{n}</a>' for n in range(20))
+    settings = WebSettings(allow_internal_http_requests=True, link_check_timeout=0.3)
+    with LiveInbox(tmp_path, settings) as inbox:
+        send(inbox.smtp_port, with_links(html, "slow links"))
+        report = link_check(inbox)
+    statuses = [link["Status"] for link in report["Links"]]
+    assert len(statuses) == 20
+    assert report["Errors"] == 20
+    assert set(statuses) == {"timed out", "the check ran out of time"}
+    assert statuses[-1] == "the check ran out of time"
+    assert len(site.asked) < 20
+
+
+def test_a_message_without_links_and_one_that_does_not_exist(tmp_path: Path) -> None:
+    with LiveInbox(tmp_path) as inbox:
+        send(inbox.smtp_port, with_links("<p>No links.</p>", "None here."))
+        assert link_check(inbox) == {"Errors": 0, "Links": []}
+        missing = httpx.get(f"{inbox.url}/api/v1/message/01NOSUCHMESSAGE0000000000/link-check")
+        assert (missing.status_code, missing.text) == (404, "message not found")
+        for check in ("html-check", "sa-check"):
+            answer = httpx.get(f"{inbox.url}/api/v1/message/latest/{check}")
+            assert answer.status_code == 501
+            assert "mailgate does not support" in answer.json()["Error"]
+        paths = httpx.get(f"{inbox.url}/api/v1/openapi.json").json()["paths"]
+        assert "200" in paths["/api/v1/message/{ID}/link-check"]["get"]["responses"]
+        assert "200" in paths["/api/v1/message/{ID}/part/{PartID}/thumb"]["get"]["responses"]
+
+
 # -- as a user runs it -------------------------------------------------------------------------
 
 
-def test_serve_without_pillow(tmp_path: Path, launcher: Launcher) -> None:
+def test_serve_with_internal_requests_allowed_and_without_pillow(
+    tmp_path: Path, launcher: Launcher, site: Site
+) -> None:
     # A PIL package that fails to import stands in for a machine without Pillow.
     hidden = tmp_path / "no-pillow" / "PIL"
     hidden.mkdir(parents=True)
@@ -243,10 +428,18 @@ def test_serve_without_pillow(tmp_path: Path, launcher: Launcher) -> None:
     path = os.pathsep.join([str(hidden.parent), *filter(None, [environment().get("PYTHONPATH")])])
     served = launcher.serve(
         "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / "data"),
+        "--allow-internal-http-requests",
         env={"PYTHONPATH": path},
     )  # fmt: skip
-    send(served.port, with_attachments({"a.png": ("image/png", stripes())}))
+    message = with_links(f'<a href="{site.url}/missing">x</a>', "see the picture")
+    message.add_attachment(stripes(), maintype="image", subtype="png", filename="a.png")
+    send(served.port, message)
     api = f"{served.http_url}api/v1/message/latest"
+    report = httpx.get(f"{api}/link-check", timeout=30).json()
+    assert report == {
+        "Errors": 1,
+        "Links": [{"URL": f"{site.url}/missing", "StatusCode": 404, "Status": "Not Found"}],
+    }
     part = httpx.get(api, timeout=30).json()["Attachments"][0]["PartID"]
     answer = httpx.get(f"{api}/part/{part}/thumb", timeout=30)
     assert answer.status_code == 501

@@ -38,7 +38,10 @@ def send_two(port: int) -> None:
     reset["Message-ID"] = "<reset-1@example.com>"
     reset["Date"] = "Tue, 02 Jan 2024 09:30:00 +0100"
     reset.set_content("Your code is 424242.")
-    reset.add_alternative("<p>Your code is <b>424242</b>.</p>", subtype="html")
+    reset.add_alternative(
+        '<p>Your code is <b>424242</b>. <a href="http://127.0.0.1:9/reset">Reset</a></p>',
+        subtype="html",
+    )
     reset.add_attachment(b"a,b\n1,2\n", maintype="text", subtype="csv", filename="codes.csv")
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
         smtp.send_message(welcome)

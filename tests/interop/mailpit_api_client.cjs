@@ -34,6 +34,19 @@ async function main() {
   assert.match(attachment.type, /^text\/csv/);
   assert.equal(await attachment.text(), "a,b\n1,2\n");
 
+  // The CSV is no image: Mailpit's blank thumbnail.
+  const thumbnail = await mailpit.getAttachmentThumbnail(summary.ID, summary.Attachments[0].PartID);
+  assert.equal(thumbnail.type, "image/jpeg");
+  const jpeg = Buffer.from(await thumbnail.arrayBuffer());
+  assert.deepEqual([...jpeg.subarray(0, 3)], [0xff, 0xd8, 0xff]);
+  // A loopback link, refused as Mailpit refuses it without --allow-internal-http-requests.
+  assert.deepEqual(await mailpit.linkCheck(summary.ID), {
+    Errors: 1,
+    Links: [
+      { URL: "http://127.0.0.1:9/reset", StatusCode: 451, Status: "Blocked private/reserved address" },
+    ],
+  });
+
   const found = await mailpit.searchMessages({ query: 'subject:"password reset"' });
   assert.equal(found.messages_count, 1);
   assert.equal(found.messages[0].ID, summary.ID);

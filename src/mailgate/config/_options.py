@@ -252,6 +252,12 @@ OPTIONS: tuple[Option, ...] = (
         repeatable=True,
     ),
     Option(
+        "allow_internal_http_requests", "--allow-internal-http-requests",
+        "MAILGATE_ALLOW_INTERNAL_HTTP_REQUESTS", "allow_internal_http_requests", parse_flag,
+        "on|off", "let the API's link check ask loopback and private addresses (off by default)",
+        switch=True,
+    ),
+    Option(
         "tags.rules", "--tag", "MAILGATE_TAG", "tags", parse_tag_rules, "TAGS=QUERY",
         "tag new mail that QUERY (a search, as in the inbox) matches with TAGS "
         "(comma-separated); repeat", repeatable=True, split_env=split_tag_rules,

@@ -255,6 +255,9 @@ class Settings:
     api_cors: tuple[str, ...] = ()
     """Origins (``https://app.example:8443``, or ``*`` for any) whose pages may call the API
     from a browser (CORS) and open its websocket, besides the inbox's own."""
+    allow_internal_http_requests: bool = False
+    """Whether the API's link check may ask loopback and private addresses (Mailpit's
+    ``--allow-internal-http-requests``); link-local ones never."""
     workers: int = 1
     """SMTP processes; above 1 they share the ports through ``SO_REUSEPORT``; 0: one per CPU."""
     tags: AutoTags = field(default_factory=AutoTags)

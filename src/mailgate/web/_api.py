@@ -38,6 +38,7 @@ from mailgate.web._context import (
     text_error,
 )
 from mailgate.web._json import message_json, messages_json
+from mailgate.web._links import link_check_endpoint
 from mailgate.web._queue import queue_endpoints
 from mailgate.web._search import all_matching_ids, search_page
 from mailgate.web._send import send_message
@@ -312,7 +313,6 @@ async def webui(inbox: Inbox, request: Request) -> Response:
 UNSUPPORTED: dict[str, tuple[str, list[str]]] = {
     "/api/v1/chaos": ("chaos triggers", ["GET", "PUT"]),
     "/api/v1/message/{id}/html-check": ("HTML compatibility checks", ["GET"]),
-    "/api/v1/message/{id}/link-check": ("link checks", ["GET"]),
     "/api/v1/message/{id}/sa-check": ("SpamAssassin checks", ["GET"]),
 }
 
@@ -341,6 +341,7 @@ def api_routes(inbox: Inbox) -> list[BaseRoute]:
         route("/api/v1/message/{id}/raw", get_raw, "GET"),
         route("/api/v1/message/{id}/part/{part}", get_part, "GET"),
         route("/api/v1/message/{id}/part/{part}/thumb", thumbnail, "GET"),
+        route("/api/v1/message/{id}/link-check", link_check_endpoint(), "GET"),
         route("/api/v1/tags", get_tags, "GET"),
         route("/api/v1/tags", set_tags, "PUT"),
         route("/api/v1/tags/{tag:path}", rename_tag, "PUT"),

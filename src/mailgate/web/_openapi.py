@@ -165,6 +165,16 @@ SCHEMAS: JSON = {
         Relay=STRING,
     ),
     "Queue": _object(Total=INTEGER, Recipients=_array(_ref("QueuedRecipient"))),
+    "LinkCheck": {
+        **_object(
+            Errors=INTEGER,
+            Links=_array(_object(URL=STRING, StatusCode=INTEGER, Status=STRING)),
+        ),
+        "description": (
+            "Errors: links that failed or answered 4xx/5xx. StatusCode 0: no answer, Status"
+            " says why; 451: an address the link check may not ask."
+        ),
+    },
     "QueueChange": {
         **_object(Recipients=INTEGER),
         "description": "How many recipients the action changed.",
@@ -286,6 +296,14 @@ def _paths() -> JSON:
                     "503": TEXT_ERROR,
                 },
                 parameters=[ID, _param("PartID", "path", "the part's id", required=True)],
+            )
+        },
+        "/api/v1/message/{ID}/link-check": {
+            "get": _op(
+                "Ask every link of the message with HEAD (loopback and private addresses only"
+                " with --allow-internal-http-requests)",
+                {"200": _json(_ref("LinkCheck")), "404": not_found, "503": TEXT_ERROR},
+                parameters=[ID, _param("follow", "query", "true to follow redirects")],
             )
         },
         "/api/v1/tags": {
@@ -411,7 +429,6 @@ def _paths() -> JSON:
         **_queue_paths(),
         "/api/v1/chaos": {"get": _unsupported("Chaos"), "put": _unsupported("Chaos")},
         "/api/v1/message/{ID}/html-check": {"get": _unsupported("HTML check")},
-        "/api/v1/message/{ID}/link-check": {"get": _unsupported("Link check")},
         "/api/v1/message/{ID}/sa-check": {"get": _unsupported("SpamAssassin check")},
     }
 
