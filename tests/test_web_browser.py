@@ -481,6 +481,94 @@ def tabs(driver: Any) -> dict[str, Any]:
     return found
 
 
+def view_tags(driver: Any) -> list[str]:
+    shown: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#view-tags .tag')].map((tag) => tag.textContent)"
+    )
+    return shown
+
+
+def filter_tags(driver: Any) -> list[str]:
+    """The tags the list can be narrowed to, the chosen one marked with a star."""
+    shown: list[str] = driver.execute_script(
+        "const filter = document.getElementById('tag-filter');"
+        "return filter.hidden ? [] : [...filter.querySelectorAll('.tag')].map("
+        "  (tag) => tag.textContent + (tag.getAttribute('aria-current') ? '*' : ''));"
+    )
+    return shown
+
+
+def row_tags(driver: Any, subject: str) -> list[str]:
+    shown: list[str] = driver.execute_script(
+        """
+        const row = [...document.querySelectorAll('#messages .message')]
+            .find((node) => node.querySelector('.subject').textContent === arguments[0]);
+        return [...row.querySelectorAll('.tag')].map((tag) => tag.textContent);
+        """,
+        subject,
+    )
+    return shown
+
+
+def stored_tags(inbox: LiveInbox, message_id: str) -> list[str]:
+    tags: list[str] = httpx.get(f"{inbox.url}/api/v1/message/{message_id}").json()["Tags"]
+    return tags
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_tags_are_added_removed_filtered_renamed_and_dropped(
+    tmp_path: Path, browser: Any, size: tuple[int, int]
+) -> None:
+    browser.set_window_size(*size)
+    with LiveInbox(tmp_path) as inbox:
+        send(inbox.smtp_port, newsletter())
+        send(inbox.smtp_port, simple("Lunch tomorrow?"))
+        sale = ids_by_subject(inbox)["Spring sale"]
+        open_live(browser, inbox)
+        listing(browser, ["Lunch tomorrow?", "Spring sale"])
+        assert filter_tags(browser) == []
+        click(browser, f"#messages .message[data-id='{sale}']")
+        opened(browser, "Spring sale")
+
+        field = browser.find_element(*by_css("#tag-input"))
+        field.send_keys("to do, invoice\n")
+        wait_until(browser, lambda d: view_tags(d) == ["invoice", "to do"], "tags added")
+        assert stored_tags(inbox, sale) == ["invoice", "to do"]
+        wait_until(browser, lambda d: filter_tags(d) == ["invoice", "to do"], "tags to filter by")
+        assert row_tags(browser, "Spring sale") == ["invoice", "to do"]
+        snapshot(browser, "tags-message")
+        click(browser, "#view-tags .tag-chip:first-child .untag")
+        wait_until(browser, lambda d: view_tags(d) == ["to do"], "tag removed")
+        assert stored_tags(inbox, sale) == ["to do"]
+        wait_until(browser, lambda d: filter_tags(d) == ["to do"], "no one's tag is gone")
+
+        # The list narrowed to a tag; the tag renamed, then taken off every message.
+        if size == PHONE:
+            click(browser, "#back")
+        click(browser, "#tag-list .tag")
+        wait_until(browser, lambda d: filter_tags(d) == ["to do*"], "chosen")
+        listing(browser, ["Spring sale"])
+        assert address(browser) == "/?q=tag%3A%22to+do%22"
+        snapshot(browser, "tags-filter")
+        click(browser, "#rename-tag")
+        conditions = require_module("selenium.webdriver.support.expected_conditions")
+        asked = wait_until(browser, conditions.alert_is_present(), "asked for the name")
+        asked.send_keys("later")
+        asked.accept()
+        wait_until(browser, lambda d: filter_tags(d) == ["later*"], "renamed")
+        listing(browser, ["Spring sale"])
+        assert address(browser) == "/?q=tag%3Alater"
+        assert stored_tags(inbox, sale) == ["later"]
+        click(browser, "#delete-tag")
+        confirm(browser)
+        wait_until(browser, lambda d: filter_tags(d) == [], "no tags left")
+        listing(browser, ["Lunch tomorrow?", "Spring sale"])
+        assert address(browser) == "/"
+        assert stored_tags(inbox, sale) == []
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= size[0]
+        assert refused_by_the_page_policy(browser) == []
+
+
 @pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
 def test_the_message_view_shows_the_envelope_tags_and_each_body(
     tmp_path: Path, browser: Any, size: tuple[int, int]
@@ -502,6 +590,8 @@ def test_the_message_view_shows_the_envelope_tags_and_each_body(
         opened(browser, "Spring sale")
         shown = details(browser)
         assert shown.pop("Date")
+        assert view_tags(browser) == ["invoice", "to do"]
+        assert "invoice" in shown.pop("Tags")
         assert shown == {
             "From": "Shop <news@shop.example>",
             "To": "you@example.org",
@@ -509,7 +599,6 @@ def test_the_message_view_shows_the_envelope_tags_and_each_body(
             "Bcc": "archive@shop.example",
             "Reply-To": "Help desk <help@shop.example>",
             "Return-Path": "bounces+42@shop.example",
-            "Tags": "invoiceto do",
         }
         assert tabs(browser) == {
             "shown": ["html", "source", "text", "headers", "raw", "attachments"],
@@ -535,7 +624,8 @@ def test_the_message_view_shows_the_envelope_tags_and_each_body(
         # Without HTML there is neither an HTML tab nor its source; what is empty is left out.
         browser.get(f"{inbox.url}/view/{ids['Plain']}")
         opened(browser, "Plain")
-        assert details(browser).keys() == {"From", "To", "Return-Path", "Date"}
+        assert details(browser).keys() == {"From", "To", "Return-Path", "Date", "Tags"}
+        assert view_tags(browser) == []
         assert tabs(browser) == {
             "shown": ["text", "headers", "raw", "attachments"],
             "selected": ["text"],
@@ -545,7 +635,7 @@ def test_the_message_view_shows_the_envelope_tags_and_each_body(
         # A tag lists the messages that carry it.
         browser.back()
         opened(browser, "Spring sale")
-        click(browser, "#view-tags .tag:last-child")
+        click(browser, "#view-tags .tag-chip:last-child .tag")
         listing(browser, ["Spring sale"])
         assert address(browser) == "/?q=tag%3A%22to+do%22"
         assert refused_by_the_page_policy(browser) == []

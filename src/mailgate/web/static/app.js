@@ -102,12 +102,11 @@ function tagQuery(name) {
   return /^[^\s"]+$/.test(name) ? `tag:${name}` : `tag:"${name}"`;
 }
 
-// A tag as a link to the messages that carry it.
-function tagChip(name) {
+// A tag as a link to the messages that carry it (or to another place).
+function tagChip(name, place = { view: "inbox", query: tagQuery(name), page: 1, selected: null }) {
   const chip = element("a", "tag", name);
-  const place = { view: "inbox", query: tagQuery(name), page: 1, selected: null };
   chip.href = addressOf(place);
-  chip.title = `Messages tagged ${name}`;
+  chip.title = place.query ? `Messages tagged ${name}` : "Every message";
   chip.addEventListener("click", (event) => {
     event.stopPropagation(); // not a click on the row
     if (inPage(event)) navigate(place);
@@ -154,7 +153,46 @@ function pages() {
   return Math.max(1, Math.ceil(state.matching / PAGE));
 }
 
+// Every tag in use, to list the messages of one; the one searched for can be renamed or
+// taken off every message.
+function renderTagFilter() {
+  const active = state.tags.find((tag) => state.query === tagQuery(tag));
+  $("tag-filter").hidden = state.tags.length === 0;
+  $("tag-list").replaceChildren(...state.tags.map((tag) => {
+    if (tag !== active) return tagChip(tag);
+    // Chosen: a second click shows every message again.
+    const chip = tagChip(tag, { view: "inbox", query: "", page: 1, selected: null });
+    chip.setAttribute("aria-current", "true");
+    return chip;
+  }));
+  if (state.selected) renderTagNames();
+  $("tag-actions").hidden = active === undefined;
+  $("tag-actions").dataset.tag = active || "";
+}
+
+async function renameTag() {
+  const tag = $("tag-actions").dataset.tag;
+  const name = (prompt(`Rename the tag ${tag} to:`, tag) || "").trim();
+  if (!tag || !name || name === tag) return;
+  try {
+    await api("PUT", `/api/v1/tags/${encodeURIComponent(tag)}`, { Name: name });
+    retagOpened((tags) => tags.map((t) => (t === tag ? name : t)));
+    navigate({ query: tagQuery(name), page: 1 }, { replace: true });
+  } catch (error) { showError(error); }
+}
+
+async function removeTag() {
+  const tag = $("tag-actions").dataset.tag;
+  if (!tag || !confirm(`Remove the tag ${tag} from every message? The messages stay.`)) return;
+  try {
+    await api("DELETE", `/api/v1/tags/${encodeURIComponent(tag)}`);
+    retagOpened((tags) => tags.filter((t) => t !== tag));
+    navigate({ query: "", page: 1 }, { replace: true });
+  } catch (error) { showError(error); }
+}
+
 function render() {
+  renderTagFilter();
   const list = $("messages");
   list.replaceChildren(...state.messages.map(row));
   const searching = state.query !== "";
@@ -418,6 +456,8 @@ function init() {
     clearTimeout(typing);
     searchFor($("search").value, false);
   });
+  $("rename-tag").addEventListener("click", renameTag);
+  $("delete-tag").addEventListener("click", removeTag);
   for (const [id, step] of [["prev", -1], ["next", 1], ["prev-bottom", -1], ["next-bottom", 1]]) {
     $(id).addEventListener("click", () => turnPage(step));
   }

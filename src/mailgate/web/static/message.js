@@ -60,9 +60,64 @@ function markOpened(read) {
   $("toggle-read").textContent = read ? "Mark unread" : "Mark read";
 }
 
+// -- its tags --------------------------------------------------------------------------
+
 function renderTags() {
-  $("view-tags").replaceChildren(...opened.tags.map((tag) => tagChip(tag)));
-  for (const node of document.querySelectorAll(".meta .tags")) node.hidden = !opened.tags.length;
+  $("view-tags").replaceChildren(...opened.tags.map((tag) => {
+    const chip = element("span", "tag-chip");
+    const remove = element("button", "untag", "×");
+    remove.type = "button";
+    remove.title = `Remove the tag ${tag} from this message`;
+    remove.setAttribute("aria-label", remove.title);
+    remove.addEventListener("click", () => setTags(opened.tags.filter((t) => t !== tag)));
+    chip.append(tagChip(tag), remove);
+    return chip;
+  }));
+  renderTagNames();
+}
+
+// Tags in use elsewhere, offered as the reader types.
+function renderTagNames() {
+  $("tag-names").replaceChildren(...state.tags.filter((t) => !opened.tags.includes(t))
+    .map((t) => {
+      const option = element("option");
+      option.value = t;
+      return option;
+    }));
+}
+
+// A tag renamed or removed on every message: the open one's too.
+function retagOpened(change) {
+  if (!state.selected) return;
+  opened.tags = [...new Set(change(opened.tags))].sort();
+  renderTags();
+}
+
+// The open message's tags become these (PUT /api/v1/tags replaces them all).
+async function setTags(tags) {
+  const id = state.selected;
+  const wanted = [...new Set(tags)].sort();
+  try {
+    await api("PUT", "/api/v1/tags", { IDs: [id], Tags: wanted });
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const summary = state.messages.find((m) => m.ID === id);
+  if (summary) summary.Tags = wanted;
+  if (state.selected === id) {
+    opened.tags = wanted;
+    renderTags();
+  }
+  render();
+  reloadSoon(); // the tags in use, and a search by tag, may have changed
+}
+
+function addTags(event) {
+  event.preventDefault();
+  const names = $("tag-input").value.split(",").map((name) => name.trim()).filter(Boolean);
+  $("tag-input").value = "";
+  if (names.length) setTags(opened.tags.concat(names));
 }
 
 function closeMessage() {
@@ -179,6 +234,7 @@ function initMessage() {
       render();
     } catch (error) { showError(error); }
   });
+  $("tag-form").addEventListener("submit", addTags);
   $("load-remote").addEventListener("click", () => {
     if (state.selected) {
       showHtml(`/view/${encodeURIComponent(state.selected)}.html?remote=1`);
