@@ -11,8 +11,11 @@ and ``c``).
 
 Cost: a message with no ``X-Tags`` header and no ``+`` in its recipients, on a
 server with no rules, pays two attribute tests and a ``"+" in`` per recipient,
-and gets its summary back as it was.  Tags are kept once each, regardless of
-case (the first spelling wins, as in Mailpit), in sorted order, as stores
+and gets its summary back as it was (0.16 microseconds).  A message that gets
+tags pays for one ``dataclasses.replace`` of its summary (about 4), two when a
+rule asks ``tag:`` or ``is:tagged`` and so must see the tags it brought; each
+rule costs a ``query.matches`` (1 to 3).  Tags are kept once each, regardless
+of case (the first spelling wins, as in Mailpit), in sorted order, as stores
 list them.
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from mailgate.model import Envelope, MessageSummary
-from mailgate.query import matches
+from mailgate.query import Field, Flag, FlagTerm, TextTerm, matches
 from mailgate.tags import AutoTags, clean_tag
 
 __all__ = ["Tagger"]
@@ -30,12 +33,18 @@ __all__ = ["Tagger"]
 class Tagger:
     """Gives new mail its tags, as an ``AutoTags`` says."""
 
-    __slots__ = ("_plus", "_rules", "_username")
+    __slots__ = ("_plus", "_rules", "_rules_see_tags", "_username")
 
     def __init__(self, settings: AutoTags) -> None:
         self._plus = settings.plus_addresses
         self._username = settings.username
         self._rules = settings.rules
+        self._rules_see_tags = any(
+            (isinstance(term, TextTerm) and term.field is Field.TAG)
+            or (isinstance(term, FlagTerm) and term.flag is Flag.TAGGED)
+            for rule in settings.rules
+            for term in rule.query.terms
+        )
 
     def tag(self, summary: MessageSummary, envelope: Envelope) -> MessageSummary:
         """``summary`` with every tag the message gets: those it holds already (its
@@ -48,14 +57,15 @@ class Tagger:
         if self._username and envelope.auth_user:
             found += _cleaned([envelope.auth_user])
         rules = self._rules
-        if not rules:
-            return dataclasses.replace(summary, tags=_unique(found)) if found else summary
-        brought = _unique(found)
-        seen = dataclasses.replace(summary, tags=brought) if brought != summary.tags else summary
-        given = [tag for rule in rules if matches(rule.query, seen) for tag in rule.tags]
-        if not given:
-            return seen
-        return dataclasses.replace(summary, tags=_unique(brought + tuple(given)))
+        if rules:
+            seen = summary  # what a rule that reads no tags sees is the same
+            if self._rules_see_tags and found != summary.tags:
+                seen = dataclasses.replace(summary, tags=_unique(found))
+            found += tuple(tag for rule in rules if matches(rule.query, seen) for tag in rule.tags)
+        if not found:
+            return summary
+        tags = _unique(found)
+        return summary if tags == summary.tags else dataclasses.replace(summary, tags=tags)
 
 
 def _plus_tags(address: str) -> tuple[str, ...]:
