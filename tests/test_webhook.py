@@ -14,17 +14,24 @@ import http.server
 import json
 import logging
 import re
+import smtplib
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
+import httpx
 import pytest
 
+from mailgate import __version__
 from mailgate.runtime._webhook import WebhookPoster, WebhookSettings, retry_after_seconds
-from process_helpers import TIMEOUT
+from postgresql_helpers import fresh_database
+from process_helpers import TIMEOUT, Launcher, Serving, free_port, mailgate, serving_pid
+from server_helpers import WORKER
 
 QUEUED = re.compile(rb"queued as ([0-9A-Z]{26})")
 FAILED = re.compile(r"webhook: post of message (?P<id>[0-9A-Z]{26}) to (?P<to>\S+) failed")
@@ -118,8 +125,262 @@ def receiver() -> Iterator[Receiver]:
         started.close()
 
 
+def send(
+    port: int, count: int = 1, *, subject: str = "Hello", separately: bool = False
+) -> list[str]:
+    """Send ``count`` messages over SMTP (one connection, or one each); their queued ids."""
+    ids: list[str] = []
+    client: smtplib.SMTP | None = None
+    try:
+        for number in range(count):
+            if client is None:
+                client = smtplib.SMTP("127.0.0.1", port, timeout=TIMEOUT)
+            ids.append(send_one(client, f"{subject} {number}"))
+            if separately:
+                client.quit()
+                client = None
+    finally:
+        if client is not None:
+            client.quit()
+    return ids
+
+
+def send_one(client: smtplib.SMTP, subject: str, sender: str = "alice@example.org") -> str:
+    """One message over an open connection; its queued id (the 250 is checked)."""
+    client.ehlo_or_helo_if_needed()
+    assert client.mail(sender)[0] == 250
+    assert client.rcpt("bob@example.org")[0] == 250
+    message = f"From: {sender}\r\nTo: bob@example.org\r\nSubject: {subject}\r\n\r\nHi Bob\r\n"
+    code, reply = client.data(message.encode())
+    assert code == 250, reply
+    found = QUEUED.search(reply)
+    assert found is not None, reply
+    return found[1].decode()
+
+
 def posted_ids(requests: list[Request]) -> list[str]:
     return [str(request.json()["ID"]) for request in requests]
+
+
+def failures(served: Serving) -> list[re.Match[str]]:
+    return [m for line in served.stderr().splitlines() if (m := FAILED.search(line))]
+
+
+def wait_for_failures(served: Serving, count: int) -> list[re.Match[str]]:
+    deadline = time.monotonic() + TIMEOUT
+    while len(found := failures(served)) < count:
+        assert time.monotonic() < deadline, f"{len(found)} failures logged:\n{served.stderr()}"
+        time.sleep(0.05)
+    return found
+
+
+def serve(launcher: Launcher, url: str, *argv: str) -> Serving:
+    return launcher.serve(
+        "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--hostname", "mx.test",
+        "--webhook-url", url, *argv,
+    )  # fmt: skip
+
+
+# -- what is posted -------------------------------------------------------------------------------
+
+
+def test_each_new_message_is_posted_as_the_api_lists_it(
+    launcher: Launcher, receiver: Receiver
+) -> None:
+    served = serve(
+        launcher, f"{receiver.url}/new-mail?token=s3cret", "--tls-self-signed", "--auth-accept-any"
+    )
+    with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
+        first = send_one(client, "Lunch?")
+        client.starttls(context=ssl._create_unverified_context())
+        client.login("carol", "anything")
+        second = send_one(client, "Dinner?", sender="carol@example.org")
+    one, two = receiver.wait_for(2)
+    listed = httpx.get(f"{served.http_url}api/v1/messages", timeout=TIMEOUT).json()["messages"]
+    by_id = {message["ID"]: message for message in listed}
+    for request, message_id, username in ((one, first, ""), (two, second, "carol")):
+        assert request.path == "/new-mail?token=s3cret"
+        assert request.headers["content-type"] == "application/json"
+        assert request.headers["user-agent"] == f"mailgate/{__version__}"
+        body = request.json()
+        assert body["ID"] == message_id
+        # The fields and values of the API's summary; Username is the AUTH user, as Mailpit's.
+        assert body == {**by_id[message_id], "Username": username}
+    assert one.json()["Subject"] == "Lunch?"
+    assert one.json()["From"] == {"Name": "", "Address": "alice@example.org"}
+    assert one.json()["To"] == [{"Name": "", "Address": "bob@example.org"}]
+    log = served.stop_cleanly()
+    assert "s3cret" not in log  # the URL's query is never logged
+
+
+def test_posts_are_spread_by_the_limit_in_order(launcher: Launcher, receiver: Receiver) -> None:
+    served = serve(launcher, receiver.url, "--webhook-limit", "5")
+    sent = send(served.port, 20)
+    requests = receiver.wait_for(20)
+    assert posted_ids(requests) == sent  # one each, in the order they were stored
+    times = [request.at for request in requests]
+    # 5 a second, evenly spaced: 19 gaps of at least 0.2 s between the requests' starts.
+    assert times[-1] - times[0] >= 3.0, times
+    assert max(sum(1 for t in times if start <= t < start + 1) for start in times) <= 7
+    served.stop_cleanly()
+    assert len(receiver.requests) == 20
+
+
+def test_no_limit_posts_every_message(launcher: Launcher, receiver: Receiver) -> None:
+    served = serve(launcher, receiver.url, "--webhook-limit", "0")
+    sent = send(served.port, 20)
+    assert posted_ids(receiver.wait_for(20)) == sent
+    served.stop_cleanly()
+
+
+# -- retries --------------------------------------------------------------------------------------
+
+
+def test_a_503_and_a_429_are_tried_again(launcher: Launcher) -> None:
+    answers = {0: (503, {}), 1: (429, {"Retry-After": "2"})}
+    receiver = Receiver(lambda number: answers.get(number, (200, {})))
+    try:
+        served = serve(launcher, receiver.url)
+        [message_id] = send(served.port)
+        first, second, third = receiver.wait_for(3)
+        assert posted_ids([first, second, third]) == [message_id] * 3
+        assert third.at - second.at >= 1.9  # the receiver's Retry-After, not the 1 s backoff
+        [sentinel] = send(served.port)
+        assert posted_ids(receiver.wait_for(4))[3:] == [sentinel]  # nothing more of the first
+        log = served.stop_cleanly()
+    finally:
+        receiver.close()
+    assert not FAILED.search(log), log
+
+
+def test_a_400_is_not_tried_again(launcher: Launcher) -> None:
+    receiver = Receiver(lambda number: (400, {}) if number == 0 else (200, {}))
+    try:
+        served = serve(launcher, receiver.url)
+        refused, taken = send(served.port, 2)
+        assert posted_ids(receiver.wait_for(2)) == [refused, taken]
+        [failure] = wait_for_failures(served, 1)
+        log = served.stop_cleanly()
+    finally:
+        receiver.close()
+    assert len(receiver.requests) == 2
+    assert failure["id"] == refused
+    [line] = [line for line in log.splitlines() if FAILED.search(line)]
+    assert line.endswith(f"to {receiver.url} failed: 400 Bad Request"), line
+
+
+def test_an_unreachable_receiver_costs_smtp_nothing(launcher: Launcher) -> None:
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    served = serve(launcher, url)
+    sent = send(served.port, 2)  # each got its 250
+    found = wait_for_failures(served, 2)  # each tried 4 times over 3.5 s
+    assert [m["id"] for m in found] == sent
+    assert {m["to"] for m in found} == {url.removesuffix("/hook")}
+    log = served.stop_cleanly()
+    lines = [line for line in log.splitlines() if "webhook" in line]
+    assert len(lines) == 2, lines  # one line a failure, nothing else
+    assert all(
+        line.endswith(
+            " failed after 4 attempts: All connection attempts failed (connection refused)"
+        )
+        for line in lines
+    ), lines
+
+
+def test_a_receiver_that_does_not_answer_holds_up_no_message(launcher: Launcher) -> None:
+    receiver = Receiver()
+    receiver.hold.set()
+    try:
+        served = serve(launcher, receiver.url)
+        [first] = send(served.port)
+        receiver.wait_for(1)  # posted, and the receiver keeps its answer back
+        rest = send(served.port, 5)  # every one gets its 250 meanwhile
+        assert receiver.answered == 0
+        receiver.released.set()
+        requests = receiver.wait_for(6)
+        assert set(posted_ids(requests)) >= {first, *rest}
+        served.stop_cleanly()
+    finally:
+        receiver.close()
+
+
+# -- one post per message, however many processes and nodes ---------------------------------------
+
+
+def test_with_workers_each_message_is_posted_once(launcher: Launcher, receiver: Receiver) -> None:
+    served = serve(launcher, receiver.url, "--workers", "2", "--webhook-limit", "0")
+    processes = [served.process.pid, *served.children(WORKER)]
+    assert len(processes) == 2
+    serving: set[int] = set()
+    sent: list[str] = []
+    while len(serving) < 2 or len(sent) < 10:  # connections until both processes took mail
+        assert len(sent) < 60, serving
+        with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
+            serving.add(serving_pid(client, processes))
+            sent.append(send_one(client, f"message {len(sent)}"))
+    receiver.wait_for(len(sent))
+    [sentinel] = send(served.port)
+    posted = posted_ids(receiver.wait_for(len(sent) + 1))
+    assert posted[-1] == sentinel
+    assert sorted(posted[:-1]) == sorted(sent)  # each once
+    served.stop_cleanly()
+    assert len(receiver.requests) == len(sent) + 1
+
+
+def test_nodes_sharing_postgresql_post_only_what_each_took(
+    launcher: Launcher, receiver: Receiver, tmp_path: Path
+) -> None:
+    with fresh_database() as store:
+        nodes = [
+            serve(launcher, receiver.url, "--store", store, "--data", str(tmp_path / name))
+            for name in ("node1", "node2")
+        ]
+        sent = [message_id for node in nodes for message_id in send(node.port, 3)]
+        receiver.wait_for(len(sent))
+        # A sentinel through each node: what either would post twice would come before it.
+        sentinels = [send(node.port)[0] for node in nodes]
+        posted = posted_ids(receiver.wait_for(len(sent) + 2))
+        assert sorted(posted) == sorted(sent + sentinels)  # each once, by one node
+        for node in nodes:
+            node.stop_cleanly()
+    assert len(receiver.requests) == len(sent) + 2
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "error"),
+    [
+        (
+            ["--webhook-url", "ftp://example.org/hook"],
+            {},
+            "--webhook-url: 'ftp://example.org/hook' is not an http or https URL"
+            " (e.g. http://127.0.0.1:8000/new-mail)",
+        ),
+        (
+            [],
+            {"MAILGATE_WEBHOOK_URL": "http:///new-mail"},
+            "MAILGATE_WEBHOOK_URL: 'http:///new-mail' names no host"
+            " (e.g. http://127.0.0.1:8000/new-mail)",
+        ),
+        (["--webhook-limit", "-1"], {}, "--webhook-limit: '-1' is not a whole number"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(
+    tmp_path: Path, argv: list[str], env: dict[str, str], error: str
+) -> None:
+    done = mailgate("serve", *argv, cwd=tmp_path, env=env)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"mailgate: error: {error}\n")
+
+
+def test_the_toml_file_sets_it(tmp_path: Path) -> None:
+    config = tmp_path / "mailgate.toml"
+    config.write_text('webhook_url = "http://example.org:8000/hook"\nwebhook_limit = "x"\n')
+    done = mailgate("serve", "--config", str(config), cwd=tmp_path)
+    assert done.stderr == (
+        f"mailgate: error: webhook_limit in {config}: 'x' is not a whole number\n"
+    )
 
 
 # -- the poster on its own: the bounded queue, shutdown, Retry-After -------------------------------

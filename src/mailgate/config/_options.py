@@ -34,6 +34,7 @@ from mailgate.config._values import (
     parse_size,
     parse_store_url,
     parse_tls_policies,
+    parse_webhook_url,
     parse_workers,
 )
 from mailgate.protocol import MAX_TEXT_LINE_OCTETS, MIN_RECIPIENTS
@@ -256,6 +257,14 @@ OPTIONS: tuple[Option, ...] = (
         "MAILGATE_ALLOW_INTERNAL_HTTP_REQUESTS", "allow_internal_http_requests", parse_flag,
         "on|off", "let the API's link check ask loopback and private addresses (off by default)",
         switch=True,
+    ),
+    Option(
+        "webhook_url", "--webhook-url", "MAILGATE_WEBHOOK_URL", "webhook_url", parse_webhook_url,
+        "URL", "POST a JSON summary of each new message to this http(s) URL (off by default)",
+    ),
+    Option(
+        "webhook_limit", "--webhook-limit", "MAILGATE_WEBHOOK_LIMIT", "webhook_limit",
+        parse_int(least=0), "N", "most webhook posts a second (default 5; 0: no limit)",
     ),
     Option(
         "tags.rules", "--tag", "MAILGATE_TAG", "tags", parse_tag_rules, "TAGS=QUERY",

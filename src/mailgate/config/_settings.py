@@ -44,6 +44,8 @@ DEFAULT_FREE_SPACE_FLOOR_OCTETS = 64 * 1024 * 1024
 """The free space ``MAIL`` needs when messages have no size limit."""
 DEFAULT_SPOOL_MEMORY_OCTETS = 64 * 1024 * 1024
 """What one SMTP process may hold in memory of messages on their way in."""
+DEFAULT_WEBHOOK_LIMIT = 5
+"""Webhook posts a second, as Mailpit's ``--webhook-limit`` default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +264,11 @@ class Settings:
     """SMTP processes; above 1 they share the ports through ``SO_REUSEPORT``; 0: one per CPU."""
     tags: AutoTags = field(default_factory=AutoTags)
     """Where new mail's tags come from (``X-Tags``, plus addresses, ``--tag`` rules)."""
+    webhook_url: str | None = None
+    """An http or https URL that gets a POST with the summary of each new message (Mailpit's
+    ``--webhook-url``); ``None``: none."""
+    webhook_limit: int = DEFAULT_WEBHOOK_LIMIT
+    """The most webhook posts a second; 0: no limit."""
     outbound: Outbound = Outbound()
     retention: Retention = Retention()
 

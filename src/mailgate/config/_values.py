@@ -37,6 +37,7 @@ __all__ = [
     "parse_path",
     "parse_size",
     "parse_store_url",
+    "parse_webhook_url",
 ]
 
 MAX_PORT = 65535
@@ -441,6 +442,34 @@ def parse_nameserver(value: object) -> str | None:
     except ValueError:
         raise InvalidValue(f"{text!r}: the resolver must be an IP address") from None
     return checked
+
+
+def parse_webhook_url(value: object) -> str | None:
+    """An ``http://`` or ``https://`` URL with a host, or none for ``""``/``off``."""
+    text = _text(value).strip()
+    if text.lower() in _OFF | {""}:
+        return None
+    example = "e.g. http://127.0.0.1:8000/new-mail"
+    if not text.isascii() or not text.isprintable() or " " in text:
+        raise InvalidValue(f"{text!r} is not a URL: percent-encode spaces and non-ASCII")
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError as error:
+        raise InvalidValue(f"{text!r} is not a URL ({error})") from None
+    if url.scheme.lower() not in ("http", "https"):
+        raise InvalidValue(f"{text!r} is not an http or https URL ({example})")
+    host = url.hostname or ""
+    if not host:
+        raise InvalidValue(f"{text!r} names no host ({example})")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _is_hostname(host):
+            raise InvalidValue(f"{host!r} is not a host name or IP address") from None
+    if port == 0:
+        raise InvalidValue(f"{text!r}: the port must be a number from 1 to {MAX_PORT}")
+    return text
 
 
 def parse_optional_host_port(value: object) -> str | None:

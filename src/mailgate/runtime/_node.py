@@ -5,11 +5,13 @@ the authenticator the settings ask for, and starts the SMTP listeners, the
 SMTP workers (``_workers``) and the web inbox; with an SQLite store, first
 the commit service (``_commit_service``), the one writer of the node's new
 mail, which every SMTP process sends its new mail to; and the queue service
-(``_queue_service``), the one owner of delivery attempts.  Shutdown runs the
-other way: SMTP first (transactions in flight finish, in the workers too),
-then the web service, the store and, last, the commit service.  ``mailgate
-serve`` and the test helper ``mailgate.testing.MailgateServer`` both run
-exactly this.
+(``_queue_service``), the one owner of delivery attempts; and, with
+``--webhook-url``, the webhook (``_webhook``), which posts the mail the node
+accepts (the node's token, drawn here and handed to its workers, marks that
+mail's envelopes).  Shutdown runs the other way: SMTP first (transactions in
+flight finish, in the workers too), then the webhook, the web service, the
+store and, last, the commit service.  ``mailgate serve`` and the test helper
+``mailgate.testing.MailgateServer`` both run exactly this.
 
 The serving process also runs the retention service (``_retention``), the
 one owner of pruning, which keeps the store to ``--max-messages`` and
@@ -23,6 +25,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import secrets
 import ssl
 from types import TracebackType
 from typing import Self
@@ -36,6 +39,7 @@ from mailgate.runtime._health import DiskRoom, NodeHealth
 from mailgate.runtime._metrics import NodeMetrics
 from mailgate.runtime._queue_service import QueueService
 from mailgate.runtime._retention import RetentionService, retention_for
+from mailgate.runtime._webhook import WebhookService, WebhookSettings
 from mailgate.runtime._workers import WorkerPool, worker_settings
 from mailgate.server import (
     ListenError,
@@ -145,6 +149,7 @@ class Mailgate:
         authenticator: Authenticator | None = None,
         worker: int = 0,
         commit_service_socket: str | None = None,
+        node: str | None = None,
     ) -> None:
         if settings.workers == 0:
             settings = dataclasses.replace(settings, workers=min(os.cpu_count() or 1, MAX_WORKERS))
@@ -155,6 +160,8 @@ class Mailgate:
             )
         self.settings = settings
         self.worker = worker
+        self.node = node or secrets.token_hex(8)
+        """The token on the envelopes of the mail this node accepts (``Envelope.node``)."""
         self._commit_service_socket = commit_service_socket
         self._commit_service: CommitService | None = None
         self._workers: WorkerPool | None = None
@@ -165,6 +172,7 @@ class Mailgate:
         self._server: SMTPServer | None = None
         self._http: HTTPService | None = None
         self._queue: QueueService | None = None
+        self._webhook: WebhookService | None = None
         self._retention: RetentionService | None = None
         self._metrics: NodeMetrics | None = None
 
@@ -228,9 +236,14 @@ class Mailgate:
                     min_free_space=settings.limits.free_space_floor,
                     spool_memory=settings.limits.spool_memory,
                     tags=settings.tags,
+                    node=self.node,
                 ),
                 clock=clock,
             )
+            if settings.webhook_url and not self.worker:  # following from before SMTP serves
+                webhook = WebhookSettings(url=settings.webhook_url, limit=settings.webhook_limit)
+                self._webhook = WebhookService(webhook, self._store, node=self.node)
+                self._webhook.start()
             self._server = SMTPServer(
                 settings,
                 sink=sink,
@@ -249,6 +262,7 @@ class Mailgate:
                     worker_settings(settings, self._server),
                     settings.workers - 1,
                     self._commit_service_socket,
+                    node=self.node,
                 )
                 await self._workers.start()
                 metrics.workers = self._workers.counts
@@ -340,6 +354,9 @@ class Mailgate:
                 if self._queue is not None:
                     await self._queue.aclose()
                     self._queue = None
+                if self._webhook is not None:
+                    await self._webhook.aclose()
+                    self._webhook = None
                 if self._sink is not None:
                     self._sink.close()
                     self._sink = None

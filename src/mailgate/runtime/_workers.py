@@ -66,22 +66,29 @@ def worker_settings(settings: Settings, server: SMTPServer) -> Settings:
 class WorkerPool(Supervisor):
     """``count`` SMTP worker processes numbered from 1, started again when they die.
 
-    ``commit_service_socket`` is where the commit service listens, if there is one.
+    ``commit_service_socket`` is where the commit service listens, if there is one;
+    ``node`` the node's token, which the workers' mail carries (``Mailgate.node``).
     """
 
     def __init__(
-        self, settings: Settings, count: int, commit_service_socket: str | None = None
+        self,
+        settings: Settings,
+        count: int,
+        commit_service_socket: str | None = None,
+        *,
+        node: str = "",
     ) -> None:
         super().__init__(count, settings.limits.shutdown_grace)
         self.settings = settings
         self.commit_service_socket = commit_service_socket
+        self.node = node
         self.counts = WorkerCounts()
         """What the workers counted, as they report it."""
 
     def _child(self, number: int) -> Child:
         return Child(
             arguments=(WORKER, str(number)),
-            payload=(self.settings, self.commit_service_socket),
+            payload=(self.settings, self.commit_service_socket, self.node),
             name=f"SMTP worker {number}",
         )
 
@@ -99,17 +106,19 @@ class WorkerPool(Supervisor):
 def run_worker(number: int) -> NoReturn:
     """Be SMTP worker ``number``: read the settings from stdin, serve SMTP, exit with the status."""
     # Written by our parent:
-    settings, commit_service_socket = pickle.load(sys.stdin.buffer)  # noqa: S301
+    settings, commit_service_socket, node = pickle.load(sys.stdin.buffer)  # noqa: S301
     configure_process(settings, f"[worker {number}]")
     with new_runner() as runner:
-        status = runner.run(_work(settings, number, commit_service_socket))
+        status = runner.run(_work(settings, number, commit_service_socket, node))
     sys.exit(status)
 
 
-async def _work(settings: Settings, number: int, commit_service_socket: str | None) -> int:
+async def _work(
+    settings: Settings, number: int, commit_service_socket: str | None, node: str
+) -> int:
     from mailgate.runtime._node import Mailgate  # noqa: PLC0415 - _node imports this module
 
-    app = Mailgate(settings, worker=number, commit_service_socket=commit_service_socket)
+    app = Mailgate(settings, worker=number, commit_service_socket=commit_service_socket, node=node)
     try:
         await app.start()
     except (MailgateError, OSError) as error:
