@@ -59,6 +59,8 @@ BLOCKS = {
     ("console", "$ mailgate serve --hostname mail.example.org"): "test_sending_mail_onward",
     ("console", "$ mailgate serve --store postgresql://"): "test_several_nodes_on_postgresql",
     ("console", "$ mailgate serve --tag"): "test_serve_tags.py::test_the_readme_example",
+    ("console", "$ mailgate serve --webhook-url"): "test_webhook.py::test_the_readme_example",
+    ("json", "{"): "test_webhook.py::test_the_readme_example",
     ("console", "$ printf 'Subject: Backup done"): "test_sendmail",
     ("ini", 'sendmail_path = "mailgate sendmail -t -i"'): "test_sendmail_for_php",
     ("console", "$ sudo ln -s"): "test_sendmail_for_cron",

@@ -14,6 +14,7 @@ import http.server
 import json
 import logging
 import re
+import shlex
 import smtplib
 import ssl
 import threading
@@ -28,10 +29,30 @@ import httpx
 import pytest
 
 from mailgate import __version__
-from mailgate.runtime._webhook import WebhookPoster, WebhookSettings, retry_after_seconds
+from mailgate.config import Settings
+from mailgate.runtime._webhook import (
+    MAX_PENDING_POSTS,
+    MAX_RETRY_AFTER_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
+    RETRY_DELAYS_SECONDS,
+    SHUTDOWN_GRACE_SECONDS,
+    WebhookPoster,
+    WebhookSettings,
+    retry_after_seconds,
+)
 from postgresql_helpers import fresh_database
-from process_helpers import TIMEOUT, Launcher, Serving, free_port, mailgate, serving_pid
+from process_helpers import (
+    README,
+    TIMEOUT,
+    Launcher,
+    Serving,
+    free_port,
+    mailgate,
+    readme_block,
+    serving_pid,
+)
 from server_helpers import WORKER
+from test_readme import ANY_ID, commands, shell
 
 QUEUED = re.compile(rb"queued as ([0-9A-Z]{26})")
 FAILED = re.compile(r"webhook: post of message (?P<id>[0-9A-Z]{26}) to (?P<to>\S+) failed")
@@ -439,3 +460,45 @@ def test_retry_after_is_seconds_or_a_date() -> None:
     assert retry_after_seconds(format_datetime(now - timedelta(seconds=5), usegmt=True), now) == 0
     assert retry_after_seconds("soon", now) is None
     assert retry_after_seconds(None, now) is None
+
+
+# -- the README's example -------------------------------------------------------------------------
+
+
+def test_the_readme_example(launcher: Launcher, receiver: Receiver, tmp_path: Path) -> None:
+    """The commands as shown, the receiver's port in place of 8000 and free ports for mailgate;
+    the body posted is the one shown but for the id, the time and what the host names."""
+    (serve_shown, _), (send_shown, sent_shown) = commands(
+        readme_block("console", "$ mailgate serve --webhook-url")
+    )
+    argv = shlex.split(serve_shown.removesuffix("&"))
+    assert argv[:2] == ["mailgate", "serve"]
+    given = [a.replace("http://127.0.0.1:8000", receiver.url) for a in argv[2:]]
+    served = launcher.serve(*given, "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0")
+    sent = shell(send_shown.replace("127.0.0.1:1025", f"127.0.0.1:{served.port}"), cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    assert ANY_ID.sub("ID", sent.stdout) == ANY_ID.sub("ID", sent_shown)
+    [request] = receiver.wait_for(1)
+    assert request.path == "/new-mail"
+    shown = json.loads(readme_block("json", "{").text)
+    posted = request.json()
+    assert posted["ID"] in sent.stdout
+    varying = ("ID", "MessageID", "Created", "Size")
+    assert {k: v for k, v in posted.items() if k not in varying} == {
+        k: v for k, v in shown.items() if k not in varying
+    }
+    assert list(posted) == list(shown)  # the fields, in Mailpit's order
+    assert request.headers["user-agent"] == f"mailgate/{__version__}"
+    assert f"`User-Agent: mailgate/{__version__}`" in README.read_text()
+    served.stop_cleanly()
+
+
+def test_the_readme_states_the_figures() -> None:
+    text = " ".join(README.read_text().split())
+    delays = ", ".join(f"{d:g}" for d in RETRY_DELAYS_SECONDS[:-1])
+    assert f"tried again after {delays} and {RETRY_DELAYS_SECONDS[-1]:g} seconds" in text
+    assert f"no answer in {REQUEST_TIMEOUT_SECONDS:g} seconds" in text
+    assert f"`Retry-After`, up to {MAX_RETRY_AFTER_SECONDS:g} seconds" in text
+    assert f"up to {MAX_PENDING_POSTS:,} wait in memory" in text
+    assert f"at shutdown those left get {SHUTDOWN_GRACE_SECONDS:g} seconds" in text
+    assert f"| `--webhook-limit N` | `{Settings().webhook_limit}` |" in text
