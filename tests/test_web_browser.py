@@ -1053,3 +1053,33 @@ def test_the_message_view_shows_delivery_and_releases(
         assert "x@far.test, y@far.test" in browser.find_element(*by_css("#release-status")).text
         listed = httpx.get(f"{inbox.url}/api/v1/queue/{caught}").json()["Recipients"]
         assert sorted(r["Recipient"] for r in listed) == ["x@far.test", "y@far.test"]
+
+
+def test_below_a_webroot_the_page_lists_opens_and_downloads(tmp_path: Path, browser: Any) -> None:
+    with LiveInbox(tmp_path, WebSettings(webroot="/mail/")) as inbox:
+        browser.get(inbox.url + "/mail/")
+        wait_until(
+            browser,
+            lambda d: "on" in d.find_element(*by_css("#live")).get_attribute("class"),
+            "live below /mail/",
+        )
+        send(inbox.smtp_port, newsletter())
+        wait_until(browser, lambda d: rows(d) == ["Spring sale"], "listed live")
+        open_row(browser, "Spring sale")
+        opened(browser, "Spring sale")
+        message_id = ids_by_subject(inbox)["Spring sale"]
+        assert address(browser) == f"/mail/view/{message_id}"
+        frame = browser.find_element(*by_css("#html-frame"))
+        assert frame.get_attribute("src").endswith(f"/mail/view/{message_id}.html")
+        browser.switch_to.frame(frame)
+        wait_until(browser, lambda d: d.find_elements(*by_css("#headline")), "HTML rendered")
+        browser.switch_to.default_content()
+        download = browser.find_element(*by_css("#download")).get_attribute("href")
+        assert download == f"{inbox.url}/mail/api/v1/message/{message_id}/raw?dl=1"
+        assert b"Subject: Spring sale" in httpx.get(download, timeout=30).content
+        # A link to the message opens it, below the root too.
+        browser.get(f"{inbox.url}/mail/view/{message_id}")
+        opened(browser, "Spring sale")
+        browser.find_element(*by_css("#brand")).click()
+        wait_until(browser, lambda d: address(d) == "/mail/", "back to the list")
+        assert refused_by_the_page_policy(browser) == []

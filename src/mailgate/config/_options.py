@@ -35,6 +35,7 @@ from mailgate.config._values import (
     parse_store_url,
     parse_tls_policies,
     parse_webhook_url,
+    parse_webroot,
     parse_workers,
 )
 from mailgate.protocol import MAX_TEXT_LINE_OCTETS, MIN_RECIPIENTS
@@ -246,6 +247,10 @@ OPTIONS: tuple[Option, ...] = (
         "http_allowed_hosts", parse_domain_names_list, "NAME",
         "a host name the web inbox answers to (besides IPs, localhost and --hostname); repeat",
         repeatable=True,
+    ),
+    Option(
+        "webroot", "--webroot", "MAILGATE_WEBROOT", "webroot", parse_webroot, "PATH",
+        "serve the web inbox and API below this path, e.g. /mail/ (default /)",
     ),
     Option(
         "api_cors", "--api-cors", "MAILGATE_API_CORS", "api_cors", parse_origins, "ORIGIN",

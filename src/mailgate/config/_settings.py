@@ -254,6 +254,9 @@ class Settings:
     http_allowed_hosts: tuple[str, ...] = ()
     """Host names the web inbox answers to besides IP addresses, ``localhost`` and ``hostname``
     (a defence against DNS rebinding: a page whose name rebinds to this address gets 400)."""
+    webroot: str = "/"
+    """The path the web inbox and API are served below, behind a proxy (``/mail/``), with a
+    slash at each end; Mailpit's ``--webroot``."""
     api_cors: tuple[str, ...] = ()
     """Origins (``https://app.example:8443``, or ``*`` for any) whose pages may call the API
     from a browser (CORS) and open its websocket, besides the inbox's own."""

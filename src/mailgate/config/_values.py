@@ -38,6 +38,7 @@ __all__ = [
     "parse_size",
     "parse_store_url",
     "parse_webhook_url",
+    "parse_webroot",
 ]
 
 MAX_PORT = 65535
@@ -536,6 +537,18 @@ def _origin(text: str) -> str:
     ):
         raise InvalidValue(f"{text!r} is not an origin: give scheme://host[:port], or *")
     return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+_WEBROOT = re.compile(r"/(?:[A-Za-z0-9._~-]+/)*")
+
+
+def parse_webroot(value: object) -> str:
+    """A path to serve the web inbox below: ``/mail/`` (slashes added where missing)."""
+    text = _text(value).strip()
+    path = "/" + text.strip("/") + "/" if text.strip("/") else "/"
+    if _WEBROOT.fullmatch(path) is None or "/./" in path or "/../" in path:
+        raise InvalidValue(f"{text!r} is not a path: give segments of letters, digits, . _ ~ -")
+    return path
 
 
 def parse_domain_names_list(value: object) -> tuple[str, ...]:

@@ -294,6 +294,7 @@ class Mailgate:
                                 | set(settings.http_allowed_hosts)
                             ),
                             cors_origins=settings.api_cors,
+                            webroot=settings.webroot,
                             allow_internal_http_requests=settings.allow_internal_http_requests,
                         ),
                     ),

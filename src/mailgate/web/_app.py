@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import html
 import ipaddress
 import math
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,12 +30,12 @@ from mailgate.web._metrics import metrics_routes
 from mailgate.web._openapi import openapi_document
 from mailgate.web._websocket import mailpit_events
 
-__all__ = ["AllowedHosts", "ApiCors", "BasicAuth", "create_app", "inbox_of"]
+__all__ = ["AllowedHosts", "ApiCors", "BasicAuth", "WebRoot", "create_app", "inbox_of"]
 
 STATIC = Path(__file__).with_name("static")
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data:; frame-src 'self'; object-src 'none';"
-    " base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    " base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 UNAUTHENTICATED_PATHS = frozenset({"/livez", "/readyz"})
 
@@ -191,6 +192,40 @@ class AllowedHosts:
         await response(scope, receive, send)
 
 
+class WebRoot:
+    """ASGI middleware serving the app below ``root`` (``--webroot /mail/``), behind a proxy
+    that passes the path on as it is: ``/mail/api/v1/messages`` reaches the app as
+    ``/api/v1/messages``; ``/mail`` is redirected to ``/mail/``; any other path is ``404``.
+    The page finds its root in its ``<base>``, which the app writes (``create_app``)."""
+
+    def __init__(self, app: ASGIApp, root: str) -> None:
+        self._app = app
+        self._root = root
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self._app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        root = self._root
+        if path.startswith(root):
+            inner = "/" + path[len(root) :]
+            await self._app({**scope, "path": inner, "raw_path": inner.encode()}, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if path == root.rstrip("/"):
+            query = scope.get("query_string", b"").decode("latin-1")
+            location = root + ("?" + query if query else "")
+            response = Response(status_code=308, headers={"Location": location})
+        else:
+            response = Response(
+                f"not found: this inbox is at {root}\n", 404, media_type="text/plain"
+            )
+        await response(scope, receive, send)
+
+
 def _page_headers() -> dict[str, str]:
     return {
         "Content-Security-Policy": PAGE_CSP,
@@ -237,8 +272,12 @@ def create_app(
         inbox.pruned = pruned
     inbox.health = health if health is not None or not isinstance(store, HealthReporter) else store
 
+    # The page's <base> names where it is served, and so where its scripts find the API.
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    page = page.replace('<base href="/">', f'<base href="{html.escape(settings.webroot)}">', 1)
+
     async def index(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers=_page_headers())
+        return HTMLResponse(page, headers=_page_headers())
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
@@ -266,6 +305,8 @@ def create_app(
         app.add_middleware(BasicAuth, user=user, password=password, throttle=auth_throttle)
     if cors:
         app.add_middleware(ApiCors, origins=cors)
+    if settings.webroot != "/":
+        app.add_middleware(WebRoot, root=settings.webroot)
     if settings.allowed_hosts is not None:
         app.add_middleware(AllowedHosts, names=settings.allowed_hosts)  # outermost: first
     return app

@@ -57,6 +57,8 @@ class WebSettings:
     embedded behind a proxy that checks them).  ``mailgate serve`` always sets them."""
     cors_origins: tuple[str, ...] = ()
     """Origins (or ``*``) whose pages may call the API and open its websocket (CORS)."""
+    webroot: str = "/"
+    """The path the app is served below (``/mail/``), with a slash at each end."""
     allow_internal_http_requests: bool = False
     """Whether the link check may ask loopback and private addresses (Mailpit's flag)."""
     link_check_timeout: float = 5.0

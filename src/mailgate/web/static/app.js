@@ -9,6 +9,10 @@ const PAGE = 50;
 // before: and after: in a search mean midnight where the reader is.
 const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
 const $ = (id) => document.getElementById(id);
+// Where the inbox is served: "/", or below a path (--webroot /mail/), as the page's <base>
+// says. Paths in this code are the inbox's own ("/api/v1/..."); at() places them.
+const ROOT = new URL(document.baseURI).pathname;
+const at = (path) => ROOT + path.replace(/^\//, "");
 
 const state = {
   query: "",          // the search the list shows
@@ -30,7 +34,7 @@ async function api(method, path, body) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
-  const response = await fetch(path, options);
+  const response = await fetch(at(path), options);
   if (!response.ok) {
     // Mailpit's endpoints answer errors as text, mailgate's own as {"Error": text}.
     let text = (await response.text()).trim();
@@ -278,7 +282,7 @@ function reloadSoon() {
 }
 
 function connect() {
-  const source = new EventSource("/api/v1/events");
+  const source = new EventSource(at("/api/v1/events"));
   source.addEventListener("ready", () => {
     $("live").classList.add("on");
     reloadSoon(); // whatever changed while not connected
@@ -347,18 +351,18 @@ function decoded(text) {
 }
 
 function addressOf(place) {
-  if (place.view === "queue") return "/#queue";
+  if (place.view === "queue") return at("/#queue");
   const params = new URLSearchParams();
   if (place.query) params.set("q", place.query);
   if (place.page > 1) params.set("page", String(place.page));
-  const path = place.selected ? `/view/${encodeURIComponent(place.selected)}` : "/";
+  const path = at(place.selected ? `/view/${encodeURIComponent(place.selected)}` : "/");
   const search = params.toString();
   return search ? `${path}?${search}` : path;
 }
 
 function readAddress() {
   const params = new URLSearchParams(location.search);
-  const viewed = /^\/view\/([^/]+)$/.exec(location.pathname);
+  const viewed = /^\/view\/([^/]+)$/.exec("/" + location.pathname.slice(ROOT.length));
   const hash = decoded(location.hash.slice(1));
   const page = Number.parseInt(params.get("page") || "1", 10);
   let selected = viewed ? decoded(viewed[1]) : null;

@@ -163,7 +163,7 @@ async function openMessage(id) {
   markOpened(true);
   opened.tags = message.Tags || [];
   renderTags();
-  $("download").href = `/api/v1/message/${encodeURIComponent(id)}/raw?dl=1`;
+  $("download").href = at(`/api/v1/message/${encodeURIComponent(id)}/raw?dl=1`);
   closeReleaseForm();
   $("release-status").hidden = true;
   $("delivery").hidden = true;
@@ -171,7 +171,7 @@ async function openMessage(id) {
 
   opened.hasHtml = Boolean(message.HTML);
   $("remote-bar").hidden = !opened.hasHtml || !REMOTE.test(message.HTML);
-  showHtml(opened.hasHtml ? `/view/${encodeURIComponent(id)}.html` : null);
+  showHtml(opened.hasHtml ? at(`/view/${encodeURIComponent(id)}.html`) : null);
   $("html-source").textContent = message.HTML || "";
   $("text-body").textContent = message.Text || "(no text part)";
 
@@ -182,7 +182,7 @@ async function openMessage(id) {
   for (const part of parts) {
     const item = element("li");
     const link = element("a", "", part.FileName || part.ContentID || `part ${part.PartID}`);
-    link.href = `/api/v1/message/${encodeURIComponent(id)}/part/${encodeURIComponent(part.PartID)}`;
+    link.href = at(`/api/v1/message/${encodeURIComponent(id)}/part/${encodeURIComponent(part.PartID)}`);
     link.setAttribute("download", part.FileName || "");
     item.append(link, element("span", "info", `${part.ContentType}, ${formatSize(part.Size)}`));
     list.append(item);
@@ -237,7 +237,7 @@ function initMessage() {
   $("tag-form").addEventListener("submit", addTags);
   $("load-remote").addEventListener("click", () => {
     if (state.selected) {
-      showHtml(`/view/${encodeURIComponent(state.selected)}.html?remote=1`);
+      showHtml(at(`/view/${encodeURIComponent(state.selected)}.html?remote=1`));
       $("remote-bar").hidden = true;
     }
   });

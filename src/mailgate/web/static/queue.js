@@ -166,7 +166,7 @@ function queuedMessage(id, rows) {
       const cell = element("td", "message-cell");
       cell.rowSpan = rows.length;
       const link = element("a", "", queue.subjects.get(id) || id);
-      link.href = `/view/${encodeURIComponent(id)}`;
+      link.href = at(`/view/${encodeURIComponent(id)}`);
       link.title = `${id}, from ${r.Sender || "<>"}`;
       link.addEventListener("click", (event) => {
         if (inPage(event)) navigate({ view: "inbox", selected: id });
