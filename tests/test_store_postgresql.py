@@ -31,6 +31,7 @@ from mailgate.testing.stores import (
     make_message,
     next_event,
 )
+from mailgate.testing.streams import STREAM_CHECKS
 from mailgate.testing.tagging import COMMITTED_TAG_CHECKS
 from postgresql_helpers import fresh_database
 from store_helpers import until
@@ -54,7 +55,8 @@ def under_test(url: str, tmp_path: Path) -> StoreUnderTest:
     + TAGGABLE_STORE_CHECKS
     + COMMITTED_TAG_CHECKS
     + QUEUE_STORE_CHECKS
-    + PRUNABLE_STORE_CHECKS,
+    + PRUNABLE_STORE_CHECKS
+    + STREAM_CHECKS,
     ids=lambda check: check.__name__,
 )
 async def test_conformance(

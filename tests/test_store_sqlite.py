@@ -32,6 +32,7 @@ from mailgate.testing.stores import (
     make_envelope,
     make_message,
 )
+from mailgate.testing.streams import STREAM_CHECKS
 from mailgate.testing.tagging import COMMITTED_TAG_CHECKS
 from store_helpers import until
 
@@ -49,7 +50,8 @@ def under_test(tmp_path: Path) -> StoreUnderTest:
     + SEARCHABLE_STORE_CHECKS
     + TAGGABLE_STORE_CHECKS
     + COMMITTED_TAG_CHECKS
-    + PRUNABLE_STORE_CHECKS,
+    + PRUNABLE_STORE_CHECKS
+    + STREAM_CHECKS,
     ids=lambda check: check.__name__,
 )
 async def test_conformance(

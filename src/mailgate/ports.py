@@ -59,6 +59,7 @@ __all__ = [
     "NewMessage",
     "PrunableStore",
     "QueueStore",
+    "RawStream",
     "SMTPReplyError",
     "SearchableStore",
     "SizedStore",
@@ -248,6 +249,20 @@ class MailSink(Protocol):
         ...
 
 
+class RawStream(Protocol):
+    """A stored message's exact bytes, read a part at a time (``MessageStore.stream_raw``).
+
+    Iterate it once.  To stop before its end, ``aclose`` it (``contextlib.aclosing``):
+    that lets go at once of what it holds, a file say.  It raises ``StoreError`` when
+    the store cannot be read, or the message was deleted before its end was read:
+    never fewer bytes in silence.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class MessageStore(Protocol):
     """Durable storage of received messages: the core every store keeps."""
 
@@ -268,7 +283,19 @@ class MessageStore(Protocol):
         ...
 
     async def raw(self, message_id: MessageId) -> bytes | None:
-        """The exact stored bytes (trace header included), or ``None``."""
+        """The exact stored bytes (trace header included), or ``None``.
+
+        The whole message at once, for what needs it so (MIME parsing); to send
+        or copy a message, ``stream_raw`` holds only a part of it at a time.
+        """
+        ...
+
+    async def stream_raw(self, message_id: MessageId) -> RawStream | None:
+        """The exact stored bytes (trace header included) a part at a time, or ``None``.
+
+        However large the message, the store holds no more than a part of it
+        (a few hundred KiB) in memory at once.
+        """
         ...
 
     async def delete(self, message_ids: Sequence[MessageId] | None = None) -> int:

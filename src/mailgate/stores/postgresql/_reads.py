@@ -5,8 +5,8 @@ two common table expressions), and so from one snapshot: they agree.
 Totals are counted on each listing (``count(*)``, an index-only scan when
 the table is vacuumed), not kept in a row every writer would update: such a
 row would make the writers of every node wait on each other.  Search
-conditions are ``_search``'s.  Every read raises ``StoreError`` (one line)
-when the database cannot answer.
+conditions are ``_search``'s; content is ``_contents``'.  Every read raises
+``StoreError`` (one line) when the database cannot answer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ from mailgate.stores.postgresql._search import where_clause
 
 __all__ = ["STORE_TABLES", "Reads"]
 
-STORE_TABLES = ("messages", "contents", "tags", "events", "deliveries", "mailgate_schema")
+STORE_TABLES = (
+    "messages",
+    "contents",
+    "content_parts",
+    "tags",
+    "events",
+    "deliveries",
+    "mailgate_schema",
+)
 """Every table of the store (``_schema``, ``_queue``)."""
 
 _PAGE = """
@@ -81,11 +89,6 @@ class Reads:
             (message_id,),
         )
         return stored_message(rows[0]) if rows else None
-
-    async def raw(self, message_id: MessageId) -> bytes | None:
-        """The exact stored bytes, or ``None``."""
-        rows = await self._fetch("SELECT data FROM contents WHERE message_id = %s", (message_id,))
-        return bytes(rows[0][0]) if rows else None
 
     async def tags(self) -> dict[str, int]:
         """Every tag in use, with how many messages carry it."""

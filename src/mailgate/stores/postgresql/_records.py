@@ -1,8 +1,8 @@
 """The mapping between the model and the PostgreSQL store's rows.
 
 A new message becomes a ``NewMessageRow``: the values of its ``messages``
-row in ``MESSAGE_COLUMNS`` order, its content, its tags' rows, and its outbound
-queue rows.
+row in ``MESSAGE_COLUMNS`` order, its content (or, for large content, how to
+read it: ``_contents``), its tags' rows, and its outbound queue rows.
 Addresses are jsonb (``sender`` ``[name, address]``, ``recipients``
 ``{"to": [[name, address], ...], "cc": ..., "bcc": ..., "reply_to": ...}``),
 as the SQLite store keeps them as JSON text; the envelope is jsonb.
@@ -19,9 +19,9 @@ display name) is kept as U+FFFD, and the summary a read returns says so.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from psycopg.types.json import Jsonb
 
@@ -77,11 +77,14 @@ class NewMessageRow:
     id: MessageId
     values: tuple[object, ...]
     """The ``messages`` row, in ``MESSAGE_COLUMNS`` order."""
-    content: bytes
+    content: bytes | None
+    """The ``contents`` row's data; ``None`` for content stored in parts."""
     queued: tuple[tuple[str, str, datetime, datetime], ...]
     """Outbound queue rows: (message id, recipient, queued at, due)."""
     tags: tuple[tuple[str, str, str], ...] = ()
     """``tags`` rows: (message id, tag, the tag in lower case)."""
+    open_content: Callable[[], BinaryIO] | None = None
+    """For content stored in parts: opens a reader over it (``_contents.insert_parts``)."""
 
 
 def _clean(text: str) -> str:
@@ -113,10 +116,17 @@ def _clean_summary(summary: MessageSummary) -> MessageSummary:
     )
 
 
-def new_message_row(summary: MessageSummary, envelope: Envelope, content: bytes) -> NewMessageRow:
+def new_message_row(
+    summary: MessageSummary,
+    envelope: Envelope,
+    content: bytes | None,
+    open_content: Callable[[], BinaryIO] | None = None,
+) -> NewMessageRow:
     """The rows that store a new message: its ``messages`` row, content, tags and queue rows.
 
-    Its outbound recipients are due at once: at the time it was received.
+    ``content`` is what its ``contents`` row holds, or ``None`` with
+    ``open_content`` for content stored in parts.  Its outbound recipients are
+    due at once: at the time it was received.
     """
     summary = _clean_summary(summary)
     sender = summary.sender
@@ -148,7 +158,14 @@ def new_message_row(summary: MessageSummary, envelope: Envelope, content: bytes)
         for recipient in dict.fromkeys(envelope.outbound)
     )
     tags = tuple((summary.id, tag, tag.lower()) for tag in summary.tags)
-    return NewMessageRow(id=summary.id, values=values, content=content, queued=queued, tags=tags)
+    return NewMessageRow(
+        id=summary.id,
+        values=values,
+        content=content,
+        queued=queued,
+        tags=tags,
+        open_content=open_content,
+    )
 
 
 def summary_from_row(row: Sequence[Any]) -> MessageSummary:

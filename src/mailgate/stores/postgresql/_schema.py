@@ -12,7 +12,8 @@ does not know.
 Versions: 1, the messages, their content, tags and the event log; 2, the
 outbound queue (``_queue.QUEUE_SCHEMA``), which references ``messages``; 3,
 ``messages.inline_parts``, the summary's ``inline`` (0 for the messages stored
-before).
+before); 4, ``content_parts``, the content of large messages in parts (the
+messages stored before keep theirs in ``contents``, which reads still find).
 
 Tables:
 - ``messages``: one row per message, the summary's columns as the SQLite
@@ -21,7 +22,8 @@ Tables:
   byte by byte (``COLLATE "C"``): ids are time-sortable, and newest first
   is ``ORDER BY id DESC``;
 - ``contents``: the exact bytes of each message (``bytea``), apart, so that
-  listing never reads them;
+  listing never reads them; a large message has none, but ``content_parts``:
+  its bytes in numbered parts (``_contents``);
 - ``tags``: one row per tag of a message, ``folded`` being the tag in lower
   case as Python lowers it (``tag:`` terms compare it);
 - ``events``: every committed change, as the events ``subscribe`` reports
@@ -105,7 +107,16 @@ _VERSION_3 = """
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS inline_parts integer NOT NULL DEFAULT 0;
 """
 
-MIGRATIONS: tuple[str, ...] = (_VERSION_1, QUEUE_SCHEMA, _VERSION_3)
+_VERSION_4 = """
+CREATE TABLE IF NOT EXISTS content_parts (
+    message_id text COLLATE "C" NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    part integer NOT NULL,         -- 0, 1, ...: the order of the message's octets
+    data bytea NOT NULL,
+    PRIMARY KEY (message_id, part)
+);
+"""
+
+MIGRATIONS: tuple[str, ...] = (_VERSION_1, QUEUE_SCHEMA, _VERSION_3, _VERSION_4)
 """``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1`` (0: an empty one)."""
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,7 +4,8 @@ Opening (the schema, where the event log starts) is blocking work done by the
 constructor, or in a worker thread by ``PostgreSQLStore.open``; after that the
 store lives on one event loop.  Changes go to the ``_writer.Writer`` task;
 reads to ``_reads``; subscribers are ``_events``'; the ``_follow.Follower``
-task brings other stores' events; the outbound queue's operations are
+task brings other stores' events; content, one row or parts, is ``_contents``';
+the outbound queue's operations are
 ``_queue.QueueOperations``', on the same pool, which write their events
 through ``_queue_events``.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -22,7 +24,7 @@ import psycopg
 from psycopg import AsyncCursor
 
 from mailgate.model import MessageId, MessagePage, StoredMessage, StoreEvent, StoreEventKind
-from mailgate.ports import HealthCheck, NewMessage, StoreError
+from mailgate.ports import HealthCheck, NewMessage, RawStream, StoreError
 from mailgate.query import Query
 from mailgate.stores.postgresql import _changes, _prune, _search
 from mailgate.stores.postgresql._connection import (
@@ -32,6 +34,7 @@ from mailgate.stores.postgresql._connection import (
     describe,
     first_line,
 )
+from mailgate.stores.postgresql._contents import MAX_INLINE_CONTENT_OCTETS, read_whole, stream
 from mailgate.stores.postgresql._events import NO_ORIGIN, Subscriptions, insert_events
 from mailgate.stores.postgresql._follow import EventReader, Follower
 from mailgate.stores.postgresql._queue import QueueOperations
@@ -158,12 +161,21 @@ class PostgreSQLStore(QueueOperations):
         """
         self._start()
         content = message.content
-        if content is None:
-            try:
-                content = await asyncio.to_thread(_read_all, message)
-            except OSError as error:
-                raise StoreError(f"could not read the spooled {message.id}: {error}") from error
-        row = new_message_row(message.summary, message.envelope, content)
+        if content is not None and len(content) > MAX_INLINE_CONTENT_OCTETS:
+            large = content  # held in memory all the same: stored in parts from it
+            row = new_message_row(
+                message.summary, message.envelope, None, lambda: io.BytesIO(large)
+            )
+        elif content is None and message.size > MAX_INLINE_CONTENT_OCTETS:
+            # From the spool's file, a part at a time, in the writer's transaction.
+            row = new_message_row(message.summary, message.envelope, None, message.open)
+        else:
+            if content is None:
+                try:
+                    content = await asyncio.to_thread(_read_all, message)
+                except OSError as error:
+                    raise StoreError(f"could not read the spooled {message.id}: {error}") from error
+            row = new_message_row(message.summary, message.envelope, content)
         stored = await self._writer.submit(row)
         return MessageId(str(stored))
 
@@ -180,7 +192,12 @@ class PostgreSQLStore(QueueOperations):
     async def raw(self, message_id: MessageId) -> bytes | None:
         """The exact stored bytes (trace header included), or ``None``."""
         self._start()
-        return await self._reads.raw(message_id)
+        return await read_whole(self._pool, message_id)
+
+    async def stream_raw(self, message_id: MessageId) -> RawStream | None:
+        """The exact stored bytes a part at a time (``_contents.stream``), or ``None``."""
+        self._start()
+        return await stream(self._pool, message_id)
 
     async def delete(self, message_ids: Sequence[MessageId] | None = None) -> int:
         """Delete these messages, or all of them for ``None``; return how many."""

@@ -9,7 +9,9 @@ write-ahead log (group commit).  New mail is inserted with ``executemany``,
 which psycopg runs in pipeline mode: one round trip for the whole batch.
 
 One transaction holds, in the order they were submitted: each new message's
-row, its content, its tags and its outbound queue rows (``_queue.insert_queued``),
+row, its content (one row, or for large content parts read from its spool file a
+part at a time: ``_contents``), its tags and its outbound queue rows
+(``_queue.insert_queued``),
 so that the ``250`` a client gets covers all of them; the changes; and the
 batch's events with one ``NOTIFY`` (``_events.insert_events``).  A future
 resolves only after COMMIT returned, and ``synchronous_commit`` is ``on`` for
@@ -44,6 +46,7 @@ from mailgate.model import StoreEvent, StoreEventKind
 from mailgate.ports import StoreError
 from mailgate.stores._health import WriteHealth
 from mailgate.stores.postgresql._connection import store_error
+from mailgate.stores.postgresql._contents import insert_parts
 from mailgate.stores.postgresql._events import insert_events
 from mailgate.stores.postgresql._queue import insert_queued
 from mailgate.stores.postgresql._records import MESSAGE_COLUMNS, NewMessageRow
@@ -232,7 +235,12 @@ class Writer:
         if not rows:
             return
         await cursor.executemany(_INSERT_MESSAGE, [row.values for row in rows])
-        await cursor.executemany(_INSERT_CONTENT, [(row.id, row.content) for row in rows])
+        inline = [(row.id, row.content) for row in rows if row.content is not None]
+        if inline:
+            await cursor.executemany(_INSERT_CONTENT, inline)
+        for row in rows:
+            if row.open_content is not None:
+                await insert_parts(cursor, row.id, row.open_content)
         tags = [tag for row in rows for tag in row.tags]
         if tags:
             await cursor.executemany(_INSERT_TAG, tags)

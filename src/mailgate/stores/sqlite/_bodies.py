@@ -10,24 +10,32 @@ whose rows name the files (``sync``, by whoever commits); a file is unlinked
 only after the transaction deleting its row committed.  So a crash leaves at
 worst a file no row names, which the first store to open removes
 (``remove_unnamed``, see ``_open``).
+
+A body file is read a part at a time (``stream``), in a worker thread: a
+download or a relay of a 50 MB message holds ``READ_OCTETS`` of it at once.
+A file unlinked while it is read is still read whole (POSIX keeps it while it
+is open); one unlinked before it was opened was deleted: ``StoreError``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from pathlib import Path
 
 from mailgate.model import MessageId
-from mailgate.ports import NewMessage
+from mailgate.ports import NewMessage, StoreError
 
-__all__ = ["BODY_SUFFIX", "PARTIAL_SUFFIX", "BodyFiles", "sync_directory"]
+__all__ = ["BODY_SUFFIX", "PARTIAL_SUFFIX", "READ_OCTETS", "BodyFiles", "sync_directory"]
 
 BODY_SUFFIX = ".eml"
 PARTIAL_SUFFIX = ".partial"
+READ_OCTETS = 256 * 1024
+"""What one read of a body file takes while it is streamed."""
 
 
 def sync_directory(path: Path) -> None:
@@ -88,6 +96,34 @@ class BodyFiles:
             return (self.directory / name).read_bytes()
         except FileNotFoundError:
             return None
+
+    def exists(self, name: str) -> bool:
+        """Whether body file ``name`` is there (not deleted since its row was read)."""
+        return (self.directory / name).is_file()
+
+    async def stream(self, name: str, message_id: MessageId) -> AsyncGenerator[bytes, None]:
+        """The content of body file ``name`` (``message_id``'s), ``READ_OCTETS`` at a time.
+
+        Opened at the first iteration, closed at the end or on ``aclose``.  Raises
+        ``StoreError`` when it is gone (deleted since) or cannot be read.
+        """
+        try:
+            reader = await asyncio.to_thread(open, self.directory / name, "rb")
+        except FileNotFoundError:
+            raise StoreError(f"message {message_id} was deleted while it was read") from None
+        except OSError as error:
+            raise StoreError(f"could not read the body of {message_id}: {error}") from error
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.to_thread(reader.read, READ_OCTETS)
+                except OSError as error:
+                    raise StoreError(f"could not read the body of {message_id}: {error}") from error
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            reader.close()
 
     def sync(self) -> None:
         """Make the files moved in so far durable: before the COMMIT whose rows name them."""

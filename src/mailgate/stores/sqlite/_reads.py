@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -137,6 +137,31 @@ class Reads:
 
         return await self.run(work)
 
+    async def stream(self, message_id: MessageId) -> AsyncGenerator[bytes, None] | None:
+        """The exact stored bytes a part at a time, or ``None``: a small message's row in
+        one part, a large one's body file ``_bodies.READ_OCTETS`` at a time."""
+
+        def work(connection: sqlite3.Connection) -> bytes | str | None:
+            row = connection.execute(
+                "SELECT messages.body_file, bodies.data FROM messages"
+                " LEFT JOIN bodies ON bodies.seq = messages.seq WHERE messages.id = ?",
+                (message_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            body_file, data = row
+            if body_file is None:
+                return bytes(data)
+            name = str(body_file)
+            return name if self._bodies.exists(name) else None  # None: deleted since
+
+        found = await self.run(work)
+        if found is None:
+            return None
+        if isinstance(found, bytes):
+            return _one(found)
+        return self._bodies.stream(found, message_id)
+
     async def search(self, query: Query, *, offset: int, limit: int) -> MessagePage:
         """Messages matching ``query``, newest first; ``total`` and ``unread`` count matches."""
         return await self.run(
@@ -146,3 +171,7 @@ class Reads:
     async def tags(self) -> dict[str, int]:
         """Every tag in use, with how many messages carry it."""
         return await self.run(tag_counts)
+
+
+async def _one(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data

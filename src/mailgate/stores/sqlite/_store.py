@@ -27,7 +27,7 @@ from mailgate.model import (
     StoreEvent,
     StoreEventKind,
 )
-from mailgate.ports import HealthCheck, NewMessage, StoreError
+from mailgate.ports import HealthCheck, NewMessage, RawStream, StoreError
 from mailgate.query import Query
 from mailgate.stores._health import WriteHealth, WriteState
 from mailgate.stores.sqlite import _queue
@@ -380,6 +380,11 @@ class SQLiteStore:
         """The exact stored bytes (trace header included), or ``None``."""
         self._check_open()
         return await self._reads.raw(message_id)
+
+    async def stream_raw(self, message_id: MessageId) -> RawStream | None:
+        """The exact stored bytes a part at a time (``_reads.stream``), or ``None``."""
+        self._check_open()
+        return await self._reads.stream(message_id)
 
     async def search(self, query: Query, *, offset: int = 0, limit: int = 50) -> MessagePage:
         """Messages matching ``query``, newest first; ``total`` and ``unread`` count matches."""
