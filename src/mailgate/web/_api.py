@@ -8,22 +8,23 @@ answers ``ok`` as plain text.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import resource
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from mailgate import __version__
 from mailgate.model import MessageId, MessagePage, SinkCounts
-from mailgate.ports import CountingSink, SizedStore, TaggableStore
+from mailgate.ports import CountingSink, RawStream, SizedStore, TaggableStore
 from mailgate.web._context import (
     DEFAULT_PAGE,
     BadRequest,
@@ -180,16 +181,27 @@ async def get_headers(inbox: Inbox, request: Request) -> Response:
 
 
 async def get_raw(inbox: Inbox, request: Request) -> Response:
-    loaded = await inbox.load(request.path_params["id"])
-    if loaded is None:
+    """The stored bytes, streamed from the store a part at a time (``stream_raw``): a 50 MB
+    message never sits whole in the process on its way out."""
+    resolved = await inbox.resolve(request.path_params["id"])
+    stored = None if resolved is None else await inbox.store.get(resolved)
+    stream = None if stored is None else await inbox.store.stream_raw(stored.summary.id)
+    if stored is None or stream is None:
         return text_error(404, NOT_FOUND)
-    stored, raw = loaded
     disposition = None
     if request.query_params.get("dl"):
         disposition = content_disposition("attachment", f"{stored.summary.id}.eml")
-    return Response(
-        raw, media_type="text/plain; charset=utf-8", headers=sandbox_headers(disposition)
+    headers = sandbox_headers(disposition) | {"Content-Length": str(stored.summary.size)}
+    return StreamingResponse(
+        _closing(stream), media_type="text/plain; charset=utf-8", headers=headers
     )
+
+
+async def _closing(stream: RawStream) -> AsyncIterator[bytes]:
+    """The stream's parts, closing it however the response ends (a client gone, say)."""
+    async with contextlib.aclosing(stream):
+        async for part in stream:
+            yield part
 
 
 async def get_part(inbox: Inbox, request: Request) -> Response:
