@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Awaitable, Callable
@@ -38,21 +39,36 @@ def list_messages(settings: Settings, *, limit: int, count: bool) -> int:
 
 
 def show_message(settings: Settings, message_id: str, *, raw: bool) -> int:
-    """Print one message's headers and text, or with ``raw`` its exact stored bytes."""
+    """Print one message's headers and text, or with ``raw`` its exact stored bytes, streamed
+    from the store a part at a time (a 50 MB message is never whole in the process)."""
 
     async def run(store: MessageStore) -> int:
+        if raw:
+            return await _write_raw(store, MessageId(message_id))
         content = await store.raw(MessageId(message_id))
         if content is None:
             return fail(f"no message with id {message_id!r}")
-        if raw:
-            sys.stdout.buffer.write(content)
-            sys.stdout.buffer.flush()
-        else:
-            sys.stdout.write(_readable(content))
-            sys.stdout.flush()
+        sys.stdout.write(_readable(content))
+        sys.stdout.flush()
         return EXIT_OK
 
     return with_store(settings, run)
+
+
+async def _write_raw(store: MessageStore, message_id: MessageId) -> int:
+    stream = await store.stream_raw(message_id)
+    if stream is None:
+        return fail(f"no message with id {message_id!r}")
+    output = sys.stdout.buffer
+    try:
+        async with contextlib.aclosing(stream):
+            async for part in stream:
+                output.write(part)
+    except StoreError as error:  # deleted while it was written, or the store went away
+        output.flush()
+        return fail(str(error))
+    output.flush()
+    return EXIT_OK
 
 
 def with_store(settings: Settings, command: Callable[[MessageStore], Awaitable[int]]) -> int:
