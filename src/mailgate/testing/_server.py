@@ -26,7 +26,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from mailgate import MailgateError
 from mailgate.config import Domain, Limits, Listen, Settings
 from mailgate.model import Address, MessageId, MessagePage, MessageSummary, StoredMessage
 from mailgate.ports import Authenticator, MessageStore
@@ -52,8 +51,11 @@ def _people(addresses: Sequence[Address]) -> str:
     return ", ".join(f"{a.name} <{a.address}>" if a.name else a.address for a in addresses)
 
 
-class WaitTimeoutError(MailgateError, TimeoutError):
+class WaitTimeoutError(TimeoutError):
     """No message matched a ``wait_for`` in time.
+
+    A ``TimeoutError`` only: ``MailgateError`` is compiled in the built wheel, and a class
+    cannot have both it and a built-in exception with a layout of its own as bases.
 
     ``seen`` holds the messages stored when it gave up (at most
     ``SHOWN_ON_TIMEOUT``, newest first) and ``total`` how many there were;
