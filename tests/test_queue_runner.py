@@ -19,6 +19,7 @@ import pytest_asyncio
 from mailgate.delivery import Acceptor, DeliverySettings
 from mailgate.model import DeliveryState, Envelope, MessageId
 from mailgate.protocol import Reply
+from mailgate.queue._content import outgoing_content
 from mailgate.queue._runner import (
     Attempt,
     AttemptResult,
@@ -26,7 +27,6 @@ from mailgate.queue._runner import (
     RecipientResult,
     ReportRequest,
     RunnerSettings,
-    outgoing_content,
 )
 from mailgate.queue._schedule import RetrySchedule
 from mailgate.stores import SQLiteStore

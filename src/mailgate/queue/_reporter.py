@@ -92,6 +92,7 @@ class MailReporter:
             envid=envid,
             ret=ret,
             smtputf8=smtputf8,
+            whole=request.whole,
         )
         rcpt_params = dict(zip(envelope.rcpt_to, envelope.rcpt_params, strict=False))
         statuses = []

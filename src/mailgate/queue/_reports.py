@@ -97,7 +97,9 @@ class OriginalMessage:
     ``envid`` the decoded ENVID and ``ret`` the RET the sender gave, if any
     (``protocol.parse_envid``, ``protocol.parse_ret``); ``smtputf8``
     whether it was sent with SMTPUTF8.  ``content`` is the message as
-    stored; ``arrival_date`` when it was received.
+    stored, or with ``whole`` false only its first octets (a large message's,
+    more than its header when it can be; then the header alone is returned);
+    ``arrival_date`` when it was received.
     """
 
     sender: str
@@ -106,6 +108,7 @@ class OriginalMessage:
     envid: str | None = None
     ret: Ret | None = None
     smtputf8: bool = False
+    whole: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -391,7 +394,7 @@ def _returned_part(original: OriginalMessage, max_octets: int) -> bytes:
     if content and not content.endswith(_CRLF):
         content += _CRLF
     utf8 = original.smtputf8
-    if original.ret is Ret.FULL and len(content) <= max_octets:
+    if original.ret is Ret.FULL and original.whole and len(content) <= max_octets:
         kind = "message/global" if utf8 else "message/rfc822"
         description = "Returned message"
         body = content

@@ -17,6 +17,9 @@ first interval: its other messages are deferred without an attempt meanwhile,
 so a dead domain backs off without holding delivery slots the rest of the
 queue needs (as Postfix marks a destination dead).
 
+A message's content is read whole, or streamed from the store when it is large
+(``_content``): a 50 MB message is never whole in the process on its way out.
+
 Reports are accepted as new mail through the accept path (``ports.MailSink``)
 before the outcomes are recorded: a crash between the two sends a report
 twice, never none.  Likewise a crash between a remote ``250`` and the
@@ -51,8 +54,9 @@ from mailgate.model import (
     QueuedDelivery,
     StoredMessage,
 )
-from mailgate.ports import Clock, QueueStore
+from mailgate.ports import Clock, QueueStore, StoreError
 from mailgate.protocol import Notify, Reply, parse_notify
+from mailgate.queue._content import MessageContent, StoredContent, load_content
 from mailgate.queue._reports import Action, should_report
 from mailgate.queue._schedule import RetrySchedule
 
@@ -93,7 +97,8 @@ class Attempt:
     domain: str
     sender: str
     recipients: tuple[OutboundRecipient, ...]
-    content: bytes
+    content: bytes | StoredContent
+    """Bytes, or for a large message its content streamed from the store."""
     mail_params: Mapping[str, str | None] = field(default_factory=dict)
 
 
@@ -135,13 +140,16 @@ class ReportRequest:
     """A delivery report to send to a message's sender (RFC 3464).
 
     ``action`` is ``failed``, ``delayed``, ``delivered`` or ``relayed``, one
-    per recipient in ``results``.
+    per recipient in ``results``.  ``content`` is the message as stored, or
+    with ``whole`` false its first octets (a large message's: its header is
+    returned, not the whole).
     """
 
     message: StoredMessage
     content: bytes
     entries: tuple[tuple[str, RecipientResult, QueuedDelivery], ...]
     at: datetime
+    whole: bool = True
 
 
 class Reporter(Protocol):
@@ -321,9 +329,11 @@ class QueueRunner:
 
     async def _deliver_message(self, message_id: MessageId, rows: list[QueuedDelivery]) -> None:
         stored = await self._store.get(message_id)
-        content = await self._store.raw(message_id)
-        if stored is None or content is None:
+        if stored is None:
             return  # deleted meanwhile: its rows went with it
+        content = await load_content(self._store, message_id, stored.summary.size)
+        if content is None:
+            return
         bounced = [r for r in rows if r.bounce_requested]
         if bounced:
             results = [RecipientResult(r.recipient, OPERATOR_BOUNCE) for r in bounced]
@@ -339,7 +349,11 @@ class QueueRunner:
         )
 
     async def _attempt(
-        self, stored: StoredMessage, content: bytes, domain: str, rows: list[QueuedDelivery]
+        self,
+        stored: StoredMessage,
+        content: MessageContent,
+        domain: str,
+        rows: list[QueuedDelivery],
     ) -> None:
         envelope = stored.envelope
         params = dict(zip(envelope.rcpt_to, envelope.rcpt_params, strict=False))
@@ -356,7 +370,7 @@ class QueueRunner:
             domain=domain,
             sender=envelope.mail_from,
             recipients=recipients,
-            content=outgoing_content(content),
+            content=content.outgoing,
             mail_params=envelope.mail_params,
         )
         semaphore = self._destinations.setdefault(
@@ -368,7 +382,11 @@ class QueueRunner:
                 results = [RecipientResult(r.address, suspended) for r in recipients]
                 await self._settle(stored, content, rows, results, attempted=False, dsn=False)
                 return
-            result = await self._courier.deliver(attempt)
+            try:
+                result = await self._courier.deliver(attempt)
+            except StoreError as error:  # not the destination's fault: the lease runs out
+                log.warning("queue: %s: could not be read to send: %s", attempt.message_id, error)
+                return
         if result.unreachable and result.results and result.results[0].reply.code < 500:
             self._suspend(domain, result.results[0].reply)
         else:
@@ -396,7 +414,7 @@ class QueueRunner:
     async def _settle(
         self,
         stored: StoredMessage,
-        content: bytes,
+        content: MessageContent,
         rows: Sequence[QueuedDelivery],
         results: Sequence[RecipientResult],
         *,
@@ -472,7 +490,10 @@ class QueueRunner:
             self._log_attempt(row, result, state, now)
         for entries in (reports, delays):
             if entries:  # should_report sends none to the null sender (RFC 3461 6.2)
-                await self._reporter.send(ReportRequest(stored, content, tuple(entries), now))
+                request = ReportRequest(
+                    stored, content.original, tuple(entries), now, whole=content.whole
+                )
+                await self._reporter.send(request)
         await self._store.record(self._settings.owner, outcomes)
         for outcome in outcomes:
             self.outcomes[outcome.state] += 1
@@ -497,15 +518,3 @@ class QueueRunner:
             status,
             _status_of(result.reply),
         )
-
-
-def outgoing_content(content: bytes) -> bytes:
-    """The stored message as it goes on: without the ``Return-Path`` header mailgate added
-    at the top (RFC 5321 4.4: only final delivery adds one; a relay must not send it)."""
-    if content[:12].lower() == b"return-path:":
-        end = content.find(b"\r\n")
-        while end >= 0 and content[end + 2 : end + 3] in (b" ", b"\t"):  # folded
-            end = content.find(b"\r\n", end + 2)
-        if end >= 0:
-            return content[end + 2 :]
-    return content

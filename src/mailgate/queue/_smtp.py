@@ -294,7 +294,10 @@ class SMTPClient:
 
         Raises ``DeliveryError``: permanent when the server cannot take the
         message (SIZE, 8BITMIME, SMTPUTF8; nothing is sent), temporary when
-        the connection breaks or times out before the message's outcome.
+        the connection breaks or times out before the message's outcome.  An
+        error of the content's iterator (a store that cannot be read) drops the
+        connection, so half a message is never ended with the final dot, and
+        passes through.
         """
         self._ready()
         try:
@@ -347,13 +350,19 @@ class SMTPClient:
         """
         conn = self.conn
         heard: list[AnyClientEvent] = []
-        async for chunk in _chunks(content):
-            if bdat:
-                heard += self._poll()
-            if conn.state is not ClientState.CONTENT:
-                return heard
-            conn.send_content(chunk)
-            await self._write(self.settings.data_block_timeout)
+        try:
+            async for chunk in _chunks(content):
+                if bdat:
+                    heard += self._poll()
+                if conn.state is not ClientState.CONTENT:
+                    return heard
+                conn.send_content(chunk)
+                await self._write(self.settings.data_block_timeout)
+        except DeliveryError:
+            raise
+        except Exception:  # the content could not be read (a store's): never end half of it
+            self._abort()
+            raise
         conn.end_content()
         await self._write(self.settings.data_block_timeout)
         return heard

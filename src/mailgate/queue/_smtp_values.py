@@ -8,9 +8,9 @@ became of it; ``DeliveryError`` is the one exception, carrying a ``Reply``.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, Protocol, TypeAlias
 
 from mailgate.protocol import Envelope, MailgateError, Recipient, Reply
 
@@ -23,6 +23,7 @@ __all__ = [
     "DeliveryError",
     "DeliveryResult",
     "SMTPClientSettings",
+    "SizedContent",
     "TLSPolicy",
     "Transaction",
     "Transcriber",
@@ -37,6 +38,26 @@ DATA_TIMEOUT_SECONDS = 600.0  # RFC 5321 4.5.3.2.6: DATA termination, 10 minutes
 TLSPolicy: TypeAlias = Literal["none", "may", "encrypt", "verify"]
 Transcriber: TypeAlias = Callable[[Literal["C", "S"], str], None]
 Content: TypeAlias = bytes | Iterable[bytes] | AsyncIterable[bytes]
+
+
+class SizedContent(Protocol):
+    """Content in chunks, each iteration from its first octet, whose facts are known before
+    it is sent: a large stored message, which is never one bytes object."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def eight_bit(self) -> bool:
+        """Whether an octet is over 127."""
+        ...
+
+    @property
+    def utf8_headers(self) -> bool:
+        """Whether the header (up to the first empty line) holds an octet over 127."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
 
 
 class DeliveryError(MailgateError):
@@ -106,24 +127,29 @@ class Transaction:
     @classmethod
     def of(
         cls,
-        content: bytes,
+        content: bytes | SizedContent,
         *,
         sender: str,
         recipients: Iterable[str | Recipient],
         ret: Literal["FULL", "HDRS"] | None = None,
         envid: str | None = None,
     ) -> Transaction:
-        """A transaction for ``content``, its size and 8-bit needs read from it.
+        """A transaction for ``content``, its size and 8-bit needs read from it (or, for
+        ``SizedContent``, as it says them).
 
         Raises ``ValueError`` as ``Envelope`` does.
         """
-        head = content.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        if isinstance(content, bytes):
+            head = content.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+            size, eight_bit, utf8_headers = len(content), not content.isascii(), not head.isascii()
+        else:
+            size, eight_bit, utf8_headers = content.size, content.eight_bit, content.utf8_headers
         envelope = Envelope(
             sender=sender,
             recipients=tuple(r if isinstance(r, Recipient) else Recipient(r) for r in recipients),
-            size=len(content),
-            eight_bit=not content.isascii(),
-            utf8_headers=not head.isascii(),
+            size=size,
+            eight_bit=eight_bit,
+            utf8_headers=utf8_headers,
             ret=ret,
             envid=envid,
         )
