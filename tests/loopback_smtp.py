@@ -22,7 +22,7 @@ from typing import Any
 
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 __all__ = ["DSN_PARAMETERS", "ReceivedMessage", "ReceivingMTA", "ReceivingMTAs", "Refusal"]
 
@@ -284,6 +284,7 @@ class ReceivingMTAs:
         tls: bool = False,
         require_tls: bool = False,
         auth: Mapping[str, str] | None = None,
+        data_size_limit: int = DATA_SIZE_DEFAULT,
     ) -> ReceivingMTA:
         """Start one MTA on ``host`` (default: the next free 127.0.0.N).
 
@@ -295,7 +296,7 @@ class ReceivingMTAs:
         offers STARTTLS with a certificate from ``ca`` for ``hostname`` and
         the address (``require_tls`` demands it before MAIL); ``auth`` maps
         user names to passwords for AUTH PLAIN and LOGIN (over TLS only
-        when ``tls`` is on).
+        when ``tls`` is on).  ``data_size_limit`` is the SIZE it takes (0: any).
         """
         sock = self._bind(host, listen=not refuse)
         address, port = sock.getsockname()[:2]
@@ -306,7 +307,11 @@ class ReceivingMTAs:
         if refuse:
             mta._placeholder = sock
             return mta
-        kwargs: dict[str, Any] = {"server_hostname": mta.hostname, "enable_SMTPUTF8": True}
+        kwargs: dict[str, Any] = {
+            "server_hostname": mta.hostname,
+            "enable_SMTPUTF8": True,
+            "data_size_limit": data_size_limit,
+        }
         if tls:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.ca.issue_cert(mta.hostname, address).configure_cert(context)
