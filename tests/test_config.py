@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from config_helpers import error_of, load
 from mailgate.config import (
     OPTIONS,
     TLS,
@@ -21,35 +21,6 @@ from mailgate.config import (
     Settings,
     load_settings,
 )
-
-
-def load(
-    argv: Mapping[str, object] | None = None,
-    env: Mapping[str, str] | None = None,
-    toml: str | None = None,
-    tmp_path: Path | None = None,
-) -> Settings:
-    config_file = None
-    if toml is not None:
-        assert tmp_path is not None
-        config_file = tmp_path / "mailgate.toml"
-        config_file.write_text(toml, encoding="utf-8")
-    return load_settings(argv_values=argv or {}, environ=env or {}, config_file=config_file)
-
-
-def error_of(
-    argv: Mapping[str, object] | None = None,
-    env: Mapping[str, str] | None = None,
-    toml: str | None = None,
-    tmp_path: Path | None = None,
-) -> str:
-    with pytest.raises(ConfigError) as caught:
-        load(argv, env, toml, tmp_path)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert message == f"{caught.value.key}: {caught.value.problem}"
-    return message
-
 
 # -- defaults and the shape of the tree ---------------------------------------------------------
 

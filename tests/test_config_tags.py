@@ -8,35 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.config import ConfigError, Settings, load_settings
+from config_helpers import error_of, load
 from mailgate.tags import PLUS_ADDRESSES, X_TAGS, AutoTags, parse_tag_rule
-
-
-def load(
-    argv: Mapping[str, object] | None = None,
-    env: Mapping[str, str] | None = None,
-    toml: str | None = None,
-    tmp_path: Path | None = None,
-) -> Settings:
-    config_file = None
-    if toml is not None:
-        assert tmp_path is not None
-        config_file = tmp_path / "mailgate.toml"
-        config_file.write_text(toml, encoding="utf-8")
-    return load_settings(argv_values=argv or {}, environ=env or {}, config_file=config_file)
-
-
-def error_of(
-    argv: Mapping[str, object] | None = None,
-    env: Mapping[str, str] | None = None,
-    toml: str | None = None,
-    tmp_path: Path | None = None,
-) -> str:
-    with pytest.raises(ConfigError) as caught:
-        load(argv, env, toml, tmp_path)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 def rules(*texts: str) -> tuple[object, ...]:
