@@ -196,6 +196,23 @@ def test_every_reply_is_written_after_a_half_close_inside_tls(
     assert len(tls_server.wait_for_messages(before + 1)) == before + 1
 
 
+def test_an_end_pipelined_behind_starttls_closes_the_connection(
+    tls_server: MailgateServer,
+) -> None:
+    # The client's end arrives while the message before STARTTLS is being stored, so
+    # before the 220: no handshake can follow, and the server closes at once rather
+    # than at the handshake's time-out (30 s; the socket's 10 s time-out fails first).
+    with socket.create_connection((tls_server.host, tls_server.port), timeout=10) as sock:
+        greet(sock)
+        sock.sendall(DATA + b"STARTTLS\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        received = read_all(sock)
+    # After the 220 the server speaks TLS (an alert, as the handshake failed).
+    replies, ready, _ = received.partition(b"220 2.0.0 Ready to start TLS\r\n")
+    assert ready, received
+    assert codes(replies) == [b"250", b"250", b"354", b"250"], received
+
+
 def test_after_its_221_the_server_lingers_for_the_clients_end(server: MailgateServer) -> None:
     """Octets that arrive after the server's close (a close_notify, say) draw no reset.
 

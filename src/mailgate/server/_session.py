@@ -538,10 +538,10 @@ class Session(asyncio.Protocol):
         assert tls_context is not None  # STARTTLS is offered only with one (SMTPServer)
         self._conn.send(Reply(220, "2.0.0", "Ready to start TLS"))
         self._flush()
-        # From here every byte received is TLS; the engine has dropped what was
-        # pipelined behind STARTTLS, and hears nothing until the handshake is done.
-        self._busy = True
+        self._busy = True  # every byte from here is TLS; the engine dropped what was pipelined
         self._begin_tls(tls_context)
+        if self._client_done:  # its end came first (while a commit was in flight)
+            self._receive_tls(b"", eof=True)  # so no handshake will come: close now
         return True
 
     def _begin_tls(self, context: ssl.SSLContext) -> None:
