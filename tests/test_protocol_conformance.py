@@ -272,6 +272,20 @@ def test_5xx_replies_still_spend_it() -> None:
     assert dialogue.codes[1:] == [250, 250, 451, 500, 250, 500, 421]
 
 
+def test_a_5xx_the_server_made_on_purpose_spends_none_of_it() -> None:
+    settings = ConnectionSettings(hostname=HOSTNAME, error_budget=2)
+
+    def fail(event: object) -> Reply | None:
+        if isinstance(event, RcptTo):
+            return Reply(550, "5.3.0", "Chaos recipient error", charged=False)
+        return None
+
+    rcpts = b"RCPT TO:<b@example.com>\r\n" * 30
+    dialogue = check([EHLO + MAIL + rcpts + b"FOO\r\nBAR\r\n"], settings, policy=fail)
+    assert dialogue.codes[1:] == [250, 250] + [550] * 30 + [500, 500, 421]
+    assert dialogue.output.count(b"550 5.3.0 Chaos recipient error\r\n") == 30
+
+
 # ------------------------------------------- bare line endings in commands (2.3.8)
 
 

@@ -209,7 +209,7 @@ class Dialogue:
         self._content.bdat_remaining = 0
 
     def _spend_error_budget(self, reply: Reply) -> None:
-        if reply.code < 500 or self.state is State.CLOSED:
+        if reply.code < 500 or not reply.charged or self.state is State.CLOSED:
             return
         self.errors += 1
         if self.errors >= self.settings.error_budget:

@@ -25,7 +25,9 @@ class Reply:
 
     ``text`` may hold several lines separated by ``\\n``; each becomes one
     line of a multi-line reply.  ``enhanced`` is ``None`` for the greeting
-    and HELO/EHLO replies, which RFC 2034 4 exempts.
+    and HELO/EHLO replies, which RFC 2034 4 exempts.  ``charged`` false marks a
+    5xx the server gives for none of the client's doing (a failure made on
+    purpose, for testing): it does not spend the client's error budget.
 
     Raises ``ValueError`` for a code outside 200-599, an enhanced code whose
     class differs from the code's (RFC 3463 2), or control characters in text
@@ -36,6 +38,7 @@ class Reply:
     code: int
     enhanced: str | None
     text: str
+    charged: bool = field(default=True, kw_only=True)
     _wire: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -26,7 +26,8 @@ Invariants.
   free of control characters, and of AUTH only the credentials to check.
 - Only 5xx replies, the engine's or the application's, spend the budget: a
   4xx is the server's own temporary condition or flow control (452 too
-  many recipients), never the client's fault.
+  many recipients), never the client's fault; nor is a 5xx the application
+  marks as not ``charged`` (a failure it made on purpose).
 - A command line is executed whole or not at all: an over-long line, a
   bare CR or LF (the line runs on to the next CRLF), a NUL or invalid
   UTF-8 gets a 500 and nothing of it runs.
