@@ -1,4 +1,8 @@
-"""Who may send what to whom: recipient acceptance, VRFY and EXPN.
+"""Who may send what to whom: the answers to MAIL and RCPT, VRFY and EXPN.
+
+``MAIL`` is refused on a port that requires AUTH until the client has
+authenticated (RFC 6409 4.3), and with ``452 4.3.1`` while the disk lacks
+room for the message.
 
 With no domains configured mailgate is a catch-all: every recipient is
 accepted and stored, nothing is delivered onward.  With domains, only those
@@ -20,12 +24,19 @@ never matches an alias, and VRFY never confirms it.
 from __future__ import annotations
 
 import ipaddress
+import logging
 
 from mailgate.config import Domain, Settings
+from mailgate.ports import MailSink
 from mailgate.protocol import Reply, dot_atom_local_part
 
 __all__ = ["MAX_ALIAS_DEPTH", "RecipientPolicy"]
 
+log = logging.getLogger("mailgate.smtp")
+
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+_AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+_NO_ROOM = Reply(452, "4.3.1", "Insufficient system storage")  # RFC 3463 X.3.1
 ACCEPTED = Reply(250, "2.1.5", "Recipient OK")
 _RELAY_DENIED = Reply(550, "5.7.1", "Relaying denied")
 _UNKNOWN_USER = Reply(550, "5.1.1", "No such user here")
@@ -49,7 +60,7 @@ def _is_mailbox(domain: Domain, local: str) -> bool:
 
 
 class RecipientPolicy:
-    """Decides RCPT, VRFY and EXPN answers from the settings."""
+    """Decides MAIL, RCPT, VRFY and EXPN answers from the settings."""
 
     def __init__(self, settings: Settings) -> None:
         self._domains: dict[str, Domain] = {d.name.lower(): d for d in settings.domains}
@@ -111,6 +122,21 @@ class RecipientPolicy:
         for target in targets:
             member = target if "@" in target else f"{target}@{domain.name}"
             self._expand_into(member, found, depth=depth + 1, expanded=expanded)
+
+    def check_sender(
+        self, sink: MailSink, size: int | None, client: str, needs_auth: bool = False
+    ) -> Reply:
+        """The reply to ``MAIL FROM`` from ``client`` with ``SIZE=size``, if given.
+
+        ``needs_auth`` is true on a port that requires AUTH before the client
+        has authenticated; ``sink`` says whether the disk has room.
+        """
+        if needs_auth:
+            return _AUTH_REQUIRED  # RFC 6409 4.3
+        if not sink.has_room(size or 0):
+            log.warning("refusing a sender from %s: too little free disk space", client)
+            return _NO_ROOM
+        return SENDER_OK
 
     def check_recipient(self, address: str, *, may_relay: bool = False) -> Reply:
         """The reply to ``RCPT TO:<address>``.

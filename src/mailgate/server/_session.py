@@ -68,10 +68,8 @@ log = logging.getLogger("mailgate.smtp")
 _PAUSE_INPUT_OCTETS = 256 * 1024
 _TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary failure, please try again later")
 _NO_ROOM = Reply(452, "4.3.1", "Insufficient system storage")  # RFC 3463 X.3.1
-_MAIL_OK = Reply(250, "2.1.0", "Sender OK")
 _RSET_OK = Reply(250, "2.0.0", "Flushed")
 _START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
-_AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 TLS_HANDSHAKE_TIMEOUT_SECONDS = 30.0
 LINGER_SECONDS = 1.0
 """How long a closed session waits for the client to close too, reading and dropping."""
@@ -383,15 +381,13 @@ class Session(asyncio.Protocol):
     def _envelope_command(self, event: MailFrom | RcptTo) -> None:
         conn = self._conn
         if isinstance(event, MailFrom):
-            if self._listener.require_auth and self.auth_user is None:
-                self._refuse(_AUTH_REQUIRED, event.address)  # RFC 6409 4.3
-                return
-            if not self._sink.has_room(event.size or 0):
-                log.warning("refusing a sender from %s: too little free disk space", self._peer[0])
-                self._refuse(_NO_ROOM, event.address)
-                return
-            self._txn = Transaction(event)
-            conn.send(_MAIL_OK)
+            needs_auth = self._listener.require_auth and self.auth_user is None
+            reply = self._policy.check_sender(self._sink, event.size, self._peer[0], needs_auth)
+            if reply.is_positive:
+                self._txn = Transaction(event)
+                conn.send(reply)
+            else:
+                self._refuse(reply, event.address)
             return
         txn = self._txn
         assert txn is not None
