@@ -12,6 +12,10 @@ names that do not exist.  Faults are per name: ``fail`` answers SERVFAIL,
 127.0.0.2, 127.0.0.3, ...: on port 25 as root, as in CI, else on one free
 port shared by all of them, which the resolver's port override targets.
 
+``mta_for`` starts an MTA and makes it a domain's MX in a zone;
+``relay_flags`` are the ``mailgate serve`` flags of a mail server for
+here.test that relays to such MTAs.
+
 Both are exposed to tests as factory fixtures, ``dns_zone`` and
 ``receiving_mta``, which stop everything they started at teardown::
 
@@ -47,7 +51,9 @@ __all__ = [
     "ReceivingMTAs",
     "Refusal",
     "dns_zone",
+    "mta_for",
     "receiving_mta",
+    "relay_flags",
 ]
 
 _log = logging.getLogger(__name__)
@@ -245,6 +251,28 @@ def _rr(name: str, rtype: str, value: RecordValue) -> RR:
     assert isinstance(value, str), value
     rdata = {"A": A, "AAAA": AAAA, "TXT": TXT, "CNAME": CNAME}[rtype](value)
     return RR(name, getattr(QTYPE, rtype), rdata=rdata, ttl=TTL_SECONDS)
+
+
+# -- a domain's MTA, and a server that relays to it ----------------------------------------------
+
+
+def mta_for(zone: DnsZone, mtas: ReceivingMTAs, domain: str, **options: Any) -> ReceivingMTA:
+    """A receiving MTA ``mx.DOMAIN`` (``options`` as ``mtas`` takes them: ``replies``, ...),
+    named in ``zone`` as the one MX of ``domain``."""
+    hostname = f"mx.{domain}"
+    mta = mtas(hostname=hostname, **options)
+    zone.mx(domain, (10, hostname))
+    zone.a(hostname, mta.host)
+    return mta
+
+
+def relay_flags(zone: DnsZone, mtas: ReceivingMTAs, hostname: str = "mx.here.test") -> list[str]:
+    """``mailgate serve`` flags for the mail server ``hostname`` of here.test, relaying for
+    clients on 127.0.0.0/8: it resolves through ``zone`` and delivers to the port of ``mtas``."""
+    return [
+        "--hostname", hostname, "--domain", "here.test", "--relay-network", "127.0.0.0/8",
+        "--resolver", zone.nameserver, "--outbound-port", str(mtas.port or 25),
+    ]  # fmt: skip
 
 
 # -- fixtures (registered in conftest.py) -------------------------------------------------------

@@ -6,12 +6,15 @@ the ports it bound from its ready line, and stops it with SIGTERM as a
 service manager would.  Each server runs in a session of its own, so a test
 that fails half-way leaves no process behind: ``Launcher.close`` kills the
 session.  ``readme_blocks`` gives the fenced blocks of README.md, which
-``test_readme`` runs and ``test_serve_modes`` serves.
+``test_readme`` runs and ``test_serve_modes`` serves.  ``until`` waits,
+within a bound, for what a server does in its own time; ``mailgate_queue``
+runs ``mailgate queue`` on a test's data directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import select
@@ -21,9 +24,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -39,6 +43,8 @@ _READY = re.compile(r"mailgate (?P<version>\S+) listening: (?P<parts>.*), (?P<wh
 _BOUND = re.compile(r"(?P<name>smtp|submission|smtps) 127\.0\.0\.1:(?P<port>\d+)")
 _PROCESSES = re.compile(r"(?P<count>\d+) SMTP processes")
 _HTTP = re.compile(r"http (?P<url>http://127\.0\.0\.1:\d+/)")
+
+T = TypeVar("T")
 
 
 def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -71,6 +77,24 @@ def mailgate(
         timeout=TIMEOUT,
         check=False,
     )
+
+
+def mailgate_queue(tmp_path: Path, *argv: str) -> Any:
+    """``mailgate queue ARGV`` on the data directory ``tmp_path / "data"``: the JSON it prints
+    with ``--json``, else its output."""
+    done = mailgate("queue", *argv, "--data", str(tmp_path / "data"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if "--json" in argv else done.stdout
+
+
+def until(condition: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:
+    """Poll ``condition`` until it returns something true, and return that: a bound on a busy
+    machine, not a pause; after ``timeout`` seconds the test fails, naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting until {what}"
+        time.sleep(0.05)
+    return value
 
 
 def require_swaks_tls() -> str:

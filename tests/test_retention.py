@@ -9,7 +9,6 @@ import json
 import re
 import smtplib
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,23 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
-from loopback import DnsZone, ReceivingMTAs
+from loopback import DnsZone, ReceivingMTAs, mta_for, relay_flags
 from mailgate.config import CATCH_ALL_MAX_MESSAGES, ConfigError, Settings, load_settings
 from postgresql_helpers import fresh_database
-from process_helpers import TIMEOUT, Launcher, Serving, mailgate
+from process_helpers import TIMEOUT, Launcher, Serving, mailgate, mailgate_queue, until
 
 INLINE_LIMIT_OCTETS = 96 * 1024
 """Content past this is kept in a body file by the SQLite store (MAX_INLINE_CONTENT_OCTETS)."""
 PRUNED = re.compile(r"retention: pruned (\d+) messages?,")
-
-
-def until(condition: Callable[[], Any], what: str) -> Any:
-    """Poll ``condition`` until it holds (a bound on a busy machine, not a pause)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-    return value
 
 
 def message(subject: str, size: int = 0) -> bytes:
@@ -212,31 +202,22 @@ def test_mail_still_queued_for_delivery_is_not_pruned(
     receiving_mta: ReceivingMTAs,
 ) -> None:
     zone = dns_zone()
-    busy = receiving_mta(hostname="mx.busy.test", replies={"dan@busy.test": "450 4.2.1 Busy"})
-    zone.mx("busy.test", (10, "mx.busy.test"))
-    zone.a("mx.busy.test", busy.host)
+    mta_for(zone, receiving_mta, "busy.test", replies={"dan@busy.test": "450 4.2.1 Busy"})
     served = launcher.serve(
         "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / "data"),
-        "--hostname", "mx.here.test", "--domain", "here.test", "--relay-network", "127.0.0.0/8",
-        "--resolver", zone.nameserver, "--outbound-port", str(receiving_mta.port or 25),
-        "--max-messages", "3",
+        *relay_flags(zone, receiving_mta), "--max-messages", "3",
     )  # fmt: skip
-
-    def queue(*argv: str) -> Any:
-        done = mailgate("queue", *argv, "--data", str(tmp_path / "data"), cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout) if "--json" in argv else done.stdout
 
     alice = "alice@here.test"
     (onward,) = send_all(served, [message("onward")], to="dan@busy.test", sender=alice)
     until(
-        lambda: [r for r in queue("list", "--json") if r["State"] == "deferred"],
+        lambda: [r for r in mailgate_queue(tmp_path, "list", "--json") if r["State"] == "deferred"],
         "the recipient is deferred",
     )
     local = send_all(served, [message(f"local {n}") for n in range(6)], to="bob@here.test")
     until(lambda: listed(served) == [*local[:2:-1], onward], "the newest 3 and the queued one")
     until(lambda: pruned_in_log(served) == 3, "the log counts the 3 pruned")
-    assert queue("bounce", onward) == "bounce: 1 recipient\n"
+    assert mailgate_queue(tmp_path, "bounce", onward) == "bounce: 1 recipient\n"
     # The bounce report to alice is new mail; the message it reports on is done, and goes.
 
     def without_onward() -> list[str] | None:

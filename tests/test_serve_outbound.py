@@ -8,7 +8,6 @@ with workers each message still goes out once.
 
 from __future__ import annotations
 
-import json
 import smtplib
 import sys
 import time
@@ -19,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from loopback import DnsZone, ReceivingMTAs
-from process_helpers import TIMEOUT, Launcher, Serving, mailgate
+from loopback import DnsZone, ReceivingMTAs, mta_for, relay_flags
+from process_helpers import TIMEOUT, Launcher, Serving, mailgate_queue, until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds a server's processes in /proc"
@@ -37,9 +36,7 @@ def serve(
 ) -> Serving:
     return launcher.serve(
         "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / "data"),
-        "--hostname", "mx.here.test", "--domain", "here.test", "--relay-network", "127.0.0.0/8",
-        "--resolver", zone.nameserver, "--outbound-port", str(mtas.port or 25),
-        *extra, env=env,
+        *relay_flags(zone, mtas), *extra, env=env,
     )  # fmt: skip
 
 
@@ -48,21 +45,6 @@ def send(served: Serving, to: str, subject: str, sender: str = "alice@here.test"
     with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
         client.sendmail(sender, [to], body.encode())
         return client.noop()[1].decode()
-
-
-def until(condition: Callable[[], Any], what: str) -> Any:
-    """Poll ``condition`` until it holds (a bound on a busy machine, not a pause)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-    return value
-
-
-def queue(tmp_path: Path, *argv: str) -> Any:
-    done = mailgate("queue", *argv, "--data", str(tmp_path / "data"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout) if "--json" in argv else done.stdout
 
 
 def inbox(served: Serving) -> list[dict[str, Any]]:
@@ -78,9 +60,7 @@ def test_mail_for_another_domain_is_delivered_by_mx_and_the_queue_says_so(
     receiving_mta: ReceivingMTAs,
 ) -> None:
     zone = dns_zone()
-    mx = receiving_mta(hostname="mx.far.test")
-    zone.mx("far.test", (10, "mx.far.test"))
-    zone.a("mx.far.test", mx.host)
+    mx = mta_for(zone, receiving_mta, "far.test")
     served = serve(launcher, tmp_path, zone, receiving_mta)
     send(served, "bob@far.test", "Onward")
     until(lambda: mx.messages, "the remote MTA has the message")
@@ -90,14 +70,16 @@ def test_mail_for_another_domain_is_delivered_by_mx_and_the_queue_says_so(
     (stored,) = inbox(served)
     rows = until(
         lambda: [
-            r for r in queue(tmp_path, "show", stored["ID"], "--json") if r["State"] == "delivered"
+            r
+            for r in mailgate_queue(tmp_path, "show", stored["ID"], "--json")
+            if r["State"] == "delivered"
         ],
         "the queue records the delivery",
     )
     assert rows[0]["Recipient"] == "bob@far.test"
     assert rows[0]["LastReply"].startswith("250")
     assert rows[0]["Relay"] == f"mx.far.test[{mx.host}]:{receiving_mta.port or 25}"
-    assert queue(tmp_path, "list") == "The queue is empty.\n"
+    assert mailgate_queue(tmp_path, "list") == "The queue is empty.\n"
     log = served.stop_cleanly()
     assert f"to=<bob@far.test> relay=mx.far.test[{mx.host}]" in log
     assert "status=sent (250" in log
@@ -133,24 +115,22 @@ def test_a_deferred_recipient_shows_its_reply_and_an_operator_bounces_it(
     receiving_mta: ReceivingMTAs,
 ) -> None:
     zone = dns_zone()
-    busy = receiving_mta(hostname="mx.busy.test", replies={"dan@busy.test": "450 4.2.1 Busy"})
-    zone.mx("busy.test", (10, "mx.busy.test"))
-    zone.a("mx.busy.test", busy.host)
+    mta_for(zone, receiving_mta, "busy.test", replies={"dan@busy.test": "450 4.2.1 Busy"})
     served = serve(launcher, tmp_path, zone, receiving_mta)
     send(served, "dan@busy.test", "Later")
     rows = until(
-        lambda: [r for r in queue(tmp_path, "list", "--json") if r["State"] == "deferred"],
+        lambda: [r for r in mailgate_queue(tmp_path, "list", "--json") if r["State"] == "deferred"],
         "the recipient is deferred",
     )
     assert rows[0]["LastReply"] == "450 4.2.1 Busy"
     assert rows[0]["Attempts"] == 1
     assert rows[0]["NextAttempt"] is not None
-    assert queue(tmp_path, "bounce", rows[0]["MessageID"]) == "bounce: 1 recipient\n"
+    assert mailgate_queue(tmp_path, "bounce", rows[0]["MessageID"]) == "bounce: 1 recipient\n"
     until(
         lambda: any(m["From"]["Address"].startswith("MAILER-DAEMON") for m in inbox(served)),
         "the bounce arrives",
     )
-    assert queue(tmp_path, "list") == "The queue is empty.\n"
+    assert mailgate_queue(tmp_path, "list") == "The queue is empty.\n"
     served.stop_cleanly()
 
 
@@ -161,9 +141,7 @@ def test_with_workers_each_message_goes_out_once(
     receiving_mta: ReceivingMTAs,
 ) -> None:
     zone = dns_zone()
-    mx = receiving_mta(hostname="mx.far.test")
-    zone.mx("far.test", (10, "mx.far.test"))
-    zone.a("mx.far.test", mx.host)
+    mx = mta_for(zone, receiving_mta, "far.test")
     served = serve(launcher, tmp_path, zone, receiving_mta, "--workers", "2")
     assert served.smtp_processes == 2
     for n in range(10):
