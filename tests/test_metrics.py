@@ -13,14 +13,12 @@ a second, so a scrape is polled until it agrees (a bound, not a pause).
 from __future__ import annotations
 
 import base64
-import json
 import os
 import signal
 import smtplib
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loopback import DnsZone, ReceivingMTAs
-from process_helpers import TIMEOUT, Launcher, Serving, mailgate, serving_pid
+from loopback import DnsZone, ReceivingMTAs, mta_for, relay_flags
+from process_helpers import TIMEOUT, Launcher, Serving, mailgate, mailgate_queue, serving_pid, until
 from server_helpers import WORKER
 
 pytestmark = pytest.mark.skipif(
@@ -60,15 +58,6 @@ def scrape(served: Serving, **options: Any) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
-
-
-def until(condition: Callable[[], Any], what: str) -> Any:
-    """Poll ``condition`` until it holds (a bound on a busy machine, not a pause)."""
-    deadline = time.monotonic() + TIMEOUT
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-    return result
 
 
 def scrape_until(served: Serving, expected: dict[str, float], what: str) -> Samples:
@@ -337,33 +326,24 @@ def test_queue_sizes_and_delivery_counts(
     receiving_mta: ReceivingMTAs,
 ) -> None:
     zone = dns_zone()
-    far = receiving_mta(hostname="mx.far.test")
+    far = mta_for(zone, receiving_mta, "far.test")
     later = "450 4.2.1 Busy"
-    busy = receiving_mta(
-        hostname="mx.busy.test", replies={"dan@busy.test": later, "eve@busy.test": later}
+    mta_for(
+        zone, receiving_mta, "busy.test", replies={"dan@busy.test": later, "eve@busy.test": later}
     )
-    for domain, mx in (("far.test", far), ("busy.test", busy)):
-        zone.mx(domain, (10, f"mx.{domain}"))
-        zone.a(f"mx.{domain}", mx.host)
     served = launcher.serve(
         "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / "data"),
-        "--hostname", "mx.here.test", "--domain", "here.test", "--relay-network", "127.0.0.0/8",
-        "--resolver", zone.nameserver, "--outbound-port", str(receiving_mta.port or 25),
+        *relay_flags(zone, receiving_mta),
     )  # fmt: skip
     with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
         for to in ("bob@far.test", "dan@busy.test", "eve@busy.test"):
             client.sendmail("alice@here.test", [to], message("onward", to))
 
-    def queue(*argv: str) -> Any:
-        done = mailgate("queue", *argv, "--data", str(tmp_path / "data"), cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout) if "--json" in argv else done.stdout
-
     def deferred() -> list[dict[str, Any]]:
-        return [r for r in queue("list", "--json") if r["State"] == "deferred"]
+        return [r for r in mailgate_queue(tmp_path, "list", "--json") if r["State"] == "deferred"]
 
     rows = until(lambda: len(deferred()) == 2 and deferred(), "both busy.test mails are deferred")
-    assert queue("hold", rows[0]["MessageID"]) == "hold: 1 recipient\n"
+    assert mailgate_queue(tmp_path, "hold", rows[0]["MessageID"]) == "hold: 1 recipient\n"
     scrape_until(
         served,
         {
