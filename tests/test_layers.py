@@ -49,7 +49,7 @@ CLOCK_CALLS = frozenset({"now", "utcnow", "today"})
 
 # package -> (layer, the mailgate packages it may import).  "" is the root package.
 _LAYER_0 = frozenset({"", "protocol"})
-_LAYER_1 = _LAYER_0 | {"model", "ports", "config", "query", "tags"}
+_LAYER_1 = _LAYER_0 | {"model", "ports", "config", "query", "tags", "chaos"}
 _LAYER_2 = _LAYER_1 | {"auth", "delivery", "stores", "queue"}
 _LAYER_3 = _LAYER_2 | {"server", "web"}
 _LAYER_4 = _LAYER_3 | {"runtime"}
@@ -62,6 +62,7 @@ LAYERS: dict[str, tuple[str, frozenset[str]]] = {
     "config": ("1", _LAYER_1),
     "query": ("1", _LAYER_1),
     "tags": ("1", _LAYER_1),
+    "chaos": ("1", _LAYER_1),
     "auth": ("2", _LAYER_2),
     "delivery": ("2", _LAYER_2),
     "stores": ("2", _LAYER_2),

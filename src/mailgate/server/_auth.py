@@ -11,7 +11,9 @@ at most ``MAX_AUTH_DELAY_SECONDS``).  Either way the session ends after
 ``max_auth_failures`` failures or refusals (never fewer than 3, RFC 4954 9).
 An authenticator with too many checks in hand gets ``454 4.7.0`` too.  The
 address and user name are logged, never the password.  Each exchange's outcome
-is counted in the process's ``SMTPCounters.auth``.
+is counted in the process's ``SMTPCounters.auth``.  An armed chaos trigger
+(``server._policy``) may refuse an exchange before anything is checked: that is
+no failure of the client's, and is counted and logged as a refusal.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 from mailgate.ports import Authenticator, AuthenticatorBusyError, AuthThrottle
 from mailgate.protocol import AuthCredentials, Reply
 from mailgate.server._context import SessionContext
-from mailgate.server._log import clean
+from mailgate.server._log import LogFields, clean
+from mailgate.server._policy import chaos_refusal
 
 __all__ = ["AUTH_FAILED", "AuthAttempts", "AuthOutcome"]
 
@@ -55,6 +58,8 @@ class AuthAttempts:
         self._authenticator = authenticator
         self._limits = context.limits
         self._throttle: AuthThrottle | None = context.auth_throttle
+        self._chaos = context.policy.chaos
+        self._counters = context.counters
         self._counted = context.counters.auth
         self._client = client
         self.failures = 0
@@ -65,6 +70,15 @@ class AuthAttempts:
 
     async def check(self, credentials: AuthCredentials) -> AuthOutcome:
         """Check ``credentials``; a failure is answered only after its delay."""
+        armed = self._chaos.armed
+        if armed is not None and (refusal := chaos_refusal(armed.authentication, "authentication")):
+            self._counters.refusals["chaos"] += 1
+            user = clean(credentials.username, MAX_LOGGED_USER_CHARS)
+            fields = LogFields(
+                user=user, client=self._client, reply=f"{refusal.code} {refusal.lines[0]}"
+            )
+            log.info("refused AUTH %s", fields, extra={"fields": fields})
+            return AuthOutcome(refusal)
         throttle = self._throttle
         if throttle is not None:
             admission = throttle.admit(self._client)

@@ -37,10 +37,11 @@ REFUSAL_REASONS = (
     "loop",
     "no_room",
     "store_failure",
+    "chaos",
     "other",
 )
 """Why a command or a message was refused, as its reply's enhanced status code tells
-(``refusal_reason``)."""
+(``refusal_reason``); ``chaos``: by a chaos trigger, on purpose."""
 AUTH_RESULTS = ("ok", "failed", "blocked", "throttled", "unavailable")
 """How an AUTH exchange ended: right credentials; wrong ones; the client's address is
 blocked for failing too often; a check refused for coming too soon after a failure (or
@@ -67,6 +68,8 @@ def refusal_reason(reply: Reply | str) -> str:
     """Which of ``REFUSAL_REASONS`` a refusal is: ``reply`` is a ``Reply``, or its first
     line (``552 5.3.4 Message size exceeds the fixed maximum``)."""
     if isinstance(reply, Reply):
+        if not reply.charged:  # none of the client's doing: only chaos refuses so
+            return "chaos"
         return _REASON_BY_STATUS.get(reply.enhanced or "", "other")
     return _REASON_BY_STATUS.get(reply[4:].partition(" ")[0], "other")
 

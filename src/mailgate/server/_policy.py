@@ -4,6 +4,13 @@
 authenticated (RFC 6409 4.3), and with ``452 4.3.1`` while the disk lacks
 room for the message.
 
+With chaos triggers armed (``mailgate.chaos``: ``--enable-chaos``, for testing
+an application) ``MAIL``, each ``RCPT`` and ``AUTH`` (``server._auth``) may get
+the trigger's code instead, as Mailpit answers: ``451 4.3.0 Chaos sender
+error``, ``Chaos recipient error``, ``Chaos authentication error`` (``X.7.0``).
+Such a refusal is the server's own doing: it spends none of the client's
+error budget (``Reply.charged``), and is counted as ``chaos``.
+
 With no domains configured mailgate is a catch-all: every recipient is
 accepted and stored, nothing is delivered onward.  With domains, only those
 are local; anything else is relaying, allowed only for authenticated users
@@ -23,14 +30,17 @@ never matches an alias, and VRFY never confirms it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
+import random
 
+from mailgate.chaos import Chaos, ChaosTrigger
 from mailgate.config import Domain, Settings
 from mailgate.ports import MailSink
 from mailgate.protocol import Reply, dot_atom_local_part
 
-__all__ = ["MAX_ALIAS_DEPTH", "RecipientPolicy"]
+__all__ = ["MAX_ALIAS_DEPTH", "RecipientPolicy", "chaos_refusal"]
 
 log = logging.getLogger("mailgate.smtp")
 
@@ -54,15 +64,31 @@ def _split(address: str) -> tuple[str, str]:
     return local, domain.lower()
 
 
+def chaos_refusal(trigger: ChaosTrigger, stage: str) -> Reply | None:
+    """The refusal ``trigger`` makes of a command at ``stage`` (``sender``...), if it
+    fires this time: ``probability`` times in 100."""
+    if random.randrange(100) >= trigger.probability:
+        return None
+    return _chaos_reply(trigger.error_code, stage)
+
+
+@functools.cache  # at most 200 codes for each of 3 stages
+def _chaos_reply(code: int, stage: str) -> Reply:
+    detail = "7.0" if stage == "authentication" else "3.0"
+    return Reply(code, f"{code // 100}.{detail}", f"Chaos {stage} error", charged=False)
+
+
 def _is_mailbox(domain: Domain, local: str) -> bool:
     """Whether ``local`` (a dot-atom) is a configured mailbox or alias, or postmaster."""
     return local.casefold() == "postmaster" or (not domain.catch_all and domain.accepts(local))
 
 
 class RecipientPolicy:
-    """Decides MAIL, RCPT, VRFY and EXPN answers from the settings."""
+    """Decides MAIL, RCPT, VRFY and EXPN answers from the settings, and ``chaos``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, chaos: Chaos | None = None) -> None:
+        self.chaos = chaos if chaos is not None else Chaos()
+        """The chaos triggers in force (never armed unless the node enables chaos)."""
         self._domains: dict[str, Domain] = {d.name.lower(): d for d in settings.domains}
         self._vrfy = settings.vrfy
         self._expn = settings.expn
@@ -133,6 +159,9 @@ class RecipientPolicy:
         """
         if needs_auth:
             return _AUTH_REQUIRED  # RFC 6409 4.3
+        armed = self.chaos.armed
+        if armed is not None and (refusal := chaos_refusal(armed.sender, "sender")):
+            return refusal
         if not sink.has_room(size or 0):
             log.warning("refusing a sender from %s: too little free disk space", client)
             return _NO_ROOM
@@ -143,6 +172,9 @@ class RecipientPolicy:
 
         ``may_relay`` is true for authenticated clients and trusted networks.
         """
+        armed = self.chaos.armed
+        if armed is not None and (refusal := chaos_refusal(armed.recipient, "recipient")):
+            return refusal
         if self.catch_all or "@" not in address:  # bare "postmaster" (RFC 5321 4.5.1)
             return ACCEPTED
         local, domain_name = _split(address)

@@ -23,6 +23,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from mailgate import MailgateError
+from mailgate.chaos import Chaos
 from mailgate.config import Listen, Settings
 from mailgate.ports import Authenticator, AuthThrottle, Clock, MailSink
 from mailgate.protocol import MECHANISMS, ConnectionSettings, Reply
@@ -70,7 +71,8 @@ class SMTPServer:
     makes STARTTLS (and the ``smtps`` listener) available; ``authenticator``
     makes AUTH available, after TLS, its failures counted per client address
     by ``auth_throttle`` when given; ``clock`` stamps each message's received
-    time (give the one the sink uses, so that a message has one).
+    time (give the one the sink uses, so that a message has one); ``chaos`` holds
+    the chaos triggers its sessions obey (``policy.chaos``; none armed by default).
 
     Raises ``ServerConfigError`` when a listener cannot work as configured
     (submission without TLS or users, say).
@@ -85,13 +87,14 @@ class SMTPServer:
         authenticator: Authenticator | None = None,
         clock: Clock | None = None,
         auth_throttle: AuthThrottle | None = None,
+        chaos: Chaos | None = None,
     ) -> None:
         limits = settings.limits
         self.settings = settings
         self.sink = sink
         self.authenticator = authenticator
         self.auth_throttle = auth_throttle
-        self.policy = RecipientPolicy(settings)
+        self.policy = RecipientPolicy(settings, chaos)
         self.hostname = settings.hostname or socket.getfqdn()
         self.idle_timeout = limits.idle_timeout
         self.tls_context = tls_context
