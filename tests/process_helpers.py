@@ -8,7 +8,8 @@ that fails half-way leaves no process behind: ``Launcher.close`` kills the
 session.  ``readme_blocks`` gives the fenced blocks of README.md, which
 ``test_readme`` runs and ``test_serve_modes`` serves.  ``until`` waits,
 within a bound, for what a server does in its own time; ``mailgate_queue``
-runs ``mailgate queue`` on a test's data directory.
+runs ``mailgate queue`` on a test's data directory; ``make_users_file`` and
+``make_tls_files`` make the files ``--users`` and ``--tls-cert`` read.
 """
 
 from __future__ import annotations
@@ -85,6 +86,27 @@ def mailgate_queue(tmp_path: Path, *argv: str) -> Any:
     done = mailgate("queue", *argv, "--data", str(tmp_path / "data"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout) if "--json" in argv else done.stdout
+
+
+def make_users_file(folder: Path, user: str, password: str) -> Path:
+    """A users file with ``user``, made as the README says: the password on standard input."""
+    added = mailgate("users", "add", user, "--users", "users", cwd=folder, stdin=f"{password}\n")
+    assert added.returncode == 0, added.stderr
+    return folder / "users"
+
+
+def make_tls_files(folder: Path, *names: str) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for ``names``: the files of the CA, the certificate
+    (its chain) and the key, in ``folder``."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    issued = ca.issue_cert(*names)
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    issued.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    for more in issued.cert_chain_pems[1:]:
+        more.write_to_path(str(folder / "cert.pem"), append=True)
+    issued.private_key_pem.write_to_path(str(folder / "key.pem"))
+    return folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
 
 
 def until(condition: Callable[[], T], what: str, timeout: float = TIMEOUT) -> T:

@@ -28,7 +28,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loopback import DnsZone, ReceivingMTAs, mta_for, relay_flags
-from process_helpers import TIMEOUT, Launcher, Serving, mailgate, mailgate_queue, serving_pid, until
+from process_helpers import (
+    TIMEOUT,
+    Launcher,
+    Serving,
+    mailgate_queue,
+    make_tls_files,
+    make_users_file,
+    serving_pid,
+    until,
+)
 from server_helpers import WORKER
 
 pytestmark = pytest.mark.skipif(
@@ -120,24 +129,12 @@ def read_reply(sock: socket.socket) -> bytes:
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A CA, and a certificate it signed for mx.here.test and 127.0.0.1: CA, cert, key."""
-    trustme = pytest.importorskip("trustme")
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    issued = ca.issue_cert("mx.here.test", "127.0.0.1")
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    issued.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
-    for more in issued.cert_chain_pems[1:]:
-        more.write_to_path(str(folder / "cert.pem"), append=True)
-    issued.private_key_pem.write_to_path(str(folder / "key.pem"))
-    return folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    return make_tls_files(tmp_path_factory.mktemp("tls"), "mx.here.test", "127.0.0.1")
 
 
 @pytest.fixture(scope="module")
 def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("users")
-    added = mailgate("users", "add", "alice", "--users", "users", cwd=folder, stdin=f"{PASSWORD}\n")
-    assert added.returncode == 0, added.stderr
-    return folder / "users"
+    return make_users_file(tmp_path_factory.mktemp("users"), "alice", PASSWORD)
 
 
 def serve(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import resource
 import signal
@@ -37,6 +36,9 @@ from process_helpers import (
     Launcher,
     Serving,
     mailgate,
+    mailgate_queue,
+    make_tls_files,
+    make_users_file,
     readme_block,
     run_swaks,
     serving_pid,
@@ -58,14 +60,6 @@ def unroutable(dns_zone: Callable[[], DnsZone]) -> list[str]:
     zone = dns_zone()
     zone.fail("example.net")
     return ["--resolver", zone.nameserver]
-
-
-def queued(tmp_path: Path) -> list[dict[str, Any]]:
-    """``mailgate queue list --json`` on the test's data directory."""
-    done = mailgate("queue", "list", "--json", "--data", str(tmp_path / "data"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    rows: list[dict[str, Any]] = json.loads(done.stdout)
-    return rows
 
 
 def ports_and_data(tmp_path: Path) -> list[str]:
@@ -188,25 +182,13 @@ def test_domains_and_a_size_from_the_environment(launcher: Launcher, tmp_path: P
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """A CA, and a certificate it signed for mx.example.org and 127.0.0.1: the CA's file, the
     certificate's and the key's."""
-    trustme = pytest.importorskip("trustme")
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    issued = ca.issue_cert("mx.example.org", "127.0.0.1")
-    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
-    issued.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
-    for more in issued.cert_chain_pems[1:]:
-        more.write_to_path(str(folder / "cert.pem"), append=True)
-    issued.private_key_pem.write_to_path(str(folder / "key.pem"))
-    return folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    return make_tls_files(tmp_path_factory.mktemp("tls"), "mx.example.org", "127.0.0.1")
 
 
 @pytest.fixture(scope="module")
 def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A users file with alice, made as the README says: the password on standard input."""
-    folder = tmp_path_factory.mktemp("users")
-    added = mailgate("users", "add", "alice", "--users", "users", cwd=folder, stdin=f"{PASSWORD}\n")
-    assert added.returncode == 0, added.stderr
-    return folder / "users"
+    return make_users_file(tmp_path_factory.mktemp("users"), "alice", PASSWORD)
 
 
 def readme_config(tmp_path: Path) -> Path:
@@ -321,9 +303,9 @@ def test_the_readme_config_file_relays_only_for_authenticated_submission(
         )
     [relayed] = inbox(served)
     assert relayed["Subject"] == "relayed"
-    assert [(r["MessageID"], r["Recipient"]) for r in queued(tmp_path)] == [
-        (relayed["ID"], "someone@example.net")
-    ]
+    assert [
+        (r["MessageID"], r["Recipient"]) for r in mailgate_queue(tmp_path, "list", "--json")
+    ] == [(relayed["ID"], "someone@example.net")]
     detail = httpx.get(f"{served.http_url}api/v1/message/{relayed['ID']}", timeout=TIMEOUT).json()
     assert detail["Username"] == "alice"
     assert detail["ReturnPath"] == "alice@example.org"
@@ -478,7 +460,9 @@ def test_a_relay_network(
     if trusted:
         assert reply[:9] == "250 2.0.0"
         assert [m["Subject"] for m in inbox(served)] == ["local", "onward"]
-        assert [r["Recipient"] for r in queued(tmp_path)] == ["someone@example.net"]
+        assert [r["Recipient"] for r in mailgate_queue(tmp_path, "list", "--json")] == [
+            "someone@example.net"
+        ]
     else:
         assert reply == "550 5.7.1 Relaying denied"
         assert [m["Subject"] for m in inbox(served)] == ["local"]
