@@ -1,27 +1,33 @@
 """Mailpit's chaos triggers: SMTP commands failed on purpose, to test an application.
 
 The triggers' two written forms (Mailpit's ``--chaos-triggers`` text and its
-JSON); then a real server whose triggers are set in its own process: MAIL,
-RCPT and AUTH get the trigger's code, logged and counted as refusals, and
-none of it spends the client's error budget.
+JSON); a real server whose triggers are set in its own process: MAIL, RCPT
+and AUTH get the trigger's code, logged and counted as refusals, and none of
+it spends the client's error budget; ``/api/v1/chaos`` over a real store,
+with chaos enabled and without.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import smtplib
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import pytest_asyncio
 import trustme
 
 from mailgate.auth import UsersFile
 from mailgate.chaos import Chaos, ChaosError, ChaosTrigger, ChaosTriggers
 from mailgate.config import Limits, Settings
 from mailgate.server import server_context
+from mailgate.stores import open_store
 from mailgate.testing import MailgateServer
+from mailgate.web import create_app
 
 PASSWORD = "correct horse battery staple"
 CHEAP = 4  # scrypt cost for tests: 2**4
@@ -250,3 +256,107 @@ def test_an_authentication_trigger_fails_auth_and_counts_no_failure(
         assert counters.auth["failed"] == 0
         assert counters.auth["ok"] == 1
         assert counters.refusals["chaos"] >= 10
+
+
+# ---------------------------------------------------------------- /api/v1/chaos
+
+
+@pytest_asyncio.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Two apps over one store: with chaos enabled (its followers record), and without."""
+    store = await open_store(f"sqlite://{tmp_path}/mail.db")
+    chaos = Chaos()
+    enabled = httpx.ASGITransport(app=create_app(store, chaos=chaos))
+    disabled = httpx.ASGITransport(app=create_app(store))
+    try:
+        async with (
+            httpx.AsyncClient(transport=enabled, base_url="http://inbox.test") as on,
+            httpx.AsyncClient(transport=disabled, base_url="http://inbox.test") as off,
+        ):
+            yield on, off
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_without_chaos_both_methods_say_so_as_mailpit_does(
+    api: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    _, off = api
+    for method in ("GET", "PUT"):
+        response = await off.request(method, "/api/v1/chaos", json={"Sender": {"Probability": 1}})
+        assert (response.status_code, response.text) == (400, "Chaos is not enabled")
+        assert response.headers["content-type"].startswith("text/plain")
+    assert (await off.get("/api/v1/webui")).json()["ChaosEnabled"] is False
+
+
+@pytest.mark.asyncio
+async def test_get_and_put_the_triggers(api: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> None:
+    on, _ = api
+    assert (await on.get("/api/v1/webui")).json()["ChaosEnabled"] is True
+    assert (await on.get("/api/v1/chaos")).json() == ChaosTriggers().json()
+    put = await on.put("/api/v1/chaos", json={"Recipient": {"ErrorCode": 550, "Probability": 25}})
+    expected = ChaosTriggers(recipient=ChaosTrigger(550, 25)).json()
+    assert (put.status_code, put.json()) == (200, expected)
+    assert (await on.get("/api/v1/chaos")).json() == expected
+    # A trigger left out is reset, as in Mailpit; {} resets them all.
+    put = await on.put("/api/v1/chaos", json={"Sender": {"ErrorCode": 421, "Probability": 100}})
+    assert put.json() == ChaosTriggers(sender=ChaosTrigger(421, 100)).json()
+    assert (await on.put("/api/v1/chaos", json={})).json() == ChaosTriggers().json()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"", "the body is not JSON (send {} to reset every trigger)"),
+        (b"{", "the body is not JSON (send {} to reset every trigger)"),
+        (b"[]", "the body must be a JSON object"),
+        (b'{"Sender": {"ErrorCode": 250}}', "Sender: error code must be between 400 and 599"),
+        (b'{"Recipient": {"Probability": 101}}', "probability must be between 0 and 100"),
+        (b'{"Recipient": {"Probability": "50"}}', "Recipient.Probability must be a whole number"),
+        (b'{"Helo": {}}', "unknown trigger 'Helo'"),
+    ],
+)
+async def test_a_bad_body_gets_400_and_changes_nothing(
+    api: tuple[httpx.AsyncClient, httpx.AsyncClient], body: bytes, problem: str
+) -> None:
+    on, _ = api
+    before = (await on.put("/api/v1/chaos", json={"Sender": {"Probability": 5}})).json()
+    response = await on.put("/api/v1/chaos", content=body)
+    assert response.status_code == 400
+    assert problem in response.text
+    assert (await on.get("/api/v1/chaos")).json() == before
+
+
+@pytest.mark.asyncio
+async def test_put_answers_once_every_follower_has_the_triggers(tmp_path: Path) -> None:
+    store = await open_store(f"sqlite://{tmp_path}/mail.db")
+    chaos = Chaos()
+    heard: list[str] = []
+
+    async def slow_worker(triggers: ChaosTriggers) -> None:
+        await asyncio.sleep(0.05)
+        heard.append(triggers.text())
+
+    chaos.follow(slow_worker)
+    transport = httpx.ASGITransport(app=create_app(store, chaos=chaos))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://inbox.test") as client:
+            await client.put("/api/v1/chaos", json={"Sender": {"Probability": 100}})
+            assert heard == ["Sender:451:100,Recipient:451:0,Authentication:535:0"]
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_openapi_document_describes_it(
+    api: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    on, _ = api
+    document = (await on.get("/api/v1/openapi.json")).json()
+    path = document["paths"]["/api/v1/chaos"]
+    assert set(path) == {"get", "put"}
+    assert set(path["put"]["responses"]) == {"200", "400"}
+    trigger = document["components"]["schemas"]["ChaosTrigger"]["properties"]
+    assert set(trigger) == {"ErrorCode", "Probability"}

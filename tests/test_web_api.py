@@ -431,8 +431,6 @@ async def test_readyz_says_commits_fail_until_one_succeeds_again(
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/api/v1/chaos"),
-        ("PUT", "/api/v1/chaos"),
         ("GET", "/api/v1/message/latest/html-check"),
         ("GET", "/api/v1/message/latest/sa-check"),
     ],

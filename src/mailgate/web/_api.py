@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Route
 from mailgate import __version__
 from mailgate.model import MessageId, MessagePage, SinkCounts
 from mailgate.ports import CountingSink, RawStream, SizedStore, TaggableStore
+from mailgate.web._chaos import get_chaos, set_chaos
 from mailgate.web._context import (
     DEFAULT_PAGE,
     BadRequest,
@@ -315,7 +316,7 @@ async def webui(inbox: Inbox, request: Request) -> Response:
                 "PreserveMessageIDs": False,
             },
             "SpamAssassin": False,
-            "ChaosEnabled": False,
+            "ChaosEnabled": inbox.chaos is not None,
             "DuplicatesIgnored": False,
             "HideDeleteAllButton": False,
         }
@@ -323,7 +324,6 @@ async def webui(inbox: Inbox, request: Request) -> Response:
 
 
 UNSUPPORTED: dict[str, tuple[str, list[str]]] = {
-    "/api/v1/chaos": ("chaos triggers", ["GET", "PUT"]),
     "/api/v1/message/{id}/html-check": ("HTML compatibility checks", ["GET"]),
     "/api/v1/message/{id}/sa-check": ("SpamAssassin checks", ["GET"]),
 }
@@ -360,6 +360,8 @@ def api_routes(inbox: Inbox) -> list[BaseRoute]:
         route("/api/v1/tags/{tag:path}", delete_tag, "DELETE"),
         route("/api/v1/info", info, "GET"),
         route("/api/v1/webui", webui, "GET"),
+        route("/api/v1/chaos", get_chaos, "GET"),
+        route("/api/v1/chaos", set_chaos, "PUT"),
         *(route(path, work, method) for path, work, method in queue_endpoints()),
         route("/api/v1/send", send_message, "POST"),
     ]

@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from mailgate.chaos import Chaos
 from mailgate.ports import AuthThrottle, HealthReporter, MailSink, MessageStore, MetricsSource
 from mailgate.web._api import api_routes
 from mailgate.web._context import Inbox, WebSettings
@@ -245,6 +246,7 @@ def create_app(
     auth_throttle: AuthThrottle | None = None,
     health: HealthReporter | None = None,
     pruned: Callable[[], int] | None = None,
+    chaos: Chaos | None = None,
 ) -> Starlette:
     """The web inbox and JSON API over ``store``, as an ASGI application.
 
@@ -255,7 +257,8 @@ def create_app(
     ``health`` is what ``/readyz`` checks besides a read of the store
     (default: the store's own checks, when it is a ``ports.HealthReporter``);
     ``pruned`` says how many messages the node's retention has pruned, for
-    ``/api/v1/info``.
+    ``/api/v1/info``; ``chaos``, the node's chaos triggers, which ``/api/v1/chaos``
+    shows and sets (without it, chaos is not enabled).
 
     The app subscribes to the store's events when the first live client
     arrives.  Call ``await inbox_of(app).close()`` (``HTTPService.aclose``
@@ -265,7 +268,7 @@ def create_app(
     own metrics (``web._metrics``); it asks for basic auth as the API does.
     """
     settings = settings or WebSettings()
-    inbox = Inbox(store=store, settings=settings, hub=EventHub(store), sink=sink)
+    inbox = Inbox(store=store, settings=settings, hub=EventHub(store), sink=sink, chaos=chaos)
     if is_local is not None:
         inbox.is_local = is_local
     if pruned is not None:

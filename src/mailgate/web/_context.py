@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from mailgate.chaos import Chaos
 from mailgate.model import MessageId, StoredMessage
 from mailgate.ports import HealthReporter, MailSink, MessageStore
 from mailgate.query import Query, QueryError, parse_query
@@ -193,6 +194,9 @@ class Inbox:
     pruned: Callable[[], int] = lambda: 0
     """Messages the node's retention pruned since it started (counted in ``MessagesDeleted``
     too: they were deleted all the same)."""
+    chaos: Chaos | None = None
+    """The node's chaos triggers, which ``/api/v1/chaos`` shows and sets; ``None``: chaos
+    is not enabled."""
 
     async def resolve(self, message_id: str) -> MessageId | None:
         """``latest`` as the newest message's id; any other id as it is."""

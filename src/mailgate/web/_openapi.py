@@ -175,6 +175,21 @@ SCHEMAS: JSON = {
             " says why; 451: an address the link check may not ask."
         ),
     },
+    "ChaosTrigger": {
+        **_object(ErrorCode=INTEGER, Probability=INTEGER),
+        "description": "Reply with ErrorCode (400-599) Probability times in 100 (0-100).",
+    },
+    "ChaosTriggers": {
+        **_object(
+            Sender=_ref("ChaosTrigger"),
+            Recipient=_ref("ChaosTrigger"),
+            Authentication=_ref("ChaosTrigger"),
+        ),
+        "description": (
+            "MAIL FROM, each RCPT TO and AUTH. A trigger left out of a PUT is reset: code"
+            " 451 (Authentication 535), probability 0."
+        ),
+    },
     "QueueChange": {
         **_object(Recipients=INTEGER),
         "description": "How many recipients the action changed.",
@@ -427,7 +442,17 @@ def _paths() -> JSON:
             )
         },
         **_queue_paths(),
-        "/api/v1/chaos": {"get": _unsupported("Chaos"), "put": _unsupported("Chaos")},
+        "/api/v1/chaos": {
+            "get": _op(
+                "The chaos triggers in force (400 unless started with --enable-chaos)",
+                {"200": _json(_ref("ChaosTriggers")), "400": TEXT_ERROR},
+            ),
+            "put": _op(
+                "Set the chaos triggers; the answer comes once every SMTP process has them",
+                {"200": _json(_ref("ChaosTriggers")), "400": TEXT_ERROR},
+                requestBody={"content": {"application/json": {"schema": _ref("ChaosTriggers")}}},
+            ),
+        },
         "/api/v1/message/{ID}/html-check": {"get": _unsupported("HTML check")},
         "/api/v1/message/{ID}/sa-check": {"get": _unsupported("SpamAssassin check")},
     }
