@@ -5,6 +5,7 @@
 #                gate, then the tests again against the compiled wheel (test-compiled)
 #   make lint    format check, lint, type check
 #   make fmt     format and fix what the linter can
+#   make fuzz    the fuzz targets of the engine and the session, FUZZ_SECONDS (300) each
 #   make bench   the benchmark harness
 #   make clean   caches and build output (distclean: the virtualenv too)
 
@@ -20,7 +21,7 @@ DEV_STAMP := $(VENV)/.installed-dev-fast
 
 COMPILED := build/compiled
 
-.PHONY: serve test test-compiled lint fmt coverage-protocol bench clean distclean
+.PHONY: serve test test-compiled lint fmt coverage-protocol fuzz bench clean distclean
 
 serve: $(RUN_STAMP)
 	$(BIN)/mailgate serve $(ARGS)
@@ -54,6 +55,13 @@ coverage-protocol: $(DEV_STAMP)
 fmt: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# make test runs each fuzz target briefly, derandomised; this runs each for FUZZ_SECONDS,
+# from fresh random seeds.  A failure prints the input that reproduces it.
+FUZZ_SECONDS ?= 300
+fuzz: $(DEV_STAMP)
+	MAILGATE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python -m pytest -p no:cacheprovider -q -s \
+		tests/test_fuzz_engine.py::test_engine_fuzz tests/test_fuzz_session.py::test_session_fuzz
 
 bench: $(DEV_STAMP)
 	sh bench/setup.sh
