@@ -24,16 +24,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from process_helpers import TIMEOUT, Launcher, free_port
+from process_helpers import TIMEOUT, Launcher, free_port, until
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real processes"),
@@ -189,14 +188,6 @@ def send_in_a_loop(port: int, name: str, outcomes: Outcomes, stop: threading.Eve
         except (OSError, smtplib.SMTPException) as error:
             outcomes.record(f"{name}-{number}", f"{type(error).__name__}: {error}")
             return
-
-
-def until(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting until {what}"
-        time.sleep(0.05)
-    return value
 
 
 def readyz(http_url: str) -> int:

@@ -29,12 +29,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from process_helpers import MAILGATE, TIMEOUT, Launcher, Serving, environment
+from process_helpers import MAILGATE, TIMEOUT, Launcher, Serving, environment, until
 from test_server_storage import small_disk  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real processes")
@@ -45,14 +44,6 @@ TARGETS = {
     "changes": "changes",
 }
 """What a test damages: the b-tree of message ids, of small bodies, of the change log."""
-
-
-def until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + TIMEOUT
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out after {TIMEOUT:g} s waiting until {what}"
-        time.sleep(0.02)
-    return value
 
 
 def send(port: int, subject: str) -> str:
