@@ -7,7 +7,7 @@ import email.policy
 from collections.abc import Callable
 from pathlib import Path
 
-from loopback import DnsZone, ReceivingMTAs
+from loopback import DnsZone, ReceivingMTAs, mta_for
 from process_helpers import mailgate
 
 
@@ -75,9 +75,7 @@ def test_send_without_a_server_goes_to_each_domain_mx(
     tmp_path: Path, dns_zone: Callable[[], DnsZone], receiving_mta: ReceivingMTAs
 ) -> None:
     zone = dns_zone()
-    mx = receiving_mta(hostname="mx.there.test", replies={"gone@there.test": "550 5.1.1 No"})
-    zone.mx("there.test", (10, "mx.there.test"))
-    zone.a("mx.there.test", mx.host)
+    mx = mta_for(zone, receiving_mta, "there.test", replies={"gone@there.test": "550 5.1.1 No"})
     done = mailgate(
         "send", "--from", "alice@here.test", "--to", "bob@there.test", "--to", "gone@there.test",
         "--subject", "Direct", "--body", "Hi", "--resolver", zone.nameserver,

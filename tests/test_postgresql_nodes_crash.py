@@ -29,9 +29,9 @@ import httpx
 import psycopg
 import pytest
 
-from loopback import DnsZone, ReceivingMTAs
+from loopback import DnsZone, ReceivingMTAs, mta_for, relay_flags
 from postgresql_helpers import fresh_database
-from process_helpers import TIMEOUT, Launcher, Serving
+from process_helpers import TIMEOUT, Launcher, Serving, until
 
 pytestmark = [
     pytest.mark.slow,
@@ -47,13 +47,11 @@ PAGE = 5000
 
 
 def start(
-    launcher: Launcher, tmp_path: Path, n: int, store: str, zone: DnsZone, port: int
+    launcher: Launcher, tmp_path: Path, n: int, store: str, zone: DnsZone, mtas: ReceivingMTAs
 ) -> Serving:
     return launcher.serve(
         "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / f"node{n}"),
-        "--store", store, "--hostname", f"node{n}.here.test", "--domain", "here.test",
-        "--relay-network", "127.0.0.0/8", "--resolver", zone.nameserver,
-        "--outbound-port", str(port),
+        "--store", store, *relay_flags(zone, mtas, hostname=f"node{n}.here.test"),
     )  # fmt: skip
 
 
@@ -96,15 +94,12 @@ def test_three_nodes_one_killed_again_and_again_lose_nothing(
     receiving_mta: ReceivingMTAs,
 ) -> None:
     zone = dns_zone()
-    mx = receiving_mta(hostname="mx.far.test")
-    zone.mx("far.test", (10, "mx.far.test"))
-    zone.a("mx.far.test", mx.host)
-    port = receiving_mta.port or 25
+    mx = mta_for(zone, receiving_mta, "far.test")
     rng = random.Random(18)
     acknowledged: set[str] = set()
     attempted: set[str] = set()
     with fresh_database() as store:
-        nodes = [start(launcher, tmp_path, n, store, zone, port) for n in range(NODES)]
+        nodes = [start(launcher, tmp_path, n, store, zone, receiving_mta) for n in range(NODES)]
         kills = 0
         while kills < KILLS or len(acknowledged) < TRIAL_MESSAGES:
             senders = [
@@ -124,11 +119,12 @@ def test_three_nodes_one_killed_again_and_again_lose_nothing(
                 sender.join(TIMEOUT)
                 acknowledged |= sender.acknowledged
                 attempted |= sender.attempted
-            nodes[victim] = start(launcher, tmp_path, victim, store, zone, port)
-        deadline = time.monotonic() + TIMEOUT * 2 + len(acknowledged) / 100
-        while not acknowledged <= {subject_of(m.content) for m in mx.messages}:
-            assert time.monotonic() < deadline, "acknowledged mail was not delivered"
-            time.sleep(0.1)
+            nodes[victim] = start(launcher, tmp_path, victim, store, zone, receiving_mta)
+        until(
+            lambda: acknowledged <= {subject_of(m.content) for m in mx.messages},
+            "acknowledged mail is delivered",
+            timeout=TIMEOUT * 2 + len(acknowledged) / 100,
+        )
         for served in nodes:
             listed: set[str] = set()
             for start_at in range(0, len(attempted) + PAGE, PAGE):

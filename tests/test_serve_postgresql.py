@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import smtplib
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,21 +17,19 @@ from typing import Any
 import httpx
 import pytest
 
-from loopback import DnsZone, ReceivingMTAs
+from loopback import DnsZone, ReceivingMTAs, mta_for, relay_flags
 from postgresql_helpers import fresh_database
-from process_helpers import TIMEOUT, Launcher, Serving
+from process_helpers import TIMEOUT, Launcher, Serving, until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real processes")
 
 
 def node(
-    launcher: Launcher, tmp_path: Path, name: str, store: str, zone: DnsZone, port: int
+    launcher: Launcher, tmp_path: Path, name: str, store: str, zone: DnsZone, mtas: ReceivingMTAs
 ) -> Serving:
     return launcher.serve(
         "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / name),
-        "--store", store, "--hostname", f"{name}.here.test", "--domain", "here.test",
-        "--relay-network", "127.0.0.0/8", "--resolver", zone.nameserver,
-        "--outbound-port", str(port),
+        "--store", store, *relay_flags(zone, mtas, hostname=f"{name}.here.test"),
     )  # fmt: skip
 
 
@@ -47,14 +44,6 @@ def subjects(served: Serving) -> set[str]:
     return {m["Subject"] for m in page["messages"]}
 
 
-def until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + TIMEOUT
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.05)
-    return value
-
-
 def test_two_nodes_share_the_inbox_the_events_and_the_queue(
     launcher: Launcher,
     tmp_path: Path,
@@ -62,13 +51,10 @@ def test_two_nodes_share_the_inbox_the_events_and_the_queue(
     receiving_mta: ReceivingMTAs,
 ) -> None:
     zone = dns_zone()
-    mx = receiving_mta(hostname="mx.far.test")
-    zone.mx("far.test", (10, "mx.far.test"))
-    zone.a("mx.far.test", mx.host)
+    mx = mta_for(zone, receiving_mta, "far.test")
     with fresh_database() as store:
-        port = receiving_mta.port or 25
-        a = node(launcher, tmp_path, "a", store, zone, port)
-        b = node(launcher, tmp_path, "b", store, zone, port)
+        a = node(launcher, tmp_path, "a", store, zone, receiving_mta)
+        b = node(launcher, tmp_path, "b", store, zone, receiving_mta)
         # A wait on B for mail that A accepts.
         with httpx.Client(timeout=TIMEOUT) as client:
             send(a, "bob@here.test", "to A, seen on B")
