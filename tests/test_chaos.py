@@ -4,15 +4,20 @@ The triggers' two written forms (Mailpit's ``--chaos-triggers`` text and its
 JSON); a real server whose triggers are set in its own process: MAIL, RCPT
 and AUTH get the trigger's code, logged and counted as refusals, and none of
 it spends the client's error budget; ``/api/v1/chaos`` over a real store,
-with chaos enabled and without.
+with chaos enabled and without; and ``mailgate serve --enable-chaos`` as a
+user runs it, its triggers set over the API (with Mailpit's npm client too),
+and refused with ``--domain``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import smtplib
 import ssl
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,11 +28,13 @@ import trustme
 
 from mailgate.auth import UsersFile
 from mailgate.chaos import Chaos, ChaosError, ChaosTrigger, ChaosTriggers
-from mailgate.config import Limits, Settings
+from mailgate.config import ConfigError, Limits, Settings, load_settings
 from mailgate.server import server_context
 from mailgate.stores import open_store
 from mailgate.testing import MailgateServer
 from mailgate.web import create_app
+from process_helpers import Launcher, Serving, mailgate, make_users_file
+from server_helpers import require_tool
 
 PASSWORD = "correct horse battery staple"
 CHEAP = 4  # scrypt cost for tests: 2**4
@@ -360,3 +367,177 @@ async def test_the_openapi_document_describes_it(
     assert set(path["put"]["responses"]) == {"200", "400"}
     trigger = document["components"]["schemas"]["ChaosTrigger"]["properties"]
     assert set(trigger) == {"ErrorCode", "Probability"}
+
+
+# ------------------------------------------------------ mailgate serve --enable-chaos
+
+INTEROP = Path(__file__).with_name("interop")
+MESSAGE = b"From: app@example.com\r\nSubject: chaos\r\n\r\nHello.\r\n"
+
+
+def serve(
+    launcher: Launcher, tmp_path: Path, *flags: str, env: dict[str, str] | None = None
+) -> Serving:
+    return launcher.serve(
+        *("--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(tmp_path / "data")),
+        *flags,
+        env=env,
+    )
+
+
+def put(served: Serving, triggers: object) -> dict[str, object]:
+    response = httpx.put(f"{served.http_url}api/v1/chaos", json=triggers, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    answer: dict[str, object] = response.json()
+    return answer
+
+
+def smtp(served: Serving, port: int | None = None) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", port or served.port, timeout=TIMEOUT)
+    client.ehlo("client.test")
+    return client
+
+
+def test_serve_fails_mail_and_rcpt_as_the_api_sets(launcher: Launcher, tmp_path: Path) -> None:
+    served = serve(launcher, tmp_path, "--enable-chaos", "--error-budget", "3")
+    chaos_url = f"{served.http_url}api/v1/chaos"
+    assert httpx.get(chaos_url, timeout=TIMEOUT).json() == ChaosTriggers().json()
+    webui = httpx.get(f"{served.http_url}api/v1/webui", timeout=TIMEOUT).json()
+    assert webui["ChaosEnabled"] is True
+
+    put(served, {"Sender": {"ErrorCode": 451, "Probability": 100}})
+    with smtp(served) as client:
+        for _ in range(5):
+            assert client.mail("app@example.com") == (451, b"4.3.0 Chaos sender error")
+    put(served, {"Recipient": {"ErrorCode": 550, "Probability": 100}})
+    with smtp(served) as client:
+        for _ in range(5):  # past the error budget of 3: none of it the client's
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                client.sendmail("app@example.com", ["user@example.org"], MESSAGE)
+            assert refused.value.recipients == {
+                "user@example.org": (550, b"5.3.0 Chaos recipient error")
+            }
+        assert client.noop()[0] == 250
+    put(served, {})
+    with smtp(served) as client:
+        for _ in range(10):
+            assert client.sendmail("app@example.com", ["user@example.org"], MESSAGE) == {}
+    bad = httpx.put(chaos_url, json={"Sender": {"ErrorCode": 200}}, timeout=TIMEOUT)
+    assert (bad.status_code, bad.text) == (400, "Sender: error code must be between 400 and 599")
+    log = served.stop_cleanly()
+    assert "chaos is enabled" in log
+    assert "chaos triggers set: Sender:451:100,Recipient:451:0,Authentication:535:0" in log
+    assert log.count('reply="550 5.3.0 Chaos recipient error"') == 5
+
+
+def test_serve_fails_auth_as_the_api_sets(launcher: Launcher, tmp_path: Path) -> None:
+    users = make_users_file(tmp_path, "alice", PASSWORD)
+    served = serve(launcher, tmp_path, "--enable-chaos", "--tls-self-signed", "--users", str(users))
+    context = ssl.create_default_context(cafile=str(tmp_path / "data/tls/self-signed.crt"))
+    context.check_hostname = False  # made for the machine's name; the client dials 127.0.0.1
+    put(served, {"Authentication": {"ErrorCode": 535, "Probability": 100}})
+    with smtp(served) as client:
+        client.starttls(context=context)
+        client.ehlo("client.test")
+        for _ in range(5):  # more than --max-auth-failures (3): these are no failures
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                client.login("alice", PASSWORD)
+            assert refused.value.args == (535, b"5.7.0 Chaos authentication error")
+        put(served, {"Authentication": {"Probability": 0}})
+        assert client.login("alice", PASSWORD)[0] == 235
+    log = served.stop_cleanly()
+    assert 'refused AUTH user=alice client=[127.0.0.1] reply="535 5.7.0 Chaos' in log
+
+
+def test_triggers_given_at_start_fire_at_once(launcher: Launcher, tmp_path: Path) -> None:
+    served = serve(launcher, tmp_path, env={"MAILGATE_CHAOS_TRIGGERS": "recipients:452:100"})
+    with smtp(served) as client:
+        assert client.mail("app@example.com")[0] == 250
+        assert client.rcpt("user@example.org") == (452, b"4.3.0 Chaos recipient error")
+    answer = httpx.get(f"{served.http_url}api/v1/chaos", timeout=TIMEOUT).json()
+    assert answer["Recipient"] == {"ErrorCode": 452, "Probability": 100}
+    served.stop_cleanly()
+
+
+def test_without_enable_chaos_nothing_can_fail_mail(launcher: Launcher, tmp_path: Path) -> None:
+    served = serve(launcher, tmp_path)
+    chaos_url = f"{served.http_url}api/v1/chaos"
+    refused = httpx.put(chaos_url, json={"Sender": {"Probability": 100}}, timeout=TIMEOUT)
+    assert (refused.status_code, refused.text) == (400, "Chaos is not enabled")
+    assert httpx.get(chaos_url, timeout=TIMEOUT).status_code == 400
+    with smtp(served) as client:
+        assert client.sendmail("app@example.com", ["user@example.org"], MESSAGE) == {}
+    served.stop_cleanly()
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "key"),
+    [
+        (["--enable-chaos", "--domain", "example.org"], {}, "--enable-chaos"),
+        (["--chaos-triggers", "Sender:451:1", "--domain", "example.org"], {}, "--chaos-triggers"),
+        (["--domain", "example.org"], {"MAILGATE_ENABLE_CHAOS": "on"}, "MAILGATE_ENABLE_CHAOS"),
+    ],
+)
+def test_chaos_with_a_domain_is_a_one_line_error(
+    tmp_path: Path, argv: list[str], env: dict[str, str], key: str
+) -> None:
+    done = mailgate("serve", *argv, "--data", str(tmp_path / "data"), cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"mailgate: error: {key}: is for testing only and cannot go with --domain"
+    )
+    assert not (tmp_path / "data").exists()  # refused before anything was made
+
+
+def test_the_toml_file_names_its_key(tmp_path: Path) -> None:
+    config = tmp_path / "mailgate.toml"
+    config.write_text('enable_chaos = true\n[domains."example.org"]\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(argv_values={}, environ={}, config_file=config)
+    assert str(refused.value) == (
+        f"enable_chaos in {config}: is for testing only and cannot go with --domain"
+    )
+    config.write_text('chaos_triggers = "Sender:451:50,Authentication:454:5"\n')
+    settings = load_settings(argv_values={}, environ={}, config_file=config)
+    assert settings.chaos_enabled
+    assert settings.chaos_triggers == ChaosTriggers.parse("Sender:451:50,Authentication:454:5")
+    assert not load_settings(argv_values={}, environ={}, config_file=None).chaos_enabled
+    with pytest.raises(ConfigError, match=r"^MAILGATE_CHAOS_TRIGGERS: unknown trigger 'Data'"):
+        load_settings(
+            argv_values={}, environ={"MAILGATE_CHAOS_TRIGGERS": "Data:451:1"}, config_file=None
+        )
+
+
+@pytest.mark.interop
+def test_mailpits_npm_client_sets_the_triggers(launcher: Launcher, tmp_path: Path) -> None:
+    node = require_tool("node")
+    if not (INTEROP / "node_modules" / "mailpit-api").is_dir():
+        message = "npm's mailpit-api is not installed: npm install --prefix tests/interop"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    served = serve(launcher, tmp_path, "--enable-chaos")
+
+    def client(*triggers: str) -> dict[str, object]:
+        done = subprocess.run(
+            [node, str(INTEROP / "mailpit_chaos.cjs"), served.http_url, *triggers],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        report: dict[str, object] = json.loads(done.stdout)
+        return report
+
+    report = client('{"Recipient": {"ErrorCode": 550, "Probability": 100}}')
+    assert report["enabled"] is True
+    assert report["before"] == ChaosTriggers().json()
+    assert report["after"] == ChaosTriggers(recipient=ChaosTrigger(550, 100)).json()
+    with smtp(served) as smtp_client:
+        smtp_client.mail("app@example.com")
+        assert smtp_client.rcpt("user@example.org") == (550, b"5.3.0 Chaos recipient error")
+    assert client()["after"] == ChaosTriggers().json()  # setChaosTriggers(): all reset
+    with smtp(served) as smtp_client:
+        assert smtp_client.sendmail("app@example.com", ["user@example.org"], MESSAGE) == {}
+    served.stop_cleanly()

@@ -124,6 +124,10 @@ def _check_together(settings: Settings, keys: Mapping[str, str]) -> Settings:
         raise ConfigError(
             keys["auth_accept_any"], "is for development only and cannot go with --domain"
         )
+    if settings.chaos_enabled and settings.domains:
+        # A real mail server must never fail mail on purpose.
+        key = keys["chaos_triggers" if settings.chaos_triggers is not None else "enable_chaos"]
+        raise ConfigError(key, "is for testing only and cannot go with --domain")
     return settings
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mailgate.config._tags import parse_tag_rules, parse_tags_disable, split_tag_rules
 from mailgate.config._values import (
+    parse_chaos_triggers,
     parse_choice,
     parse_credentials,
     parse_domain_names,
@@ -270,6 +271,17 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "webhook_limit", "--webhook-limit", "MAILGATE_WEBHOOK_LIMIT", "webhook_limit",
         parse_int(least=0), "N", "most webhook posts a second (default 5; 0: no limit)",
+    ),
+    Option(
+        "enable_chaos", "--enable-chaos", "MAILGATE_ENABLE_CHAOS", "enable_chaos", parse_flag,
+        "on|off", "let GET/PUT /api/v1/chaos set SMTP failures on purpose, for testing "
+        "(off by default; never with --domain)", switch=True,
+    ),
+    Option(
+        "chaos_triggers", "--chaos-triggers", "MAILGATE_CHAOS_TRIGGERS", "chaos_triggers",
+        parse_chaos_triggers, "TRIGGER:CODE:PROBABILITY,...",
+        "enable chaos with these triggers, e.g. Sender:451:50,Recipient:550:10 "
+        "(triggers: Sender, Recipient, Authentication)",
     ),
     Option(
         "tags.rules", "--tag", "MAILGATE_TAG", "tags", parse_tag_rules, "TAGS=QUERY",

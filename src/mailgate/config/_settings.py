@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Literal
 from urllib.parse import quote
 
+from mailgate.chaos import ChaosTriggers
 from mailgate.protocol import (
     DEFAULT_ERROR_BUDGET,
     DEFAULT_MAX_MESSAGE_OCTETS,
@@ -272,6 +273,12 @@ class Settings:
     ``--webhook-url``); ``None``: none."""
     webhook_limit: int = DEFAULT_WEBHOOK_LIMIT
     """The most webhook posts a second; 0: no limit."""
+    enable_chaos: bool = False
+    """Whether chaos triggers may fail SMTP commands on purpose, set over the API
+    (Mailpit's ``--enable-chaos``): for testing an application, never with ``domains``."""
+    chaos_triggers: ChaosTriggers | None = None
+    """The chaos triggers in force at start (Mailpit's ``--chaos-triggers``); given, they
+    enable chaos too."""
     outbound: Outbound = Outbound()
     retention: Retention = Retention()
 
@@ -298,6 +305,11 @@ class Settings:
         if kept is not None:
             return kept
         return CATCH_ALL_MAX_MESSAGES if self.catch_all else 0
+
+    @property
+    def chaos_enabled(self) -> bool:
+        """Whether chaos is enabled: ``enable_chaos``, or triggers given at start."""
+        return self.enable_chaos or self.chaos_triggers is not None
 
     @property
     def catch_all(self) -> bool:

@@ -15,11 +15,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mailgate.chaos import ChaosError, ChaosTriggers
 from mailgate.config._settings import MAX_WORKERS, Domain, Listen
 from mailgate.protocol import MAX_DOMAIN_OCTETS, MAX_LOCAL_PART_OCTETS
 
 __all__ = [
     "InvalidValue",
+    "parse_chaos_triggers",
     "parse_choice",
     "parse_domain_name",
     "parse_domain_names",
@@ -558,3 +560,11 @@ def parse_domain_names_list(value: object) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         raise InvalidValue(f"expected an array of host names, got {_describe(value)}")
     return tuple(dict.fromkeys(parse_domain_name(item) for item in value))
+
+
+def parse_chaos_triggers(value: object) -> ChaosTriggers:
+    """Mailpit's ``--chaos-triggers``: ``Sender:451:50,Recipient:550:10`` (``mailgate.chaos``)."""
+    try:
+        return ChaosTriggers.parse(_text(value))
+    except ChaosError as error:
+        raise InvalidValue(str(error)) from None

@@ -16,6 +16,10 @@ store and, last, the commit service.  ``mailgate serve`` and the test helper
 The serving process also runs the retention service (``_retention``), the
 one owner of pruning, which keeps the store to ``--max-messages`` and
 ``--max-age``: stopped before the store closes.
+
+With chaos enabled (``--enable-chaos``, ``--chaos-triggers``) each process of
+the node holds its triggers in one ``chaos.Chaos``, which its SMTP sessions
+obey; in the serving process the web API changes it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from types import TracebackType
 from typing import Self
 
 from mailgate.auth import AcceptAnyAuthenticator, Throttle, UsersFile
+from mailgate.chaos import Chaos, ChaosTriggers
 from mailgate.config import MAX_WORKERS, Settings
 from mailgate.delivery import Acceptor, DeliverySettings, SystemClock
 from mailgate.ports import Authenticator, HealthReporter, MessageStore, QueueStore, StoreError
@@ -162,6 +167,8 @@ class Mailgate:
         self.worker = worker
         self.node = node or secrets.token_hex(8)
         """The token on the envelopes of the mail this node accepts (``Envelope.node``)."""
+        self.chaos = Chaos(settings.chaos_triggers) if settings.chaos_enabled else None
+        """The chaos triggers this process's SMTP sessions obey, with chaos enabled."""
         self._commit_service_socket = commit_service_socket
         self._commit_service: CommitService | None = None
         self._workers: WorkerPool | None = None
@@ -251,12 +258,20 @@ class Mailgate:
                 authenticator=authenticator,
                 clock=clock,
                 auth_throttle=throttle,
+                chaos=self.chaos,
             )
             # With workers, accept only once they are all serving too (see SMTPServer.start).
             await self._server.start(serve=settings.workers <= 1 or bool(self.worker))
             self._metrics = metrics = NodeMetrics(self._server, sink, self._store)
             if self.worker:
                 return
+            if self.chaos is not None:
+                log.warning(
+                    "chaos is enabled: SMTP commands fail on purpose as its triggers say (%s),"
+                    " which GET and PUT /api/v1/chaos show and set: for testing only",
+                    self.chaos.triggers.text(),
+                )
+                self.chaos.follow(self._chaos_changed)
             if settings.workers > 1:
                 self._workers = WorkerPool(
                     worker_settings(settings, self._server),
@@ -279,6 +294,7 @@ class Mailgate:
                     create_app(
                         self._store,
                         pruned=self._pruned,
+                        chaos=self.chaos,
                         health=self._health(),
                         sink=sink,
                         is_local=self._server.policy.is_local,
@@ -314,6 +330,9 @@ class Mailgate:
         parts = [p for p in (self._store, self._commit_service) if isinstance(p, HealthReporter)]
         room = DiskRoom(self.settings.data_dir / "spool", self.settings.limits.free_space_floor)
         return NodeHealth([*parts, room])
+
+    async def _chaos_changed(self, triggers: ChaosTriggers) -> None:
+        log.info("chaos triggers set: %s", triggers.text())
 
     def _pruned(self) -> int:
         """Messages the retention service pruned since the node started."""
