@@ -64,12 +64,13 @@ def environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def mailgate(
+def run_command(
     *argv: str, cwd: Path, env: Mapping[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run a ``mailgate`` command that ends by itself (``messages``, ``users``...)."""
+    """Run a command that ends by itself in the tests' ``environment`` (with ``env`` added),
+    its output captured as text and its time bounded; its status is the caller's to check."""
     return subprocess.run(
-        [str(MAILGATE), *argv],
+        argv,
         cwd=cwd,
         env=environment(env),
         input=stdin,
@@ -78,6 +79,13 @@ def mailgate(
         timeout=TIMEOUT,
         check=False,
     )
+
+
+def mailgate(
+    *argv: str, cwd: Path, env: Mapping[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a ``mailgate`` command that ends by itself (``messages``, ``users``...)."""
+    return run_command(str(MAILGATE), *argv, cwd=cwd, env=env, stdin=stdin)
 
 
 def mailgate_queue(tmp_path: Path, *argv: str) -> Any:

@@ -17,7 +17,16 @@ from typing import Any
 import httpx
 import pytest
 
-from process_helpers import MAILGATE, TIMEOUT, Launcher, Serving, environment, free_port
+from process_helpers import (
+    MAILGATE,
+    TIMEOUT,
+    Launcher,
+    Serving,
+    environment,
+    free_port,
+    mailgate,
+    run_command,
+)
 from server_helpers import body_of, require_tool
 
 HOSTNAME = socket.gethostname()
@@ -312,9 +321,7 @@ def test_the_server_from_the_environment(inbox: Inbox, catcher: Serving, tmp_pat
 
 
 def test_mailgate_help_lists_sendmail(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [str(MAILGATE), "--help"], capture_output=True, text=True, timeout=TIMEOUT, check=False
-    )
+    done = mailgate("--help", cwd=tmp_path)
     assert done.returncode == 0
     assert "sendmail" in done.stdout
 
@@ -456,15 +463,7 @@ def test_php_mail(inbox: Inbox, catcher: Serving, tmp_path: Path) -> None:
         'exit(mail("ann@example.net", "From PHP", "Line one\\n.\\nLine three",'
         ' "From: app@example.org\\r\\nCc: bob@example.net\\r\\nBcc: boss@example.net") ? 0 : 1);'
     )
-    done = subprocess.run(
-        [php, "-c", str(tmp_path / "php.ini"), "-r", script],
-        cwd=tmp_path,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    done = run_command(php, "-c", str(tmp_path / "php.ini"), "-r", script, cwd=tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     stored = inbox.one()
     assert stored.message["Subject"] == "From PHP"

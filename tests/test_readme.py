@@ -40,6 +40,7 @@ from process_helpers import (
     readme_block,
     readme_blocks,
     require_swaks_tls,
+    run_command,
 )
 from server_helpers import require_tool
 
@@ -83,15 +84,7 @@ def shell(
 ) -> subprocess.CompletedProcess[str]:
     """Run a README command line with ``sh``, ``mailgate`` being the console script."""
     path = {"PATH": f"{MAILGATE.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run(
-        ["sh", "-c", command],
-        cwd=cwd,
-        env=environment({**path, **(env or {})}),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    return run_command("sh", "-c", command, cwd=cwd, env={**path, **(env or {})})
 
 
 def commands(block: Block) -> list[tuple[str, str]]:
@@ -486,11 +479,9 @@ def test_sendmail_for_php(launcher: Launcher, tmp_path: Path) -> None:
         (f"{shorter}\n", b"All 3\r\n"),  # without -i, a lone dot ends the message
     ]:
         (tmp_path / "php.ini").write_text(ini)
-        done = subprocess.run(
-            [php, "-c", str(tmp_path / "php.ini"), "-r", PHP_MAIL],
-            cwd=tmp_path, env=environment(env), capture_output=True, text=True,
-            timeout=TIMEOUT, check=False,
-        )  # fmt: skip
+        done = run_command(
+            php, "-c", str(tmp_path / "php.ini"), "-r", PHP_MAIL, cwd=tmp_path, env=env
+        )
         assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), ini
         content, summary = latest(served)
         assert content.endswith(b"\r\n\r\n" + body), ini
@@ -615,15 +606,7 @@ def test_the_examples_in_the_text(tmp_path: Path) -> None:
     version = mailgate("--version", cwd=tmp_path).stdout
     assert re.fullmatch(r"mailgate \d+\.\d+\.\d+ \((compiled|pure Python)\)\n", version)
     assert "`python -m mailgate` works too" in text
-    module = subprocess.run(
-        [sys.executable, "-m", "mailgate", "--version"],
-        cwd=tmp_path,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    module = run_command(sys.executable, "-m", "mailgate", "--version", cwd=tmp_path)
     assert module.stdout == version
 
     assert "`echo pw \\| mailgate users add alice --users users`" in text

@@ -24,7 +24,6 @@ import random
 import re
 import smtplib
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from process_helpers import MAILGATE, TIMEOUT, Launcher, Serving, environment, until
+from process_helpers import TIMEOUT, Launcher, Serving, mailgate, until
 from test_server_storage import small_disk  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real processes")
@@ -116,10 +115,9 @@ def serve(launcher: Launcher, data: Path, *argv: str) -> Serving:
 
 def refused_start(data: Path) -> tuple[int, str]:
     """``mailgate serve`` over a store it refuses: its status and what it printed."""
-    done = subprocess.run(
-        [str(MAILGATE), "serve", "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0",
-         "--data", str(data)],
-        env=environment(), capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    done = mailgate(
+        "serve", "--smtp", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data", str(data),
+        cwd=data.parent,
     )  # fmt: skip
     assert done.stdout == "", done.stdout  # no ready line
     return done.returncode, done.stderr
