@@ -6,7 +6,8 @@ and AUTH get the trigger's code, logged and counted as refusals, and none of
 it spends the client's error budget; ``/api/v1/chaos`` over a real store,
 with chaos enabled and without; and ``mailgate serve --enable-chaos`` as a
 user runs it, its triggers set over the API (with Mailpit's npm client too),
-and refused with ``--domain``.
+and refused with ``--domain``; with ``--workers`` every SMTP process applies
+the triggers the API sets, one started again included.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import smtplib
 import ssl
 import subprocess
@@ -29,12 +31,13 @@ import trustme
 from mailgate.auth import UsersFile
 from mailgate.chaos import Chaos, ChaosError, ChaosTrigger, ChaosTriggers
 from mailgate.config import ConfigError, Limits, Settings, load_settings
+from mailgate.runtime._workers import ChaosUpdate
 from mailgate.server import server_context
 from mailgate.stores import open_store
 from mailgate.testing import MailgateServer
 from mailgate.web import create_app
-from process_helpers import Launcher, Serving, mailgate, make_users_file
-from server_helpers import require_tool
+from process_helpers import Launcher, Serving, mailgate, make_users_file, serving_pid, until
+from server_helpers import WORKER, require_tool
 
 PASSWORD = "correct horse battery staple"
 CHEAP = 4  # scrypt cost for tests: 2**4
@@ -541,3 +544,64 @@ def test_mailpits_npm_client_sets_the_triggers(launcher: Launcher, tmp_path: Pat
     with smtp(served) as smtp_client:
         assert smtp_client.sendmail("app@example.com", ["user@example.org"], MESSAGE) == {}
     served.stop_cleanly()
+
+
+# ------------------------------------------------------------ --workers: every process
+
+
+def test_a_worker_is_told_in_a_line_and_answers_its_number() -> None:
+    update = ChaosUpdate(7, ChaosTriggers.parse("Sender:554:100"))
+    line = update.to_line()
+    assert line == "chaos 7 Sender:554:100,Recipient:451:0,Authentication:535:0"
+    assert ChaosUpdate.from_line(line) == update
+    assert ChaosUpdate.applied(update.applied_line()) == 7
+    assert ChaosUpdate.applied('counts {"pid": 1}') is None
+    for wrong in ("counts 1 2", "chaos x Sender:451:1", "chaos 1 Helo:451:1"):
+        with pytest.raises((ValueError, ChaosError)):
+            ChaosUpdate.from_line(wrong)
+
+
+def each_process(served: Serving, pids: list[int], answer: object) -> dict[int, int]:
+    """Connect until each of ``pids`` has served a connection (at most 400 connections); on
+    each, MAIL and RCPT: ``answer`` is ``(MAIL code, RCPT code)``.  Connections per pid."""
+    served_by = dict.fromkeys(pids, 0)
+    for _ in range(400):
+        with smtp(served) as client:
+            pid = serving_pid(client, pids)
+            code = client.mail("app@example.com")[0]
+            codes = (code, client.rcpt("user@example.org")[0] if code == 250 else None)
+            assert codes == answer, f"process {pid} answered {codes}"
+        served_by[pid] += 1
+        if all(served_by.values()):
+            return served_by
+    raise AssertionError(f"400 connections did not reach every process: {served_by}")
+
+
+def test_with_workers_every_process_applies_what_the_api_sets(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    served = serve(launcher, tmp_path, "--enable-chaos", "--workers", "2")
+    assert served.smtp_processes == 2
+    (worker,) = served.children(WORKER)
+    pids = [served.process.pid, worker]
+
+    # Each PUT answers once every process has the triggers: the next connection obeys them.
+    put(served, {"Sender": {"ErrorCode": 451, "Probability": 100}})
+    each_process(served, pids, (451, None))
+    put(served, {"Recipient": {"ErrorCode": 550, "Probability": 100}})
+    each_process(served, pids, (250, 550))
+    put(served, {})
+    each_process(served, pids, (250, 250))
+
+    # A worker started again has the triggers in force, not those the node started with.
+    put(served, {"Sender": {"ErrorCode": 554, "Probability": 100}})
+    os.kill(worker, signal.SIGKILL)
+    started = until(
+        lambda: [pid for pid in served.children(WORKER) if pid != worker],
+        "the killed SMTP worker to be started again",
+    )
+    each_process(served, [served.process.pid, *started], (554, None))
+    put(served, {})
+    each_process(served, [served.process.pid, *started], (250, 250))
+    log = served.stop_cleanly()
+    assert "did not say they have the new chaos triggers" not in log

@@ -19,7 +19,8 @@ one owner of pruning, which keeps the store to ``--max-messages`` and
 
 With chaos enabled (``--enable-chaos``, ``--chaos-triggers``) each process of
 the node holds its triggers in one ``chaos.Chaos``, which its SMTP sessions
-obey; in the serving process the web API changes it.
+obey; in the serving process the web API changes it, and the workers follow
+(``_workers``).
 """
 
 from __future__ import annotations
@@ -278,6 +279,7 @@ class Mailgate:
                     settings.workers - 1,
                     self._commit_service_socket,
                     node=self.node,
+                    chaos=self.chaos,
                 )
                 await self._workers.start()
                 metrics.workers = self._workers.counts

@@ -4,7 +4,8 @@ The serving process and each child (an SMTP worker, the commit service) set
 up logging, the GIL and their event loop the same way.  A child is
 ``python -m mailgate.runtime KIND`` (``__main__``): it reads its payload from
 stdin, a pipe its parent keeps open, and answers ``READY`` or ``error: ...``
-on one line of stdout.
+on one line of stdout.  Its parent may write it lines on stdin afterwards
+(``when_parent_gone`` hands them over), and it may report on stdout.
 """
 
 from __future__ import annotations
@@ -119,12 +120,27 @@ def answer_parent(line: str) -> None:
     sys.stdout.buffer.flush()
 
 
-def when_parent_gone(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    """Call ``callback`` once stdin, a pipe from the parent process, reaches its end."""
+def when_parent_gone(
+    loop: asyncio.AbstractEventLoop,
+    callback: Callable[[], None],
+    on_line: Callable[[str], None] | None = None,
+) -> None:
+    """Call ``callback`` once stdin, a pipe from the parent process, reaches its end; until
+    then hand ``on_line`` each line the parent writes there (without its end), if given."""
+    pending = bytearray()
 
     def readable() -> None:
-        if not os.read(STDIN, 4096):
+        data = os.read(STDIN, 4096)
+        if not data:
             loop.remove_reader(STDIN)
             callback()
+            return
+        if on_line is None:
+            return
+        pending.extend(data)
+        while (end := pending.find(b"\n")) >= 0:
+            line = pending[:end].decode("utf-8", "replace")
+            del pending[: end + 1]
+            on_line(line)
 
     loop.add_reader(STDIN, readable)

@@ -8,9 +8,11 @@ keeps that pipe open: a child whose stdin reaches end-of-file has lost its
 parent and stops.  A child answers ``ready``, or ``error: ...`` on one line,
 on its stdout; each line it writes there afterwards is a report for its
 parent (``Supervisor._reported``: the commit service says so whether its
-commits go through).  SIGTERM stops a child gracefully; one that takes too
-long is killed.  A child that dies is started again, after a pause that grows with
-each failure in a row.
+commits go through).  Once a child has answered, its parent may write it lines
+on its stdin (``Supervisor._tell``), never before: the child reads its payload
+through a buffered reader, which could swallow what came behind it.  SIGTERM
+stops a child gracefully; one that takes too long is killed.  A child that
+dies is started again, after a pause that grows with each failure in a row.
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class Supervisor:
         self.count = count
         self._grace = grace
         self._processes: dict[int, Process] = {}
+        self._ready: set[int] = set()
+        """The children that answered ``ready`` and have not exited since."""
         self._watchers: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -83,6 +87,16 @@ class Supervisor:
     def _reported(self, number: int, line: str) -> None:
         """Child ``number`` wrote ``line`` (without its end) on its stdout after ``ready``."""
         log.warning("%s said %r", self._child(number).name, line[:200])
+
+    def _tell(self, number: int, line: str) -> bool:
+        """Write ``line`` to child ``number``'s stdin if it runs and has answered ``ready``;
+        say whether it was written."""
+        process = self._processes.get(number)
+        if process is None or number not in self._ready or process.returncode is not None:
+            return False
+        assert process.stdin is not None
+        process.stdin.write(line.encode() + b"\n")
+        return True
 
     @property
     def pids(self) -> list[int]:
@@ -128,6 +142,7 @@ class Supervisor:
         except (TimeoutError, ConnectionError):
             line = b""
         if line.rstrip(b"\n") == READY.encode():
+            self._ready.add(number)
             self._started(number)
             self._track(self._listen(number, process.stdout), f"mailgate-child-{number}-reports")
             return
@@ -144,6 +159,7 @@ class Supervisor:
         started = loop.time()
         while True:
             status = await self._processes[number].wait()
+            self._ready.discard(number)
             if self._closing:
                 return
             self._exited(number)
