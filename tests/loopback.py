@@ -14,7 +14,9 @@ port shared by all of them, which the resolver's port override targets.
 
 ``mta_for`` starts an MTA and makes it a domain's MX in a zone;
 ``relay_flags`` are the ``mailgate serve`` flags of a mail server for
-here.test that relays to such MTAs.
+here.test that relays to such MTAs.  ``HttpSite`` is a web server on
+127.0.0.1 whose every request a test answers: a webhook's receiver, the
+sites a message links to.
 
 Both are exposed to tests as factory fixtures, ``dns_zone`` and
 ``receiving_mta``, which stop everything they started at teardown::
@@ -35,6 +37,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -46,6 +49,7 @@ from loopback_smtp import ReceivedMessage, ReceivingMTA, ReceivingMTAs, Refusal
 __all__ = [
     "DnsQuery",
     "DnsZone",
+    "HttpSite",
     "ReceivedMessage",
     "ReceivingMTA",
     "ReceivingMTAs",
@@ -273,6 +277,43 @@ def relay_flags(zone: DnsZone, mtas: ReceivingMTAs, hostname: str = "mx.here.tes
         "--hostname", hostname, "--domain", "here.test", "--relay-network", "127.0.0.0/8",
         "--resolver", zone.nameserver, "--outbound-port", str(mtas.port or 25),
     ]  # fmt: skip
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+class HttpSite:
+    """An HTTP/1.1 server on 127.0.0.1, on a free port, a thread a request.
+
+    Every request, whatever its method, goes to ``respond``, which reads it
+    from the handler (``command``, ``path``, ``headers``, ``rfile``) and
+    answers on it; it may block, as a slow site does, and ``close`` does not
+    wait for it.
+    """
+
+    def __init__(self, respond: Callable[[BaseHTTPRequestHandler], None]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                respond(self)
+
+            do_HEAD = do_POST = do_PUT = do_DELETE = do_GET
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # what was asked is the test's to record, not stderr's
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and close the socket."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()
 
 
 # -- fixtures (registered in conftest.py) -------------------------------------------------------

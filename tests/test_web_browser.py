@@ -10,18 +10,18 @@ from __future__ import annotations
 import os
 import smtplib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from loopback import HttpSite
 from mailgate.config import Outbound
 from mailgate.model import MessageId
 from mailgate.web import WebSettings
@@ -766,35 +766,27 @@ def test_dark_mode_follows_the_system_or_the_choice_kept_and_reads_well(
         assert refused_by_the_page_policy(browser) == []
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    hits: list[str]
-
-    def do_GET(self) -> None:
-        self.hits.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "image/gif")
-        self.end_headers()
-        self.wfile.write(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")
-
-    do_POST = do_GET
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
 
 
 @pytest.fixture
 def recorder() -> Iterator[tuple[str, list[str]]]:
+    """A site that notes every path asked of it and answers each with a tiny GIF."""
     hits: list[str] = []
-    handler = type("Recorder", (_Recorder,), {"hits": hits})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+
+    def record(handler: BaseHTTPRequestHandler) -> None:
+        hits.append(handler.path)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/gif")
+        handler.send_header("Content-Length", str(len(GIF)))
+        handler.end_headers()
+        handler.wfile.write(GIF)
+
+    site = HttpSite(record)
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+        yield site.url, hits
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        site.close()
 
 
 def hostile(base: str) -> EmailMessage:

@@ -16,13 +16,14 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from loopback import HttpSite
 from mailgate.web import WebSettings
 from process_helpers import Launcher, environment
 from web_helpers import LiveInbox, require_module
@@ -246,29 +247,12 @@ class Site:
     def __init__(self) -> None:
         self.asked: list[tuple[str, str]] = []
         self.release = threading.Event()
-        site = self
+        self.http = HttpSite(self.answer)
+        self.url = self.http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                site.answer(self, "HEAD")
-
-            def do_GET(self) -> None:
-                site.answer(self, "GET")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def answer(self, handler: BaseHTTPRequestHandler, method: str) -> None:
-        self.asked.append((method, handler.path))
-        path = handler.path
+    def answer(self, handler: BaseHTTPRequestHandler) -> None:
+        method, path = handler.command, handler.path
+        self.asked.append((method, path))
         status, headers = 200, {}
         if path == "/missing":
             status = 404
@@ -290,8 +274,7 @@ class Site:
 
     def close(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """``--webhook-url``: a real ``mailgate serve`` posting to a real HTTP receiver on loopback.
 
-The receiver (``Receiver``) is an ``http.server`` in a thread of the test: it
+The receiver (``Receiver``) is a ``loopback.HttpSite`` in threads of the test: it
 records each request with the time it came, and answers as the test scripts it
 (a status, headers, or no answer until released).  Mail goes in with smtplib.
 Times are only ever lower bounds (the limit spaces posts at least so far
@@ -10,7 +10,6 @@ apart) or bounds on waiting; the posts themselves are counted and ordered.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import logging
 import re
@@ -23,11 +22,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
 import pytest
 
+from loopback import HttpSite
 from mailgate import __version__
 from mailgate.config import Settings
 from mailgate.runtime._webhook import (
@@ -88,41 +89,27 @@ class Receiver:
     _changed: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
-        receiver = self
+        self.site = HttpSite(self._respond)
+        self.url = self.site.url
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                headers = {name.lower(): value for name, value in self.headers.items()}
-                with receiver._changed:
-                    number = len(receiver.requests)
-                    receiver.requests.append(Request(time.monotonic(), self.path, headers, body))
-                    receiver._changed.notify_all()
-                if receiver.hold.is_set():
-                    receiver.released.wait(TIMEOUT)
-                status, extra = receiver.answer(number)
-                self.send_response(status)
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-                with receiver._changed:
-                    receiver.answered += 1
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+    def _respond(self, handler: BaseHTTPRequestHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length", "0")))
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        with self._changed:
+            number = len(self.requests)
+            self.requests.append(Request(time.monotonic(), handler.path, headers, body))
+            self._changed.notify_all()
+        if self.hold.is_set():
+            self.released.wait(TIMEOUT)
+        status, extra = self.answer(number)
+        handler.send_response(status)
+        for name, value in extra.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", "2")
+        handler.end_headers()
+        handler.wfile.write(b"ok")
+        with self._changed:
+            self.answered += 1
 
     def wait_for(self, count: int, timeout: float = TIMEOUT) -> list[Request]:
         """The first ``count`` requests, once they came (a test failure if they do not)."""
@@ -133,8 +120,7 @@ class Receiver:
 
     def close(self) -> None:
         self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.site.close()
 
 
 @pytest.fixture
