@@ -425,6 +425,8 @@ def test_serve_fails_mail_and_rcpt_as_the_api_sets(launcher: Launcher, tmp_path:
     with smtp(served) as client:
         for _ in range(10):
             assert client.sendmail("app@example.com", ["user@example.org"], MESSAGE) == {}
+    metrics = httpx.get(f"{served.http_url}metrics", timeout=TIMEOUT).text
+    assert 'mailgate_smtp_refusals_total{reason="chaos"} 10.0' in metrics
     bad = httpx.put(chaos_url, json={"Sender": {"ErrorCode": 200}}, timeout=TIMEOUT)
     assert (bad.status_code, bad.text) == (400, "Sender: error code must be between 400 and 599")
     log = served.stop_cleanly()
