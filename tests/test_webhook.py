@@ -243,33 +243,27 @@ def test_no_limit_posts_every_message(launcher: Launcher, receiver: Receiver) ->
 # -- retries --------------------------------------------------------------------------------------
 
 
-def test_a_503_and_a_429_are_tried_again(launcher: Launcher) -> None:
+def test_a_503_and_a_429_are_tried_again(launcher: Launcher, receiver: Receiver) -> None:
     answers = {0: (503, {}), 1: (429, {"Retry-After": "2"})}
-    receiver = Receiver(lambda number: answers.get(number, (200, {})))
-    try:
-        served = serve(launcher, receiver.url)
-        [message_id] = send(served.port)
-        first, second, third = receiver.wait_for(3)
-        assert posted_ids([first, second, third]) == [message_id] * 3
-        assert third.at - second.at >= 1.9  # the receiver's Retry-After, not the 1 s backoff
-        [sentinel] = send(served.port)
-        assert posted_ids(receiver.wait_for(4))[3:] == [sentinel]  # nothing more of the first
-        log = served.stop_cleanly()
-    finally:
-        receiver.close()
+    receiver.answer = lambda number: answers.get(number, (200, {}))
+    served = serve(launcher, receiver.url)
+    [message_id] = send(served.port)
+    first, second, third = receiver.wait_for(3)
+    assert posted_ids([first, second, third]) == [message_id] * 3
+    assert third.at - second.at >= 1.9  # the receiver's Retry-After, not the 1 s backoff
+    [sentinel] = send(served.port)
+    assert posted_ids(receiver.wait_for(4))[3:] == [sentinel]  # nothing more of the first
+    log = served.stop_cleanly()
     assert not FAILED.search(log), log
 
 
-def test_a_400_is_not_tried_again(launcher: Launcher) -> None:
-    receiver = Receiver(lambda number: (400, {}) if number == 0 else (200, {}))
-    try:
-        served = serve(launcher, receiver.url)
-        refused, taken = send(served.port, 2)
-        assert posted_ids(receiver.wait_for(2)) == [refused, taken]
-        [failure] = wait_for_failures(served, 1)
-        log = served.stop_cleanly()
-    finally:
-        receiver.close()
+def test_a_400_is_not_tried_again(launcher: Launcher, receiver: Receiver) -> None:
+    receiver.answer = lambda number: (400, {}) if number == 0 else (200, {})
+    served = serve(launcher, receiver.url)
+    refused, taken = send(served.port, 2)
+    assert posted_ids(receiver.wait_for(2)) == [refused, taken]
+    [failure] = wait_for_failures(served, 1)
+    log = served.stop_cleanly()
     assert len(receiver.requests) == 2
     assert failure["id"] == refused
     [line] = [line for line in log.splitlines() if FAILED.search(line)]
@@ -294,21 +288,19 @@ def test_an_unreachable_receiver_costs_smtp_nothing(launcher: Launcher) -> None:
     ), lines
 
 
-def test_a_receiver_that_does_not_answer_holds_up_no_message(launcher: Launcher) -> None:
-    receiver = Receiver()
+def test_a_receiver_that_does_not_answer_holds_up_no_message(
+    launcher: Launcher, receiver: Receiver
+) -> None:
     receiver.hold.set()
-    try:
-        served = serve(launcher, receiver.url)
-        [first] = send(served.port)
-        receiver.wait_for(1)  # posted, and the receiver keeps its answer back
-        rest = send(served.port, 5)  # every one gets its 250 meanwhile
-        assert receiver.answered == 0
-        receiver.released.set()
-        requests = receiver.wait_for(6)
-        assert set(posted_ids(requests)) >= {first, *rest}
-        served.stop_cleanly()
-    finally:
-        receiver.close()
+    served = serve(launcher, receiver.url)
+    [first] = send(served.port)
+    receiver.wait_for(1)  # posted, and the receiver keeps its answer back
+    rest = send(served.port, 5)  # every one gets its 250 meanwhile
+    assert receiver.answered == 0
+    receiver.released.set()
+    requests = receiver.wait_for(6)
+    assert set(posted_ids(requests)) >= {first, *rest}
+    served.stop_cleanly()
 
 
 # -- one post per message, however many processes and nodes ---------------------------------------
@@ -395,23 +387,19 @@ def test_the_toml_file_sets_it(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_past_the_bound_the_oldest_posts_are_dropped(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, receiver: Receiver
 ) -> None:
-    receiver = Receiver()
     receiver.hold.set()
     poster = WebhookPoster(WebhookSettings(url=receiver.url, limit=0, max_pending=3))
-    try:
-        with caplog.at_level(logging.WARNING, logger="mailgate"):
-            poster.start()
-            poster.offer("m0", b'{"ID": "m0"}')
-            await asyncio.to_thread(receiver.wait_for, 1)  # sending m0, held
-            for number in range(1, 10):
-                poster.offer(f"m{number}", f'{{"ID": "m{number}"}}'.encode())
-            receiver.released.set()
-            requests = await asyncio.to_thread(receiver.wait_for, 4)
-            await poster.aclose()
-    finally:
-        receiver.close()
+    with caplog.at_level(logging.WARNING, logger="mailgate"):
+        poster.start()
+        poster.offer("m0", b'{"ID": "m0"}')
+        await asyncio.to_thread(receiver.wait_for, 1)  # sending m0, held
+        for number in range(1, 10):
+            poster.offer(f"m{number}", f'{{"ID": "m{number}"}}'.encode())
+        receiver.released.set()
+        requests = await asyncio.to_thread(receiver.wait_for, 4)
+        await poster.aclose()
     assert posted_ids(requests) == ["m0", "m7", "m8", "m9"]  # the newest three waited
     assert (poster.posted, poster.dropped, poster.failed, poster.given_up) == (4, 6, 0, 0)
     drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
@@ -420,19 +408,17 @@ async def test_past_the_bound_the_oldest_posts_are_dropped(
 
 
 @pytest.mark.asyncio
-async def test_shutdown_waits_briefly_then_gives_up(caplog: pytest.LogCaptureFixture) -> None:
-    receiver = Receiver()
+async def test_shutdown_waits_briefly_then_gives_up(
+    caplog: pytest.LogCaptureFixture, receiver: Receiver
+) -> None:
     receiver.hold.set()
     poster = WebhookPoster(WebhookSettings(url=receiver.url, limit=0, shutdown_grace=0.2))
-    try:
-        with caplog.at_level(logging.WARNING, logger="mailgate"):
-            poster.start()
-            for number in range(3):
-                poster.offer(f"m{number}", b"{}")
-            await asyncio.to_thread(receiver.wait_for, 1)
-            await asyncio.wait_for(poster.aclose(), TIMEOUT)
-    finally:
-        receiver.close()
+    with caplog.at_level(logging.WARNING, logger="mailgate"):
+        poster.start()
+        for number in range(3):
+            poster.offer(f"m{number}", b"{}")
+        await asyncio.to_thread(receiver.wait_for, 1)
+        await asyncio.wait_for(poster.aclose(), TIMEOUT)
     assert (poster.posted, poster.given_up) == (0, 3)
     assert [r.getMessage() for r in caplog.records] == [
         f"webhook: gave up 3 posts to {receiver.url} at shutdown, after 0.2 s"
