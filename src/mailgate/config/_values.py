@@ -101,6 +101,15 @@ def _is_hostname(name: str) -> bool:
     return len(name) <= MAX_DOMAIN_OCTETS and all(_LABEL.fullmatch(label) for label in labels)
 
 
+def _is_host(name: str) -> bool:
+    """An IP address (an IPv6 one without its brackets) or a host name."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return _is_hostname(name)
+    return True
+
+
 def parse_listen(value: object) -> Listen:
     """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (every interface)."""
     text = _text(value).strip()
@@ -425,11 +434,8 @@ def parse_host_port(value: object) -> str:
         host, _, port = text.partition(":")
     if port and (not port.isdigit() or not 1 <= int(port) <= MAX_PORT):
         raise InvalidValue(f"{text!r}: the port must be a number from 1 to {MAX_PORT}")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _is_hostname(host):
-            raise InvalidValue(f"{text!r} is not HOST:PORT") from None
+    if not _is_host(host):
+        raise InvalidValue(f"{text!r} is not HOST:PORT")
     return text
 
 
@@ -465,11 +471,8 @@ def parse_webhook_url(value: object) -> str | None:
     host = url.hostname or ""
     if not host:
         raise InvalidValue(f"{text!r} names no host ({example})")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _is_hostname(host):
-            raise InvalidValue(f"{host!r} is not a host name or IP address") from None
+    if not _is_host(host):
+        raise InvalidValue(f"{host!r} is not a host name or IP address")
     if port == 0:
         raise InvalidValue(f"{text!r}: the port must be a number from 1 to {MAX_PORT}")
     return text
