@@ -26,7 +26,6 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-import trustme
 
 from mailgate.auth import UsersFile
 from mailgate.chaos import Chaos, ChaosError, ChaosTrigger, ChaosTriggers
@@ -36,7 +35,15 @@ from mailgate.server import server_context
 from mailgate.stores import open_store
 from mailgate.testing import MailgateServer
 from mailgate.web import create_app
-from process_helpers import Launcher, Serving, mailgate, make_users_file, serving_pid, until
+from process_helpers import (
+    Launcher,
+    Serving,
+    mailgate,
+    make_tls_files,
+    make_users_file,
+    serving_pid,
+    until,
+)
 from server_helpers import WORKER, require_tool
 
 PASSWORD = "correct horse battery staple"
@@ -224,36 +231,18 @@ def test_probability_zero_never_fires_and_fifty_fires_some(server: MailgateServe
     assert codes.count(451) + codes.count(250) == 200
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    cert = trustme.CA().issue_cert("localhost", "127.0.0.1")
-    directory = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return cert_path, key_path
-
-
-def client_tls() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def test_an_authentication_trigger_fails_auth_and_counts_no_failure(
-    tmp_path: Path, tls_files: tuple[Path, Path]
-) -> None:
+def test_an_authentication_trigger_fails_auth_and_counts_no_failure(tmp_path: Path) -> None:
+    ca, cert, key = make_tls_files(tmp_path, "127.0.0.1")
     users = UsersFile(tmp_path / "users")
     users.set_password("alice", PASSWORD, log2_n=CHEAP)
     # Three failed passwords would end the session: ten chaos refusals must not.
     settings = Settings(limits=Limits(max_auth_failures=3, auth_failure_delay=0))
     with MailgateServer(
-        settings=settings, tls_context=server_context(*tls_files), authenticator=users
+        settings=settings, tls_context=server_context(cert, key), authenticator=users
     ) as server:
         arm(server, "Authentication:454:100")
         with connect(server) as client:
-            client.starttls(context=client_tls())
+            client.starttls(context=ssl.create_default_context(cafile=str(ca)))
             client.ehlo("client.test")
             for _ in range(10):
                 with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
@@ -395,8 +384,8 @@ def put(served: Serving, triggers: object) -> dict[str, object]:
     return answer
 
 
-def smtp(served: Serving, port: int | None = None) -> smtplib.SMTP:
-    client = smtplib.SMTP("127.0.0.1", port or served.port, timeout=TIMEOUT)
+def smtp(served: Serving) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT)
     client.ehlo("client.test")
     return client
 
