@@ -2,6 +2,8 @@
 
 Nothing here performs I/O.  Values are frozen dataclasses so they can be
 passed between the event loop and the store's writer thread without copying.
+``parse_date`` reads the one kind of time that arrives as text from outside
+(a message's ``Date``, an HTTP ``Retry-After``), so every layer reads it alike.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import NewType
 
 __all__ = [
@@ -26,10 +29,21 @@ __all__ = [
     "StoreEventKind",
     "StoredMessage",
     "TLSInfo",
+    "parse_date",
 ]
 
 MessageId = NewType("MessageId", str)
 """A store-wide unique, time-sortable message id (26 characters of Crockford base32)."""
+
+
+def parse_date(value: str) -> datetime | None:
+    """An RFC 5322 date-time (an HTTP-date is one too, RFC 9110 5.6.7) as an aware time, one
+    without a zone (``-0000``) taken as UTC; ``None`` for text that is not one."""
+    try:
+        date = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return date if date.tzinfo is not None else date.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,13 +38,13 @@ import html
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
-from email.utils import getaddresses, parsedate_to_datetime
+from email.utils import getaddresses
 from typing import BinaryIO
 
-from mailgate.model import Address, Envelope, MessageId, MessageSummary
+from mailgate.model import Address, Envelope, MessageId, MessageSummary, parse_date
 from mailgate.protocol import parse_orcpt
 from mailgate.tags import clean_tag
 
@@ -329,11 +329,7 @@ def _date(headers: dict[bytes, list[str]]) -> datetime | None:
 @functools.lru_cache(maxsize=256)
 def _parse_date(value: str) -> datetime | None:
     """A Date header's time; messages received together often carry the same one."""
-    try:
-        date = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return date if date.tzinfo is not None else date.replace(tzinfo=UTC)
+    return parse_date(value)
 
 
 _MAILBOX_ADDRESS_TYPES = frozenset({"rfc822", "utf-8"})  # RFC 3461 4.2, RFC 6533 3
