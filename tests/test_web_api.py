@@ -446,8 +446,10 @@ async def test_the_inbox_page_and_its_files(inbox: Inbox) -> None:
     page = await inbox.client.get("/")
     assert page.status_code == 200
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
-    assert '<script src="/static/app.js"' in page.text
-    for name in ("app.js", "queue.js", "app.css"):
+    # Paths are relative to the page's <base>, "/" here (--webroot moves it).
+    assert '<base href="/">' in page.text
+    assert '<script src="static/app.js"' in page.text
+    for name in ("app.js", "queue.js", "message.js", "theme.js", "app.css"):
         assert (await inbox.client.get(f"/static/{name}")).status_code == 200
 
 
@@ -613,7 +615,10 @@ async def test_a_wait_searches_again_when_read_flags_change(tmp_path: Path) -> N
         await store.mark_read([message_id], True)
         found = await asyncio.wait_for(waiting, 10)
         assert found is not None
-        assert (found.id, found.read, spy.searches) == (message_id, True, 2)
+        assert (found.id, found.read) == (message_id, True)
+        # A search at the start, and one when the flag changed (the stored event of the
+        # message, if it arrives after the wait began listening, may add one).
+        assert spy.searches >= 2
 
         assert await wait_for_match(store, hub, parse_query("subject:none"), 0.05) is None
         ending = asyncio.create_task(wait_for_match(store, hub, parse_query("nothing"), 30))
