@@ -45,13 +45,12 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import httpx
 
 from mailgate import __version__
-from mailgate.model import MessageId, StoreEvent, StoreEventKind
+from mailgate.model import MessageId, StoreEvent, StoreEventKind, parse_date
 from mailgate.ports import MessageStore, StoreError
 from mailgate.web import summary_json
 
@@ -97,13 +96,8 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     text = value.strip()
     if text.isascii() and text.isdigit():
         return float(text)
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - now).total_seconds())
+    when = parse_date(text)
+    return None if when is None else max(0.0, (when - now).total_seconds())
 
 
 def _receiver(url: str) -> str:
