@@ -12,10 +12,9 @@ against them still read them.  ``Bcc`` is what the summary holds: the
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
-from mailgate.model import Address, MessagePage, MessageSummary, StoredMessage
+from mailgate.model import Address, MessagePage, MessageSummary, StoredMessage, parse_date
 from mailgate.web._mime import ParsedMessage, Part
 
 __all__ = [
@@ -104,14 +103,8 @@ def _part_json(part: Part) -> JSON:
 
 def _date(parsed: ParsedMessage, received_at: datetime) -> str:
     value = parsed.header("Date")
-    if value:
-        try:
-            date = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            date = None
-        if date is not None:
-            return rfc3339(date if date.tzinfo else date.replace(tzinfo=UTC))
-    return rfc3339(received_at)
+    date = parse_date(value) if value else None
+    return rfc3339(date or received_at)
 
 
 def message_json(stored: StoredMessage, parsed: ParsedMessage) -> JSON:
