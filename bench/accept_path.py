@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from _turns import in_turns
+
 CONTENT = (
     b"From: bench@client.test\r\nTo: sink@bench.test\r\nSubject: a kibibyte\r\n\r\n"
     + (b"x" * 78 + b"\r\n") * 12
@@ -119,19 +118,6 @@ async def _measure(messages: int) -> float:
     return spent / messages * 1e6
 
 
-def _source(build: str, work: Path, name: str) -> Path:
-    """The ``src`` directory of ``build``: a directory as it is, or a git revision exported."""
-    if (Path(build) / "src" / "mailgate").is_dir():
-        return Path(build).resolve() / "src"
-    target = work / name
-    target.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", build, "src"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target / "src"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("a", help="the build before: a git revision or a directory")
@@ -145,20 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, list[float]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="mailgate-accept-") as tmp:
-        sources = {"A": _source(args.a, Path(tmp), "a"), "B": _source(args.b, Path(tmp), "b")}
-        for round_number in range(args.rounds):
-            for name in ("A", "B") if round_number % 2 == 0 else ("B", "A"):
-                env = {**os.environ, "PYTHONPATH": str(sources[name])}
-                done = subprocess.run(
-                    [sys.executable, __file__, args.a, args.b, "--child",
-                     "--messages", str(args.messages)],
-                    env=env, capture_output=True, text=True, check=False,
-                )  # fmt: skip
-                if done.returncode != 0:
-                    print(f"{name} failed:\n{done.stderr}", file=sys.stderr)
-                    return 1
-                results[name].append(float(done.stdout))
-                print(f"round {round_number + 1} {name}: {results[name][-1]:.2f} µs a message")
+        child = ["--messages", str(args.messages)]
+        turns = in_turns(__file__, args.a, args.b, rounds=args.rounds, child=child, work=Path(tmp))
+        for round_number, name, printed in turns:
+            results[name].append(float(printed))
+            print(f"round {round_number} {name}: {results[name][-1]:.2f} µs a message")
     a, b = (statistics.median(results[name]) for name in ("A", "B"))
     print(f"A {args.a}: median {a:.2f} µs of CPU a message ({args.rounds} rounds)")
     print(f"B {args.b}: median {b:.2f} µs of CPU a message ({args.rounds} rounds)")

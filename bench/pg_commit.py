@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from _turns import in_turns
+
 SERVER = os.environ.get("BENCH_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432")
 CONTENT = (
     b"From: bench@client.test\r\nTo: sink@bench.test\r\nSubject: a kibibyte\r\n\r\n"
@@ -84,19 +84,6 @@ async def _measure(messages: int, concurrency: int) -> tuple[float, float]:
     return messages / elapsed, spent / messages * 1e6
 
 
-def _source(build: str, work: Path, name: str) -> Path:
-    """The ``src`` directory of ``build``: a directory as it is, or a git revision exported."""
-    if (Path(build) / "src" / "mailgate").is_dir():
-        return Path(build).resolve() / "src"
-    target = work / name
-    target.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", build, "src"], capture_output=True, check=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
-    return target / "src"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("a", help="the build before: a git revision or a directory")
@@ -112,23 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="mailgate-pg-") as tmp:
-        sources = {"A": _source(args.a, Path(tmp), "a"), "B": _source(args.b, Path(tmp), "b")}
-        for round_number in range(args.rounds):
-            for name in ("A", "B") if round_number % 2 == 0 else ("B", "A"):
-                env = {**os.environ, "PYTHONPATH": str(sources[name])}
-                done = subprocess.run(
-                    [sys.executable, __file__, args.a, args.b, "--child",
-                     "--messages", str(args.messages), "--concurrency", str(args.concurrency)],
-                    env=env, capture_output=True, text=True, check=False,
-                )  # fmt: skip
-                if done.returncode != 0:
-                    print(f"{name} failed:\n{done.stderr}", file=sys.stderr)
-                    return 1
-                rate, cpu = (float(value) for value in done.stdout.split())
-                results[name].append((rate, cpu))
-                print(
-                    f"round {round_number + 1} {name}: {rate:.0f} msg/s, {cpu:.0f} µs CPU a message"
-                )
+        child = ["--messages", str(args.messages), "--concurrency", str(args.concurrency)]
+        turns = in_turns(__file__, args.a, args.b, rounds=args.rounds, child=child, work=Path(tmp))
+        for round_number, name, printed in turns:
+            rate, cpu = (float(value) for value in printed.split())
+            results[name].append((rate, cpu))
+            print(f"round {round_number} {name}: {rate:.0f} msg/s, {cpu:.0f} µs CPU a message")
     for name, build in (("A", args.a), ("B", args.b)):
         rate = statistics.median(r for r, _ in results[name])
         cpu = statistics.median(c for _, c in results[name])
