@@ -7,7 +7,8 @@ service manager would.  Each server runs in a session of its own, so a test
 that fails half-way leaves no process behind: ``Launcher.close`` kills the
 session.  ``readme_blocks`` gives the fenced blocks of README.md, which
 ``test_readme`` runs and ``test_serve_modes`` serves.  ``until`` waits,
-within a bound, for what a server does in its own time; ``mailgate_queue``
+within a bound, for what a server does in its own time; ``inbox`` lists what
+it stored over its API; ``mailgate_queue``
 runs ``mailgate queue`` on a test's data directory; ``make_users_file`` and
 ``make_tls_files`` make the files ``--users`` and ``--tls-cert`` read.
 """
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 from server_helpers import children, require_tool
@@ -86,6 +88,17 @@ def mailgate(
 ) -> subprocess.CompletedProcess[str]:
     """Run a ``mailgate`` command that ends by itself (``messages``, ``users``...)."""
     return run_command(str(MAILGATE), *argv, cwd=cwd, env=env, stdin=stdin)
+
+
+def inbox(served: Serving, *, limit: int = 1000, **options: Any) -> list[dict[str, Any]]:
+    """The messages ``served`` stores, newest first, as its JSON API lists them (up to
+    ``limit``; ``options`` go to ``httpx.get``, as ``auth``); a test failure unless 200."""
+    page = httpx.get(
+        f"{served.http_url}api/v1/messages", params={"limit": limit}, timeout=TIMEOUT, **options
+    )
+    assert page.status_code == 200, page.text
+    messages: list[dict[str, Any]] = page.json()["messages"]
+    return messages
 
 
 def mailgate_queue(tmp_path: Path, *argv: str) -> Any:

@@ -20,7 +20,7 @@ from config_helpers import error_of, load
 from loopback import DnsZone, ReceivingMTAs, mta_for, relay_flags
 from mailgate.config import CATCH_ALL_MAX_MESSAGES
 from postgresql_helpers import fresh_database
-from process_helpers import TIMEOUT, Launcher, Serving, mailgate, mailgate_queue, until
+from process_helpers import TIMEOUT, Launcher, Serving, inbox, mailgate, mailgate_queue, until
 
 INLINE_LIMIT_OCTETS = 96 * 1024
 """Content past this is kept in a body file by the SQLite store (MAX_INLINE_CONTENT_OCTETS)."""
@@ -51,8 +51,7 @@ def send_all(
 
 
 def listed(served: Serving) -> list[str]:
-    page = httpx.get(f"{served.http_url}api/v1/messages?limit=1000", timeout=TIMEOUT).json()
-    return [m["ID"] for m in page["messages"]]
+    return [m["ID"] for m in inbox(served)]
 
 
 def pruned_in_log(served: Serving) -> int:

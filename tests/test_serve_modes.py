@@ -35,6 +35,7 @@ from process_helpers import (
     TIMEOUT,
     Launcher,
     Serving,
+    inbox,
     mailgate,
     mailgate_queue,
     make_tls_files,
@@ -86,14 +87,6 @@ def send(client: smtplib.SMTP, to: str, subject: str, *, sender: str = "app@exam
         return reply
     code, text = client.data(message(subject, to))
     return f"{code} {text.decode()}"
-
-
-def inbox(served: Serving, **auth: Any) -> list[dict[str, Any]]:
-    """The stored messages, newest first, as the JSON API lists them."""
-    page = httpx.get(f"{served.http_url}api/v1/messages", timeout=TIMEOUT, **auth)
-    assert page.status_code == 200, page.text
-    messages: list[dict[str, Any]] = page.json()["messages"]
-    return messages
 
 
 def recipients(summary: dict[str, Any]) -> list[str]:

@@ -13,13 +13,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from loopback import DnsZone, ReceivingMTAs, mta_for, relay_flags
-from process_helpers import TIMEOUT, Launcher, Serving, mailgate_queue, until
+from process_helpers import TIMEOUT, Launcher, Serving, inbox, mailgate_queue, until
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds a server's processes in /proc"
@@ -45,12 +44,6 @@ def send(served: Serving, to: str, subject: str, sender: str = "alice@here.test"
     with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
         client.sendmail(sender, [to], body.encode())
         return client.noop()[1].decode()
-
-
-def inbox(served: Serving) -> list[dict[str, Any]]:
-    page = httpx.get(f"{served.http_url}api/v1/messages", timeout=TIMEOUT).json()
-    messages: list[dict[str, Any]] = page["messages"]
-    return messages
 
 
 def test_mail_for_another_domain_is_delivered_by_mx_and_the_queue_says_so(

@@ -19,7 +19,7 @@ import pytest
 
 from loopback import DnsZone, ReceivingMTAs, mta_for, relay_flags
 from postgresql_helpers import fresh_database
-from process_helpers import TIMEOUT, Launcher, Serving, until
+from process_helpers import TIMEOUT, Launcher, Serving, inbox, until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real processes")
 
@@ -40,8 +40,7 @@ def send(served: Serving, to: str, subject: str) -> None:
 
 
 def subjects(served: Serving) -> set[str]:
-    page = httpx.get(f"{served.http_url}api/v1/messages", timeout=TIMEOUT).json()
-    return {m["Subject"] for m in page["messages"]}
+    return {m["Subject"] for m in inbox(served)}
 
 
 def test_two_nodes_share_the_inbox_the_events_and_the_queue(

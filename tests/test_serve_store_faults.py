@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from process_helpers import TIMEOUT, Launcher, Serving, mailgate, until
+from process_helpers import TIMEOUT, Launcher, Serving, inbox, mailgate, until
 from test_server_storage import small_disk  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="real processes")
@@ -61,9 +61,7 @@ def readyz(served: Serving) -> httpx.Response:
 
 
 def listed_subjects(served: Serving) -> set[str]:
-    page = httpx.get(f"{served.http_url}api/v1/messages", params={"limit": 1000}, timeout=TIMEOUT)
-    assert page.status_code == 200, page.text
-    return {m["Subject"] for m in page.json()["messages"]}
+    return {m["Subject"] for m in inbox(served)}
 
 
 class Pages:

@@ -25,7 +25,6 @@ from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import httpx
 import pytest
 
 from loopback import HttpSite
@@ -48,6 +47,7 @@ from process_helpers import (
     Launcher,
     Serving,
     free_port,
+    inbox,
     mailgate,
     readme_block,
     serving_pid,
@@ -203,8 +203,7 @@ def test_each_new_message_is_posted_as_the_api_lists_it(
         client.login("carol", "anything")
         second = send_one(client, "Dinner?", sender="carol@example.org")
     one, two = receiver.wait_for(2)
-    listed = httpx.get(f"{served.http_url}api/v1/messages", timeout=TIMEOUT).json()["messages"]
-    by_id = {message["ID"]: message for message in listed}
+    by_id = {message["ID"]: message for message in inbox(served)}
     for request, message_id, username in ((one, first, ""), (two, second, "carol")):
         assert request.path == "/new-mail?token=s3cret"
         assert request.headers["content-type"] == "application/json"
