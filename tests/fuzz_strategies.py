@@ -487,6 +487,28 @@ def sessions(draw: st.DrawFn) -> Flights:
     return [f for f in flights if f] or [b""]
 
 
+_LOGIN = b"AUTH PLAIN " + base64.b64encode(b"\x00alice\x00" + PASSWORD) + CRLF
+COMPLETE_SESSIONS: list[Flights] = [
+    # Every target begins with these, then explores: whole transactions by DATA and by
+    # BDAT, STARTTLS and AUTH, and a parameter longer than a reply line may be.
+    [
+        b"EHLO client.example\r\nMAIL FROM:<a@example.org> SIZE=100 BODY=8BITMIME\r\n"
+        b"RCPT TO:<alice@example.org> NOTIFY=NEVER\r\nRCPT TO:<team@example.org>\r\n"
+        b"DATA\r\nSubject: one\r\n\r\n..dot\r\n.\r\n"
+        b"MAIL FROM:<>\r\nRCPT TO:<bob@open.example>\r\n"
+        b"BDAT 6\r\nSubjecBDAT 10 LAST\r\nt: two\r\n\r\n"
+        b"VRFY alice\r\nEXPN team\r\nRSET\r\nNOOP\r\nHELP\r\nQUIT\r\n"
+    ],
+    [
+        b"EHLO client.example\r\nSTARTTLS\r\n",
+        b"EHLO client.example\r\n" + _LOGIN + b"MAIL FROM:<alice@example.org>\r\n"
+        b"RCPT TO:<x@remote.example>\r\nDATA\r\nSubject: relayed\r\n\r\nbody\r\n.\r\n"
+        b"QUIT\r\n",
+    ],
+    [b"EHLO client.example\r\n" + _LOGIN + b"MAIL FROM:<a@b.example> " + b"X" * 600 + b"=1\r\n"],
+]
+
+
 # --------------------------------------------------------------- mutations
 
 Mutation = tuple[str, int, int, int, bytes]

@@ -38,10 +38,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 
-from hypothesis import given, note
+from hypothesis import example, given, note
 from hypothesis import strategies as st
 
 from fuzz_strategies import (
+    COMPLETE_SESSIONS,
     CRLF,
     PASSWORD,
     Counter,
@@ -442,7 +443,15 @@ def play(
 counter = Counter()
 
 
+TLS_AND_AUTH = ConnectionSettings(
+    hostname=HOSTNAME, starttls=True, auth_mechanisms=("PLAIN", "LOGIN"), auth_requires_tls=False
+)
+
+
 @fuzz_settings(examples=250)
+@example(COMPLETE_SESSIONS[0], [], TLS_AND_AUTH, [], 220, [3], False)
+@example(COMPLETE_SESSIONS[1], [], TLS_AND_AUTH, [], 220, [7], True)
+@example(COMPLETE_SESSIONS[2], [], TLS_AND_AUTH, [], 220, [5], True)
 @given(
     sessions(),
     mutations,

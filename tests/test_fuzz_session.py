@@ -42,10 +42,11 @@ from dataclasses import dataclass
 
 import pytest
 import trustme
-from hypothesis import given, note
+from hypothesis import example, given, note
 from hypothesis import strategies as st
 
 from fuzz_strategies import (
+    COMPLETE_SESSIONS,
     CRLF,
     PASSWORD,
     Counter,
@@ -80,15 +81,26 @@ _FAILURES = (b"421 4.3.0", b"451 4.3.0")
 
 
 class Captured(logging.Handler):
-    """What the server logged that no session should make it log."""
+    """What the server logged that no session should make it log.
+
+    Every record is formatted, as a log file would have it: a line that
+    cannot be made from what a client sent is a failure too.
+    """
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.bad: list[str] = []
+        self.lines = 0
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception as error:
+            self.bad.append(f"{record.name}: cannot format {record.msg!r}: {error!r}")
+            return
+        self.lines += 1
         if record.levelno >= logging.ERROR or record.exc_info:
-            self.bad.append(f"{record.name} {record.levelname}: {self.format(record)}")
+            self.bad.append(f"{record.name} {record.levelname}: {text}")
 
 
 @dataclass
@@ -132,6 +144,12 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer
     watched = [logging.getLogger("mailgate"), logging.getLogger("asyncio")]
     for logger in watched:
         logger.addHandler(captured)
+    # Every log line a session may write is written (the debug summary too), but
+    # kept here: a long run would otherwise pile them up in pytest's capture.
+    mailgate_log = watched[0]
+    level, propagate = mailgate_log.level, mailgate_log.propagate
+    mailgate_log.setLevel(logging.DEBUG)
+    mailgate_log.propagate = False
     server = MailgateServer(
         data_dir=directory / "data",
         settings=settings,
@@ -144,6 +162,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer
     finally:
         for logger in watched:
             logger.removeHandler(captured)
+        mailgate_log.setLevel(level)
+        mailgate_log.propagate = propagate
 
 
 class Wire:
@@ -350,7 +370,11 @@ counter = Counter()
 
 
 def test_session_fuzz(fuzz_server: FuzzServer) -> None:
-    @fuzz_settings(examples=60)
+    @fuzz_settings(examples=100)
+    @example(COMPLETE_SESSIONS[0], [], "smtp", [3], True)
+    @example(COMPLETE_SESSIONS[1], [], "submission", [7], False)
+    @example(COMPLETE_SESSIONS[1][1:], [], "smtps", [5], True)
+    @example(COMPLETE_SESSIONS[2], [], "smtps", [11], False)
     @given(
         sessions(),
         mutations,
@@ -391,8 +415,8 @@ def test_the_fuzz_client_speaks_tls_and_sees_the_close(fuzz_server: FuzzServer) 
         b"EHLO c.example\r\nAUTH PLAIN " + login + b"\r\nMAIL FROM:<a@example.org>\r\n"
         b"RCPT TO:<x@remote.example>\r\nDATA\r\nSubject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
     ]
-    whole = play(fuzz_server, "smtp", flights, [], wait_for_close=True)
-    split = play(fuzz_server, "smtp", flights, [1], wait_for_close=False)
+    whole = play(fuzz_server, "smtp", flights, [], True)
+    split = play(fuzz_server, "smtp", flights, [1], False)
     assert whole.clean
     assert split.clean
     codes = [int(line[:3]) for line in whole.output.split(CRLF) if line[3:4] == b" "]
