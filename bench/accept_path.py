@@ -12,7 +12,7 @@ greeting, ``EHLO``, ``MAIL``, ``RCPT`` and ``DATA`` pipelined, 1 KiB of
 content, the ``250``, ``QUIT``.  The store answers at once and logging is
 off, so what is timed is mailgate's own work for a message, without the
 kernel, the disk, the commit service or the log line: where a change to the
-hot path shows most.  The builds run in turns (A, B, A, B...) so that a busy
+hot path shows most.  The builds run in turns (A, B, B, A...) so that a busy
 spell of a shared machine falls on both; the medians of CPU microseconds a
 message are printed, with each round.  ``bench/ab.py`` measures the same
 under real load, end to end.
