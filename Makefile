@@ -2,7 +2,8 @@
 #
 #   make serve   run mailgate with its defaults (smtp 127.0.0.1:1025); ARGS="..." adds flags
 #   make test    format check, lint, type check, tests with branch coverage, protocol coverage
-#                gate, then the tests again against the compiled wheel (test-compiled)
+#                gate, then the tests again against the compiled wheel (test-compiled);
+#                TEST_JOBS (3) pytest processes
 #   make lint    format check, lint, type check
 #   make fmt     format and fix what the linter can
 #   make fuzz    the fuzz targets of the engine and the session, FUZZ_SECONDS (300) each
@@ -13,6 +14,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+# pytest processes: most tests wait on the servers they start, so more than the CPUs.
+TEST_JOBS ?= 3
+PARALLEL  := -n $(TEST_JOBS) --dist worksteal
 
 # Each stamp records that the virtualenv holds the project with those extras,
 # installed after the last change to pyproject.toml.
@@ -29,7 +33,7 @@ serve: $(RUN_STAMP)
 # coverage starts before pytest, so modules the mailgate pytest plugin imports while
 # pytest loads its plugins are measured too (pytest --cov starts after that).
 test: lint
-	$(BIN)/coverage run --branch --source=mailgate -m pytest
+	$(BIN)/coverage run --branch --source=mailgate -m pytest $(PARALLEL)
 	$(BIN)/coverage report
 	$(MAKE) --no-print-directory coverage-protocol
 	$(MAKE) --no-print-directory test-compiled
@@ -41,7 +45,7 @@ test-compiled: $(DEV_STAMP)
 	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps -w build/wheel .
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
 		--target $(COMPILED) build/wheel/mailgate-*.whl
-	MAILGATE_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED) $(BIN)/python -m pytest -q -p no:cacheprovider
+	MAILGATE_EXPECT_COMPILED=1 PYTHONPATH=$(COMPILED) $(BIN)/python -m pytest $(PARALLEL) -q -p no:cacheprovider
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check .

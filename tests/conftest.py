@@ -19,6 +19,19 @@ from loopback import dns_zone, receiving_mta  # noqa: E402, F401
 from process_helpers import Launcher  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Coverage follows the processes that run tests, not the servers the tests start.
+
+    ``make test`` measures with coverage's subprocess patch, so that the worker
+    processes of ``pytest -n`` are measured from their first import; the patch
+    would also measure every ``mailgate serve`` a test starts, at twice the CPU.
+    The workers, and a run with no workers, drop it before any test starts one.
+    """
+    workers = config.getoption("numprocesses", default=None)
+    if hasattr(config, "workerinput") or not workers:
+        os.environ.pop("COVERAGE_PROCESS_CONFIG", None)
+
+
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[Launcher]:
     """Starts ``mailgate serve`` as a user does (see process_helpers); kills what is left."""

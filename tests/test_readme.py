@@ -169,7 +169,7 @@ def test_make_serve_and_make_test() -> None:
         r"\.venv/bin/ruff format --check \.",
         r"\.venv/bin/ruff check \.",
         r"\.venv/bin/mypy",
-        r"\.venv/bin/coverage run .*-m pytest",
+        r"\.venv/bin/coverage run .*-m pytest( .*)?",
         r"\.venv/bin/coverage report --include='src/mailgate/protocol/\*' --fail-under=100",
         r"\.venv/bin/python -m pip wheel .*",
         r"MAILGATE_EXPECT_COMPILED=1 PYTHONPATH=build/compiled \.venv/bin/python -m pytest.*",
@@ -181,6 +181,13 @@ def test_make_serve_and_make_test() -> None:
             -1,
         )
         assert at >= 0, f"make test does not run {pattern} (after the steps before it):\n{steps}"
+    # "each pass runs in TEST_JOBS (3) pytest processes ... make test TEST_JOBS=1 runs them
+    # one at a time"
+    assert "each pass runs in `TEST_JOBS` (3) pytest processes" in " ".join(text.split())
+    for jobs, argv in (("3", ()), ("1", ("TEST_JOBS=1",))):
+        passes = [step for step in make("test", *argv).splitlines() if " -m pytest " in step]
+        assert len(passes) == 2, passes
+        assert all(f" -n {jobs} " in step for step in passes), passes
     assert pyproject["tool"]["mypy"]["strict"] is True
     assert (ROOT / "tests" / "test_layers.py").exists()  # the layer check is in the suite
 
