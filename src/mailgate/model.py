@@ -46,12 +46,17 @@ def parse_date(value: str) -> datetime | None:
     return date if date.tzinfo is not None else date.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Address:
     """A header address such as ``Barry Gibbs <bg@example.com>``."""
 
     name: str
     address: str
+
+    def __init__(self, name: str, address: str) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "address", address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +67,7 @@ class TLSInfo:
     cipher: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Envelope:
     """The SMTP envelope of one message, as the client gave it.
 
@@ -90,8 +95,41 @@ class Envelope:
     and shares with its SMTP processes, so that a node can tell its own mail from other
     nodes' on a shared store; ``""`` when unknown (mail an older mailgate stored)."""
 
+    def __init__(  # noqa: PLR0917 - the dataclass's own signature, positional
+        self,
+        mail_from: str,
+        rcpt_to: tuple[str, ...],
+        received_at: datetime,
+        helo_name: str = "",
+        client_address: str = "",
+        client_hostname: str = "",
+        client_port: int = 0,
+        protocol: str = "ESMTP",
+        mail_params: Mapping[str, str | None] | None = None,
+        rcpt_params: tuple[Mapping[str, str | None], ...] = (),
+        auth_user: str | None = None,
+        tls: TLSInfo | None = None,
+        outbound: tuple[str, ...] = (),
+        node: str = "",
+    ) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "mail_from", mail_from)
+        object.__setattr__(self, "rcpt_to", rcpt_to)
+        object.__setattr__(self, "received_at", received_at)
+        object.__setattr__(self, "helo_name", helo_name)
+        object.__setattr__(self, "client_address", client_address)
+        object.__setattr__(self, "client_hostname", client_hostname)
+        object.__setattr__(self, "client_port", client_port)
+        object.__setattr__(self, "protocol", protocol)
+        object.__setattr__(self, "mail_params", {} if mail_params is None else mail_params)
+        object.__setattr__(self, "rcpt_params", rcpt_params)
+        object.__setattr__(self, "auth_user", auth_user)
+        object.__setattr__(self, "tls", tls)
+        object.__setattr__(self, "outbound", outbound)
+        object.__setattr__(self, "node", node)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class MessageSummary:
     """What a listing shows of a message, parsed once when it is stored."""
 
@@ -112,6 +150,43 @@ class MessageSummary:
     tags: tuple[str, ...] = ()
     inline: int = 0
     """Inline parts: not the text or HTML body, shown within it (by ``Content-ID``, say)."""
+
+    def __init__(  # noqa: PLR0917 - the dataclass's own signature, positional
+        self,
+        id: MessageId,
+        received_at: datetime,
+        size: int,
+        sender: Address | None = None,
+        to: tuple[Address, ...] = (),
+        cc: tuple[Address, ...] = (),
+        bcc: tuple[Address, ...] = (),
+        reply_to: tuple[Address, ...] = (),
+        subject: str = "",
+        date: datetime | None = None,
+        message_id: str = "",
+        attachments: int = 0,
+        snippet: str = "",
+        read: bool = False,
+        tags: tuple[str, ...] = (),
+        inline: int = 0,
+    ) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "received_at", received_at)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "sender", sender)
+        object.__setattr__(self, "to", to)
+        object.__setattr__(self, "cc", cc)
+        object.__setattr__(self, "bcc", bcc)
+        object.__setattr__(self, "reply_to", reply_to)
+        object.__setattr__(self, "subject", subject)
+        object.__setattr__(self, "date", date)
+        object.__setattr__(self, "message_id", message_id)
+        object.__setattr__(self, "attachments", attachments)
+        object.__setattr__(self, "snippet", snippet)
+        object.__setattr__(self, "read", read)
+        object.__setattr__(self, "tags", tags)
+        object.__setattr__(self, "inline", inline)
 
 
 @dataclass(frozen=True, slots=True)

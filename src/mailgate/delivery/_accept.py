@@ -128,7 +128,7 @@ class DeliverySettings:
     """Where new mail's tags come from: by default its ``X-Tags`` and plus addresses."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ReceivedMessage:
     """A complete message on its way to the store: a ``ports.NewMessage``."""
 
@@ -138,6 +138,23 @@ class ReceivedMessage:
     size: int
     content: bytes | None
     path: str | None
+
+    def __init__(  # noqa: PLR0917 - the dataclass's own signature, positional
+        self,
+        id: MessageId,
+        envelope: Envelope,
+        summary: MessageSummary,
+        size: int,
+        content: bytes | None,
+        path: str | None,
+    ) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "id", id)
+        object.__setattr__(self, "envelope", envelope)
+        object.__setattr__(self, "summary", summary)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "content", content)
+        object.__setattr__(self, "path", path)
 
     def open(self) -> BinaryIO:
         """A fresh binary reader over the content, from its first octet."""

@@ -131,7 +131,7 @@ def _read_headers(readline: ReadLine, wanted: frozenset[bytes]) -> dict[bytes, l
     return {key: [_text(value) for value in values] for key, values in found.items()}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class _Part:
     """What a MIME part's headers say about it (RFC 2045, RFC 2183)."""
 
@@ -141,6 +141,21 @@ class _Part:
     attachment: bool
     inline: bool
     """Shown within the body, unless it is the body: ``inline`` or with a ``Content-ID``."""
+
+    def __init__(
+        self,
+        content_type: str,
+        params: dict[str, str],
+        encoding: str,
+        attachment: bool,
+        inline: bool,
+    ) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "content_type", content_type)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "encoding", encoding)
+        object.__setattr__(self, "attachment", attachment)
+        object.__setattr__(self, "inline", inline)
 
     @classmethod
     def from_headers(cls, headers: dict[bytes, list[str]]) -> _Part:

@@ -80,7 +80,7 @@ class Ehlo(Command):
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class MailFrom(Command):
     """``MAIL FROM:<address>``; ``address`` is ``""`` for the null sender.
 
@@ -99,8 +99,27 @@ class MailFrom(Command):
     ret: Ret | None = None
     envid: str | None = None
 
+    def __init__(  # noqa: PLR0917 - the dataclass's own signature, positional
+        self,
+        address: str,
+        params: Mapping[str, str | None] | None = None,
+        size: int | None = None,
+        body: str | None = None,
+        smtputf8: bool = False,
+        ret: Ret | None = None,
+        envid: str | None = None,
+    ) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "params", {} if params is None else params)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "body", body)
+        object.__setattr__(self, "smtputf8", smtputf8)
+        object.__setattr__(self, "ret", ret)
+        object.__setattr__(self, "envid", envid)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class RcptTo(Command):
     """``RCPT TO:<address>``; a source route, if any, is already stripped.
 
@@ -114,24 +133,45 @@ class RcptTo(Command):
     notify: Notify | None = None
     orcpt: OriginalRecipient | None = None
 
+    def __init__(
+        self,
+        address: str,
+        params: Mapping[str, str | None] | None = None,
+        notify: Notify | None = None,
+        orcpt: OriginalRecipient | None = None,
+    ) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "params", {} if params is None else params)
+        object.__setattr__(self, "notify", notify)
+        object.__setattr__(self, "orcpt", orcpt)
+
 
 @dataclass(frozen=True, slots=True)
 class DataStart(Command):
     """``DATA``: reply ``354`` to receive content, or refuse."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class DataChunk(Event):
     """Message content, dot-unstuffed, in arrival order (no reply)."""
 
     data: bytes
 
+    def __init__(self, data: bytes) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "data", data)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class DataEnd(Command):
     """The ``<CRLF>.<CRLF>`` after DATA: reply once the message is safe."""
 
     size: int
+
+    def __init__(self, size: int) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "size", size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}\Z")
 _FORBIDDEN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Reply:
     """One SMTP reply.
 
@@ -41,7 +41,12 @@ class Reply:
     charged: bool = field(default=True, kw_only=True)
     _wire: bytes = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    def __init__(self, code: int, enhanced: str | None, text: str, *, charged: bool = True) -> None:
+        # Written out, not generated: see docs/design/performance.md, "Records made per message".
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "enhanced", enhanced)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "charged", charged)
         if not 200 <= self.code <= 599:
             raise ValueError(f"reply code {self.code} is outside 200-599")
         if self.enhanced is not None and (
