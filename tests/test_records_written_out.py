@@ -7,7 +7,9 @@ message").  Here each such class is held to the generated one's contract: the
 same parameters in the same order and of the same kinds, the same defaults,
 every field set from its own parameter, ``dataclasses.replace`` and equality
 as before.  A class written out later without a sample here fails the first
-test, so none goes unchecked.
+test, so none goes unchecked.  So are the other shortcuts of the path a message takes:
+``Envelope.with_node`` (``dataclasses.replace`` written out) and the store's JSON
+encoders (``json_encoder``), each against what it stands for.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 import pkgutil
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +31,7 @@ from mailgate.model import Address, Envelope, MessageId, MessageSummary, TLSInfo
 from mailgate.protocol import DataChunk, DataEnd, MailFrom, RcptTo, Reply
 from mailgate.protocol._address import ParsedPath
 from mailgate.protocol._dsn import Notify, OriginalRecipient, Ret
+from mailgate.stores.sqlite._schema import json_encoder
 
 WHEN = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
 LATER = datetime(2026, 12, 6, 11, 0, tzinfo=UTC)
@@ -155,3 +159,30 @@ def test_a_reply_still_checks_what_it_is_given() -> None:
     with pytest.raises(ValueError, match="control character"):
         Reply(250, None, "a\rb")
     assert Reply(250, "2.0.0", "a\nb").to_bytes() == b"250-2.0.0 a\r\n250 2.0.0 b\r\n"
+
+
+def test_an_envelope_with_a_node_is_the_envelope_replaced() -> None:
+    envelope = Envelope(*ENVELOPE_ARGS)
+    assert envelope.with_node("node-2") == dataclasses.replace(envelope, node="node-2")
+    assert envelope.with_node("node-2").node == "node-2"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"to": [["Ann Örn", "a@example.test"]], "cc": [], "n": None, "ok": True, "f": 1.5},
+        ["Ann", "a@example.test"],
+        ["01JEXAMPLE0000000000000000", 7],
+        {"mail_params": {"BODY": "8BITMIME", "SMTPUTF8": None}, "quote": 'a "b" \\ \u2028'},
+        [],
+        {},
+    ],
+)
+def test_the_stores_json_encoders_write_what_json_dumps_writes(value: object) -> None:
+    compact = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"))
+    spaced = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+    assert json_encoder(compact)(value) == compact.encode(value)
+    assert json_encoder(spaced)(value) == spaced.encode(value)
+    assert json.loads(json_encoder(compact)(value)) == value
+    with pytest.raises(TypeError):
+        json_encoder(compact)({"when": WHEN})

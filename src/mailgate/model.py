@@ -128,6 +128,26 @@ class Envelope:
         object.__setattr__(self, "outbound", outbound)
         object.__setattr__(self, "node", node)
 
+    def with_node(self, node: str) -> Envelope:
+        """This envelope with ``node`` in place: ``dataclasses.replace``, which is interpreted
+        Python, written out for the accept path, which sets the node of every message."""
+        return Envelope(
+            self.mail_from,
+            self.rcpt_to,
+            self.received_at,
+            self.helo_name,
+            self.client_address,
+            self.client_hostname,
+            self.client_port,
+            self.protocol,
+            self.mail_params,
+            self.rcpt_params,
+            self.auth_user,
+            self.tls,
+            self.outbound,
+            node,
+        )
+
 
 @dataclass(frozen=True, slots=True, init=False)
 class MessageSummary:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import dataclasses
 import errno
 import io
 import logging
@@ -252,7 +251,7 @@ class Acceptor:
         now = self._clock.now()
         node = self._settings.node
         if node and envelope.node != node:
-            envelope = dataclasses.replace(envelope, node=node)
+            envelope = envelope.with_node(node)
         message_id = new_message_id(now)
         return MemoryThresholdSpool(
             message_id,

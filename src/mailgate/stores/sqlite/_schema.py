@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,6 +72,7 @@ __all__ = [
     "event_from_change",
     "incoming_values",
     "insert_messages",
+    "json_encoder",
     "millis",
     "new_message_record",
     "stored_message",
@@ -257,9 +258,41 @@ def incoming_values(
     return values
 
 
-# Made once: json.dumps with any option builds a new encoder for every call.
-_COMPACT = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"))
-_SPACED = json.JSONEncoder(ensure_ascii=False, check_circular=False)
+def json_encoder(encoder: json.JSONEncoder) -> Callable[[object], str]:
+    """``encoder.encode``, less the set-up that method repeats on every call.
+
+    ``json.dumps`` with any option makes a new ``JSONEncoder`` for every call,
+    and ``JSONEncoder.encode`` a new C encoder (``c_make_encoder``) for every
+    call, in interpreted Python: a new message's row is three JSON texts. Here
+    the C encoder is made once, as ``encode`` would make it (``encoder``'s
+    separators, ``ensure_ascii`` and ``check_circular`` off, no indent). Where
+    the C encoder is missing this is ``encoder.encode`` itself.
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None or encoder.ensure_ascii or encoder.check_circular or encoder.indent:
+        return encoder.encode
+    iterencode = make(
+        None,  # markers: no check for circular references
+        encoder.default,
+        json.encoder.encode_basestring,
+        None,  # indent
+        encoder.key_separator,
+        encoder.item_separator,
+        encoder.sort_keys,
+        encoder.skipkeys,
+        encoder.allow_nan,
+    )
+
+    def encode(value: object) -> str:
+        return "".join(iterencode(value, 0))
+
+    return encode
+
+
+_COMPACT = json_encoder(
+    json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":"))
+)
+_SPACED = json_encoder(json.JSONEncoder(ensure_ascii=False, check_circular=False))
 
 
 def millis(when: datetime) -> int:
@@ -268,7 +301,7 @@ def millis(when: datetime) -> int:
 
 
 def _envelope_json(envelope: Envelope) -> str:
-    return _COMPACT.encode(envelope_data(envelope))
+    return _COMPACT(envelope_data(envelope))
 
 
 def envelope_from_json(text: str) -> Envelope:
@@ -288,7 +321,7 @@ def new_message_record(
     """The record that stores a new message: its ``messages`` row but ``seq`` and ``read``,
     its content or body file, the origin its change is logged under, its tags (the
     summary's) and queue rows."""
-    recipients = _COMPACT.encode(
+    recipients = _COMPACT(
         {
             "to": address_pairs(summary.to),
             "cc": address_pairs(summary.cc),
@@ -301,7 +334,7 @@ def new_message_record(
         id=summary.id,
         received_at_ms=millis(summary.received_at),
         size=summary.size,
-        sender_json=_SPACED.encode([sender.name, sender.address]) if sender else None,
+        sender_json=_SPACED([sender.name, sender.address]) if sender else None,
         recipients_json=recipients,
         subject=summary.subject,
         date_iso=summary.date.isoformat() if summary.date else None,
@@ -364,7 +397,7 @@ def stored_message(row: Sequence[Any], envelope_json: str) -> StoredMessage:
 
 def encode_ids(ids: Sequence[MessageId]) -> str:
     """The ``ids`` column of a ``changes`` row."""
-    return _COMPACT.encode(ids)
+    return _COMPACT(ids)
 
 
 def change_row(origin: str, event: StoreEvent) -> tuple[str, str, str]:
