@@ -269,7 +269,8 @@ def json_encoder(encoder: json.JSONEncoder) -> Callable[[object], str]:
     the C encoder is missing this is ``encoder.encode`` itself.
     """
     make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None or encoder.ensure_ascii or encoder.check_circular or encoder.indent:
+    indent = getattr(encoder, "indent", None)  # None, which its annotation leaves out
+    if make is None or encoder.ensure_ascii or encoder.check_circular or indent is not None:
         return encoder.encode
     iterencode = make(
         None,  # markers: no check for circular references
