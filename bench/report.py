@@ -711,9 +711,9 @@ def render(data: dict[str, Any], chart: str | None) -> str:
                 else "this scenario (s7) was not selected"
             )
         w(
-            "**Not yet measured: the HTTP API is not built.** When "
-            "`mailgate serve --http 127.0.0.1:PORT` answers `GET /api/v1/messages`, the harness "
-            f"stores {settings['http_messages']:,} messages and times "
+            "**Not measured in this run.** The scenario has `mailgate serve --http "
+            "127.0.0.1:PORT` store "
+            f"{settings['http_messages']:,} messages and times "
             "`GET /api/v1/messages?limit=50` and `GET /api/v1/search?query=subject:foo` "
             f"(medians of {settings['http_requests']} requests). This run: {reason}."
         )
