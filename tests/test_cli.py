@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mailgate import testing
 from mailgate.auth import UsersFile
 from mailgate.cli import main
 from mailgate.config import OPTIONS, Domain, Listen, Settings
@@ -127,9 +129,7 @@ def test_bad_config_file(
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """Settings that ``mailgate serve`` would have served, instead of serving them."""
-    serve_module = pytest.importorskip(
-        "mailgate.cli._serve", reason="mailgate.server not built yet"
-    )
+    serve_module = importlib.import_module("mailgate.cli._serve")
     seen: list[Settings] = []
 
     def fake_serve(settings: Settings) -> int:
@@ -240,8 +240,6 @@ def _first_line(process: subprocess.Popen[str]) -> str:
 
 @pytest.fixture(params=_LOOPS)
 def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    pytest.importorskip("mailgate.server", reason="mailgate.server not built yet")
-    pytest.importorskip("mailgate.stores", reason="mailgate.stores not built yet")
     if request.param == "uvloop":
         pytest.importorskip("uvloop")
     processes: list[subprocess.Popen[str]] = []
@@ -296,7 +294,6 @@ def test_serve_names_an_explicit_store(serve: Any, tmp_path: Path) -> None:
 
 
 def test_serve_cannot_listen(tmp_path: Path) -> None:
-    pytest.importorskip("mailgate.server", reason="mailgate.server not built yet")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -312,15 +309,12 @@ def test_serve_cannot_listen(tmp_path: Path) -> None:
 
 
 def test_serve_with_an_unknown_store(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    pytest.importorskip("mailgate.server", reason="mailgate.server not built yet")
-    pytest.importorskip("mailgate.stores", reason="mailgate.stores not built yet")
     status, out, err = run(capsys, "serve", "--no-http", "--store", "nosuch:///x")
     assert (status, out) == (2, "")
     assert "nosuch:///x" in one_error_line(err)
 
 
 def test_messages_with_an_unknown_store(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("mailgate.stores", reason="mailgate.stores not built yet")
     status, out, err = run(capsys, "messages", "--store", "nosuch:///x")
     assert (status, out) == (2, "")
     assert "nosuch:///x" in one_error_line(err)
@@ -329,7 +323,6 @@ def test_messages_with_an_unknown_store(capsys: pytest.CaptureFixture[str]) -> N
 def test_messages_with_a_store_that_cannot_open(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    pytest.importorskip("mailgate.stores", reason="mailgate.stores not built yet")
     (tmp_path / "file").write_text("not a directory")
     status, out, err = run(capsys, "messages", "--data", str(tmp_path / "file" / "box"))
     assert (status, out) == (1, "")
@@ -342,7 +335,6 @@ def test_messages_with_a_store_that_cannot_open(
 @pytest.fixture
 def mailbox(tmp_path: Path) -> Path:
     """A data directory holding three messages, the last a multipart one."""
-    testing = pytest.importorskip("mailgate.testing", reason="mailgate.testing not built yet")
     data = tmp_path / "box"
     with (
         testing.MailgateServer(data_dir=data) as server,
@@ -383,7 +375,6 @@ def test_messages_table(capsys: pytest.CaptureFixture[str], mailbox: Path) -> No
 def test_messages_table_falls_back_to_the_envelope(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    testing = pytest.importorskip("mailgate.testing", reason="mailgate.testing not built yet")
     data = tmp_path / "bare"
     with (
         testing.MailgateServer(data_dir=data) as server,
@@ -408,7 +399,6 @@ def test_messages_limit_and_count(capsys: pytest.CaptureFixture[str], mailbox: P
 
 
 def test_messages_in_an_empty_store(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    pytest.importorskip("mailgate.stores", reason="mailgate.stores not built yet")
     assert run(capsys, "messages", "--data", str(tmp_path / "empty")) == (0, "", "")
     assert run(capsys, "messages", "--count", "--data", str(tmp_path / "empty")) == (0, "0\n", "")
 
@@ -464,7 +454,6 @@ def test_show_an_unknown_id(capsys: pytest.CaptureFixture[str], mailbox: Path) -
 def test_show_odd_messages(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes, shown: str
 ) -> None:
-    testing = pytest.importorskip("mailgate.testing", reason="mailgate.testing not built yet")
     with testing.MailgateServer(data_dir=tmp_path / "box") as server:
         with smtplib.SMTP(server.host, server.port) as client:
             client.sendmail("a@example.com", ["b@example.org"], content)
