@@ -25,7 +25,8 @@ from loopback import HttpSite
 from mailgate.config import Outbound
 from mailgate.model import MessageId
 from mailgate.web import WebSettings
-from web_helpers import LiveInbox, deliver, email, require_module, require_tool
+from server_helpers import require_tool
+from web_helpers import LiveInbox, deliver, email, require_module
 
 pytestmark = [pytest.mark.interop, pytest.mark.slow]
 

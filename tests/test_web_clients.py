@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from web_helpers import LiveInbox, require_module, require_tool
+from server_helpers import require_tool
+from web_helpers import LiveInbox, require_module
 
 INTEROP = Path(__file__).with_name("interop")
 

@@ -8,7 +8,6 @@ import dataclasses
 import importlib
 import os
 import re
-import shutil
 import threading
 from collections.abc import Coroutine
 from datetime import UTC, datetime
@@ -26,16 +25,6 @@ from mailgate.runtime import Mailgate
 from mailgate.web import HTTPService, WebSettings, create_app
 
 T = TypeVar("T")
-
-
-def require_tool(path: str) -> str:
-    """The tool at ``path``; skip without it, fail without it under CI."""
-    found = shutil.which(path)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is required under CI but is not installed")
-        pytest.skip(f"{path} is not installed")
-    return found
 
 
 def require_module(name: str) -> Any:
