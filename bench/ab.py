@@ -11,7 +11,8 @@ the other (A, B, A, B, ...) under ``smtp-source -d -s 50 -l SIZE`` on
 loopback, so that a busy spell of a shared machine falls on both alike.
 Every run counts what the store kept; a run that lost mail is reported and
 left out.  Each run also gives the server's CPU time a message (all its
-processes), which a busy machine disturbs less than throughput.  Prints each
+processes, and each kind of process apart: the serving process, SMTP workers,
+the commit service), which a busy machine disturbs less than throughput.  Prints each
 run and the medians.  What changes measured this way bought is recorded in the
 dated logs under docs/log/; docs/design/performance.md says what each mechanism
 kept buys and costs.
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         rates: dict[str, list[float]] = {name: [] for name in builds}
         cpu: dict[str, list[float]] = {name: [] for name in builds}
+        roles: dict[str, dict[str, list[float]]] = {name: {} for name in builds}
         for number in range(1, args.runs + 1):
             for name, server in builds.items():
                 result = _one_run(server, work / f"run-{name}-{number}", args.messages, args.size)
@@ -72,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     rates[name].append(result[0])
                     cpu[name].append(result[1])
-                    shown = f"{result[0]:,.0f} msg/s, {result[1]:,.0f} us CPU a message"
+                    for role, used in result[2].items():
+                        roles[name].setdefault(role, []).append(used)
+                    apart = ", ".join(f"{role} {used:,.0f}" for role, used in result[2].items())
+                    shown = f"{result[0]:,.0f} msg/s, {result[1]:,.0f} us CPU a message ({apart})"
                 print(f"run {number} {name}: {shown}", flush=True)
     for name, values in rates.items():
         if values:
@@ -80,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}: median {statistics.median(values):,.0f} msg/s"
                 f" ({min(values):,.0f}-{max(values):,.0f}, {len(values)} good runs),"
                 f" {statistics.median(cpu[name]):,.0f} us CPU a message"
-                f" ({min(cpu[name]):,.0f}-{max(cpu[name]):,.0f})"
+                f" ({min(cpu[name]):,.0f}-{max(cpu[name]):,.0f}); "
+                + ", ".join(
+                    f"{role} {statistics.median(used):,.0f}" for role, used in roles[name].items()
+                )
             )
     if rates["A"] and rates["B"]:
         ratio = statistics.median(rates["B"]) / statistics.median(rates["A"])
@@ -91,19 +99,38 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_run(
     server: Mailgate, workdir: Path, messages: int, size: int
-) -> tuple[float, float] | None:
-    """Messages a second, and the server's CPU microseconds a message; None if mail was lost."""
+) -> tuple[float, float, dict[str, float]] | None:
+    """Messages a second, the server's CPU microseconds a message, and those of each kind of
+    process (summed over its processes); None if mail was lost."""
     run = server.start(workdir)
     try:
-        before = _proc.cpu_s(run.pids())
+        pids = run.pids()
+        before = {pid: _proc.cpu_s([pid]) for pid in pids}
         source = load.smtp_source(run.port, messages=messages, size=size)
-        used = _proc.cpu_s(run.pids()) - before
+        used = {pid: _proc.cpu_s([pid]) - before[pid] for pid in pids}
+        kinds = {pid: _kind(pid) for pid in pids}
     finally:
         server.stop(run)
     kept = server.count(run)
     if not source.ok or kept != messages:
         return None
-    return messages / source.elapsed_s, used / messages * 1e6
+    apart: dict[str, float] = {}
+    for pid, seconds in used.items():
+        apart[kinds[pid]] = apart.get(kinds[pid], 0.0) + seconds / messages * 1e6
+    return messages / source.elapsed_s, sum(used.values()) / messages * 1e6, apart
+
+
+def _kind(pid: int) -> str:
+    """What a process of ``mailgate serve`` is, from its command line."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "gone"
+    if b"commit-service" in argv:
+        return "commit service"
+    if b"worker" in argv:
+        return "SMTP workers"
+    return "serving process"
 
 
 if __name__ == "__main__":
