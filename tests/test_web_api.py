@@ -593,10 +593,12 @@ class SearchSpy:
         self.searches = 0
 
     async def search(self, query: Query, *, offset: int = 0, limit: int = 50) -> object:
+        """Search; ``searched`` is set once the search has read the store, not before."""
         assert isinstance(self._store, SearchableStore)
         self.searches += 1
+        found = await self._store.search(query, offset=offset, limit=limit)
         self.searched.set()
-        return await self._store.search(query, offset=offset, limit=limit)
+        return found
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
@@ -611,7 +613,8 @@ async def test_a_wait_searches_again_when_read_flags_change(tmp_path: Path) -> N
         spy = SearchSpy(store)
         query = parse_query("is:read code")
         waiting = asyncio.create_task(wait_for_match(spy, hub, query, 30))  # type: ignore[arg-type]
-        await asyncio.wait_for(spy.searched.wait(), 10)  # listening: it listens, then searches
+        # It listens, then searches; the flag changes only once that search found nothing.
+        await asyncio.wait_for(spy.searched.wait(), 10)
         await store.mark_read([message_id], True)
         found = await asyncio.wait_for(waiting, 10)
         assert found is not None
