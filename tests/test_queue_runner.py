@@ -7,6 +7,7 @@ mix and each point of the schedule is exact.  The store is the real one.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -306,3 +307,18 @@ async def test_an_unreachable_destination_is_suspended_not_the_queue(bench: Benc
     assert {r.state for r in await bench.store.queued(pending_only=False)} == {
         DeliveryState.DELIVERED
     }
+
+
+@pytest.mark.asyncio
+async def test_a_wake_up_in_the_turn_of_the_close_does_not_keep_the_runner_going(
+    bench: Bench,
+) -> None:
+    """The close cancels the runner while a wake-up is on its way: Python 3.11's
+    ``asyncio.wait_for`` took the wake-up and dropped the cancellation, the runner went on
+    waiting for work, and ``mailgate serve`` (or a test's server) never finished stopping."""
+    runner = bench.runner(poll_interval=30.0)
+    await runner.start()
+    await asyncio.sleep(0.05)  # it waits for work now
+    runner.wake()
+    async with asyncio.timeout(5):
+        await runner.aclose()  # cancels in the turn of the wake-up, before either runs

@@ -249,9 +249,9 @@ class QueueRunner:
         """
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # Not each awaited under suppress(CancelledError): that would swallow the
+        # cancellation of whoever is closing the runner too.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._jobs:
             _, late = await asyncio.wait(self._jobs, timeout=grace)
             for task in late:
@@ -290,7 +290,8 @@ class QueueRunner:
             if claimed:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
+                async with asyncio.timeout(self._settings.poll_interval):
+                    await self._wake.wait()
             # Under load every message stored wakes the runner, and most are not for
             # elsewhere: look at most every MIN_LOOK_SECONDS, or the looks cost the SMTP
             # sessions of this process a sixth more CPU a message.

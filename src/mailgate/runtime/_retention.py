@@ -152,7 +152,8 @@ class RetentionService:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), CHECK_INTERVAL_SECONDS)
+                async with asyncio.timeout(CHECK_INTERVAL_SECONDS):
+                    await self._wake.wait()
             self._wake.clear()
             await self.prune_round()
 

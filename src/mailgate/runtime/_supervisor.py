@@ -138,7 +138,8 @@ class Supervisor:
         process.stdin.write(pickle.dumps(child.payload))
         try:
             await process.stdin.drain()
-            line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_SECONDS)
+            async with asyncio.timeout(START_TIMEOUT_SECONDS):
+                line = await process.stdout.readline()
         except (TimeoutError, ConnectionError):
             line = b""
         if line.rstrip(b"\n") == READY.encode():
@@ -198,7 +199,8 @@ async def _stop(process: Process, grace: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(process.wait(), grace)
+            async with asyncio.timeout(grace):
+                await process.wait()
         except TimeoutError:
             log.warning("process %d did not stop in time: killing it", process.pid)
             with contextlib.suppress(ProcessLookupError):

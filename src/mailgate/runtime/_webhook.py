@@ -202,7 +202,8 @@ class WebhookPoster:
         task, self._task = self._task, None
         if task is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.settings.shutdown_grace)
+                async with asyncio.timeout(self.settings.shutdown_grace):
+                    await self._idle.wait()
             left = len(self._pending) + (self._sending is not None)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

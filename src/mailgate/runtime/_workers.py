@@ -189,7 +189,8 @@ class WorkerPool(Supervisor):
         ]:
             self._chaos_heard.clear()
             try:
-                await asyncio.wait_for(self._chaos_heard.wait(), deadline - loop.time())
+                async with asyncio.timeout_at(deadline):
+                    await self._chaos_heard.wait()
             except TimeoutError:
                 log.warning(
                     "SMTP workers %s did not say they have the new chaos triggers in %g s",

@@ -323,7 +323,8 @@ async def check_events(subject: StoreUnderTest) -> None:
 
 async def next_event(events: AsyncIterator[StoreEvent]) -> StoreEvent:
     """The next event, waited for up to ``EVENT_TIMEOUT_SECONDS``."""
-    return await asyncio.wait_for(anext(events), timeout=EVENT_TIMEOUT_SECONDS)
+    async with asyncio.timeout(EVENT_TIMEOUT_SECONDS):
+        return await anext(events)
 
 
 async def check_events_from_another_store(subject: StoreUnderTest) -> None:

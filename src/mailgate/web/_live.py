@@ -80,7 +80,8 @@ async def events(inbox: Inbox, request: Request) -> Response:
             iterator = aiter(listener)
             while True:
                 try:
-                    event = await asyncio.wait_for(anext(iterator), KEEPALIVE_SECONDS)
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):
+                        event = await anext(iterator)
                 except TimeoutError:
                     yield ": keepalive\n\n"
                     continue
