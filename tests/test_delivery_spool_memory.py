@@ -86,15 +86,20 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for process {pid}")
 
 
+_LOOPBACK = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
+
+
 def connections_to(port: int) -> tuple[int, int]:
-    """Established IPv4 connections to ``port``, and the octets still queued in them
-    (sent and not yet read, either way, at either end)."""
+    """Established IPv4 connections to 127.0.0.1 ``port``, and the octets still queued in
+    them (sent and not yet read, either way, at either end).  Both ends are matched by
+    address too: other tests' clients bound to other loopback addresses may have the
+    same port number."""
+    server = f"{_LOOPBACK}:{port:04X}"
     count = queued = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        local, remote = (int(end.split(":")[1], 16) for end in fields[1:3])
-        if fields[3] == "01" and port in (local, remote):  # 01: established
-            count += local == port
+        if fields[3] == "01" and server in fields[1:3]:  # 01: established
+            count += fields[1] == server
             queued += sum(int(n, 16) for n in fields[4].split(":"))
     return count, queued
 
