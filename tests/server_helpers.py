@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,17 @@ HAND_TYPED_BODY = (
     b"\r\n"
     b"Hello Fred, can you call me?\r\n"
 )
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """One whole reply (every line of it), or what came before the connection's end."""
+    data = b""
+    while not data.endswith(b"\r\n") or data.splitlines()[-1][3:4] == b"-":
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def require_tool(name: str) -> str:

@@ -28,7 +28,7 @@ from process_helpers import (
     mailgate,
     run_command,
 )
-from server_helpers import body_of, require_tool
+from server_helpers import body_of, read_reply, require_tool
 
 _T = TypeVar("_T")
 
@@ -461,21 +461,15 @@ def test_a_4xx_greeting_is_75(launcher: Launcher, tmp_path: Path) -> None:
 def _while_busy(held: socket.socket, work: Callable[[], _T]) -> _T:
     """Run ``work`` while ``held`` sends a message's content, a line every 0.2 s: progress,
     which keeps its slot (NOOPs would not)."""
-    replies = held.makefile("rb")
-
-    def say(line: bytes, code: bytes) -> None:
-        held.sendall(line + b"\r\n")
-        while (reply := replies.readline())[3:4] == b"-":
-            pass
-        assert reply.startswith(code), reply
-
     for line, code in (
         (b"EHLO client.test", b"250"),
         (b"MAIL FROM:<a@example.org>", b"250"),
         (b"RCPT TO:<b@example.net>", b"250"),
         (b"DATA", b"354"),
     ):
-        say(line, code)
+        held.sendall(line + b"\r\n")
+        reply = read_reply(held)
+        assert reply.startswith(code), reply
     done = threading.Event()
 
     def keep_going() -> None:
@@ -489,7 +483,6 @@ def _while_busy(held: socket.socket, work: Callable[[], _T]) -> _T:
     finally:
         done.set()
         busy.join()
-        replies.close()
 
 
 # -- PHP ----------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from process_helpers import (
     serving_pid,
     until,
 )
-from server_helpers import WORKER
+from server_helpers import WORKER, read_reply
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="finds a server's processes in /proc"
@@ -110,17 +110,6 @@ def looping_message() -> bytes:
     hops = b"".join(b"Received: from r%d.test by r%d.test; Mon, 30 Nov 2026\r\n" % (n, n + 1)
                     for n in range(100))  # fmt: skip
     return hops + message("loop")
-
-
-def read_reply(sock: socket.socket) -> bytes:
-    """One whole reply (every line of it), or what came before the connection's end."""
-    data = b""
-    while not data.endswith(b"\r\n") or data.splitlines()[-1][3:4] == b"-":
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 # -- fixtures ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import pytest
 from mailgate.config import Limits
 from mailgate.testing import MailgateServer
 from process_helpers import Launcher
+from server_helpers import read_reply
 
 ATTACKERS = [f"127.0.0.{n}" for n in range(10, 30)]
 REAL_CLIENT = "127.0.0.30"
@@ -171,18 +172,6 @@ def test_a_real_client_gets_through_a_thousand_slow_connections(launcher: Launch
     assert listed["total"] == 100
     log = serving.stop_cleanly()
     assert "Traceback" not in log
-
-
-def read_reply(sock: socket.socket) -> bytes:
-    reply = b""
-    while not reply.endswith(b"\r\n") or reply[3:4] == b"-":
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        reply += chunk
-        if reply.endswith(b"\r\n") and reply.rsplit(b"\r\n", 2)[-2][3:4] != b"-":
-            break
-    return reply
 
 
 @contextlib.contextmanager
