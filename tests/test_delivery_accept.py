@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from mailgate.delivery import Acceptor, DeliverySettings, SpoolClosedError
+from mailgate.delivery._accept import FREE_SPACE_LOOK_SECONDS, FREE_SPACE_MARGIN_OCTETS
 from mailgate.stores import SQLiteStore
 from mailgate.testing.stores import StepClock, make_envelope, make_message
 
@@ -95,6 +98,70 @@ async def test_a_nodes_acceptor_names_the_node_on_each_envelope(tmp_path: Path) 
         stored = await store.get(await sink.commit(spool))
         assert stored is not None
         assert stored.envelope.node == "n1"
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+def looks(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Each path ``os.statvfs`` is asked about from now on (it still answers)."""
+    seen: list[object] = []
+    real_statvfs = os.statvfs
+
+    def statvfs(path: str | os.PathLike[str]) -> os.statvfs_result:
+        seen.append(path)
+        return real_statvfs(path)
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    return seen
+
+
+@pytest.mark.asyncio
+async def test_a_look_at_plenty_of_free_space_stands_for_a_moment(
+    tmp_path: Path, looks: list[object]
+) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    if free < 4 * FREE_SPACE_MARGIN_OCTETS:
+        pytest.skip(f"{free} octets free in {tmp_path}: too near the margin to tell")
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        settings = DeliverySettings(
+            hostname="mx.test", spool_dir=tmp_path / "spool", min_free_space=1024
+        )
+        sink = Acceptor(store, settings)
+        looks.clear()  # the store's own, as it opened
+        assert sink.has_room(10_000)
+        assert sink.has_room(20_000)
+        assert sink.has_room()
+        assert len(looks) == 1
+        # Asked for nearly all there is, or more: within the margin, so it looks every time.
+        assert sink.has_room(free - FREE_SPACE_MARGIN_OCTETS // 2)
+        assert not sink.has_room(free * 2)
+        assert not sink.has_room(free * 2)
+        assert len(looks) == 4
+        # The look goes stale: the next call looks again, even with plenty of room.
+        time.sleep(FREE_SPACE_LOOK_SECONDS + 0.05)
+        assert sink.has_room(10_000)
+        assert len(looks) == 5
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.asyncio
+async def test_near_the_floor_every_sender_looks(tmp_path: Path, looks: list[object]) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    store = SQLiteStore(tmp_path / "mail.db")
+    try:
+        # The floor leaves less than the margin above it: no look is taken as read.
+        floor = max(free - FREE_SPACE_MARGIN_OCTETS // 2, 1)
+        settings = DeliverySettings(
+            hostname="mx.test", spool_dir=tmp_path / "spool", min_free_space=floor
+        )
+        sink = Acceptor(store, settings)
+        looks.clear()
+        for _ in range(3):
+            sink.has_room(1)
+        assert len(looks) == 3
     finally:
         await store.aclose()
 

@@ -83,6 +83,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_THRESHOLD_OCTETS = 256 * 1024
 DEFAULT_SPOOL_MEMORY_OCTETS = 64 * 1024 * 1024
+FREE_SPACE_LOOK_SECONDS = 0.5
+"""How long ``has_room`` takes a look at the free space as read, when it found plenty."""
+FREE_SPACE_MARGIN_OCTETS = 1 << 30
+"""Free space beyond what is asked for that lets a look stand for a while: far more than
+mail arriving over SMTP fills in half a second (a ``statvfs`` at every ``MAIL`` was 2% of
+an SMTP process's time at peak: docs/design/performance.md)."""
 MAX_RECEIVED_FIELDS = 100  # RFC 5321 6.3: a loop threshold of "normally at least 100"
 _TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops")  # RFC 3463 3.5: routing loop detected
 SPOOL_LOCK = ".lock"
@@ -211,6 +217,8 @@ class Acceptor:
         self._commit_counts = [0] * (len(COMMIT_SECONDS_BUCKETS) + 1)
         self._commit_seconds = 0.0
         self._commit_failures = self._commit_no_room = 0
+        self._spare_octets = -1  # free space beyond the margin at the last look (has_room)
+        self._spare_until = 0.0  # time.monotonic() until which that look stands
 
     @property
     def spool_budget(self) -> SpoolBudget:
@@ -239,12 +247,28 @@ class Acceptor:
             self._lock = -1
 
     def has_room(self, size: int = 0) -> bool:
-        """Whether the spool's file system has ``min_free_space`` free, and ``size`` more."""
+        """Whether the spool's file system has ``min_free_space`` free, and ``size`` more.
+
+        Asked at every ``MAIL``, so a look at the file system (``statvfs``) is
+        taken as read for ``FREE_SPACE_LOOK_SECONDS`` while it found more than
+        ``FREE_SPACE_MARGIN_OCTETS`` beyond what is asked; nearer the floor,
+        every call looks.
+        """
+        needed = self._settings.min_free_space + size
+        if needed <= self._spare_octets and time.monotonic() < self._spare_until:
+            return True
+        return self._room_for(needed)
+
+    def _room_for(self, needed: int) -> bool:
+        """Whether the spool's file system has ``needed`` octets free now (a fresh look)."""
         try:
             stat = os.statvfs(self._settings.spool_dir)
         except OSError:
             return True  # the commit will tell, with its own error
-        return stat.f_bavail * stat.f_frsize >= self._settings.min_free_space + size
+        free = stat.f_bavail * stat.f_frsize
+        self._spare_octets = free - FREE_SPACE_MARGIN_OCTETS
+        self._spare_until = time.monotonic() + FREE_SPACE_LOOK_SECONDS
+        return free >= needed
 
     def begin(self, envelope: Envelope) -> Spool:
         """A spool for a new message, its id assigned and its trace header written."""
@@ -328,14 +352,14 @@ class Acceptor:
                     raise
                 # A commit that failed while the disk is full failed for that (a store's
                 # own process may report it only as a failure).
-                if _out_of_space(error) or not self.has_room():
+                if _out_of_space(error) or not self._room_for(self._settings.min_free_space):
                     raise InsufficientStorageError(str(error)) from error
                 raise
         finally:
             spool.release()
 
     def _storage_error(self, error: OSError, what: str) -> StoreError:
-        if _out_of_space(error) or not self.has_room():
+        if _out_of_space(error) or not self._room_for(self._settings.min_free_space):
             return InsufficientStorageError(f"{what}: {error}")
         return StoreError(f"{what}: {error}")
 
