@@ -14,7 +14,13 @@ from mailgate import __version__
 from mailgate.cli._exit import EXIT_OK, EXIT_USAGE, fail
 from mailgate.config import Listen, Settings
 from mailgate.ports import StoreError
-from mailgate.runtime import ChildStartError, Mailgate, configure_process, new_runner
+from mailgate.runtime import (
+    ChildStartError,
+    Mailgate,
+    configure_process,
+    freeze_startup_objects,
+    new_runner,
+)
 from mailgate.server import ListenError, ServerConfigError, TLSConfigError
 from mailgate.stores import StoreURLError
 
@@ -52,6 +58,7 @@ async def _serve(settings: Settings) -> int:
     try:
         stop = asyncio.Event()
         _on_signals(stop.set)
+        freeze_startup_objects()
         print(_listening_line(settings, app), flush=True)
         await stop.wait()
         log.info("shutting down: finishing transactions in flight")

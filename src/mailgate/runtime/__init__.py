@@ -5,21 +5,28 @@ listeners, the web inbox, the SMTP workers (``--workers``) and, with an
 SQLite store, the commit service, the one process that commits the new mail
 of every SMTP process.  ``mailgate serve`` (``mailgate.cli``) and
 ``mailgate.testing.MailgateServer`` both run it.  Every process of a node
-starts with ``configure_process`` and runs its event loop from
-``new_runner``; the children are ``python -m mailgate.runtime KIND``.
+starts with ``configure_process``, runs its event loop from ``new_runner``
+and calls ``freeze_startup_objects`` once it serves; the children are
+``python -m mailgate.runtime KIND``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from mailgate.runtime._process import configure_process, new_runner
+from mailgate.runtime._process import configure_process, freeze_startup_objects, new_runner
 from mailgate.runtime._supervisor import ChildStartError
 
 if TYPE_CHECKING:
     from mailgate.runtime._node import Mailgate
 
-__all__ = ["ChildStartError", "Mailgate", "configure_process", "new_runner"]
+__all__ = [
+    "ChildStartError",
+    "Mailgate",
+    "configure_process",
+    "freeze_startup_objects",
+    "new_runner",
+]
 
 
 def __getattr__(name: str) -> Any:

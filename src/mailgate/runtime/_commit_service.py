@@ -51,6 +51,7 @@ from mailgate.runtime._process import (
     READY,
     answer_parent,
     configure_process,
+    freeze_startup_objects,
     new_runner,
     when_parent_gone,
 )
@@ -150,6 +151,7 @@ async def _commit(settings: Settings, socket_path: str) -> int:
 
         loop.add_signal_handler(signal.SIGTERM, stop)
         when_parent_gone(loop, parent_gone)
+        freeze_startup_objects()
         answer_parent(READY)
         with listener:
             await asyncio.to_thread(

@@ -11,6 +11,7 @@ on one line of stdout.  Its parent may write it lines on stdin afterwards
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -29,6 +30,7 @@ __all__ = [
     "answer_parent",
     "child_command",
     "configure_process",
+    "freeze_startup_objects",
     "new_runner",
     "open_files_wanted",
     "when_parent_gone",
@@ -37,6 +39,11 @@ __all__ = [
 log = logging.getLogger("mailgate")
 
 GIL_SWITCH_INTERVAL_SECONDS = 0.002
+GC_THRESHOLDS = (20_000, 20, 20)
+"""The cyclic garbage collector's thresholds (``gc.set_threshold``) in every process of a
+node, against Python's 700, 10, 10: a message makes hundreds of objects that reference
+counting frees, and at the default a young collection came every 90 messages or so, each
+taking some of what survived along to the older generations (docs/design/performance.md)."""
 STDIN = 0
 READY = "ready"
 """What a child process (an SMTP worker, the commit service) answers once it serves."""
@@ -74,7 +81,16 @@ def configure_process(settings: Settings, label: str = "") -> None:
     # threads trade it so often that both spend more CPU a message
     # (docs/design/performance.md).
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
+    gc.set_threshold(*GC_THRESHOLDS)
     _raise_open_files_limit(open_files_wanted(settings))
+
+
+def freeze_startup_objects() -> None:
+    """Once a process serves: collect, then leave what it has made so far (modules, classes,
+    settings, caches) out of every later collection (``gc.freeze``), which would otherwise
+    walk all of it each time it reaches the oldest generation."""
+    gc.collect()
+    gc.freeze()
 
 
 def open_files_wanted(settings: Settings) -> int:

@@ -47,6 +47,7 @@ from mailgate.runtime._process import (
     WORKER,
     answer_parent,
     configure_process,
+    freeze_startup_objects,
     new_runner,
     when_parent_gone,
 )
@@ -228,6 +229,7 @@ async def _work(
             loop.add_signal_handler(signum, stop.set)
 
         when_parent_gone(loop, stop.set, lambda line: _apply_chaos(app.chaos, line))
+        freeze_startup_objects()
         answer_parent(READY)
         reporting = asyncio.create_task(report_counts(app.metrics), name="mailgate-counts")
         await stop.wait()
