@@ -25,6 +25,7 @@ from setuptools import setup
 COMPILED = [
     "src/mailgate/model.py",
     "src/mailgate/protocol",
+    "src/mailgate/server/_log.py",
     "src/mailgate/server/_session.py",
     "src/mailgate/server/_transaction.py",
     "src/mailgate/delivery",

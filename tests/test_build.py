@@ -22,6 +22,7 @@ HOT = [
     "mailgate.model",
     "mailgate.protocol._server",
     "mailgate.protocol._commands",
+    "mailgate.server._log",
     "mailgate.server._session",
     "mailgate.delivery._accept",
     "mailgate.delivery._summary",
