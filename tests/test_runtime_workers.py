@@ -325,6 +325,23 @@ def test_the_commit_service_listens_privately_and_stops_last(served: Served) -> 
     assert not directory.exists()
 
 
+def policies(pid: int) -> set[int]:
+    """The scheduling policies of process ``pid``'s threads."""
+    return {os.sched_getscheduler(int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()}
+
+
+def test_the_commit_service_waits_its_turn_for_a_cpu(served: Served) -> None:
+    # SCHED_BATCH: a frame arriving does not interrupt the SMTP process that sent it.
+    with smtplib.SMTP("127.0.0.1", served.port, timeout=TIMEOUT) as client:
+        client.sendmail("a@example.com", ["b@example.org"], "Subject: one\r\n\r\n.\r\n")
+    commit = served.commit_service()
+    assert len(list(Path(f"/proc/{commit}/task").iterdir())) > 1  # its committing thread too
+    assert policies(commit) == {os.SCHED_BATCH}
+    # The SMTP processes answer clients at once, as any process does.
+    for pid in (served.process.pid, *served.workers()):
+        assert policies(pid) == {os.SCHED_OTHER}
+
+
 def unix_sockets_of(pid: int) -> list[str]:
     """The paths of the listening Unix sockets process ``pid`` holds."""
     inodes = set()

@@ -50,6 +50,7 @@ from mailgate.runtime._process import (
     EXIT_OK,
     READY,
     answer_parent,
+    batch_scheduling,
     configure_process,
     freeze_startup_objects,
     new_runner,
@@ -116,6 +117,7 @@ def run_commit_service() -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings, socket_path = pickle.load(sys.stdin.buffer)  # noqa: S301 - written by our parent
     configure_process(settings, "[commit service]")
+    batch_scheduling()  # before any thread starts: they inherit it
     with new_runner() as runner:
         status = runner.run(_commit(settings, socket_path))
     sys.exit(status)
