@@ -72,8 +72,8 @@ async def test_a_write_connection_indexes_a_chunk_at_a_time_unsynced_and_knows_w
         assert c.index() == 0
         assert c.unindexed == 0
         assert c.index_wait() is None  # nothing to index: wait for work as long as it takes
-        chunk = transactions.INDEX_CHUNK
-        count = chunk * 2 + 3
+        most = transactions.INDEX_MOST
+        count = most + transactions.INDEX_CHUNK + 3
         records: list[Operation] = [record(n) for n in range(count)]
         with c.turns:
             outcome = c.commit(records)
@@ -82,17 +82,25 @@ async def test_a_write_connection_indexes_a_chunk_at_a_time_unsynced_and_knows_w
         assert c.index_wait() == 0  # a chunk is waiting: index at the first idle moment
         assert index_state(path) == (0, count)
         c._connection.set_trace_callback(statements.append)
-        assert c.index() == chunk
-        assert c.unindexed == count - chunk
-        assert index_state(path) == (chunk, count - chunk)
+        assert c.index() == most  # all that wait, up to the most a transaction takes
+        assert c.unindexed == count - most
+        assert index_state(path) == (most, count - most)
         assert synchronous(c) == 2  # FULL again, for the commits that follow
-        assert c.index() == chunk
+        assert c.index_wait() == 0  # a chunk and 3 more wait
+        assert c.index() == transactions.INDEX_CHUNK + 3
+        assert c.unindexed == 1  # all it counted, but more may have come: it looks, later
+        assert c.index_wait() == transactions.INDEX_PAUSE_SECONDS
+        assert c.index() == 0
+        assert c.index_wait() is None
+        with c.turns:
+            c.commit([record(n) for n in range(count, count + 3)])
+        count += 3
         assert c.index_wait() == transactions.INDEX_PAUSE_SECONDS  # 3 left: after a pause
         assert c.index() == 3
         assert c.unindexed == 0
         assert index_state(path) == (count, 0)
         assert c.stats.indexed == count
-        assert c.stats.transactions == 1  # indexing is not counted as a synced commit
+        assert c.stats.transactions == 2  # indexing is not counted as a synced commit
     finally:
         c.close()
     # Each index transaction ran with synchronous = NORMAL: its COMMIT is not synced.

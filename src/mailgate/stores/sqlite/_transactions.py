@@ -40,10 +40,11 @@ process, waits to get it back) once a transaction rather than four times
 
 New mail reaches the search index later (``WriteConnection.index``), in
 chunks: FTS5 costs about twice as much a message indexed four at a time as
-sixteen at a time, and a quarter less again at 64.  Whoever drives a write
+sixteen at a time, and less again at 64 and 256.  Whoever drives a write
 connection waits for work no longer than ``index_wait`` says, and indexes
-when that wait ends with nothing to commit: at once once a chunk is waiting,
-after ``INDEX_PAUSE_SECONDS`` with less.  After every commit it calls
+every message waiting (up to ``INDEX_MOST``) when that wait ends with nothing
+to commit: at once once a chunk is waiting, after ``INDEX_PAUSE_SECONDS``
+with less.  After every commit it calls
 ``catch_up``, which, while more than ``INDEX_BACKLOG`` messages wait, indexes
 as many as that commit stored and a chunk more: so a server kept busy without
 a pause still gets its backlog down.
@@ -86,6 +87,7 @@ __all__ = [
     "CHANGE_LOG_KEEP",
     "INDEX_BACKLOG",
     "INDEX_CHUNK",
+    "INDEX_MOST",
     "INDEX_PAUSE_SECONDS",
     "MAX_BATCH_OPERATIONS",
     "Apply",
@@ -107,9 +109,12 @@ MAX_BATCH_OPERATIONS = 2000
 CHANGE_LOG_KEEP = 10_000
 """Rows of ``changes`` kept (at least 1); a follower further behind gets ``OVERFLOW``."""
 INDEX_CHUNK = 64
-"""Messages one transaction adds to the search index at most, and the fewest it waits for
-while mail keeps coming: mail that arrives meanwhile waits for it, about 20 microseconds a
-message, a millisecond and a bit for a chunk (docs/design/performance.md)."""
+"""The fewest new messages indexing waits for while mail keeps coming."""
+INDEX_MOST = 256
+"""Messages one transaction adds to the search index at most: all that wait, up to this.
+Mail that arrives meanwhile waits for it, about 15 microseconds a message: a millisecond
+for a chunk, four at most, which only a backlog (a server at its peak) brings about
+(docs/design/performance.md)."""
 INDEX_PAUSE_SECONDS = 0.1
 """How long no work must come before fewer than ``INDEX_CHUNK`` new messages are indexed."""
 INDEX_BACKLOG = 512
@@ -335,8 +340,10 @@ class WriteConnection:
             return 0.0
         return INDEX_PAUSE_SECONDS if unindexed else None
 
-    def index(self, limit: int = INDEX_CHUNK) -> int:
+    def index(self, limit: int | None = None) -> int:
         """Add up to ``limit`` new messages to the search index; return how many.
+
+        By default, all that wait, up to ``INDEX_MOST``.
 
         It takes ``turns`` itself, unlike ``commit``, whose driver gathers work
         while it holds them.  The transaction is not synced: if a crash loses
@@ -344,6 +351,8 @@ class WriteConnection:
         commit makes it durable along with itself.  A failure is logged; the
         next commit tries again.
         """
+        if limit is None:
+            limit = min(max(self.unindexed, INDEX_CHUNK), INDEX_MOST)
         connection = self._connection
         with self.turns:
             connection.execute("PRAGMA synchronous = NORMAL")
