@@ -46,6 +46,16 @@ def _header_end(data: bytes) -> int:
     return len(data) if crlf < 0 else crlf + 1
 
 
+def _may_hold(data: bytes, end: int, name: bytes, field: re.Pattern[bytes]) -> bool:
+    """Whether a field called ``name`` (lower case) begins a line of ``data[:end]``.
+
+    The name is looked for first, in the header lowered, which is quick (the
+    regular expression, anchored at each line start, tries every octet): most
+    headers lack it.
+    """
+    return name in data[:end].lower() and field.search(data, 0, end) is not None
+
+
 def return_path_header(reverse_path: str) -> bytes:
     """The ``Return-Path:`` line for ``reverse_path`` (``""``: the null sender), CRLF-ended.
 
@@ -81,7 +91,7 @@ class ReturnPathFilter:
             data = self._held + data
             self._held = b""
         end = _header_end(data)
-        if not self._dropping and _ANY_RETURN_PATH.search(data, 0, end) is None:
+        if not self._dropping and not _may_hold(data, end, b"return-path", _ANY_RETURN_PATH):
             if end < len(data):
                 self._count_received(data, end)
                 self._in_header = False
@@ -116,7 +126,8 @@ class ReturnPathFilter:
 
     def _count_received(self, data: bytes, end: int) -> None:
         """Count the ``Received`` fields that begin in ``data[:end]``, whole lines only."""
-        self.received += len(_ANY_RECEIVED.findall(data, 0, end))
+        if b"received" in data[:end].lower():
+            self.received += len(_ANY_RECEIVED.findall(data, 0, end))
 
     def _hold_from(self, data: bytes, start: int) -> int:
         """Hold back the unfinished line from ``start`` on; return where the rest ends."""
