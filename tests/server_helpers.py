@@ -74,5 +74,5 @@ def children(pid: int, marker: str = "") -> list[int]:
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except FileNotFoundError:  # it ended meanwhile
+    except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
         return ""
