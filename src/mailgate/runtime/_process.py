@@ -101,8 +101,8 @@ def batch_scheduling() -> bool:
     waits for a CPU to come free, with the same share of CPU time as before.  The
     commit service asks for it: a frame arriving then no longer interrupts the SMTP
     process that sent it, which goes on to finish what else it had to do, so each
-    transaction takes more messages, and costs less a message (at peak, 0.94x the CPU
-    a message and 1.06x the throughput: docs/design/performance.md).  The threads the
+    transaction takes more messages, and costs less a message (at peak, 1.03 to 1.06
+    times the throughput: docs/design/performance.md).  The threads the
     process starts afterwards inherit it.  Linux only; elsewhere, and where the call
     is refused, nothing changes.
     """
