@@ -127,9 +127,7 @@ class RetentionService:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _watch(self, events: AsyncIterator[StoreEvent]) -> None:
         """Prompt a round shortly after new mail (or after events were lost)."""

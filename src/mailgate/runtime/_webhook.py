@@ -206,8 +206,7 @@ class WebhookPoster:
                     await self._idle.wait()
             left = len(self._pending) + (self._sending is not None)
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.gather(task, return_exceptions=True)
             self._pending.clear()
             if left:
                 self.given_up += left
@@ -351,8 +350,7 @@ class WebhookService:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.gather(task, return_exceptions=True)
         await self.poster.aclose()
 
     async def _follow(self, events: AsyncIterator[StoreEvent]) -> None:

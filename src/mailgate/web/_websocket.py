@@ -117,11 +117,10 @@ async def mailpit_events(
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client went away mid-send
         finally:
-            for task in (reader, stats):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            running = [task for task in (reader, stats) if task is not None]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):  # gone already
         await websocket.close()
 

@@ -423,8 +423,7 @@ class CommitServiceLink:
         if reconnecting is not None and not reconnecting.done():
             if self._loop is asyncio.get_running_loop():
                 reconnecting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reconnecting
+                await asyncio.gather(reconnecting, return_exceptions=True)
             elif self._loop is not None and not self._loop.is_closed():
                 self._loop.call_soon_threadsafe(reconnecting.cancel)
         if self._client is not None:
