@@ -185,6 +185,7 @@ class Server:
             )
         try:
             _proc.wait_listening(port, run.proc, START_TIMEOUT_S)
+            self.wait_ready(run, START_TIMEOUT_S)
         except (RuntimeError, TimeoutError) as exc:
             self.stop(run)
             raise RuntimeError(f"{self.label} did not start: {exc}\n{run.log_tail()}") from exc
@@ -196,6 +197,9 @@ class Server:
 
     def env(self) -> dict[str, str]:
         return dict(os.environ)
+
+    def wait_ready(self, run: Running, timeout_s: float) -> None:
+        """Wait, past its port listening, until the server serves in full (a no-op here)."""
 
     def settle(self, run: Running, expected: int, timeout_s: float) -> float:
         """Wait until accepted mail has reached its final place; return seconds waited."""
@@ -254,6 +258,21 @@ class Mailgate(Server):
             self.key, self.label = f"mailgate-{workers}", f"mailgate ({workers} SMTP process)"
         self.source: Path | None = None
         self.source_note = "the working tree, live (it may change during the run)"
+
+    def wait_ready(self, run: Running, timeout_s: float) -> None:
+        """Wait for the line ``mailgate serve`` prints once every SMTP process serves.
+
+        The port listens as soon as the first worker does; load sent then would go to
+        the workers alone, and 50 long sessions would stay there (the serving process
+        joins the port's ``SO_REUSEPORT`` group last).
+        """
+        deadline = time.monotonic() + timeout_s
+        while b" listening: " not in run.log.read_bytes():
+            if run.proc.poll() is not None:
+                raise RuntimeError(f"exited with status {run.proc.returncode} before serving")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no 'listening' line within {timeout_s:.0f} s")
+            time.sleep(0.05)
 
     def snapshot(self, into: Path, revision: str = "HEAD") -> None:
         """Run mailgate as built from ``revision``: the wheel a user would install.
