@@ -46,16 +46,6 @@ def _header_end(data: bytes) -> int:
     return len(data) if crlf < 0 else crlf + 1
 
 
-def _may_hold(data: bytes, end: int, name: bytes, field: re.Pattern[bytes]) -> bool:
-    """Whether a field called ``name`` (lower case) begins a line of ``data[:end]``.
-
-    The name is looked for first, in the header lowered, which is quick (the
-    regular expression, anchored at each line start, tries every octet): most
-    headers lack it.
-    """
-    return name in data[:end].lower() and field.search(data, 0, end) is not None
-
-
 def return_path_header(reverse_path: str) -> bytes:
     """The ``Return-Path:`` line for ``reverse_path`` (``""``: the null sender), CRLF-ended.
 
@@ -91,13 +81,19 @@ class ReturnPathFilter:
             data = self._held + data
             self._held = b""
         end = _header_end(data)
-        if not self._dropping and not _may_hold(data, end, b"return-path", _ANY_RETURN_PATH):
+        # Each field's name is looked for in the header lowered before its pattern runs:
+        # quick, where a pattern anchored at every line start tries every octet, and most
+        # headers have neither field.
+        lowered = data[:end].lower()
+        if not self._dropping and (
+            b"return-path" not in lowered or _ANY_RETURN_PATH.search(data, 0, end) is None
+        ):
             if end < len(data):
-                self._count_received(data, end)
+                self._count_received(data, end, lowered)
                 self._in_header = False
                 return data
             whole = data.rfind(b"\n") + 1
-            self._count_received(data, whole)
+            self._count_received(data, whole, lowered)
             return data[: self._hold_from(data, whole)]
         kept: list[bytes] = []
         start = 0
@@ -124,9 +120,10 @@ class ReturnPathFilter:
         self.received += _RECEIVED_FIELD.match(held) is not None
         return b"" if _RETURN_PATH_FIELD.match(held) else held
 
-    def _count_received(self, data: bytes, end: int) -> None:
-        """Count the ``Received`` fields that begin in ``data[:end]``, whole lines only."""
-        if b"received" in data[:end].lower():
+    def _count_received(self, data: bytes, end: int, lowered: bytes) -> None:
+        """Count the ``Received`` fields that begin in ``data[:end]``, whole lines only;
+        ``lowered`` is at least that much of ``data`` in lower case."""
+        if b"received" in lowered:
             self.received += len(_ANY_RECEIVED.findall(data, 0, end))
 
     def _hold_from(self, data: bytes, start: int) -> int:
