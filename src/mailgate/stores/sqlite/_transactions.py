@@ -44,10 +44,9 @@ sixteen at a time, and less again at 64 and 256.  Whoever drives a write
 connection waits for work no longer than ``index_wait`` says, and indexes
 every message waiting (up to ``INDEX_MOST``) when that wait ends with nothing
 to commit: at once once a chunk is waiting, after ``INDEX_PAUSE_SECONDS``
-with less.  After every commit it calls
-``catch_up``, which, while more than ``INDEX_BACKLOG`` messages wait, indexes
-as many as that commit stored and a chunk more: so a server kept busy without
-a pause still gets its backlog down.
+with less.  After every commit it calls ``catch_up``, which, while more than
+``INDEX_BACKLOG`` messages wait, indexes as many as that commit stored and a
+chunk more: so a server kept busy without a pause still gets its backlog down.
 """
 
 from __future__ import annotations
