@@ -270,7 +270,8 @@ async def test_the_sqlite_store_searches_as_matches_says(tmp_path: Path, unindex
             connection = sqlite3.connect(tmp_path / "mail.db", isolation_level=None)
             try:
                 connection.executescript(
-                    f"BEGIN; INSERT INTO unindexed SELECT seq FROM messages {unindexed};"
+                    "BEGIN; INSERT INTO unindexed SELECT rowid, text FROM message_search"
+                    f" WHERE rowid IN (SELECT seq FROM messages {unindexed});"
                     " DELETE FROM message_search WHERE rowid IN (SELECT seq FROM unindexed);"
                     " COMMIT;"
                 )

@@ -7,6 +7,7 @@ find it either way (``test_query`` checks they answer alike).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 from pathlib import Path
@@ -14,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from mailgate.delivery import Acceptor, DeliverySettings
-from mailgate.model import MessageId
-from mailgate.query import parse_query
+from mailgate.model import Address, MessageId, MessageSummary
+from mailgate.query import Field, field_text, parse_query
 from mailgate.stores import SQLiteStore
 from mailgate.stores.sqlite import _transactions as transactions
 from mailgate.stores.sqlite._bodies import BodyFiles
 from mailgate.stores.sqlite._connection import connect
+from mailgate.stores.sqlite._schema import new_message_record
 from mailgate.stores.sqlite._search import MERGE_PAGES, _text
 from mailgate.stores.sqlite._transactions import Operation, WriteConnection, WriteTurns
 from mailgate.testing.stores import make_envelope, make_message
@@ -325,3 +327,84 @@ async def test_an_index_that_merged_by_itself_is_merged_by_hand_once_opened(
         assert automerge(connection) == 0
     finally:
         connection.close()
+
+
+def _people_summary(number: int) -> MessageSummary:
+    """A summary with names, case beyond ASCII and every kind of recipient (or no sender)."""
+    return dataclasses.replace(
+        summary(number),
+        sender=None if number % 2 else Address("Élise MÜLLER", f"Elise{number}@Example.COM"),
+        to=(Address("Ärger Ödön", "to@x.test"), Address("", "TO2@x.test")),
+        cc=(Address("Çelik", "cc@x.test"),),
+        bcc=(Address("", "bcc@x.test"),),
+        reply_to=(Address("Reply Ω", "reply@x.test"),),
+        subject=f"Straße {number} ÜBER",
+        snippet="Grüße, WORLD",
+    )
+
+
+@pytest.mark.asyncio
+async def test_the_text_new_mail_is_indexed_with_is_the_text_sql_makes_of_its_row(
+    tmp_path: Path,
+) -> None:
+    # New mail comes with its text made in Python (query.field_text); an index built
+    # anew makes it in SQL from the stored row.  Searches rely on the two agreeing.
+    _, c = await fresh_connection(tmp_path)
+    try:
+        records = [
+            new_message_record(
+                _people_summary(n), make_envelope(), body_file=None, content=b"x", origin="o"
+            )
+            for n in range(4)
+        ]
+        with c.turns:
+            c.commit(list(records))
+        assert c.index() == 4
+        connection = c._connection
+        indexed = connection.execute("SELECT rowid, text FROM message_search ORDER BY rowid")
+        from_rows = connection.execute(
+            f"SELECT seq, mailgate_lower({_text('messages')}) FROM messages ORDER BY seq"
+        )
+        assert indexed.fetchall() == from_rows.fetchall()
+        texts = [r.search_text for r in records]
+        assert texts == [field_text(_people_summary(n), Field.TEXT) for n in range(4)]
+        assert "élise müller elise0@example.com" in texts[0]
+        assert "\närger ödön to@x.test  to2@x.test çelik cc@x.test  bcc" in texts[1]
+    finally:
+        c.close()
+
+
+_VERSION_8_SEARCH = """
+DROP TRIGGER message_search_deleted;
+DROP TABLE message_search;
+CREATE VIRTUAL TABLE message_search USING fts5(text, tokenize = 'trigram', detail = 'none');
+DROP TABLE unindexed;
+CREATE TABLE unindexed (seq INTEGER PRIMARY KEY);
+INSERT INTO unindexed SELECT seq FROM messages;
+PRAGMA user_version = 8;
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_version_8_database_is_indexed_again_without_column_sizes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "mail.db"
+    # As mailgate with schema 8 left it, its one message not yet indexed.
+    await one_message_then(path, tmp_path, _VERSION_8_SEARCH)
+    store = SQLiteStore(path)
+    try:
+        assert index_state(path) == (1, 0)  # built anew as the store opened
+        await store_many(store, tmp_path, 3)
+        assert (await store.search(parse_query("sender@client.test"))).total == 4
+        await until(lambda: index_state(path) == (4, 0), "the new mail is indexed")
+    finally:
+        await store.aclose()
+    connection = sqlite3.connect(path)
+    try:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(unindexed)")]
+    finally:
+        connection.close()
+    assert "message_search_docsize" not in tables
+    assert columns == ["seq", "text"]

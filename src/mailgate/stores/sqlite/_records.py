@@ -3,11 +3,11 @@
 ``NewMessageRecord`` is everything a transaction needs to store a new message:
 the columns of its ``messages`` row (see ``_schema``), its content when the
 row keeps it (``_store.MAX_INLINE_CONTENT_OCTETS``), the origin whose
-subscribers hear of it, and the tags and outbound queue rows (``QueuedRecipient``)
-that must be durable in the same transaction as the message.  The SMTP
-processes of a node send it to the commit service; a store with no commit
-service (a command's) gives the very same record to its own writer thread:
-one record, whichever writer commits it.
+subscribers hear of it, the text the search index takes for it, and the tags
+and outbound queue rows (``QueuedRecipient``) that must be durable in the same
+transaction as the message.  The SMTP processes of a node send it to the
+commit service; a store with no commit service (a command's) gives the very
+same record to its own writer thread: one record, whichever writer commits it.
 
 Wire format, one encoder (``to_wire``) and one decoder (``from_wire``): the
 ``marshal`` of a flat tuple, ``WIRE_VERSION`` first, then the fields in the
@@ -35,10 +35,10 @@ from mailgate.model import MessageId
 
 __all__ = ["WIRE_VERSION", "NewMessageRecord", "QueuedRecipient"]
 
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 """Changes whenever the fields change: a frame of another version is refused.  (2 added
-``inline_parts``, 3 ``tags``.)"""
-_WIRE_FIELDS = 18  # the version and the seventeen fields
+``inline_parts``, 3 ``tags``, 4 ``search_text``.)"""
+_WIRE_FIELDS = 19  # the version and the eighteen fields
 
 
 @final
@@ -91,6 +91,7 @@ class NewMessageRecord:
         "queued",
         "received_at_ms",
         "recipients_json",
+        "search_text",
         "sender_json",
         "size",
         "snippet",
@@ -113,6 +114,7 @@ class NewMessageRecord:
         inline_parts: int,
         snippet: str,
         envelope_json: str,
+        search_text: str,
         body_file: str | None,
         content: bytes | None,
         origin: str,
@@ -131,6 +133,8 @@ class NewMessageRecord:
         self.inline_parts: Final = inline_parts
         self.snippet: Final = snippet
         self.envelope_json: Final = envelope_json
+        self.search_text: Final = search_text
+        """What free words are looked for in, lowered: ``query.field_text`` of ``Field.TEXT``."""
         self.body_file: Final = body_file
         """The file in the bodies directory holding the content, synced and in place; or
         ``None`` when ``content`` holds it."""
@@ -156,6 +160,7 @@ class NewMessageRecord:
             self.inline_parts,
             self.snippet,
             self.envelope_json,
+            self.search_text,
             self.body_file,
             self.content,
             self.origin,
@@ -189,6 +194,7 @@ class NewMessageRecord:
                 self.inline_parts,
                 self.snippet,
                 self.envelope_json,
+                self.search_text,
                 self.body_file,
                 self.content,
                 self.origin,
@@ -224,6 +230,7 @@ class NewMessageRecord:
             inline_parts,
             snippet,
             envelope_json,
+            search_text,
             body_file,
             content,
             origin,
@@ -245,6 +252,7 @@ class NewMessageRecord:
             and isinstance(inline_parts, int)
             and isinstance(snippet, str)
             and isinstance(envelope_json, str)
+            and isinstance(search_text, str)
             and (body_file is None or isinstance(body_file, str))
             and (content is None or isinstance(content, bytes))
             and isinstance(origin, str)
@@ -276,6 +284,7 @@ class NewMessageRecord:
             inline_parts=inline_parts,
             snippet=snippet,
             envelope_json=envelope_json,
+            search_text=search_text,
             body_file=body_file,
             content=content,
             origin=origin,

@@ -18,17 +18,21 @@ message arrives as a ``_records.NewMessageRecord``; ``incoming_values`` lists
 its fields in the view's column order, which ``_INCOMING_COLUMNS`` names beside
 it, and nothing else knows that order.
 
-``unindexed`` lists the new messages not yet in the search index: a
-trigger adds each new row there, and the writer moves them into the index
-in transactions of their own when it is idle (``_search``), so that
-the commit a client waits for does not also tokenize the message.
+``unindexed`` lists the new messages not yet in the search index, each with
+the text the index takes for it (``NewMessageRecord.search_text``, made by
+the SMTP process): ``incoming`` adds each new row there, and the writer moves
+them into the index in transactions of their own when it is idle
+(``_search``), so that the commit a client waits for does not also tokenize
+the message, and the writer does not build its text.
 
 Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``; 4 let
 ``incoming`` write the change log; 5 added ``unindexed``, in place of indexing
 each new message in the transaction that stores it; 6 keeps the search index in
 lower case beyond ASCII (``_search``), so an older one is rebuilt; 7 added the
 outbound queue, ``deliveries`` (``_queue``); 8 added ``inline_parts``, the summary's
-``inline`` of each message that has any (none for the messages stored before).  Opening
+``inline`` of each message that has any (none for the messages stored before); 9 keeps
+each unindexed message's text in ``unindexed`` and the search index without column sizes
+(``columnsize = 0``), so an older index is rebuilt.  Opening
 a database of an older version runs ``upgrade(version)``, then ``SCHEMA`` (every
 statement ``IF NOT EXISTS``), on it.
 """
@@ -50,6 +54,7 @@ from mailgate.model import (
     StoreEvent,
     StoreEventKind,
 )
+from mailgate.query import Field, field_text
 from mailgate.stores._rows import (
     address_pairs,
     addresses_from_pairs,
@@ -80,7 +85,7 @@ __all__ = [
     "upgrade",
 ]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # The columns of a new message's row, in the order ``incoming_values`` lists them.
 _INCOMING_COLUMNS = (
@@ -126,11 +131,11 @@ CREATE TABLE IF NOT EXISTS inline_parts (
     count INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS unindexed (
-    seq INTEGER PRIMARY KEY        -- a message the search index lacks
+    seq INTEGER PRIMARY KEY,       -- a message the search index lacks
+    text TEXT NOT NULL             -- what the index takes for it, lowered
 );
 CREATE TRIGGER IF NOT EXISTS message_inserted AFTER INSERT ON messages BEGIN
     UPDATE counts SET total = total + 1, unread = unread + (NEW.read = 0);
-    INSERT INTO unindexed (seq) VALUES (NEW.seq);
 END;
 CREATE TRIGGER IF NOT EXISTS message_deleted AFTER DELETE ON messages BEGIN
     UPDATE counts SET total = total - 1, unread = unread - (OLD.read = 0);
@@ -155,11 +160,12 @@ SCHEMA = QUEUE_SCHEMA + SCHEMA  # the message_deleted trigger names deliveries
 _NEW_COLUMNS = ", ".join("NEW." + column.strip() for column in _INCOMING_COLUMNS.split(","))
 SCHEMA += f"""
 CREATE VIEW IF NOT EXISTS incoming AS
-    SELECT {_INCOMING_COLUMNS}, NULL AS inline_parts, NULL AS content,
+    SELECT {_INCOMING_COLUMNS}, NULL AS search_text, NULL AS inline_parts, NULL AS content,
         NULL AS change_origin, NULL AS change_ids
     FROM messages;
 CREATE TRIGGER IF NOT EXISTS incoming_inserted INSTEAD OF INSERT ON incoming BEGIN
     INSERT INTO messages ({_INCOMING_COLUMNS}) VALUES ({_NEW_COLUMNS});
+    INSERT INTO unindexed (seq, text) VALUES (last_insert_rowid(), NEW.search_text);
     INSERT INTO inline_parts (seq, count) SELECT last_insert_rowid(), NEW.inline_parts
     WHERE NEW.inline_parts > 0;
     INSERT INTO bodies (seq, data) SELECT last_insert_rowid(), NEW.content
@@ -176,26 +182,28 @@ def upgrade(version: int) -> str:
     are created anew (``DROP VIEW`` drops the view's triggers too).
 
     Up to version 4 a trigger, ``message_search_inserted``, indexed each new
-    message as it was stored.  Below version 6 the search index is dropped,
-    and built again when the store opens (``ensure_search_schema``): up to
-    version 5 it folded case for ASCII letters only.
+    message as it was stored.  Below version 9 the search index and
+    ``unindexed`` are dropped, and the index built again when the store opens
+    (``ensure_search_schema``): up to version 5 it folded case for ASCII letters
+    only, up to version 8 it kept column sizes and ``unindexed`` no text.
     """
     statements = (
         "DROP VIEW IF EXISTS incoming;"
         " DROP TRIGGER IF EXISTS message_inserted;"
         " DROP TRIGGER IF EXISTS message_deleted;"
     )
-    if version < 6:
+    if version < 9:
         statements += (
             " DROP TRIGGER IF EXISTS message_search_inserted;"
             " DROP TRIGGER IF EXISTS message_search_deleted;"
             " DROP TABLE IF EXISTS message_search;"
+            " DROP TABLE IF EXISTS unindexed;"
         )
     return statements
 
 
 MAX_ROWS_PER_INSERT = 256
-"""Rows one INSERT statement carries at most (16 variables each; SQLite allows 32766)."""
+"""Rows one INSERT statement carries at most (17 variables each; SQLite allows 32766)."""
 
 
 @functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
@@ -208,8 +216,8 @@ def insert_messages(rows: int) -> str:
     gives up the GIL once for all of them, or, outside a transaction, once
     for the whole commit.
     """
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
-    columns = f"{_INCOMING_COLUMNS}, inline_parts, content, change_origin, change_ids"
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    columns = f"{_INCOMING_COLUMNS}, search_text, inline_parts, content, change_origin, change_ids"
     return f"INSERT INTO incoming ({columns}) VALUES {values}"  # noqa: S608
 
 
@@ -250,6 +258,7 @@ def incoming_values(
             record.snippet,
             record.envelope_json,
             record.body_file,
+            record.search_text,
             record.inline_parts,
             record.content,
             change_origin,
@@ -320,8 +329,8 @@ def new_message_record(
     queued: tuple[QueuedRecipient, ...] = (),
 ) -> NewMessageRecord:
     """The record that stores a new message: its ``messages`` row but ``seq`` and ``read``,
-    its content or body file, the origin its change is logged under, its tags (the
-    summary's) and queue rows."""
+    its content or body file, the text the search index takes for it, the origin its
+    change is logged under, its tags (the summary's) and queue rows."""
     recipients = _COMPACT(
         {
             "to": address_pairs(summary.to),
@@ -344,6 +353,7 @@ def new_message_record(
         inline_parts=summary.inline,
         snippet=summary.snippet,
         envelope_json=_envelope_json(envelope),
+        search_text=field_text(summary, Field.TEXT),
         body_file=body_file,
         content=content,
         origin=origin,

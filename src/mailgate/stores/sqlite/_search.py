@@ -19,11 +19,14 @@ text lowered by SQLite's own ``lower``: quicker, and the same for it.)
 
 A new message is not indexed in the transaction that stores it: tokenizing
 it would take two thirds of that transaction, which a client waits for.
-It is listed in ``unindexed`` instead, and ``index_unindexed`` moves such
-messages into the index later, a few at a time, in a transaction of their
-own.  Until then a free word is matched against them with ``instr``, so a
-search finds a message from the moment it is stored.  A trigger removes a
-deleted message from the index.
+It is listed in ``unindexed`` instead, with its text made by the SMTP
+process (``query.field_text``, the very text ``query.matches`` looks in), and
+``index_unindexed`` moves such messages into the index later, a chunk at a
+time, in a transaction of their own.  Until then a free word is matched
+against that text with ``instr``, so a search finds a message from the moment
+it is stored.  The text SQL makes from a stored row (``_text``, for building
+the index anew) is the same.  A trigger removes a deleted message from the
+index.  ``columnsize = 0``: no search ranks, so FTS5 keeps no column sizes.
 
 Searches and tag counts run on the read pool's connections (``_reads``); tag
 changes are functions of the write connection, run by the store's writer
@@ -69,7 +72,7 @@ def _people(column: str, path: str = "$") -> str:
 
 
 def _text(row: str) -> str:
-    """SQL for what free words are searched in, of the row named ``row``."""
+    """SQL for what free words are searched in, of the row named ``row`` (not yet lowered)."""
     return " || char(10) || ".join(
         (
             f"{row}.subject",
@@ -83,7 +86,7 @@ def _text(row: str) -> str:
 
 SEARCH_SCHEMA = (  # constants only
     "CREATE VIRTUAL TABLE IF NOT EXISTS message_search"
-    " USING fts5(text, tokenize = 'trigram', detail = 'none');\n"
+    " USING fts5(text, tokenize = 'trigram', detail = 'none', columnsize = 0);\n"
     "CREATE TRIGGER IF NOT EXISTS message_search_deleted AFTER DELETE ON messages BEGIN\n"
     "    DELETE FROM message_search WHERE rowid = OLD.seq;\n"
     "END;\n"
@@ -92,7 +95,9 @@ _INDEX_EXISTING = (  # constants only
     "INSERT INTO message_search (rowid, text)"  # noqa: S608
     f" SELECT seq, mailgate_lower({_text('messages')}) FROM messages"
 )
-_INDEX_UNINDEXED = f"{_INDEX_EXISTING} WHERE seq IN (SELECT seq FROM unindexed WHERE seq <= ?)"  # noqa: S608
+_INDEX_UNINDEXED = (
+    "INSERT INTO message_search (rowid, text) SELECT seq, text FROM unindexed WHERE seq <= ?"
+)
 MERGE_PAGES = 16
 """Pages of merging, at most, that each transaction adding to the search index does.
 
@@ -104,10 +109,7 @@ keeps a few segments a level, and no transaction merges more than this."""
 _MERGE = "INSERT INTO message_search (message_search, rank) VALUES ('merge', ?)"
 _MERGE_BY_HAND = "INSERT INTO message_search (message_search, rank) VALUES ('automerge', 0)"
 _AUTOMERGE = "SELECT v FROM message_search_config WHERE k = 'automerge'"
-_MATCH_UNINDEXED = (  # constants only
-    "SELECT unindexed.seq FROM unindexed JOIN messages AS m ON m.seq = unindexed.seq"  # noqa: S608
-    f" WHERE instr(mailgate_lower({_text('m')}), ?) > 0"
-)
+_MATCH_UNINDEXED = "SELECT seq FROM unindexed WHERE instr(text, ?) > 0"
 
 
 def ensure_search_schema(connection: sqlite3.Connection) -> None:
