@@ -57,13 +57,14 @@ def record(
     origin: str = "origin",
     queued: tuple[QueuedRecipient, ...] = (),
     tags: tuple[str, ...] = (),
+    content: bytes = b"x",
 ) -> NewMessageRecord:
     """The record that stores made-up message ``number``, its content inline."""
     return new_message_record(
         dataclasses.replace(summary(number), tags=tags),
         make_envelope(),
         body_file=None,
-        content=b"x",
+        content=content,
         origin=origin,
         queued=queued,
     )

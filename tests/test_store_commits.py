@@ -394,6 +394,33 @@ async def test_a_garbled_frame_drops_that_client_only(tmp_path: Path, socket_pat
         assert await store.get(message_id) is not None
 
 
+@pytest.mark.asyncio
+async def test_frames_in_pieces_and_larger_than_a_read_are_each_answered_once(
+    tmp_path: Path, socket_path: str
+) -> None:
+    big = record(1, content=b"y" * (commit_service._READ_BYTES + 4096))
+    small = [record(n) for n in (2, 3)]
+    wire = b"".join(b"".join(commit_service.frame(r)) for r in (small[0], big, small[1]))
+    async with serving(tmp_path, socket_path):
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+        for piece in (wire[:3], wire[3:9], wire[9:]):  # a header, and a frame, split
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        answers = await asyncio.wait_for(reader.readexactly(3), TIMEOUT)
+        writer.close()
+    assert answers == bytes([commit_service.COMMITTED] * 3)
+    connection = sqlite3.connect(tmp_path / "mail.db")
+    try:
+        stored = connection.execute(
+            "SELECT m.id, length(b.data) FROM messages AS m JOIN bodies AS b USING (seq)"
+            " ORDER BY seq"
+        ).fetchall()
+    finally:
+        connection.close()
+    assert stored == [(small[0].id, 1), (big.id, len(big.content or b"")), (small[1].id, 1)]
+
+
 def test_a_record_round_trips_and_a_garbled_one_is_refused() -> None:
     sent = record(
         1,
