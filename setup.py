@@ -24,7 +24,6 @@ from setuptools import setup
 # row the store makes of it and the record that carries it to the commit service.
 COMPILED = [
     "src/mailgate/model.py",
-    "src/mailgate/query.py",
     "src/mailgate/protocol",
     "src/mailgate/server/_log.py",
     "src/mailgate/server/_session.py",

@@ -20,7 +20,6 @@ import mailgate
 
 HOT = [
     "mailgate.model",
-    "mailgate.query",
     "mailgate.protocol._server",
     "mailgate.protocol._commands",
     "mailgate.server._log",

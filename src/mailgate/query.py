@@ -235,13 +235,29 @@ def parse_query(text: str, *, tz: tzinfo = UTC) -> Query:
 # -- evaluation ------------------------------------------------------------------------------
 
 
-def _people(addresses: tuple[Address, ...]) -> str:
+def _names(addresses: tuple[Address, ...]) -> str:
     # Names and addresses in a row, space-separated: what a store can index.
-    return " ".join(f"{a.name} {a.address}" for a in addresses).lower()
+    return " ".join([f"{a.name} {a.address}" for a in addresses])
+
+
+def _people(addresses: tuple[Address, ...]) -> str:
+    return _names(addresses).lower()
 
 
 def field_text(summary: MessageSummary, field: Field) -> str:
     """The lower-case text a substring term of ``field`` searches in."""
+    if field is Field.TEXT:  # first, and lowered once: every new message's index text
+        sender = summary.sender
+        recipients = summary.to + summary.cc + summary.bcc + summary.reply_to
+        return "\n".join(
+            (
+                summary.subject,
+                f"{sender.name} {sender.address}" if sender else "",
+                _names(recipients),
+                summary.message_id,
+                summary.snippet,
+            )
+        ).lower()
     match field:
         case Field.FROM:
             return _people((summary.sender,) if summary.sender else ())
@@ -261,18 +277,6 @@ def field_text(summary: MessageSummary, field: Field) -> str:
             return summary.message_id.lower()
         case Field.TAG:
             return "\n".join(summary.tags).lower()
-        case Field.TEXT:
-            sender = (summary.sender,) if summary.sender else ()
-            recipients = summary.to + summary.cc + summary.bcc + summary.reply_to
-            return "\n".join(
-                (
-                    summary.subject,
-                    _people(sender),
-                    _people(recipients),
-                    summary.message_id,
-                    summary.snippet,
-                )
-            ).lower()
 
 
 def _holds(term: Term, summary: MessageSummary) -> bool:

@@ -29,12 +29,12 @@ Versions: 1, the first; 2 added ``changes``; 3 added ``incoming``; 4 let
 ``incoming`` write the change log; 5 added ``unindexed``, in place of indexing
 each new message in the transaction that stores it; 6 keeps the search index in
 lower case beyond ASCII (``_search``), so an older one is rebuilt; 7 added the
-outbound queue, ``deliveries`` (``_queue``); 8 added ``inline_parts``, the summary's
-``inline`` of each message that has any (none for the messages stored before); 9 keeps
-each unindexed message's text in ``unindexed`` and the search index without column sizes
-(``columnsize = 0``), so an older index is rebuilt.  Opening
-a database of an older version runs ``upgrade(version)``, then ``SCHEMA`` (every
-statement ``IF NOT EXISTS``), on it.
+outbound queue, ``deliveries`` (``_queue``); 8 added ``inline_parts``, the
+summary's ``inline`` of each message that has any (none for the messages stored
+before); 9 keeps each unindexed message's text in ``unindexed``, and the search
+index without column sizes (``columnsize = 0``), so an older one is rebuilt.
+Opening a database of an older version runs ``upgrade(version)``, then
+``SCHEMA`` (every statement ``IF NOT EXISTS``), on it.
 """
 
 from __future__ import annotations
