@@ -252,7 +252,7 @@ def field_text(summary: MessageSummary, field: Field) -> str:
         return "\n".join(
             (
                 summary.subject,
-                f"{sender.name} {sender.address}" if sender else "",
+                _names((sender,)) if sender else "",
                 _names(recipients),
                 summary.message_id,
                 summary.snippet,
