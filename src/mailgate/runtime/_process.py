@@ -94,8 +94,8 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def batch_scheduling() -> bool:
-    """Have the kernel schedule this process as ``SCHED_BATCH``; say whether it does.
+def batch_scheduling() -> None:
+    """Have the kernel schedule this process as ``SCHED_BATCH``.
 
     Such a process is never run ahead of a running one the moment it wakes up: it
     waits for a CPU to come free, with the same share of CPU time as before.  The
@@ -109,13 +109,11 @@ def batch_scheduling() -> bool:
     setscheduler = getattr(os, "sched_setscheduler", None)
     policy = getattr(os, "SCHED_BATCH", None)
     if setscheduler is None or policy is None:
-        return False
+        return
     try:
         setscheduler(0, policy, os.sched_param(0))
     except OSError as error:
         log.debug("could not be scheduled as a batch process: %s", error)
-        return False
-    return True
 
 
 def open_files_wanted(settings: Settings) -> int:
