@@ -12,10 +12,12 @@ value is a bound parameter.
 
 Case: ``query`` lowers every value with Python's ``str.lower``; SQLite's
 ``lower`` and ``LIKE`` fold ASCII letters only, so "müller" would miss
-"MÜLLER".  The indexed text is therefore lowered by ``mailgate_lower``, a
-function ``register_functions`` gives each connection, and so is the text a
-value that is not ASCII is looked for in.  (An ASCII value is looked for in
-text lowered by SQLite's own ``lower``: quicker, and the same for it.)
+"MÜLLER".  The indexed text is therefore lowered by Python: by the SMTP
+process for new mail (``query.field_text``), and by ``mailgate_lower``, a
+function ``register_functions`` gives each connection, when the index is built
+anew; and so is the text a value that is not ASCII is looked for in.  (An
+ASCII value is looked for in text lowered by SQLite's own ``lower``: quicker,
+and the same for it.)
 
 A new message is not indexed in the transaction that stores it: tokenizing
 it would take two thirds of that transaction, which a client waits for.

@@ -111,9 +111,9 @@ INDEX_CHUNK = 64
 """The fewest new messages indexing waits for while mail keeps coming."""
 INDEX_MOST = 256
 """Messages one transaction adds to the search index at most: all that wait, up to this.
-Mail that arrives meanwhile waits for it, about 15 microseconds a message: a millisecond
-for a chunk, four at most, which only a backlog (a server at its peak) brings about
-(docs/design/performance.md)."""
+Mail that arrives meanwhile waits for it, about 11 microseconds a message: under a
+millisecond for a chunk, three at most, which only a backlog (a server at its peak) brings
+about (docs/design/performance.md)."""
 INDEX_PAUSE_SECONDS = 0.1
 """How long no work must come before fewer than ``INDEX_CHUNK`` new messages are indexed."""
 INDEX_BACKLOG = 512
